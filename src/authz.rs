@@ -1,0 +1,242 @@
+//! The decision: turning a request (principal, action, resource, context,
+//! entities) into allow or deny against one policy snapshot.
+//!
+//! This is the one evaluation path of cedard. The HTTP API, `cedard test`,
+//! `cedard matrix` and the conformance suite all build their requests and
+//! entities through the parsers here and decide through [`decide`]. Inputs are
+//! read against the snapshot's schema, so entity references and extension
+//! values may be written without their `__entity`/`__extn` markers exactly as
+//! Cedar's own tooling allows. This module knows nothing about HTTP or redb.
+
+use cedar_policy::{Authorizer, Context, Entities, Entity, EntityUid, PolicyId, Request, Response};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::policy::{describe, PolicySnapshot};
+
+/// Bad input: which field, and what is wrong with it.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+#[error("{field}: {message}")]
+pub struct InputError {
+    /// The JSON path of the offending field, like `principal` or `entities`.
+    pub field: String,
+    /// What is wrong, in Cedar's words.
+    pub message: String,
+}
+
+impl InputError {
+    /// An error about `field`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The same error, nested under a parent field (`requests[3]`).
+    pub fn within(self, parent: &str) -> Self {
+        Self {
+            field: format!("{parent}.{}", self.field),
+            message: self.message,
+        }
+    }
+}
+
+/// Parses an entity reference: `{"type": "User", "id": "alice"}`, the same
+/// wrapped as `{"__entity": {...}}`, or the Cedar string `User::"alice"`.
+pub fn parse_uid(field: &str, value: &Value) -> Result<EntityUid, InputError> {
+    match value {
+        Value::String(s) => s.parse::<EntityUid>().map_err(|e| {
+            InputError::new(field, format!("`{s}` is not an entity reference: {}", describe(&e)))
+        }),
+        Value::Object(_) => EntityUid::from_json(value.clone())
+            .map_err(|e| InputError::new(field, describe(&e))),
+        Value::Null => Err(InputError::new(field, "is required")),
+        other => Err(InputError::new(
+            field,
+            format!(
+                "expected an entity reference like {{\"type\": \"User\", \"id\": \"alice\"}} or \"User::\\\"alice\\\"\", found `{other}`"
+            ),
+        )),
+    }
+}
+
+/// Builds a request. With `validate`, the principal and resource types must
+/// be ones the action applies to and the context must match the action's
+/// declared context, as Cedar's request validation says; without it (Cedar's
+/// test format allows that per request), only the context is read against the
+/// schema.
+pub fn build_request(
+    snapshot: &PolicySnapshot,
+    principal: EntityUid,
+    action: EntityUid,
+    resource: EntityUid,
+    context: Option<&Value>,
+    validate: bool,
+) -> Result<Request, InputError> {
+    let schema = &snapshot.schema;
+    let context = match context {
+        None | Some(Value::Null) => Context::empty(),
+        Some(v @ Value::Object(_)) => {
+            if schema.actions().any(|a| a == &action) {
+                Context::from_json_value(v.clone(), Some((schema, &action)))
+                    .map_err(|e| InputError::new("context", describe(&e)))?
+            } else if validate {
+                return Err(InputError::new(
+                    "action",
+                    format!("unknown action `{action}`"),
+                ));
+            } else {
+                Context::from_json_value(v.clone(), None)
+                    .map_err(|e| InputError::new("context", describe(&e)))?
+            }
+        }
+        Some(other) => {
+            return Err(InputError::new(
+                "context",
+                format!("expected a JSON object, found `{other}`"),
+            ))
+        }
+    };
+    let schema = validate.then_some(schema);
+    Request::new(principal, action, resource, context, schema).map_err(|e| {
+        use cedar_policy::RequestValidationError as R;
+        let field = match &e {
+            R::UndeclaredAction(_) | R::ExternalAction(_) => "action",
+            R::UndeclaredPrincipalType(_) | R::InvalidPrincipalType(_) => "principal",
+            R::UndeclaredResourceType(_) | R::InvalidResourceType(_) => "resource",
+            R::InvalidContext(_) | R::TypeOfContext(_) => "context",
+            // Enumerated-entity errors name the entity in their message.
+            _ => "request",
+        };
+        InputError::new(field, describe(&e))
+    })
+}
+
+/// Parses entities in Cedar's JSON entity format against the snapshot's
+/// schema, adding the schema's action entities. Every entity must conform to
+/// the schema (declared type, attribute types, parent types).
+pub fn parse_entities(snapshot: &PolicySnapshot, value: &Value) -> Result<Entities, InputError> {
+    match value {
+        Value::Null => Ok(snapshot.action_entities.clone()),
+        Value::Array(items) if items.is_empty() => Ok(snapshot.action_entities.clone()),
+        Value::Array(_) => Entities::from_json_value(value.clone(), Some(&snapshot.schema))
+            .map_err(|e| InputError::new("entities", describe(&e))),
+        other => Err(InputError::new(
+            "entities",
+            format!("expected a JSON array of entities, found `{}`", kind(other)),
+        )),
+    }
+}
+
+/// Parses entities and then adds entities that cedard itself contributes
+/// (already checked against the schema when they were built).
+pub fn parse_entities_with(
+    snapshot: &PolicySnapshot,
+    value: &Value,
+    extra: Vec<Entity>,
+) -> Result<Entities, InputError> {
+    let entities = parse_entities(snapshot, value)?;
+    if extra.is_empty() {
+        return Ok(entities);
+    }
+    entities
+        .add_entities(extra, Some(&snapshot.schema))
+        .map_err(|e| InputError::new("entities", describe(&e)))
+}
+
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// A policy that contributed to a decision.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Reason {
+    /// The policy's id.
+    pub policy_id: String,
+    /// Its file, relative to the policy folder.
+    pub file: String,
+    /// The line it starts on.
+    pub line: usize,
+}
+
+/// A policy whose evaluation failed. Such a policy is skipped, as Cedar
+/// specifies, so an error can only ever remove an allow, never add one.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct EvalError {
+    /// The policy's id.
+    pub policy_id: String,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// The answer to one request.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Decision {
+    /// `true` for allow.
+    #[serde(serialize_with = "ser_decision", rename = "decision")]
+    pub allow: bool,
+    /// The policies that determined the decision, sorted by id.
+    pub reasons: Vec<Reason>,
+    /// The policies that failed to evaluate, sorted by id.
+    pub errors: Vec<EvalError>,
+}
+
+fn ser_decision<S: serde::Serializer>(allow: &bool, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(if *allow { "allow" } else { "deny" })
+}
+
+/// Decides one request against one snapshot.
+pub fn decide(snapshot: &PolicySnapshot, request: &Request, entities: &Entities) -> Decision {
+    let response = Authorizer::new().is_authorized(request, &snapshot.policies, entities);
+    to_decision(snapshot, &response)
+}
+
+fn to_decision(snapshot: &PolicySnapshot, response: &Response) -> Decision {
+    let allow = response.decision() == cedar_policy::Decision::Allow;
+    let mut reasons: Vec<Reason> = response
+        .diagnostics()
+        .reason()
+        .map(|id| reason_of(snapshot, id))
+        .collect();
+    reasons.sort_by(|a, b| a.policy_id.cmp(&b.policy_id));
+    let mut errors: Vec<EvalError> = response
+        .diagnostics()
+        .errors()
+        .map(|e| {
+            let cedar_policy::AuthorizationError::PolicyEvaluationError(inner) = e;
+            EvalError {
+                policy_id: inner.policy_id().to_string(),
+                message: describe(e),
+            }
+        })
+        .collect();
+    errors.sort_by(|a, b| a.policy_id.cmp(&b.policy_id));
+    Decision {
+        allow,
+        reasons,
+        errors,
+    }
+}
+
+fn reason_of(snapshot: &PolicySnapshot, id: &PolicyId) -> Reason {
+    match snapshot.meta_of(id) {
+        Some(m) => Reason {
+            policy_id: m.id.clone(),
+            file: m.file.clone(),
+            line: m.line,
+        },
+        None => Reason {
+            policy_id: id.to_string(),
+            file: String::new(),
+            line: 0,
+        },
+    }
+}

@@ -1,0 +1,170 @@
+//! The command line: `cedard serve`, `cedard validate`, and the commands that
+//! read policies for people. Each command is a thin shell over the library.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::policy::{self, LoadError, Sources};
+use crate::server::{self, Config};
+
+/// cedard: Cedar policies from files, hot-reloaded, answered over HTTP.
+#[derive(Debug, Parser)]
+#[command(name = "cedard", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve decisions over HTTP, reloading the policies when they change.
+    Serve(ServeArgs),
+    /// Check the policy folder against the schema as a load does.
+    Validate(PolicyArgs),
+}
+
+/// Where the policy set lives.
+#[derive(Debug, Args, Clone)]
+pub struct PolicyArgs {
+    /// Folder of `*.cedar` policy files (searched recursively).
+    #[arg(long, env = "CEDARD_POLICIES", default_value = "policies")]
+    pub policies: PathBuf,
+    /// Schema file, or folder of `*.cedarschema` / `*.cedarschema.json` files.
+    #[arg(long, env = "CEDARD_SCHEMA", default_value = "schema")]
+    pub schema: PathBuf,
+}
+
+impl PolicyArgs {
+    /// The sources these arguments name.
+    pub fn sources(&self) -> Sources {
+        Sources {
+            policies: self.policies.clone(),
+            schema: self.schema.clone(),
+        }
+    }
+}
+
+/// Options of `cedard serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Where the policy set lives.
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// Address to listen on.
+    #[arg(long, env = "CEDARD_LISTEN", default_value = "127.0.0.1:8180")]
+    pub listen: String,
+    /// The most requests one batch call may hold.
+    #[arg(long, env = "CEDARD_BATCH_LIMIT", default_value_t = 1000)]
+    pub batch_limit: usize,
+    /// Milliseconds to let a burst of file events settle before reloading.
+    #[arg(long, env = "CEDARD_DEBOUNCE_MS", default_value_t = 50)]
+    pub debounce_ms: u64,
+    /// Seconds between content checks that catch missed file events.
+    #[arg(long, env = "CEDARD_POLL_SECS", default_value_t = 2)]
+    pub poll_secs: u64,
+}
+
+/// Prints load errors with paths a user can open: `policies/dev.cedar:3:7: …`.
+pub fn print_errors(base: &Path, errors: &[LoadError]) {
+    for e in errors {
+        let path = base.join(&e.file);
+        let shown = LoadError {
+            file: if path.exists() {
+                path.display().to_string()
+            } else {
+                e.file.clone()
+            },
+            ..e.clone()
+        };
+        eprintln!("error: {shown}");
+    }
+}
+
+/// Runs the parsed command line.
+pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Validate(args) => Ok(validate(&args)),
+        Command::Serve(args) => serve(args),
+    }
+}
+
+fn validate(args: &PolicyArgs) -> ExitCode {
+    match policy::load(&args.sources(), 1) {
+        Ok(snapshot) => {
+            let base = &args.policies;
+            for w in &snapshot.warnings {
+                eprintln!(
+                    "warning: {}",
+                    base.join(&w.file).display().to_string()
+                        + &format!(":{}", w.line.unwrap_or(0))
+                        + ": "
+                        + &w.message
+                );
+            }
+            println!(
+                "ok: {} policies in {} valid against {}",
+                snapshot.meta.len(),
+                args.policies.display(),
+                args.schema.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            print_errors(&args.policies, &e.0);
+            eprintln!("{} error(s): the policy set is invalid", e.0.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on `{}`: {e}", args.listen))?;
+        let mut config = Config::new(&args.policy.policies, &args.policy.schema);
+        config.batch_limit = args.batch_limit;
+        config.debounce = std::time::Duration::from_millis(args.debounce_ms);
+        config.poll_interval = std::time::Duration::from_secs(args.poll_secs.max(1));
+        match server::run(listener, config, shutdown_signal()).await {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            Err(server::Error::Policy(e)) => {
+                print_errors(&args.policy.policies, &e.0);
+                eprintln!(
+                    "{} error(s): refusing to start on an invalid policy set",
+                    e.0.len()
+                );
+                Ok(ExitCode::FAILURE)
+            }
+            Err(e) => Err(e.into()),
+        }
+    })
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
+}

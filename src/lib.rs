@@ -1,0 +1,11 @@
+//! cedard: an authorization daemon. Cedar policies from files, validated and
+//! hot-reloaded, answered over HTTP.
+//!
+//! The binary (`src/main.rs`) only parses the command line; everything it
+//! runs lives here so that tests drive the same code.
+
+pub mod api;
+pub mod authz;
+pub mod cli;
+pub mod policy;
+pub mod server;

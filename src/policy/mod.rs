@@ -1,0 +1,622 @@
+//! Policy sets: reading Cedar policy files and a schema from disk, naming every
+//! policy, validating the set strictly, and describing where each policy and
+//! each error lives (file, line, column).
+//!
+//! The result is a [`PolicySnapshot`]: an immutable value that the rest of
+//! cedard evaluates against. Hot reload (`policy::watch`) builds a new snapshot
+//! and swaps it in whole. This module knows nothing about HTTP, redb or the
+//! test runner.
+
+pub mod watch;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use cedar_policy::{
+    Entities, Policy, PolicyId, PolicySet, Schema, SchemaFragment, Template, ValidationMode,
+    Validator,
+};
+use miette::Diagnostic;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+
+/// One problem found while loading a policy set, located as precisely as the
+/// source allows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LoadError {
+    /// The file, relative to the policy folder (or the schema path as given).
+    pub file: String,
+    /// 1-based line, when the problem has a location.
+    pub line: Option<usize>,
+    /// 1-based column, when the problem has a location.
+    pub column: Option<usize>,
+    /// What is wrong, in Cedar's words.
+    pub message: String,
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.line, self.column) {
+            (Some(l), Some(c)) => write!(f, "{}:{l}:{c}: {}", self.file, self.message),
+            (Some(l), None) => write!(f, "{}:{l}: {}", self.file, self.message),
+            _ => write!(f, "{}: {}", self.file, self.message),
+        }
+    }
+}
+
+/// Why a policy set was refused: every problem found, not just the first.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the policy set is invalid ({} error(s)); first: {}", .0.len(), .0.first().map(ToString::to_string).unwrap_or_default())]
+pub struct PolicyError(pub Vec<LoadError>);
+
+/// Where one policy came from and what it says, for listings, reasons and
+/// error reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicyMeta {
+    /// The id decisions report: the `@id` annotation, or `<file>#<index>`.
+    pub id: String,
+    /// The file, relative to the policy folder.
+    pub file: String,
+    /// 1-based line of the policy's first token (its first annotation).
+    pub line: usize,
+    /// Position of the policy within its file, counting from 0.
+    pub index: usize,
+    /// `permit` or `forbid`.
+    pub effect: &'static str,
+    /// Whether this is a template (templates decide nothing until linked).
+    pub template: bool,
+    /// All annotations, `@id` included.
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Identifies the exact files a snapshot was built from.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Revision {
+    /// Counts successful loads since the daemon started, from 1.
+    pub generation: u64,
+    /// SHA-256 over the relative path and content of every loaded file.
+    pub sha256: String,
+}
+
+/// How policies are named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Naming {
+    /// `@id("...")` if present, else `<file>#<index>`: what the daemon uses.
+    Annotation,
+    /// Cedar's own `policy0`, `policy1`, … in file order, as
+    /// `PolicySet::from_str` assigns them: what Cedar's test format expects.
+    CedarDefault,
+}
+
+/// A source file read from disk (or anywhere else).
+#[derive(Debug, Clone)]
+pub struct SourceFile {
+    /// Path relative to the folder it was found in, with `/` separators.
+    pub name: String,
+    /// The file's text.
+    pub text: String,
+}
+
+/// An immutable, fully parsed policy set with its schema. Every decision is
+/// evaluated against exactly one snapshot.
+#[derive(Debug)]
+pub struct PolicySnapshot {
+    /// The policies, named as [`PolicyMeta::id`] says.
+    pub policies: PolicySet,
+    /// The schema the policies, requests and entities are checked against.
+    pub schema: Schema,
+    /// One entry per policy and template, in file order then position.
+    pub meta: Vec<PolicyMeta>,
+    by_id: HashMap<PolicyId, usize>,
+    /// The action entities of the schema, built once so that each decision
+    /// does not rebuild them.
+    pub action_entities: Entities,
+    /// Which files this is.
+    pub revision: Revision,
+    /// When this snapshot was built.
+    pub loaded_at: OffsetDateTime,
+    /// Validator warnings (they do not refuse a set, but admins want them).
+    pub warnings: Vec<LoadError>,
+}
+
+impl PolicySnapshot {
+    /// Looks up the metadata of a policy by the id decisions report.
+    pub fn meta_of(&self, id: &PolicyId) -> Option<&PolicyMeta> {
+        self.by_id.get(id).map(|&i| &self.meta[i])
+    }
+
+    /// Parses policy files and assembles a snapshot, without validating the
+    /// policies against the schema (see [`validate`](Self::validate)).
+    pub fn build(
+        files: &[SourceFile],
+        schema: Schema,
+        naming: Naming,
+        revision: Revision,
+    ) -> Result<Self, PolicyError> {
+        let mut errors = Vec::new();
+        let mut policies = PolicySet::new();
+        let mut meta: Vec<PolicyMeta> = Vec::new();
+        let mut by_id: HashMap<PolicyId, usize> = HashMap::new();
+        for file in files {
+            let parsed = match parse_file(&file.text) {
+                Ok(p) => p,
+                Err(e) => {
+                    errors.extend(diagnostic_errors(&file.name, &file.text, &e));
+                    continue;
+                }
+            };
+            for (index, item) in parsed.into_iter().enumerate() {
+                let id = match naming {
+                    Naming::CedarDefault => format!("policy{index}"),
+                    Naming::Annotation => item
+                        .annotation("id")
+                        .map(str::to_owned)
+                        .unwrap_or_else(|| format!("{}#{index}", file.name)),
+                };
+                let pid = PolicyId::new(&id);
+                if let Some(&previous) = by_id.get(&pid) {
+                    let first = &meta[previous];
+                    errors.push(LoadError {
+                        file: file.name.clone(),
+                        line: Some(item.line),
+                        column: Some(1),
+                        message: format!(
+                            "duplicate policy id `{id}`: already used at {}:{}",
+                            first.file, first.line
+                        ),
+                    });
+                    continue;
+                }
+                let entry = PolicyMeta {
+                    id: id.clone(),
+                    file: file.name.clone(),
+                    line: item.line,
+                    index,
+                    effect: item.effect(),
+                    template: matches!(item.body, Item::Template(_)),
+                    annotations: item.annotations(),
+                };
+                let added = match item.body {
+                    Item::Policy(p) => policies.add(p.new_id(pid.clone())),
+                    Item::Template(t) => policies.add_template(t.new_id(pid.clone())),
+                };
+                if let Err(e) = added {
+                    errors.push(LoadError {
+                        file: file.name.clone(),
+                        line: Some(item.line),
+                        column: Some(1),
+                        message: e.to_string(),
+                    });
+                    continue;
+                }
+                by_id.insert(pid, meta.len());
+                meta.push(entry);
+            }
+        }
+        let action_entities = match schema.action_entities() {
+            Ok(a) => a,
+            Err(e) => {
+                errors.push(LoadError {
+                    file: "schema".into(),
+                    line: None,
+                    column: None,
+                    message: describe(&e),
+                });
+                Entities::empty()
+            }
+        };
+        if !errors.is_empty() {
+            return Err(PolicyError(errors));
+        }
+        Ok(Self {
+            policies,
+            schema,
+            meta,
+            by_id,
+            action_entities,
+            revision,
+            loaded_at: OffsetDateTime::now_utc(),
+            warnings: Vec::new(),
+        })
+    }
+
+    /// Validates the policies against the schema in strict mode. Returns the
+    /// errors (empty when the set validates) and records warnings.
+    pub fn validate(&mut self, files: &[SourceFile]) -> Vec<LoadError> {
+        let result =
+            Validator::new(self.schema.clone()).validate(&self.policies, ValidationMode::Strict);
+        let locate = |id: &PolicyId, diag: &dyn Diagnostic, message: String| {
+            let (file, text) = match self.meta_of(id) {
+                Some(m) => (
+                    m.file.clone(),
+                    files
+                        .iter()
+                        .find(|f| f.name == m.file)
+                        .map(|f| f.text.as_str()),
+                ),
+                None => (id.to_string(), None),
+            };
+            let (line, column) = match (first_offset(diag), text) {
+                (Some(off), Some(text)) => {
+                    let (l, c) = line_col(text, off);
+                    (Some(l), Some(c))
+                }
+                _ => (self.meta_of(id).map(|m| m.line), None),
+            };
+            LoadError {
+                file,
+                line,
+                column,
+                message,
+            }
+        };
+        let warnings = result
+            .validation_warnings()
+            .map(|w| locate(w.policy_id(), w, describe(w)))
+            .collect();
+        let errors = result
+            .validation_errors()
+            .map(|e| locate(e.policy_id(), e, describe(e)))
+            .collect();
+        self.warnings = warnings;
+        errors
+    }
+}
+
+/// A parsed policy or template with its position in the file.
+struct Parsed {
+    line: usize,
+    body: Item,
+}
+
+enum Item {
+    Policy(Policy),
+    Template(Template),
+}
+
+impl Parsed {
+    fn annotation(&self, key: &str) -> Option<&str> {
+        match &self.body {
+            Item::Policy(p) => p.annotation(key),
+            Item::Template(t) => t.annotation(key),
+        }
+    }
+
+    fn annotations(&self) -> BTreeMap<String, String> {
+        let pairs: Vec<(&str, &str)> = match &self.body {
+            Item::Policy(p) => p.annotations().collect(),
+            Item::Template(t) => t.annotations().collect(),
+        };
+        pairs
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect()
+    }
+
+    fn effect(&self) -> &'static str {
+        let effect = match &self.body {
+            Item::Policy(p) => p.effect(),
+            Item::Template(t) => t.effect(),
+        };
+        match effect {
+            cedar_policy::Effect::Permit => "permit",
+            cedar_policy::Effect::Forbid => "forbid",
+        }
+    }
+}
+
+/// Parses one file into its policies and templates, in file order, each with
+/// the line it starts on. Cedar numbers the statements of a file `policy0`,
+/// `policy1`, … in order, whether they are policies or templates.
+fn parse_file(text: &str) -> Result<Vec<Parsed>, cedar_policy::ParseErrors> {
+    let set: PolicySet = text.parse()?;
+    let count = set.policies().count() + set.templates().count();
+    let mut out = Vec::with_capacity(count);
+    let mut cursor = 0usize;
+    for i in 0..count {
+        let pid = PolicyId::new(format!("policy{i}"));
+        let (body, source) = if let Some(p) = set.policy(&pid) {
+            (Item::Policy(p.clone()), p.to_cedar())
+        } else if let Some(t) = set.template(&pid) {
+            (Item::Template(t.clone()), Some(t.to_cedar()))
+        } else {
+            // Cedar numbers every statement; a gap cannot happen, but if it
+            // did, skipping keeps the remaining policies correctly placed.
+            continue;
+        };
+        // `to_cedar` returns the policy's exact source text, so finding it
+        // after the previous policy gives the policy's offset in the file.
+        let offset = source
+            .as_deref()
+            .and_then(|s| text[cursor..].find(s).map(|o| (cursor + o, s.len())));
+        let line = match offset {
+            Some((start, len)) => {
+                cursor = start + len;
+                line_col(text, start).0
+            }
+            None => line_col(text, cursor).0,
+        };
+        out.push(Parsed { line, body });
+    }
+    Ok(out)
+}
+
+/// Converts a byte offset into a 1-based line and column (in characters).
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+/// The byte offset of a diagnostic's first labelled span, if it has one.
+fn first_offset(diag: &dyn Diagnostic) -> Option<usize> {
+    diag.labels()
+        .and_then(|mut labels| labels.next())
+        .map(|l| l.offset())
+}
+
+/// A one-line description of a Cedar diagnostic: its message, then its help.
+pub fn describe(diag: &dyn Diagnostic) -> String {
+    let mut message = diag.to_string();
+    if let Some(help) = diag.help() {
+        message.push_str(": ");
+        message.push_str(&help.to_string());
+    }
+    message
+}
+
+/// Converts a Cedar error with possibly many parts (like `ParseErrors`) into
+/// located errors for one file.
+fn diagnostic_errors(file: &str, text: &str, diag: &dyn Diagnostic) -> Vec<LoadError> {
+    let locate = |d: &dyn Diagnostic| {
+        let (line, column) = match first_offset(d) {
+            Some(off) => {
+                let (l, c) = line_col(text, off);
+                (Some(l), Some(c))
+            }
+            None => (None, None),
+        };
+        LoadError {
+            file: file.to_owned(),
+            line,
+            column,
+            message: describe(d),
+        }
+    };
+    let related: Vec<LoadError> = diag
+        .related()
+        .map(|r| r.map(|d| locate(d)).collect())
+        .unwrap_or_default();
+    if related.is_empty() {
+        vec![locate(diag)]
+    } else {
+        let mut all = vec![locate(diag)];
+        all.extend(related);
+        all.dedup();
+        all
+    }
+}
+
+/// Where a policy set lives on disk.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    /// The folder of `*.cedar` files (searched recursively).
+    pub policies: PathBuf,
+    /// A schema file, or a folder of `*.cedarschema` / `*.cedarschema.json`.
+    pub schema: PathBuf,
+}
+
+/// The raw files of one load: read once, hashed, then parsed.
+#[derive(Debug, Clone)]
+pub struct Files {
+    /// Policy files, sorted by relative path.
+    pub policies: Vec<SourceFile>,
+    /// Schema files, sorted by name.
+    pub schemas: Vec<SourceFile>,
+    /// SHA-256 of all of the above.
+    pub sha256: String,
+}
+
+impl Sources {
+    /// Reads every policy and schema file. Fails with located errors when a
+    /// folder or file cannot be read.
+    pub fn read(&self) -> Result<Files, PolicyError> {
+        let mut errors = Vec::new();
+        let mut policies = Vec::new();
+        collect(
+            &self.policies,
+            &self.policies,
+            &mut policies,
+            &mut errors,
+            is_policy_file,
+        );
+        let mut schemas = Vec::new();
+        if self.schema.is_dir() {
+            collect(
+                &self.schema,
+                &self.schema,
+                &mut schemas,
+                &mut errors,
+                is_schema_file,
+            );
+            if schemas.is_empty() && errors.is_empty() {
+                errors.push(LoadError {
+                    file: self.schema.display().to_string(),
+                    line: None,
+                    column: None,
+                    message: "no `*.cedarschema` or `*.cedarschema.json` file in the schema folder"
+                        .into(),
+                });
+            }
+        } else {
+            match std::fs::read_to_string(&self.schema) {
+                Ok(text) => schemas.push(SourceFile {
+                    name: self
+                        .schema
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    text,
+                }),
+                Err(e) => errors.push(LoadError {
+                    file: self.schema.display().to_string(),
+                    line: None,
+                    column: None,
+                    message: format!("cannot read the schema: {e}"),
+                }),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(PolicyError(errors));
+        }
+        policies.sort_by(|a, b| a.name.cmp(&b.name));
+        schemas.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut hasher = Sha256::new();
+        for (kind, list) in [("policy", &policies), ("schema", &schemas)] {
+            for f in list {
+                hasher.update(kind.as_bytes());
+                hasher.update([0]);
+                hasher.update(f.name.as_bytes());
+                hasher.update([0]);
+                hasher.update((f.text.len() as u64).to_le_bytes());
+                hasher.update(f.text.as_bytes());
+            }
+        }
+        Ok(Files {
+            policies,
+            schemas,
+            sha256: hex::encode(hasher.finalize()),
+        })
+    }
+}
+
+/// Parses schema files (Cedar syntax or JSON) into one schema.
+pub fn parse_schema(files: &[SourceFile]) -> Result<Schema, PolicyError> {
+    let mut errors = Vec::new();
+    let mut fragments = Vec::new();
+    for f in files {
+        let parsed = if f.name.ends_with(".json") {
+            SchemaFragment::from_json_str(&f.text)
+                .map_err(|e| diagnostic_errors(&f.name, &f.text, &e))
+        } else {
+            SchemaFragment::from_cedarschema_str(&f.text)
+                .map(|(frag, _warnings)| frag)
+                .map_err(|e| diagnostic_errors(&f.name, &f.text, &e))
+        };
+        match parsed {
+            Ok(frag) => fragments.push(frag),
+            Err(e) => errors.extend(e),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(PolicyError(errors));
+    }
+    Schema::from_schema_fragments(fragments).map_err(|e| {
+        // Errors that span fragments can only be placed in a file when there
+        // is one file.
+        let errs = match files {
+            [only] => diagnostic_errors(&only.name, &only.text, &e),
+            _ => vec![LoadError {
+                file: files
+                    .iter()
+                    .map(|f| f.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                line: None,
+                column: None,
+                message: describe(&e),
+            }],
+        };
+        PolicyError(errs)
+    })
+}
+
+/// Reads, parses and strictly validates a policy folder and schema: what the
+/// daemon does at start and on every reload, and what `cedard validate` does.
+pub fn load(sources: &Sources, generation: u64) -> Result<Arc<PolicySnapshot>, PolicyError> {
+    let files = sources.read()?;
+    load_files(&files, generation)
+}
+
+/// Like [`load`], from files already read.
+pub fn load_files(files: &Files, generation: u64) -> Result<Arc<PolicySnapshot>, PolicyError> {
+    let schema = parse_schema(&files.schemas)?;
+    let revision = Revision {
+        generation,
+        sha256: files.sha256.clone(),
+    };
+    let mut snapshot =
+        PolicySnapshot::build(&files.policies, schema, Naming::Annotation, revision)?;
+    let errors = snapshot.validate(&files.policies);
+    if !errors.is_empty() {
+        return Err(PolicyError(errors));
+    }
+    Ok(Arc::new(snapshot))
+}
+
+fn is_policy_file(name: &str) -> bool {
+    name.ends_with(".cedar")
+}
+
+fn is_schema_file(name: &str) -> bool {
+    name.ends_with(".cedarschema") || name.ends_with(".cedarschema.json")
+}
+
+/// Collects matching files below `dir`. Hidden files and folders (editor
+/// locks, swap files, `.git`) are skipped; only names with the right ending
+/// count, so backup files like `basic.cedar~` never load.
+fn collect(
+    root: &Path,
+    dir: &Path,
+    out: &mut Vec<SourceFile>,
+    errors: &mut Vec<LoadError>,
+    wanted: fn(&str) -> bool,
+) {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            errors.push(LoadError {
+                file: dir.display().to_string(),
+                line: None,
+                column: None,
+                message: format!("cannot read the folder: {e}"),
+            });
+            return;
+        }
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
+        if path.is_dir() {
+            collect(root, &path, out, errors, wanted);
+        } else if wanted(&name) {
+            let rel = path
+                .strip_prefix(root)
+                .unwrap_or(&path)
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy())
+                .collect::<Vec<_>>()
+                .join("/");
+            match std::fs::read_to_string(&path) {
+                Ok(text) => out.push(SourceFile { name: rel, text }),
+                // A file deleted between listing and reading is simply gone.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => errors.push(LoadError {
+                    file: rel,
+                    line: None,
+                    column: None,
+                    message: format!("cannot read the file: {e}"),
+                }),
+            }
+        }
+    }
+}

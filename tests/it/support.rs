@@ -1,0 +1,225 @@
+//! Starting the real daemon for a test: in-process on `127.0.0.1:0` with
+//! [`spawn_app`], or as the real `cedard` binary with [`spawn_binary`].
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cedard::server::{self, Config};
+use serde_json::Value;
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+
+/// The repository root, where the default pack lives.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Copies the default policy pack (`policies/`, `schema/`) into a new
+/// temporary folder.
+pub fn copy_pack() -> TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for sub in ["policies", "schema"] {
+        copy_dir(&repo_root().join(sub), &dir.path().join(sub));
+    }
+    dir
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create dir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        let path = entry.path();
+        if path.is_dir() {
+            copy_dir(&path, &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(&path, to.join(entry.file_name())).expect("copy");
+        }
+    }
+}
+
+/// A running in-process daemon.
+pub struct TestApp {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// A client for it.
+    pub client: reqwest::Client,
+    /// The temporary folder holding `policies/` and `schema/`.
+    pub dir: TempDir,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), server::Error>>>,
+}
+
+impl TestApp {
+    /// The policy folder the daemon watches.
+    pub fn policies(&self) -> PathBuf {
+        self.dir.path().join("policies")
+    }
+
+    /// The full URL of `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// GETs `path` and returns the status and JSON body.
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let resp = self
+            .client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// POSTs a JSON body to `path` and returns the status and JSON body.
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        self.post_raw(path, body.to_string()).await
+    }
+
+    /// POSTs raw bytes to `path` and returns the status and JSON body.
+    pub async fn post_raw(&self, path: &str, body: String) -> (u16, Value) {
+        let resp = self
+            .client
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("request");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The current policy generation.
+    pub async fn generation(&self) -> u64 {
+        let (_, body) = self.get("/v1/policies").await;
+        body["revision"]["generation"].as_u64().expect("generation")
+    }
+
+    /// Stops the daemon and waits for it to finish.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Starts the daemon in-process on `127.0.0.1:0` over a fresh copy of the
+/// default pack.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_in(copy_pack(), |_| {}).await
+}
+
+/// Starts the daemon in-process over `dir` (holding `policies/` and
+/// `schema/`), letting the test adjust the configuration first.
+pub async fn spawn_app_in(dir: TempDir, adjust: impl FnOnce(&mut Config)) -> TestApp {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let mut config = Config::new(dir.path().join("policies"), dir.path().join("schema"));
+    adjust(&mut config);
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(server::run(listener, config, async move {
+        let _ = rx.await;
+    }));
+    let client = reqwest::Client::new();
+    let app = TestApp {
+        addr,
+        client,
+        dir,
+        shutdown: Some(tx),
+        task: Some(task),
+    };
+    wait_until(Duration::from_secs(20), || async {
+        app.client.get(app.url("/readyz")).send().await.is_ok()
+    })
+    .await;
+    app
+}
+
+/// Waits until `check` is true, polling every 20 ms, and panics at the
+/// deadline. Tests wait for conditions, never for fixed sleeps.
+pub async fn wait_until<F, Fut>(deadline: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "condition not met within {deadline:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A running `cedard` binary.
+pub struct Binary {
+    /// The child process.
+    pub child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+impl Binary {
+    /// The full URL of `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Picks a free loopback port. The tiny window between releasing it and the
+/// binary binding it is acceptable for tests.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// Runs `cedard serve` with `args` (plus `--listen` on a free port) from
+/// `cwd`, and waits until it answers `/healthz`.
+pub async fn spawn_binary(cwd: &Path, args: &[&str]) -> Binary {
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let child = Command::new(env!("CARGO_BIN_EXE_cedard"))
+        .arg("serve")
+        .args(args)
+        .arg("--listen")
+        .arg(addr.to_string())
+        .current_dir(cwd)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn cedard");
+    let bin = Binary { child, addr };
+    let client = reqwest::Client::new();
+    let url = bin.url("/healthz");
+    wait_until(Duration::from_secs(20), || {
+        let client = client.clone();
+        let url = url.clone();
+        async move { client.get(url).send().await.is_ok() }
+    })
+    .await;
+    bin
+}
