@@ -66,6 +66,9 @@ pub struct ServeArgs {
     /// Seconds between content checks that catch missed file events.
     #[arg(long, env = "CEDARD_POLL_SECS", default_value_t = 2)]
     pub poll_secs: u64,
+    /// Do not watch for file events; rely on the periodic check and SIGHUP.
+    #[arg(long, env = "CEDARD_NO_WATCH")]
+    pub no_watch: bool,
 }
 
 /// Prints load errors with paths a user can open: `policies/dev.cedar:3:7: …`.
@@ -131,6 +134,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         config.batch_limit = args.batch_limit;
         config.debounce = std::time::Duration::from_millis(args.debounce_ms);
         config.poll_interval = std::time::Duration::from_secs(args.poll_secs.max(1));
+        config.watch = !args.no_watch;
         match server::run(listener, config, shutdown_signal()).await {
             Ok(()) => Ok(ExitCode::SUCCESS),
             Err(server::Error::Policy(e)) => {

@@ -26,6 +26,10 @@ pub struct Config {
     pub debounce: Duration,
     /// How often the files' content is re-checked in case an event was missed.
     pub poll_interval: Duration,
+    /// Whether to watch the folders for file events. Off for file systems
+    /// that deliver none (some network mounts); the periodic check and
+    /// SIGHUP still reload.
+    pub watch: bool,
 }
 
 impl Config {
@@ -39,6 +43,7 @@ impl Config {
             batch_limit: 1000,
             debounce: Duration::from_millis(50),
             poll_interval: Duration::from_secs(2),
+            watch: true,
         }
     }
 }
@@ -75,7 +80,11 @@ pub async fn run(
         "policy set loaded"
     );
     drop(snapshot);
-    let _watch = watch::watch(live.clone(), config.debounce)?;
+    let _watch = if config.watch {
+        Some(watch::watch(live.clone(), config.debounce)?)
+    } else {
+        None
+    };
     let poller = tokio::spawn(watch::poll(live.clone(), config.poll_interval));
     #[cfg(unix)]
     let hup = tokio::spawn(watch::reload_on_sighup(live.clone()));

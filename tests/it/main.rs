@@ -2,3 +2,5 @@
 //! temporary copy of the policy pack.
 
 mod support;
+mod decisions;
+mod reload;
