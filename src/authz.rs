@@ -10,6 +10,7 @@
 
 use cedar_policy::{Authorizer, Context, Entities, Entity, EntityUid, PolicyId, Request, Response};
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::policy::{describe, PolicySnapshot};
@@ -119,14 +120,98 @@ pub fn build_request(
 pub fn parse_entities(snapshot: &PolicySnapshot, value: &Value) -> Result<Entities, InputError> {
     match value {
         Value::Null => Ok(snapshot.action_entities.clone()),
-        Value::Array(items) if items.is_empty() => Ok(snapshot.action_entities.clone()),
-        Value::Array(_) => Entities::from_json_value(value.clone(), Some(&snapshot.schema))
-            .map_err(|e| InputError::new("entities", describe(&e))),
-        other => Err(InputError::new(
-            "entities",
-            format!("expected a JSON array of entities, found `{}`", kind(other)),
-        )),
+        Value::Array(items) => {
+            let mut decoded = Vec::with_capacity(items.len());
+            for (i, item) in items.iter().enumerate() {
+                let entity = Entity::from_json_value(item.clone(), Some(&snapshot.schema))
+                    .map_err(|e| InputError::new(format!("entities[{i}]"), describe(&e)))?;
+                decoded.push(entity);
+            }
+            assemble(snapshot, decoded, Vec::new(), || value.to_string())
+        }
+        other => Err(not_an_array(other)),
     }
+}
+
+/// Like [`parse_entities`], from the raw JSON text of the array, as the HTTP
+/// API receives it. Each entity is decoded by Cedar's own parser against the
+/// schema; the decoding is remembered per snapshot, keyed by the entity's
+/// exact JSON text, because services send the same users and accounts again
+/// and again and Cedar's JSON entity parser dominates the cost of a check.
+/// A remembered entity is exactly what Cedar's parser made of exactly that
+/// text under exactly this schema, so the memo cannot change an answer.
+pub fn parse_entities_raw(
+    snapshot: &PolicySnapshot,
+    raw: &RawValue,
+) -> Result<Entities, InputError> {
+    parse_entities_raw_with(snapshot, raw, Vec::new())
+}
+
+/// Like [`parse_entities_raw`], adding entities that cedard itself contributes
+/// (built to the schema by cedard).
+pub fn parse_entities_raw_with(
+    snapshot: &PolicySnapshot,
+    raw: &RawValue,
+    extra: Vec<Entity>,
+) -> Result<Entities, InputError> {
+    let items: Vec<&RawValue> = match serde_json::from_str(raw.get()) {
+        Ok(items) => items,
+        Err(_) => {
+            let value: Value = serde_json::from_str(raw.get()).unwrap_or(Value::Null);
+            return Err(not_an_array(&value));
+        }
+    };
+    let mut decoded = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let text = item.get();
+        let entity = match snapshot.entity_cache.get(text) {
+            Some(e) => e,
+            None => {
+                let e = Entity::from_json_str(text, Some(&snapshot.schema))
+                    .map_err(|e| InputError::new(format!("entities[{i}]"), describe(&e)))?;
+                snapshot.entity_cache.insert(text, &e);
+                e
+            }
+        };
+        decoded.push(entity);
+    }
+    assemble(snapshot, decoded, extra, || raw.get().to_owned())
+}
+
+/// Puts decoded entities together with the schema's action entities.
+///
+/// Cedar's batch parser adds the schema's action entities and computes the
+/// hierarchy over everything; here the action entities were built once per
+/// snapshot and are merged in. Inline action entities are rare and have
+/// special rules (they must equal the schema's), so a set with one is handed
+/// whole to Cedar's batch parser instead.
+fn assemble(
+    snapshot: &PolicySnapshot,
+    inline: Vec<Entity>,
+    extra: Vec<Entity>,
+    whole: impl FnOnce() -> String,
+) -> Result<Entities, InputError> {
+    let entities = if inline
+        .iter()
+        .any(|e| snapshot.action_entities.get(&e.uid()).is_some())
+    {
+        Entities::from_json_str(&whole(), Some(&snapshot.schema))
+            .map_err(|e| InputError::new("entities", describe(&e)))?
+    } else if inline.is_empty() {
+        snapshot.action_entities.clone()
+    } else {
+        snapshot
+            .action_entities
+            .clone()
+            .add_entities(inline, None)
+            .map_err(|e| InputError::new("entities", describe(&e)))?
+    };
+    if extra.is_empty() {
+        return Ok(entities);
+    }
+    entities
+        .add_entities(extra, Some(&snapshot.schema))
+        .map_err(|e| InputError::new("entities", describe(&e)))
 }
 
 /// Parses entities and then adds entities that cedard itself contributes
@@ -145,9 +230,56 @@ pub fn parse_entities_with(
         .map_err(|e| InputError::new("entities", describe(&e)))
 }
 
+fn not_an_array(value: &Value) -> InputError {
+    InputError::new(
+        "entities",
+        format!("expected a JSON array of entities, found {}", kind(value)),
+    )
+}
+
+/// A bounded memo of inline entities decoded against one snapshot's schema,
+/// keyed by the exact JSON text of each entity.
+///
+/// A `std::sync::Mutex` is enough: it is held only for a hash lookup or
+/// insert, never across an `.await`. When full it is cleared rather than
+/// tracking recency: simple, and a refill costs only the parses it saves.
+#[derive(Debug, Default)]
+pub struct EntityCache {
+    map: std::sync::Mutex<std::collections::HashMap<Box<str>, Entity>>,
+}
+
+impl EntityCache {
+    /// How many decoded entities one snapshot keeps.
+    pub const CAPACITY: usize = 16_384;
+    /// Entities longer than this are not remembered (they are rare, and would
+    /// make the memo's memory unbounded in practice).
+    const MAX_KEY: usize = 4096;
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<Box<str>, Entity>> {
+        // The map is only ever read or replaced entry by entry; a panic while
+        // holding the lock cannot leave a half-written entry.
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get(&self, text: &str) -> Option<Entity> {
+        self.lock().get(text).cloned()
+    }
+
+    fn insert(&self, text: &str, entity: &Entity) {
+        if text.len() > Self::MAX_KEY {
+            return;
+        }
+        let mut map = self.lock();
+        if map.len() >= Self::CAPACITY {
+            map.clear();
+        }
+        map.insert(text.into(), entity.clone());
+    }
+}
+
 fn kind(v: &Value) -> &'static str {
     match v {
-        Value::Null => "null",
+        Value::Null => "null or not JSON",
         Value::Bool(_) => "a boolean",
         Value::Number(_) => "a number",
         Value::String(_) => "a string",

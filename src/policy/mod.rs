@@ -120,6 +120,10 @@ pub struct PolicySnapshot {
     pub loaded_at: OffsetDateTime,
     /// Validator warnings (they do not refuse a set, but admins want them).
     pub warnings: Vec<LoadError>,
+    /// Inline entities already decoded against this snapshot's schema. It
+    /// lives and dies with the snapshot, so a reload (perhaps of the schema)
+    /// never reuses a decoding made under another schema.
+    pub entity_cache: crate::authz::EntityCache,
 }
 
 impl PolicySnapshot {
@@ -220,6 +224,7 @@ impl PolicySnapshot {
             revision,
             loaded_at: OffsetDateTime::now_utc(),
             warnings: Vec::new(),
+            entity_cache: crate::authz::EntityCache::default(),
         })
     }
 

@@ -1,0 +1,174 @@
+//! Where the time of one HTTP check goes, piece by piece, on the default pack
+//! with three inline entities (a user, an account, a pod): body parsing,
+//! entity decoding (Cedar's JSON parser with the schema, as cedard does), the
+//! request, and Cedar's `is_authorized`. Run: `cargo bench --bench decide`.
+
+use std::path::PathBuf;
+
+use cedar_policy::{Authorizer, Entities};
+use cedard::authz;
+use cedard::policy::{self, Sources};
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use serde_json::{json, Value};
+
+fn body() -> Value {
+    let roles: serde_json::Map<String, Value> = ["basic", "billing", "dev", "admin"]
+        .iter()
+        .map(|r| {
+            (
+                r.to_string(),
+                json!({"type": "Role", "id": format!("acme/{r}")}),
+            )
+        })
+        .collect();
+    json!({
+        "principal": {"type": "User", "id": "dana"},
+        "action": {"type": "Action", "id": "startPod"},
+        "resource": {"type": "Pod", "id": "p1"},
+        "entities": [
+            {"uid": {"type": "User", "id": "dana"}, "attrs": {"email": "dana@example.com"}, "parents": [{"type": "Role", "id": "acme/dev"}]},
+            {"uid": {"type": "Account", "id": "acme"}, "attrs": {"name": "Acme", "kind": "team", "owner": {"type": "User", "id": "olga"}, "account": {"type": "Account", "id": "acme"}, "roles": roles}, "parents": []},
+            {"uid": {"type": "Pod", "id": "p1"}, "attrs": {"account": {"type": "Account", "id": "acme"}}, "parents": [{"type": "Account", "id": "acme"}]},
+        ],
+    })
+}
+
+fn bench(c: &mut Criterion) {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let snapshot = policy::load(
+        &Sources {
+            policies: root.join("policies"),
+            schema: root.join("schema"),
+        },
+        1,
+    )
+    .expect("the default pack loads");
+    let body = body();
+    let raw = body.to_string();
+    let entities_json = body["entities"].clone();
+
+    c.bench_function("parse body json", |b| {
+        b.iter(|| black_box(serde_json::from_str::<Value>(black_box(&raw)).expect("json")))
+    });
+    c.bench_function("entities: Entities::from_json_value with schema", |b| {
+        b.iter(|| {
+            black_box(
+                Entities::from_json_value(entities_json.clone(), Some(&snapshot.schema))
+                    .expect("entities"),
+            )
+        })
+    });
+    c.bench_function("entities: authz::parse_entities", |b| {
+        b.iter(|| black_box(authz::parse_entities(&snapshot, &entities_json).expect("entities")))
+    });
+    c.bench_function(
+        "entities: per-entity Entity::from_json_value + cached actions",
+        |b| {
+            b.iter(|| {
+                let list: Vec<cedar_policy::Entity> = entities_json
+                    .as_array()
+                    .expect("array")
+                    .iter()
+                    .map(|e| {
+                        cedar_policy::Entity::from_json_value(e.clone(), Some(&snapshot.schema))
+                            .expect("entity")
+                    })
+                    .collect();
+                black_box(
+                    snapshot
+                        .action_entities
+                        .clone()
+                        .add_entities(list, None)
+                        .expect("entities"),
+                )
+            })
+        },
+    );
+    c.bench_function("entities: per-entity parse only", |b| {
+        b.iter(|| {
+            let list: Vec<cedar_policy::Entity> = entities_json
+                .as_array()
+                .expect("array")
+                .iter()
+                .map(|e| {
+                    cedar_policy::Entity::from_json_value(e.clone(), Some(&snapshot.schema))
+                        .expect("entity")
+                })
+                .collect();
+            black_box(list)
+        })
+    });
+    c.bench_function("entities: per-entity parse, no schema", |b| {
+        b.iter(|| {
+            let list: Vec<cedar_policy::Entity> = entities_json
+                .as_array()
+                .expect("array")
+                .iter()
+                .map(|e| cedar_policy::Entity::from_json_value(e.clone(), None).expect("entity"))
+                .collect();
+            black_box(list)
+        })
+    });
+    let raw_entities =
+        serde_json::value::RawValue::from_string(entities_json.to_string()).expect("raw");
+    c.bench_function("entities: authz::parse_entities_raw, memo hit", |b| {
+        b.iter(|| black_box(authz::parse_entities_raw(&snapshot, &raw_entities).expect("entities")))
+    });
+    c.bench_function("entities: clone cached actions", |b| {
+        b.iter(|| black_box(snapshot.action_entities.clone()))
+    });
+    let entities = authz::parse_entities(&snapshot, &entities_json).expect("entities");
+    let uid = |f: &str| authz::parse_uid(f, &body[f]).expect("uid");
+    c.bench_function("request with validation", |b| {
+        b.iter(|| {
+            black_box(
+                authz::build_request(
+                    &snapshot,
+                    uid("principal"),
+                    uid("action"),
+                    uid("resource"),
+                    None,
+                    true,
+                )
+                .expect("request"),
+            )
+        })
+    });
+    let request = authz::build_request(
+        &snapshot,
+        uid("principal"),
+        uid("action"),
+        uid("resource"),
+        None,
+        true,
+    )
+    .expect("request");
+    c.bench_function("cedar is_authorized", |b| {
+        b.iter(|| {
+            black_box(Authorizer::new().is_authorized(&request, &snapshot.policies, &entities))
+        })
+    });
+    c.bench_function("whole check (body to decision)", |b| {
+        b.iter(|| {
+            let body: Value = serde_json::from_str(&raw).expect("json");
+            let entities = authz::parse_entities(&snapshot, &body["entities"]).expect("entities");
+            let request = authz::build_request(
+                &snapshot,
+                authz::parse_uid("principal", &body["principal"]).expect("uid"),
+                authz::parse_uid("action", &body["action"]).expect("uid"),
+                authz::parse_uid("resource", &body["resource"]).expect("uid"),
+                None,
+                true,
+            )
+            .expect("request");
+            black_box(authz::decide(&snapshot, &request, &entities))
+        })
+    });
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(30).warm_up_time(std::time::Duration::from_millis(500)).measurement_time(std::time::Duration::from_secs(2));
+    targets = bench
+}
+criterion_main!(benches);
