@@ -43,8 +43,25 @@ wrk.body = f:read("*a")
 f:close()
 LUA
 
+# The same check with a different user in every request, so that cedard's
+# memo of decoded entities misses on the principal: the cold-ish case.
+sed 's/"dana"/"USERID"/g' "$work/body.json" >"$work/template.json"
+cat >"$work/distinct.lua" <<LUA
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local f = io.open("$work/template.json", "r")
+local template = f:read("*a")
+f:close()
+local counter = 0
+request = function()
+  counter = counter + 1
+  local body = template:gsub("USERID", "user-" .. counter)
+  return wrk.format(nil, nil, nil, body)
+end
+LUA
+
 rate() {
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" -s "$work/post.lua" "$1" | awk '/Requests\/sec/ {print $2}'
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" -s "${2:-$work/post.lua}" "$1" | awk '/Requests\/sec/ {print $2}'
 }
 echo "machine: $(nproc) cores, $(uname -m); wrk -t$THREADS -c$CONNECTIONS -d$DURATION"
 bare1=$(rate http://127.0.0.1:8191/v1/is_authorized)
@@ -55,5 +72,9 @@ echo "bare axum endpoint: $bare1, $bare2 req/s"
 echo "cedard check:       $cedard1, $cedard2 req/s"
 awk -v a="$cedard1" -v b="$cedard2" -v c="$bare1" -v d="$bare2" \
   'BEGIN { printf "ratio cedard/bare: %.2f (runs interleaved, sums compared)\n", (a+b)/(c+d) }'
+bare3=$(rate http://127.0.0.1:8191/v1/is_authorized "$work/distinct.lua")
+cedard3=$(rate http://127.0.0.1:8190/v1/is_authorized "$work/distinct.lua")
+echo "distinct user per request: bare $bare3, cedard $cedard3 req/s"
+awk -v a="$cedard3" -v c="$bare3" 'BEGIN { printf "ratio cedard/bare, distinct users: %.2f\n", a/c }'
 
 ./target/release/examples/reload_latency "$work/policies" http://127.0.0.1:8190 ${ROUNDS:-20}

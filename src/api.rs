@@ -16,9 +16,12 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::authz::{self, Decision, InputError};
+use crate::accounts::Clock;
+use crate::authz::{self, Decision, InputError, Reason};
+use crate::entities::{EntityError, EntityMemo, Facts, Inline, RoleCatalog};
 use crate::policy::watch::{LivePolicies, ReloadStatus};
 use crate::policy::{PolicyMeta, PolicySnapshot, Revision};
+use crate::store::{Store, StoreError};
 
 /// Shared state of every handler.
 #[derive(Clone)]
@@ -28,6 +31,17 @@ pub struct AppState {
     /// The most requests one batch may hold; more is a 400, so that one call
     /// cannot monopolise the evaluator.
     pub batch_limit: usize,
+    /// The accounts, members and invites, which decisions read.
+    pub store: Arc<Store>,
+    /// The role names of the live schema, cached per policy revision.
+    pub roles: Arc<RoleCatalog>,
+    /// Stored entities already built for decisions, valid until the next
+    /// write to the store.
+    pub memo: Arc<EntityMemo>,
+    /// The base of invite links: `<public_url>/invites/<token>`.
+    pub public_url: Arc<str>,
+    /// Where "now" comes from, for invite expiry.
+    pub clock: Clock,
 }
 
 /// Every error a handler can answer with. Each maps to one status code.
@@ -42,6 +56,62 @@ pub enum ApiError {
     /// No such route or resource: 404.
     #[error("{0}")]
     NotFound(String),
+    /// No `X-Actor` header: 401.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Denied: 403, with the reasons of the decision when one was made.
+    #[error("{message}")]
+    Forbidden {
+        /// What was denied.
+        message: String,
+        /// The policies that determined the denial (empty when no policy
+        /// permitted it).
+        reasons: Vec<Reason>,
+    },
+    /// The request conflicts with the stored state: 409.
+    #[error("{0}")]
+    Conflict(String),
+    /// An invite link that no longer works: 410.
+    #[error("{0}")]
+    Gone(String),
+    /// The loaded schema cannot describe the stored facts: 503.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A fault inside cedard: 500. The detail is logged, not sent.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        use StoreError as S;
+        match e {
+            S::IdTaken(_)
+            | S::AlreadyMember { .. }
+            | S::LastAdmin { .. }
+            | S::NotTeam(_)
+            | S::NotPersonal(_) => ApiError::Conflict(e.to_string()),
+            S::NoUser(_) | S::NoAccount(_) | S::NotMember { .. } | S::NoInvite { .. } => {
+                ApiError::NotFound(e.to_string())
+            }
+            S::InviteGone => ApiError::Gone(e.to_string()),
+            S::EmailMismatch => ApiError::Forbidden {
+                message: e.to_string(),
+                reasons: Vec::new(),
+            },
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<EntityError> for ApiError {
+    fn from(e: EntityError) -> Self {
+        match e {
+            EntityError::Input(e) => ApiError::BadRequest(e),
+            EntityError::Store(e) => e.into(),
+            EntityError::Schema(m) => ApiError::Unavailable(m),
+        }
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -50,6 +120,32 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
             ApiError::BadJson(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            ApiError::Forbidden { message, reasons } => {
+                return (
+                    StatusCode::FORBIDDEN,
+                    Json(json!({"error": {
+                        "code": "forbidden",
+                        "message": message,
+                        "reasons": reasons,
+                    }})),
+                )
+                    .into_response();
+            }
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::Gone(_) => (StatusCode::GONE, "gone"),
+            ApiError::Unavailable(m) => {
+                tracing::warn!("{m}");
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
+            ApiError::Internal(detail) => {
+                tracing::error!("internal error: {detail}");
+                return error_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "internal error",
+                );
+            }
         };
         error_response(status, code, &self.to_string())
     }
@@ -72,6 +168,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/policies", get(list_policies))
         .route("/v1/is_authorized", post(is_authorized))
         .route("/v1/is_authorized/batch", post(is_authorized_batch))
+        .route("/v1/matrix", get(matrix))
+        .merge(crate::accounts::routes())
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         // Decision bodies are small; a generous cap keeps a runaway client
         // from making the daemon buffer gigabytes.
@@ -122,8 +220,10 @@ struct CheckBody {
     resource: Value,
     #[serde(default)]
     context: Option<Value>,
+    /// Kept as raw JSON text so that each entity is decoded through the
+    /// snapshot's memo (see `authz::parse_entities_raw`).
     #[serde(default)]
-    entities: Option<Value>,
+    entities: Option<Box<serde_json::value::RawValue>>,
 }
 
 /// One question inside a batch; entities are shared by the batch.
@@ -157,36 +257,84 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError
         .map_err(|e| ApiError::BadJson(format!("invalid request body: {e}")))
 }
 
-/// Turns one question into a decision against `snapshot`.
-fn decide_one(
+/// One question, parsed and checked against the schema, with the UIDs the
+/// store is asked about.
+struct Question {
+    principal: cedar_policy::EntityUid,
+    resource: cedar_policy::EntityUid,
+    request: cedar_policy::Request,
+}
+
+/// Parses one question against `snapshot`.
+fn question(
     snapshot: &PolicySnapshot,
     principal: &Value,
     action: &Value,
     resource: &Value,
     context: Option<&Value>,
-    entities: &cedar_policy::Entities,
-) -> Result<Decision, InputError> {
+) -> Result<Question, InputError> {
     let principal = authz::parse_uid("principal", principal)?;
     let action = authz::parse_uid("action", action)?;
     let resource = authz::parse_uid("resource", resource)?;
-    let request = authz::build_request(snapshot, principal, action, resource, context, true)?;
-    Ok(authz::decide(snapshot, &request, entities))
+    let request = authz::build_request(
+        snapshot,
+        principal.clone(),
+        action,
+        resource.clone(),
+        context,
+        true,
+    )?;
+    Ok(Question {
+        principal,
+        resource,
+        request,
+    })
+}
+
+/// The inline entities plus what the store knows about each question's
+/// principal, resource and the resource's account.
+fn entities_for(
+    state: &AppState,
+    snapshot: &PolicySnapshot,
+    inline: Inline<'_>,
+    questions: &[Question],
+) -> Result<cedar_policy::Entities, ApiError> {
+    let facts = Facts::new(
+        snapshot,
+        state.live.sources(),
+        &state.roles,
+        &state.memo,
+        &state.store,
+    );
+    let pairs: Vec<_> = questions
+        .iter()
+        .map(|q| (&q.principal, &q.resource))
+        .collect();
+    Ok(facts.entities(inline, &pairs)?)
 }
 
 async fn is_authorized(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let body: CheckBody = parse_json(&body)?;
     // One snapshot from the first parse to the answer.
     let snapshot = state.live.snapshot();
-    let entities =
-        authz::parse_entities(&snapshot, body.entities.as_ref().unwrap_or(&Value::Null))?;
-    let decision = decide_one(
+    let q = question(
         &snapshot,
         &body.principal,
         &body.action,
         &body.resource,
         body.context.as_ref(),
-        &entities,
     )?;
+    // The store work here runs on the async thread on purpose: usually the
+    // entity memo answers without touching redb; otherwise it is one redb
+    // read transaction (MVCC, so it never waits for a writer) with at most
+    // three point lookups and one range over one user's roles, a few
+    // microseconds from redb's page cache (benches/store.rs measures it).
+    let inline = match body.entities.as_deref() {
+        Some(raw) if raw.get().trim() != "null" => Inline::Raw(raw),
+        _ => Inline::None,
+    };
+    let entities = entities_for(&state, &snapshot, inline, std::slice::from_ref(&q))?;
+    let decision = authz::decide(&snapshot, &q.request, &entities);
     Ok(Json(CheckResponse {
         decision,
         revision: snapshot.revision.clone(),
@@ -210,24 +358,60 @@ async fn is_authorized_batch(
         )
         .into());
     }
+    // A batch may ask the store about up to three entities per request, so
+    // the whole batch runs off the async threads.
+    tokio::task::spawn_blocking(move || -> Result<Response, ApiError> {
+        let snapshot = state.live.snapshot();
+        let mut questions = Vec::with_capacity(body.requests.len());
+        for (i, raw) in body.requests.into_iter().enumerate() {
+            let at = format!("requests[{i}]");
+            let item: BatchItem = serde_json::from_value(raw)
+                .map_err(|e| InputError::new(at.clone(), e.to_string()))?;
+            let q = question(
+                &snapshot,
+                &item.principal,
+                &item.action,
+                &item.resource,
+                item.context.as_ref(),
+            )
+            .map_err(|e| e.within(&at))?;
+            questions.push(q);
+        }
+        let inline = match body.entities.as_ref() {
+            Some(v) => Inline::Json(v),
+            None => Inline::None,
+        };
+        let entities = entities_for(&state, &snapshot, inline, &questions)?;
+        let results: Vec<Decision> = questions
+            .iter()
+            .map(|q| authz::decide(&snapshot, &q.request, &entities))
+            .collect();
+        Ok(Json(json!({"results": results, "revision": snapshot.revision})).into_response())
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("batch task failed: {e}")))?
+}
+
+/// The role × action matrix of the serving policy set (see `crate::matrix`),
+/// with the revision it was computed from.
+async fn matrix(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let snapshot = state.live.snapshot();
-    let entities =
-        authz::parse_entities(&snapshot, body.entities.as_ref().unwrap_or(&Value::Null))?;
-    let mut results = Vec::with_capacity(body.requests.len());
-    for (i, raw) in body.requests.into_iter().enumerate() {
-        let at = format!("requests[{i}]");
-        let item: BatchItem =
-            serde_json::from_value(raw).map_err(|e| InputError::new(at.clone(), e.to_string()))?;
-        let decision = decide_one(
-            &snapshot,
-            &item.principal,
-            &item.action,
-            &item.resource,
-            item.context.as_ref(),
-            &entities,
-        )
-        .map_err(|e| e.within(&at))?;
-        results.push(decision);
+    // The role names may have to be read from the schema files (once per
+    // revision): blocking file work, so it runs off the async threads.
+    let computed = tokio::task::spawn_blocking(move || {
+        let roles = state.roles.roles(state.live.sources(), &snapshot)?;
+        let matrix = crate::matrix::compute(&snapshot, &roles)?;
+        Ok::<_, crate::matrix::MatrixError>((matrix, snapshot.revision.clone()))
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("the matrix task failed: {e}")))?;
+    match computed {
+        Ok((matrix, revision)) => {
+            let mut body = matrix.to_json();
+            body["revision"] = json!(revision);
+            Ok(Json(body))
+        }
+        Err(crate::matrix::MatrixError::Roles(e)) => Err(e.into()),
+        Err(e) => Err(ApiError::Unavailable(e.to_string())),
     }
-    Ok(Json(json!({"results": results, "revision": snapshot.revision})).into_response())
 }

@@ -154,6 +154,18 @@ pub fn parse_entities_raw_with(
     raw: &RawValue,
     extra: Vec<Entity>,
 ) -> Result<Entities, InputError> {
+    let decoded = decode_entities_raw(snapshot, raw)?;
+    assemble(snapshot, decoded, extra, || raw.get().to_owned())
+}
+
+/// Decodes each entity of a raw JSON array against the snapshot's schema
+/// (through the snapshot's memo), without assembling them, so that a caller
+/// can look at them before deciding what to add (see
+/// [`assemble_decoded`]).
+pub fn decode_entities_raw(
+    snapshot: &PolicySnapshot,
+    raw: &RawValue,
+) -> Result<Vec<Entity>, InputError> {
     let items: Vec<&RawValue> = match serde_json::from_str(raw.get()) {
         Ok(items) => items,
         Err(_) => {
@@ -175,7 +187,41 @@ pub fn parse_entities_raw_with(
         };
         decoded.push(entity);
     }
-    assemble(snapshot, decoded, extra, || raw.get().to_owned())
+    Ok(decoded)
+}
+
+/// Assembles entities decoded by [`decode_entities_raw`] from `raw` with
+/// `extra` entities that cedard built and already checked against this
+/// snapshot's schema, and the schema's action entities, in one merge (one
+/// hierarchy computation instead of two).
+pub fn assemble_decoded(
+    snapshot: &PolicySnapshot,
+    raw: &RawValue,
+    inline: Vec<Entity>,
+    extra: Vec<Entity>,
+) -> Result<Entities, InputError> {
+    if inline
+        .iter()
+        .any(|e| snapshot.action_entities.get(&e.uid()).is_some())
+    {
+        // Inline action entities take Cedar's batch parser (see `assemble`).
+        let entities = Entities::from_json_str(raw.get(), Some(&snapshot.schema))
+            .map_err(|e| InputError::new("entities", describe(&e)))?;
+        if extra.is_empty() {
+            return Ok(entities);
+        }
+        return entities
+            .add_entities(extra, None)
+            .map_err(|e| InputError::new("entities", describe(&e)));
+    }
+    if inline.is_empty() && extra.is_empty() {
+        return Ok(snapshot.action_entities.clone());
+    }
+    snapshot
+        .action_entities
+        .clone()
+        .add_entities(inline.into_iter().chain(extra), None)
+        .map_err(|e| InputError::new("entities", describe(&e)))
 }
 
 /// Puts decoded entities together with the schema's action entities.

@@ -25,6 +25,10 @@ pub enum Command {
     Serve(ServeArgs),
     /// Check the policy folder against the schema as a load does.
     Validate(PolicyArgs),
+    /// Run policy test files (Cedar's integration-test JSON, or YAML suites).
+    Test(TestArgs),
+    /// Print the role × action table computed from the policies.
+    Matrix(MatrixArgs),
 }
 
 /// Where the policy set lives.
@@ -69,6 +73,13 @@ pub struct ServeArgs {
     /// Do not watch for file events; rely on the periodic check and SIGHUP.
     #[arg(long, env = "CEDARD_NO_WATCH")]
     pub no_watch: bool,
+    /// The redb data file of users, accounts, members and invites (its
+    /// folder is created if missing).
+    #[arg(long, env = "CEDARD_DATA", default_value = server::DEFAULT_DATA)]
+    pub data: PathBuf,
+    /// The base URL of invite links: `<public-url>/invites/<token>`.
+    #[arg(long, env = "CEDARD_PUBLIC_URL", default_value = server::DEFAULT_PUBLIC_URL)]
+    pub public_url: String,
 }
 
 /// Prints load errors with paths a user can open: `policies/dev.cedar:3:7: …`.
@@ -91,6 +102,8 @@ pub fn print_errors(base: &Path, errors: &[LoadError]) {
 pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Validate(args) => Ok(validate(&args)),
+        Command::Test(args) => Ok(test(&args)),
+        Command::Matrix(args) => Ok(matrix(&args)),
         Command::Serve(args) => serve(args),
     }
 }
@@ -100,13 +113,11 @@ fn validate(args: &PolicyArgs) -> ExitCode {
         Ok(snapshot) => {
             let base = &args.policies;
             for w in &snapshot.warnings {
-                eprintln!(
-                    "warning: {}",
-                    base.join(&w.file).display().to_string()
-                        + &format!(":{}", w.line.unwrap_or(0))
-                        + ": "
-                        + &w.message
-                );
+                let shown = LoadError {
+                    file: base.join(&w.file).display().to_string(),
+                    ..w.clone()
+                };
+                eprintln!("warning: {shown}");
             }
             println!(
                 "ok: {} policies in {} valid against {}",
@@ -135,6 +146,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         config.debounce = std::time::Duration::from_millis(args.debounce_ms);
         config.poll_interval = std::time::Duration::from_secs(args.poll_secs.max(1));
         config.watch = !args.no_watch;
+        config.data = args.data.clone();
+        config.public_url = args.public_url.clone();
         match server::run(listener, config, shutdown_signal()).await {
             Ok(()) => Ok(ExitCode::SUCCESS),
             Err(server::Error::Policy(e)) => {
@@ -143,6 +156,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                     "{} error(s): refusing to start on an invalid policy set",
                     e.0.len()
                 );
+                Ok(ExitCode::FAILURE)
+            }
+            Err(server::Error::Store(e)) => {
+                eprintln!("error: {e}");
                 Ok(ExitCode::FAILURE)
             }
             Err(e) => Err(e.into()),
@@ -171,4 +188,108 @@ pub async fn shutdown_signal() {
         () = term => {},
     }
     tracing::info!("shutting down");
+}
+
+/// Options of `cedard test`.
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Test files, folders searched recursively for `*.json` Cedar tests and
+    /// `*.yaml` suites, or `.tar.gz` archives searched like folders (Cedar's
+    /// `corpus-tests.tar.gz`, without unpacking it).
+    #[arg(default_value = "tests/policies")]
+    pub paths: Vec<PathBuf>,
+    /// The folder that paths inside Cedar test files are relative to
+    /// (default: the nearest folder above each test file where they resolve).
+    #[arg(long)]
+    pub root: Option<PathBuf>,
+    /// `text`: failures, then `N passed, M failed`; `junit`: JUnit XML on
+    /// standard output (the summary goes to standard error).
+    #[arg(long, value_enum, default_value_t = TestFormat::Text)]
+    pub format: TestFormat,
+    /// List every known difference, not only how many there are.
+    #[arg(long, short)]
+    pub verbose: bool,
+}
+
+/// How `cedard test` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TestFormat {
+    /// For people.
+    Text,
+    /// JUnit XML, for CI systems.
+    Junit,
+}
+
+/// Options of `cedard matrix`.
+#[derive(Debug, Args)]
+pub struct MatrixArgs {
+    /// Where the policy set lives.
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// `markdown` or `json`.
+    #[arg(long, value_enum, default_value_t = MatrixFormat::Markdown)]
+    pub format: MatrixFormat,
+}
+
+/// How `cedard matrix` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MatrixFormat {
+    /// Markdown tables.
+    Markdown,
+    /// One JSON object.
+    Json,
+}
+
+/// Writes to standard output, ignoring a closed pipe (`cedard test | head`).
+fn print_out(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
+}
+
+fn test(args: &TestArgs) -> ExitCode {
+    use crate::suite::{self, report};
+    let options = suite::Options {
+        root: args.root.clone(),
+    };
+    let result = suite::run(&args.paths, &options);
+    if result.files.is_empty() {
+        let shown: Vec<String> = args.paths.iter().map(|p| p.display().to_string()).collect();
+        eprintln!("error: no test files found in {}", shown.join(", "));
+        return ExitCode::FAILURE;
+    }
+    match args.format {
+        TestFormat::Text => print_out(&report::text(&result, args.verbose)),
+        TestFormat::Junit => {
+            print_out(&report::junit(&result));
+            eprintln!("{}", report::summary(&result));
+        }
+    }
+    if result.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn matrix(args: &MatrixArgs) -> ExitCode {
+    match crate::matrix::from_sources(&args.policy.sources()) {
+        Ok(m) => {
+            match args.format {
+                MatrixFormat::Markdown => print_out(&m.to_markdown()),
+                MatrixFormat::Json => print_out(&format!("{:#}\n", m.to_json())),
+            }
+            ExitCode::SUCCESS
+        }
+        Err(crate::matrix::MatrixError::Policy(e)) => {
+            print_errors(&args.policy.policies, &e.0);
+            eprintln!("{} error(s): the policy set is invalid", e.0.len());
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -11,9 +11,12 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
+use crate::accounts::Clock;
 use crate::api::{self, AppState};
+use crate::entities::{EntityMemo, RoleCatalog};
 use crate::policy::watch::{self, LivePolicies};
 use crate::policy::{PolicyError, Sources};
+use crate::store::{Store, StoreError};
 
 /// Everything the daemon needs to know to start.
 #[derive(Debug, Clone)]
@@ -30,6 +33,13 @@ pub struct Config {
     /// that deliver none (some network mounts); the periodic check and
     /// SIGHUP still reload.
     pub watch: bool,
+    /// The redb file of users, accounts, memberships and invites.
+    pub data: PathBuf,
+    /// The base URL invite links start with (`<public_url>/invites/<token>`),
+    /// since the daemon cannot know the address its users reach it by.
+    pub public_url: String,
+    /// Where "now" comes from: the system clock, or a test's clock.
+    pub clock: Clock,
 }
 
 impl Config {
@@ -44,9 +54,18 @@ impl Config {
             debounce: Duration::from_millis(50),
             poll_interval: Duration::from_secs(2),
             watch: true,
+            data: PathBuf::from(DEFAULT_DATA),
+            public_url: DEFAULT_PUBLIC_URL.to_owned(),
+            clock: Clock::system(),
         }
     }
 }
+
+/// The data file when none is given.
+pub const DEFAULT_DATA: &str = "data/cedard.redb";
+
+/// The invite-link base when none is given: the default listen address.
+pub const DEFAULT_PUBLIC_URL: &str = "http://127.0.0.1:8180";
 
 /// Why the daemon could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +76,9 @@ pub enum Error {
     /// The folders cannot be watched.
     #[error("cannot watch the policy folders: {0}")]
     Watch(#[from] notify::Error),
+    /// The data file cannot be opened (in use, newer format, unreadable).
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// The socket failed.
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
@@ -68,6 +90,13 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
+    // The store opens first: a data file held by another daemon or written
+    // by a newer cedard stops the start before anything else happens.
+    let data = config.data.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&data))
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+    tracing::info!(path = %config.data.display(), "data file open");
     let sources = config.sources.clone();
     let live = tokio::task::spawn_blocking(move || LivePolicies::start(sources))
         .await
@@ -91,6 +120,11 @@ pub async fn run(
     let state = AppState {
         live: live.clone(),
         batch_limit: config.batch_limit,
+        store: Arc::new(store),
+        roles: Arc::new(RoleCatalog::default()),
+        memo: Arc::new(EntityMemo::default()),
+        public_url: config.public_url.clone().into(),
+        clock: config.clock.clone(),
     };
     let app = api::router(state);
     tracing::info!("listening on http://{}", listener.local_addr()?);

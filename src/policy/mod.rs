@@ -148,7 +148,7 @@ impl PolicySnapshot {
             let parsed = match parse_file(&file.text) {
                 Ok(p) => p,
                 Err(e) => {
-                    errors.extend(diagnostic_errors(&file.name, &file.text, &e));
+                    errors.extend(diagnostic_errors(&file.name, &file.text, e.as_ref()));
                     continue;
                 }
             };
@@ -316,8 +316,8 @@ impl Parsed {
 /// Parses one file into its policies and templates, in file order, each with
 /// the line it starts on. Cedar numbers the statements of a file `policy0`,
 /// `policy1`, … in order, whether they are policies or templates.
-fn parse_file(text: &str) -> Result<Vec<Parsed>, cedar_policy::ParseErrors> {
-    let set: PolicySet = text.parse()?;
+fn parse_file(text: &str) -> Result<Vec<Parsed>, Box<cedar_policy::ParseErrors>> {
+    let set: PolicySet = text.parse().map_err(Box::new)?;
     let count = set.policies().count() + set.templates().count();
     let mut out = Vec::with_capacity(count);
     let mut cursor = 0usize;
@@ -396,7 +396,7 @@ fn diagnostic_errors(file: &str, text: &str, diag: &dyn Diagnostic) -> Vec<LoadE
     };
     let related: Vec<LoadError> = diag
         .related()
-        .map(|r| r.map(|d| locate(d)).collect())
+        .map(|r| r.map(&locate).collect())
         .unwrap_or_default();
     if related.is_empty() {
         vec![locate(diag)]

@@ -1,6 +1,11 @@
 //! cedard's integration tests: the real server on a real socket, with its own
 //! temporary copy of the policy pack.
 
-mod support;
+mod accounts;
+mod conformance;
+mod crash;
 mod decisions;
+mod matrix;
 mod reload;
+mod suite;
+mod support;

@@ -1,0 +1,585 @@
+//! What the store contributes to a decision: the Cedar entities of stored
+//! users (with their roles as parents) and stored accounts (with their role
+//! groups), looked up for exactly what one request needs.
+//!
+//! For a request this module reads the principal, the resource, and the
+//! account the resource names (its `account` attribute, or an `Account`
+//! parent) — point lookups in one redb read transaction, never a scan. It also
+//! refuses inline entities that cedard owns: a stored user or account, a role
+//! of a stored account, or a claim to hold such a role. The role names are the
+//! fields of the `roles` record on `Account` in the loaded schema, so adding a
+//! role is a schema edit, not a code change. This module knows nothing about
+//! HTTP; it turns store records into Cedar entities and leaves the decision to
+//! `authz`.
+
+use std::cell::OnceCell;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, LazyLock, Mutex};
+
+use cedar_policy::{
+    Entities, Entity, EntityId, EntityTypeName, EntityUid, EvalResult, RestrictedExpression,
+};
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use crate::authz::{self, InputError};
+use crate::policy::{describe, PolicySnapshot, Sources};
+use crate::store::{Account, ReadView, Store, StoreError, User};
+
+/// The entity types of the account model (the contract of the default
+/// schema; see `schema/teams.cedarschema`).
+struct Types {
+    user: EntityTypeName,
+    account: EntityTypeName,
+    role: EntityTypeName,
+}
+
+static TYPES: LazyLock<Types> = LazyLock::new(|| {
+    // These are constant, valid Cedar type names; parsing them cannot fail.
+    #[allow(clippy::expect_used)]
+    let parse = |s: &str| s.parse::<EntityTypeName>().expect("valid type name");
+    Types {
+        user: parse("User"),
+        account: parse("Account"),
+        role: parse("Role"),
+    }
+});
+
+/// Why the store's entities could not be contributed.
+#[derive(Debug, thiserror::Error)]
+pub enum EntityError {
+    /// The request's own input is wrong (a 400).
+    #[error(transparent)]
+    Input(#[from] InputError),
+    /// The store failed (a 500).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The loaded schema does not describe the stored facts (a 503 until the
+    /// schema is fixed): no `roles` record on `Account`, or stored records
+    /// that no longer conform.
+    #[error("{0}")]
+    Schema(String),
+}
+
+/// `Role::"<account>/<role>"`.
+pub fn role_uid(account: &str, role: &str) -> EntityUid {
+    EntityUid::from_type_name_and_id(
+        TYPES.role.clone(),
+        EntityId::new(format!("{account}/{role}")),
+    )
+}
+
+/// `User::"<id>"`.
+pub fn user_uid(id: &str) -> EntityUid {
+    EntityUid::from_type_name_and_id(TYPES.user.clone(), EntityId::new(id))
+}
+
+/// `Account::"<id>"`.
+pub fn account_uid(id: &str) -> EntityUid {
+    EntityUid::from_type_name_and_id(TYPES.account.clone(), EntityId::new(id))
+}
+
+/// The entity of a stored user: `email`, `name` if set, and as parents the
+/// role it holds in each account (`roles` are `(account, role)` pairs).
+pub fn user_entity(user: &User, roles: &[(String, String)]) -> Result<Entity, EntityError> {
+    let mut attrs = HashMap::with_capacity(2);
+    attrs.insert(
+        "email".to_owned(),
+        RestrictedExpression::new_string(user.email.clone()),
+    );
+    if let Some(name) = &user.name {
+        attrs.insert(
+            "name".to_owned(),
+            RestrictedExpression::new_string(name.clone()),
+        );
+    }
+    let parents: HashSet<EntityUid> = roles.iter().map(|(a, r)| role_uid(a, r)).collect();
+    Entity::new(user_uid(&user.id), attrs, parents).map_err(|e| EntityError::Schema(describe(&e)))
+}
+
+/// The entity of a stored account: `name`, `kind`, `owner`, `account`
+/// (itself) and `roles`, one `Role::"<account>/<role>"` per role name.
+pub fn account_entity(account: &Account, role_names: &[String]) -> Result<Entity, EntityError> {
+    let uid = account_uid(&account.id);
+    let roles = RestrictedExpression::new_record(role_names.iter().map(|r| {
+        (
+            r.clone(),
+            RestrictedExpression::new_entity_uid(role_uid(&account.id, r)),
+        )
+    }))
+    .map_err(|e| EntityError::Schema(describe(&e)))?;
+    let attrs = HashMap::from([
+        (
+            "name".to_owned(),
+            RestrictedExpression::new_string(account.name.clone()),
+        ),
+        (
+            "kind".to_owned(),
+            RestrictedExpression::new_string(account.kind.as_str().to_owned()),
+        ),
+        (
+            "owner".to_owned(),
+            RestrictedExpression::new_entity_uid(user_uid(&account.owner)),
+        ),
+        (
+            "account".to_owned(),
+            RestrictedExpression::new_entity_uid(uid.clone()),
+        ),
+        ("roles".to_owned(), roles),
+    ]);
+    Entity::new(uid, attrs, HashSet::new()).map_err(|e| EntityError::Schema(describe(&e)))
+}
+
+/// The role names of each loaded schema, remembered per policy revision so
+/// that the schema files are read once per reload, not once per request.
+///
+/// cedar-policy's `Schema` does not list an entity type's attributes, so the
+/// names are read from the schema files themselves and then checked against
+/// the snapshot's schema (an `Account` with exactly these roles must conform),
+/// which catches a file that changed between the load and this read.
+#[derive(Debug, Default)]
+pub struct RoleCatalog {
+    /// The revision's SHA-256 and its role names. A `std` mutex: it is held
+    /// only to copy an `Arc`, never across an `.await`.
+    cache: Mutex<Option<(String, Arc<Vec<String>>)>>,
+}
+
+impl RoleCatalog {
+    /// The role names of `snapshot`'s schema, sorted.
+    pub fn roles(
+        &self,
+        sources: &Sources,
+        snapshot: &PolicySnapshot,
+    ) -> Result<Arc<Vec<String>>, EntityError> {
+        if let Ok(cache) = self.cache.lock() {
+            if let Some((sha, names)) = cache.as_ref() {
+                if *sha == snapshot.revision.sha256 {
+                    return Ok(names.clone());
+                }
+            }
+        }
+        let files = sources
+            .read()
+            .map_err(|e| EntityError::Schema(format!("cannot read the schema: {e}")))?;
+        let names = Arc::new(role_names(&files.schemas)?);
+        let probe = Account {
+            id: "probe".into(),
+            name: "probe".into(),
+            kind: crate::store::AccountKind::Team,
+            owner: "probe".into(),
+            created_at: 0,
+        };
+        let entity = account_entity(&probe, &names)?;
+        if let Err(e) = Entities::from_entities([entity], Some(&snapshot.schema)) {
+            return Err(EntityError::Schema(format!(
+                "the schema changed while its role names were read, or `Account` does not match the account model: {}",
+                describe(&e)
+            )));
+        }
+        if files.sha256 == snapshot.revision.sha256 {
+            if let Ok(mut cache) = self.cache.lock() {
+                *cache = Some((snapshot.revision.sha256.clone(), names.clone()));
+            }
+        }
+        Ok(names)
+    }
+}
+
+/// Reads the fields of the `roles` record of `Account` from schema files
+/// (Cedar syntax or JSON), resolving a common type if `roles` names one.
+fn role_names(files: &[crate::policy::SourceFile]) -> Result<Vec<String>, EntityError> {
+    for f in files {
+        let json = if f.name.ends_with(".json") {
+            serde_json::from_str::<Value>(&f.text).ok()
+        } else {
+            cedar_policy::schema_str_to_json_with_resolved_types(&f.text)
+                .ok()
+                .map(|(v, _)| v)
+        };
+        let Some(Value::Object(namespaces)) = json else {
+            continue;
+        };
+        // The account model lives in the empty namespace.
+        let Some(fragment) = namespaces.get("") else {
+            continue;
+        };
+        let Some(roles) = fragment.pointer("/entityTypes/Account/shape/attributes/roles") else {
+            continue;
+        };
+        let resolved = resolve_record(fragment, roles, 0);
+        if let Some(Value::Object(fields)) = resolved.and_then(|r| r.get("attributes")) {
+            let mut names: Vec<String> = fields.keys().cloned().collect();
+            names.sort();
+            if !names.is_empty() {
+                return Ok(names);
+            }
+        }
+    }
+    Err(EntityError::Schema(
+        "the loaded schema has no `roles` record on `Account`, so cedard cannot manage accounts"
+            .into(),
+    ))
+}
+
+/// Follows common-type references until a record type is found.
+fn resolve_record<'a>(fragment: &'a Value, ty: &'a Value, depth: usize) -> Option<&'a Value> {
+    if depth > 8 {
+        return None;
+    }
+    match ty.get("type").and_then(Value::as_str) {
+        Some("Record") => Some(ty),
+        Some(name) => {
+            let name = ty.get("name").and_then(Value::as_str).unwrap_or(name);
+            let common = fragment.get("commonTypes")?.get(name)?;
+            resolve_record(fragment, common, depth + 1)
+        }
+        None => None,
+    }
+}
+
+/// The inline entities of a request, as they arrived.
+#[derive(Clone, Copy)]
+pub enum Inline<'a> {
+    /// None sent.
+    None,
+    /// A parsed JSON value (the batch API, tests, the CLI).
+    Json(&'a Value),
+    /// The raw JSON text of the array (the HTTP API, which decodes each
+    /// entity through the snapshot's memo).
+    Raw(&'a RawValue),
+}
+
+/// Stored entities already built and checked against a snapshot's schema,
+/// valid for one store generation.
+///
+/// Any committed write bumps the store's generation, which empties the memo,
+/// so an entry can never be older than the last acknowledged write: a
+/// decision gets exactly what a fresh read would build. The memo exists
+/// because building a user and an account entity and checking them against
+/// the schema costs more than the decision itself (see `benches/store.rs`).
+/// A `std` mutex: held for a map lookup or insert, never across an `.await`.
+#[derive(Debug, Default)]
+pub struct EntityMemo {
+    inner: Mutex<Memo>,
+}
+
+#[derive(Debug, Default)]
+struct Memo {
+    /// The store generation the entries were read at (or after).
+    generation: u64,
+    /// The policy revision whose schema they were checked against.
+    revision: String,
+    entries: HashMap<EntityUid, Entity>,
+}
+
+impl EntityMemo {
+    /// How many entities are remembered before the memo starts over.
+    pub const CAPACITY: usize = 65_536;
+
+    fn get(&self, generation: u64, revision: &str, uid: &EntityUid) -> Option<Entity> {
+        let memo = self.inner.lock().ok()?;
+        if memo.generation != generation || memo.revision != revision {
+            return None;
+        }
+        memo.entries.get(uid).cloned()
+    }
+
+    fn put(&self, generation: u64, revision: &str, entity: &Entity) {
+        let Ok(mut memo) = self.inner.lock() else {
+            return;
+        };
+        if generation < memo.generation {
+            // Built by a request that started before a newer write; newer
+            // requests must not see it.
+            return;
+        }
+        if generation > memo.generation
+            || memo.revision != revision
+            || memo.entries.len() >= Self::CAPACITY
+        {
+            memo.entries.clear();
+            memo.generation = generation;
+            memo.revision = revision.to_owned();
+        }
+        memo.entries.insert(entity.uid(), entity.clone());
+    }
+}
+
+/// What a decision needs to read the store: the snapshot it evaluates
+/// against, the store, and the caches. A read transaction is opened only if
+/// the memo cannot answer.
+pub struct Facts<'a> {
+    snapshot: &'a PolicySnapshot,
+    sources: &'a Sources,
+    catalog: &'a RoleCatalog,
+    memo: &'a EntityMemo,
+    store: &'a Store,
+    /// The store generation when this request started: everything read later
+    /// is at least this new, so entries built now are valid for it.
+    generation: u64,
+    view: OnceCell<ReadView>,
+}
+
+impl<'a> Facts<'a> {
+    /// The facts of one request, decided against `snapshot` (whose schema
+    /// files are in `sources`).
+    pub fn new(
+        snapshot: &'a PolicySnapshot,
+        sources: &'a Sources,
+        catalog: &'a RoleCatalog,
+        memo: &'a EntityMemo,
+        store: &'a Store,
+    ) -> Self {
+        Self {
+            snapshot,
+            sources,
+            catalog,
+            memo,
+            store,
+            generation: store.generation(),
+            view: OnceCell::new(),
+        }
+    }
+
+    /// One read transaction for the whole request, opened on first use.
+    fn view(&self) -> Result<&ReadView, StoreError> {
+        if let Some(v) = self.view.get() {
+            return Ok(v);
+        }
+        let v = self.store.read()?;
+        Ok(self.view.get_or_init(|| v))
+    }
+
+    fn remembered(&self, uid: &EntityUid) -> Option<Entity> {
+        self.memo
+            .get(self.generation, &self.snapshot.revision.sha256, uid)
+    }
+
+    fn stored(&self, uid: &EntityUid) -> Result<bool, StoreError> {
+        let ty = uid.type_name();
+        let id = uid.id().unescaped();
+        if ty == &TYPES.user || ty == &TYPES.account {
+            if self.remembered(uid).is_some() {
+                return Ok(true);
+            }
+            if ty == &TYPES.user {
+                self.view()?.has_user(id)
+            } else {
+                self.view()?.has_account(id)
+            }
+        } else if ty == &TYPES.role {
+            match id.split_once('/') {
+                Some((account, _)) => self.stored(&account_uid(account)),
+                None => Ok(false),
+            }
+        } else {
+            Ok(false)
+        }
+    }
+
+    /// Refuses inline entities that cedard owns, naming `entities[i]`.
+    /// Anything malformed is left to the entity parser that follows, which
+    /// reports it.
+    fn check_inline(&self, inline: Inline<'_>) -> Result<(), EntityError> {
+        match inline {
+            Inline::None => Ok(()),
+            Inline::Json(Value::Array(items)) => {
+                for (i, item) in items.iter().enumerate() {
+                    self.check_one(i, item.get("uid"), item.get("parents"))?;
+                }
+                Ok(())
+            }
+            Inline::Json(_) => Ok(()),
+            // Checked on the decoded entities, see `entities`.
+            Inline::Raw(_) => Ok(()),
+        }
+    }
+
+    fn check_one(
+        &self,
+        i: usize,
+        uid: Option<&Value>,
+        parents: Option<&Value>,
+    ) -> Result<(), EntityError> {
+        let Some(uid) = uid.and_then(|v| authz::parse_uid("uid", v).ok()) else {
+            return Ok(());
+        };
+        if self.stored(&uid)? {
+            return Err(owned(i, &uid));
+        }
+        if let Some(Value::Array(parents)) = parents {
+            for p in parents {
+                let Ok(parent) = authz::parse_uid("parents", p) else {
+                    continue;
+                };
+                if parent.type_name() == &TYPES.role && self.stored(&parent)? {
+                    return Err(claims(i, &uid, &parent));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Parses the inline entities (refusing ones cedard owns) and adds the
+    /// stored entities of each `(principal, resource)` pair: the principal,
+    /// the resource, and the account the resource names.
+    pub fn entities(
+        &self,
+        inline: Inline<'_>,
+        pairs: &[(&EntityUid, &EntityUid)],
+    ) -> Result<Entities, EntityError> {
+        self.check_inline(inline)?;
+        match inline {
+            Inline::Raw(raw) => {
+                // Decode first, look at the resources, then merge inline and
+                // stored entities in one step.
+                let decoded = authz::decode_entities_raw(self.snapshot, raw)?;
+                let uids: Vec<EntityUid> = decoded.iter().map(Entity::uid).collect();
+                for (i, uid) in uids.iter().enumerate() {
+                    if self.stored(uid)? {
+                        return Err(owned(i, uid));
+                    }
+                }
+                let present: HashMap<&EntityUid, &Entity> = uids.iter().zip(&decoded).collect();
+                let extra = self.stored_for(pairs, |uid| present.get(uid).copied())?;
+                drop(present);
+                let entities = authz::assemble_decoded(self.snapshot, raw, decoded, extra)?;
+                // A claim to a role of a stored account, directly or through
+                // other inline entities, shows in the assembled hierarchy.
+                for (i, uid) in uids.iter().enumerate() {
+                    let roles: Vec<&EntityUid> = entities
+                        .ancestors(uid)
+                        .map(|a| a.filter(|p| p.type_name() == &TYPES.role).collect())
+                        .unwrap_or_default();
+                    for role in roles {
+                        if self.stored(role)? {
+                            return Err(claims(i, uid, role));
+                        }
+                    }
+                }
+                Ok(entities)
+            }
+            Inline::None | Inline::Json(_) => {
+                let entities = match inline {
+                    Inline::Json(v) => authz::parse_entities(self.snapshot, v)?,
+                    _ => authz::parse_entities(self.snapshot, &Value::Null)?,
+                };
+                let extra = self.stored_for(pairs, |uid| entities.get(uid))?;
+                if extra.is_empty() {
+                    return Ok(entities);
+                }
+                // Each stored entity was checked against this snapshot's
+                // schema when it was built (see `lookup`), so the merge need
+                // not check again.
+                entities
+                    .add_entities(extra, None)
+                    .map_err(|e| EntityError::Schema(describe(&e)))
+            }
+        }
+    }
+
+    /// The stored entities each `(principal, resource)` pair needs: the
+    /// principal, the resource, and the account the resource names, each
+    /// unless it was sent inline (`present`).
+    fn stored_for<'e>(
+        &self,
+        pairs: &[(&EntityUid, &EntityUid)],
+        present: impl Fn(&EntityUid) -> Option<&'e Entity>,
+    ) -> Result<Vec<Entity>, EntityError> {
+        let mut wanted: Vec<EntityUid> = Vec::with_capacity(pairs.len() * 3);
+        for (principal, resource) in pairs {
+            wanted.push((*principal).clone());
+            wanted.push((*resource).clone());
+            if let Some(account) = present(resource).and_then(account_of) {
+                wanted.push(account);
+            }
+        }
+        let mut seen: HashSet<EntityUid> = HashSet::with_capacity(wanted.len());
+        let mut extra = Vec::new();
+        for uid in wanted {
+            if present(&uid).is_some() || !seen.insert(uid.clone()) {
+                continue;
+            }
+            if let Some(e) = self.lookup(&uid)? {
+                extra.push(e);
+            }
+        }
+        Ok(extra)
+    }
+
+    /// The stored entity for `uid`, if cedard stores it: from the memo, or
+    /// read, built, and checked against the snapshot's schema (a stored
+    /// record that no longer conforms, say after a schema edit, fails the
+    /// request rather than being decided on).
+    fn lookup(&self, uid: &EntityUid) -> Result<Option<Entity>, EntityError> {
+        let ty = uid.type_name();
+        if ty != &TYPES.user && ty != &TYPES.account {
+            return Ok(None);
+        }
+        if let Some(e) = self.remembered(uid) {
+            return Ok(Some(e));
+        }
+        let id = uid.id().unescaped();
+        let view = self.view()?;
+        let entity = if ty == &TYPES.user {
+            let Some(user) = view.user(id)? else {
+                return Ok(None);
+            };
+            let roles = view.roles_of(id)?;
+            user_entity(&user, &roles)?
+        } else {
+            let Some(account) = view.account(id)? else {
+                return Ok(None);
+            };
+            let names = self.catalog.roles(self.sources, self.snapshot)?;
+            account_entity(&account, &names)?
+        };
+        // `add_entities` checks conformance without also adding the schema's
+        // action entities, as `from_entities` would.
+        if let Err(e) =
+            Entities::empty().add_entities([entity.clone()], Some(&self.snapshot.schema))
+        {
+            return Err(EntityError::Schema(format!(
+                "stored `{uid}` does not conform to the loaded schema: {}",
+                describe(&e)
+            )));
+        }
+        self.memo
+            .put(self.generation, &self.snapshot.revision.sha256, &entity);
+        Ok(Some(entity))
+    }
+}
+
+/// The 400 for an inline entity that cedard stores.
+fn owned(i: usize, uid: &EntityUid) -> EntityError {
+    InputError::new(
+        format!("entities[{i}]"),
+        format!("`{uid}` is stored by cedard; do not send it inline, cedard supplies it"),
+    )
+    .into()
+}
+
+/// The 400 for an inline entity claiming a role of a stored account.
+fn claims(i: usize, uid: &EntityUid, role: &EntityUid) -> EntityError {
+    InputError::new(
+        format!("entities[{i}]"),
+        format!(
+            "`{uid}` claims the role `{role}` of an account stored by cedard; cedard owns its memberships"
+        ),
+    )
+    .into()
+}
+
+/// The account a resource belongs to: its `account` attribute, else an
+/// `Account` parent.
+fn account_of(entity: &Entity) -> Option<EntityUid> {
+    if let Some(Ok(EvalResult::EntityUid(uid))) = entity.attr("account") {
+        if uid.type_name() == &TYPES.account {
+            return Some(uid);
+        }
+    }
+    let (_, _, parents) = entity.clone().into_inner();
+    parents
+        .into_iter()
+        .find(|p| p.type_name() == &TYPES.account)
+}

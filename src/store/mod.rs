@@ -1,0 +1,731 @@
+//! The store: users, accounts, memberships and invites in one redb file.
+//!
+//! Every write is one redb write transaction committed with
+//! [`Durability::Immediate`], so a write acknowledged to a client is on disk,
+//! and an operation either happens whole or not at all (accepting an invite
+//! marks it used and adds the member in the same transaction). The rules that
+//! must hold atomically (a taken id, an invite accepted once, the last admin of
+//! an account) are checked inside that transaction. This module knows nothing
+//! about HTTP or Cedar: it stores records and the indexes point lookups need,
+//! and the role names it is handed are opaque strings.
+
+mod records;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use redb::{
+    Database, DatabaseError, Durability, ReadOnlyTable, ReadTransaction, ReadableTable,
+    TableDefinition, WriteTransaction,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+pub use records::{Account, AccountKind, Invite, InviteState, Membership, User};
+
+/// The data format this build reads and writes. A file with a higher number
+/// was written by a newer cedard and is refused, never overwritten.
+pub const FORMAT_VERSION: u64 = 1;
+
+/// `format` → the data format version of the file.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// User id → [`User`] (JSON).
+const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
+/// Account id → [`Account`] (JSON).
+const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");
+/// (account id, user id) → [`Membership`] (JSON): who belongs to an account.
+const MEMBERS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("memberships");
+/// (user id, account id) → role: the index a decision reads to find a user's
+/// roles without scanning the memberships.
+const USER_ACCOUNTS: TableDefinition<(&str, &str), &str> = TableDefinition::new("user_accounts");
+/// Invite id → [`Invite`] (JSON).
+const INVITES: TableDefinition<&str, &[u8]> = TableDefinition::new("invites");
+/// SHA-256 of a live invite token → invite id. Only pending invites have an
+/// entry; the token itself is never stored.
+const INVITE_TOKENS: TableDefinition<&[u8], &str> = TableDefinition::new("invite_tokens");
+/// (account id, invite id) → (): the invites of an account, for listing.
+const ACCOUNT_INVITES: TableDefinition<(&str, &str), ()> = TableDefinition::new("account_invites");
+
+/// Everything the store can answer besides success: faults of the file, and
+/// the rules it enforces inside a transaction.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The data file's folder cannot be created.
+    #[error("cannot create the folder `{path}`: {source}")]
+    CreateDir {
+        /// The folder.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Another process (another cedard) holds the file.
+    #[error("the data file `{0}` is in use by another process (is another cedard running on it?)")]
+    Locked(PathBuf),
+    /// The file was written by a newer cedard.
+    #[error("the data file `{path}` was written by a newer cedard (data format {found}; this cedard reads format {supported}); refusing to open it")]
+    NewerFormat {
+        /// The file.
+        path: PathBuf,
+        /// Its format version.
+        found: u64,
+        /// The newest this build reads.
+        supported: u64,
+    },
+    /// The file is not a cedard data file.
+    #[error("the data file `{path}` is not a cedard data file: {message}")]
+    Foreign {
+        /// The file.
+        path: PathBuf,
+        /// What was found.
+        message: String,
+    },
+    /// redb could not open the file.
+    #[error("cannot open the data file `{path}`: {source}")]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// redb's reason.
+        source: Box<DatabaseError>,
+    },
+    /// A storage fault while reading or writing.
+    #[error("storage error: {0}")]
+    Db(Box<redb::Error>),
+    /// A record that does not decode.
+    #[error("corrupt record in table `{table}`: {message}")]
+    Corrupt {
+        /// The table.
+        table: &'static str,
+        /// The decoder's message.
+        message: String,
+    },
+    /// Sign-up with an id that is taken.
+    #[error("the id `{0}` is taken")]
+    IdTaken(String),
+    /// No such user.
+    #[error("no user `{0}`")]
+    NoUser(String),
+    /// No such account.
+    #[error("no account `{0}`")]
+    NoAccount(String),
+    /// The user is not a member of the account.
+    #[error("`{user}` is not a member of account `{account}`")]
+    NotMember {
+        /// The account.
+        account: String,
+        /// The user.
+        user: String,
+    },
+    /// No such pending invite in the account.
+    #[error("no pending invite `{invite}` in account `{account}`")]
+    NoInvite {
+        /// The account.
+        account: String,
+        /// The invite id.
+        invite: String,
+    },
+    /// The user already belongs to the account.
+    #[error("`{user}` is already a member of account `{account}`")]
+    AlreadyMember {
+        /// The account.
+        account: String,
+        /// The user.
+        user: String,
+    },
+    /// The change would leave a team without an admin.
+    #[error(
+        "`{user}` is the last `{role}` of account `{account}`; make another member `{role}` first"
+    )]
+    LastAdmin {
+        /// The account.
+        account: String,
+        /// The user.
+        user: String,
+        /// The admin role's name.
+        role: String,
+    },
+    /// Invites need a team account.
+    #[error("account `{0}` is a personal account; invites need a team account (convert it first)")]
+    NotTeam(String),
+    /// Only a personal account can be converted.
+    #[error("account `{0}` is already a team account; only a personal account can be converted")]
+    NotPersonal(String),
+    /// The invite token is unknown, expired, revoked or used: one answer for
+    /// all, so that the answer gives no hint which.
+    #[error("this invite link is not valid: it may have expired, been revoked or been used")]
+    InviteGone,
+    /// The invite is bound to another email address.
+    #[error("this invite is for another email address")]
+    EmailMismatch,
+}
+
+macro_rules! redb_errors {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Db(Box::new(e.into()))
+            }
+        }
+    )*};
+}
+redb_errors!(
+    redb::Error,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// Shorthand for store results.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The open data file. Cheap to share behind an `Arc`; redb serialises write
+/// transactions and lets reads run alongside them (MVCC).
+#[derive(Debug)]
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+    /// Counts committed writes since the file was opened. Bumped after each
+    /// commit, so a reader that sees generation `g` and then opens a read
+    /// transaction reads a state at least as new as `g`; caches of what was
+    /// read are tagged with it.
+    generation: AtomicU64,
+}
+
+impl Store {
+    /// Opens (or creates) the data file at `path`, creating its folder. A
+    /// file held by another process, written by a newer cedard, or not a
+    /// cedard file is refused with a message that says so.
+    pub fn open(path: &Path) -> Result<Self> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|source| StoreError::CreateDir {
+                path: parent.to_path_buf(),
+                source,
+            })?;
+        }
+        let db = match Database::create(path) {
+            Ok(db) => db,
+            Err(DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(StoreError::Locked(path.to_path_buf()))
+            }
+            Err(source) => {
+                return Err(StoreError::Open {
+                    path: path.to_path_buf(),
+                    source: Box::new(source),
+                })
+            }
+        };
+        let store = Self {
+            db,
+            path: path.to_path_buf(),
+            generation: AtomicU64::new(0),
+        };
+        store.check_format()?;
+        Ok(store)
+    }
+
+    /// The number of writes committed since the file was opened.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The file this store lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads the format version with a read transaction first, so that a
+    /// newer file is refused before anything is written to it; a fresh file
+    /// gets the current version and every table.
+    fn check_format(&self) -> Result<()> {
+        let read = self.db.begin_read()?;
+        let found = match read.open_table(META) {
+            Ok(meta) => meta.get("format")?.map(|v| v.value()),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => {
+                return Err(StoreError::Foreign {
+                    path: self.path.clone(),
+                    message: e.to_string(),
+                })
+            }
+        };
+        drop(read);
+        match found {
+            Some(v) if v > FORMAT_VERSION => Err(StoreError::NewerFormat {
+                path: self.path.clone(),
+                found: v,
+                supported: FORMAT_VERSION,
+            }),
+            Some(_) => Ok(()),
+            None => {
+                let mut txn = self.db.begin_write()?;
+                txn.set_durability(Durability::Immediate);
+                {
+                    let mut meta = txn.open_table(META)?;
+                    meta.insert("format", FORMAT_VERSION)?;
+                }
+                txn.open_table(USERS)?;
+                txn.open_table(ACCOUNTS)?;
+                txn.open_table(MEMBERS)?;
+                txn.open_table(USER_ACCOUNTS)?;
+                txn.open_table(INVITES)?;
+                txn.open_table(INVITE_TOKENS)?;
+                txn.open_table(ACCOUNT_INVITES)?;
+                txn.commit()?;
+                Ok(())
+            }
+        }
+    }
+
+    /// A consistent read view: everything read through it comes from one
+    /// committed state of the file.
+    pub fn read(&self) -> Result<ReadView> {
+        let txn = self.db.begin_read()?;
+        Ok(ReadView {
+            users: txn.open_table(USERS)?,
+            accounts: txn.open_table(ACCOUNTS)?,
+            user_accounts: txn.open_table(USER_ACCOUNTS)?,
+            txn,
+        })
+    }
+
+    /// Runs `f` in one write transaction and commits it durably
+    /// ([`Durability::Immediate`]) when `f` succeeds; when `f` fails nothing
+    /// is written. Each API operation is exactly one call of this.
+    pub fn write<T>(&self, f: impl FnOnce(&mut Writer<'_>) -> Result<T>) -> Result<T> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate);
+        let out = {
+            let mut w = Writer { txn: &txn };
+            f(&mut w)
+        };
+        match out {
+            Ok(v) => {
+                txn.commit()?;
+                self.generation.fetch_add(1, Ordering::AcqRel);
+                Ok(v)
+            }
+            Err(e) => {
+                txn.abort()?;
+                Err(e)
+            }
+        }
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serialising plain structs of strings and integers cannot fail.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+fn decode<T: DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        table,
+        message: e.to_string(),
+    })
+}
+
+/// A read transaction with the tables decisions need already open.
+pub struct ReadView {
+    users: ReadOnlyTable<&'static str, &'static [u8]>,
+    accounts: ReadOnlyTable<&'static str, &'static [u8]>,
+    user_accounts: ReadOnlyTable<(&'static str, &'static str), &'static str>,
+    txn: ReadTransaction,
+}
+
+impl ReadView {
+    /// The user `id`, if stored.
+    pub fn user(&self, id: &str) -> Result<Option<User>> {
+        match self.users.get(id)? {
+            Some(v) => Ok(Some(decode("users", v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether the user `id` is stored.
+    pub fn has_user(&self, id: &str) -> Result<bool> {
+        Ok(self.users.get(id)?.is_some())
+    }
+
+    /// The account `id`, if stored.
+    pub fn account(&self, id: &str) -> Result<Option<Account>> {
+        match self.accounts.get(id)? {
+            Some(v) => Ok(Some(decode("accounts", v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether the account `id` is stored.
+    pub fn has_account(&self, id: &str) -> Result<bool> {
+        Ok(self.accounts.get(id)?.is_some())
+    }
+
+    /// The `(account, role)` pairs of a user, from the per-user index: a
+    /// range over this one user's keys, never a scan.
+    pub fn roles_of(&self, user: &str) -> Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        for item in self.user_accounts.range((user, "")..)? {
+            let (k, v) = item?;
+            let (u, account) = k.value();
+            if u != user {
+                break;
+            }
+            out.push((account.to_owned(), v.value().to_owned()));
+        }
+        Ok(out)
+    }
+
+    /// The members of an account with their roles, ordered by user id.
+    pub fn members(&self, account: &str) -> Result<Vec<(String, Membership)>> {
+        let table = self.txn.open_table(MEMBERS)?;
+        members_in(&table, account)
+    }
+
+    /// The invites of an account, pending or not, ordered by id.
+    pub fn invites(&self, account: &str) -> Result<Vec<Invite>> {
+        let index = self.txn.open_table(ACCOUNT_INVITES)?;
+        let invites = self.txn.open_table(INVITES)?;
+        let mut out = Vec::new();
+        for item in index.range((account, "")..)? {
+            let (k, _) = item?;
+            let (a, id) = k.value();
+            if a != account {
+                break;
+            }
+            if let Some(v) = invites.get(id)? {
+                out.push(decode("invites", v.value())?);
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn members_in(
+    table: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    account: &str,
+) -> Result<Vec<(String, Membership)>> {
+    let mut out = Vec::new();
+    for item in table.range((account, "")..)? {
+        let (k, v) = item?;
+        let (a, user) = k.value();
+        if a != account {
+            break;
+        }
+        out.push((user.to_owned(), decode("memberships", v.value())?));
+    }
+    Ok(out)
+}
+
+/// The operations of one write transaction. Each method checks its rules
+/// against the transaction's own view, so concurrent operations cannot both
+/// pass a check that only one may pass.
+pub struct Writer<'t> {
+    txn: &'t WriteTransaction,
+}
+
+impl Writer<'_> {
+    /// The user `id`, if stored.
+    pub fn user(&self, id: &str) -> Result<Option<User>> {
+        let table = self.txn.open_table(USERS)?;
+        let found = table.get(id)?;
+        match found {
+            Some(v) => Ok(Some(decode("users", v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The account `id`, if stored.
+    pub fn account(&self, id: &str) -> Result<Option<Account>> {
+        let table = self.txn.open_table(ACCOUNTS)?;
+        let found = table.get(id)?;
+        match found {
+            Some(v) => Ok(Some(decode("accounts", v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put_account(&mut self, account: &Account) -> Result<()> {
+        let mut table = self.txn.open_table(ACCOUNTS)?;
+        table.insert(account.id.as_str(), encode(account).as_slice())?;
+        Ok(())
+    }
+
+    fn membership(&self, account: &str, user: &str) -> Result<Option<Membership>> {
+        let table = self.txn.open_table(MEMBERS)?;
+        let found = table.get((account, user))?;
+        match found {
+            Some(v) => Ok(Some(decode("memberships", v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put_membership(&mut self, account: &str, user: &str, m: &Membership) -> Result<()> {
+        let mut members = self.txn.open_table(MEMBERS)?;
+        members.insert((account, user), encode(m).as_slice())?;
+        let mut index = self.txn.open_table(USER_ACCOUNTS)?;
+        index.insert((user, account), m.role.as_str())?;
+        Ok(())
+    }
+
+    /// Signs a user up: stores the user and their personal account (whose id
+    /// is the user's id) with the user holding `owner_role` in it.
+    pub fn sign_up(&mut self, user: &User, owner_role: &str) -> Result<Account> {
+        if self.user(&user.id)?.is_some() || self.account(&user.id)?.is_some() {
+            return Err(StoreError::IdTaken(user.id.clone()));
+        }
+        {
+            let mut users = self.txn.open_table(USERS)?;
+            users.insert(user.id.as_str(), encode(user).as_slice())?;
+        }
+        let account = Account {
+            id: user.id.clone(),
+            name: user.name.clone().unwrap_or_else(|| user.id.clone()),
+            kind: AccountKind::Personal,
+            owner: user.id.clone(),
+            created_at: user.created_at,
+        };
+        self.put_account(&account)?;
+        self.put_membership(
+            &account.id,
+            &user.id,
+            &Membership {
+                role: owner_role.to_owned(),
+                since: user.created_at,
+            },
+        )?;
+        Ok(account)
+    }
+
+    /// Converts a personal account into a team account named `name`. The
+    /// owner keeps the role they hold.
+    pub fn convert(&mut self, account: &str, name: &str) -> Result<Account> {
+        let mut acc = self
+            .account(account)?
+            .ok_or_else(|| StoreError::NoAccount(account.to_owned()))?;
+        if acc.kind != AccountKind::Personal {
+            return Err(StoreError::NotPersonal(account.to_owned()));
+        }
+        acc.kind = AccountKind::Team;
+        acc.name = name.to_owned();
+        self.put_account(&acc)?;
+        Ok(acc)
+    }
+
+    fn admins(&self, account: &str, admin_role: &str) -> Result<usize> {
+        let table = self.txn.open_table(MEMBERS)?;
+        Ok(members_in(&table, account)?
+            .iter()
+            .filter(|(_, m)| m.role == admin_role)
+            .count())
+    }
+
+    /// Gives a member a new role. Demoting the last holder of `admin_role`
+    /// is refused.
+    pub fn set_role(
+        &mut self,
+        account: &str,
+        user: &str,
+        role: &str,
+        admin_role: &str,
+    ) -> Result<Membership> {
+        let mut m = self
+            .membership(account, user)?
+            .ok_or_else(|| StoreError::NotMember {
+                account: account.to_owned(),
+                user: user.to_owned(),
+            })?;
+        if m.role == admin_role && role != admin_role && self.admins(account, admin_role)? <= 1 {
+            return Err(StoreError::LastAdmin {
+                account: account.to_owned(),
+                user: user.to_owned(),
+                role: admin_role.to_owned(),
+            });
+        }
+        m.role = role.to_owned();
+        self.put_membership(account, user, &m)?;
+        Ok(m)
+    }
+
+    /// Removes a member. Removing the last holder of `admin_role` is refused.
+    pub fn remove_member(&mut self, account: &str, user: &str, admin_role: &str) -> Result<()> {
+        let m = self
+            .membership(account, user)?
+            .ok_or_else(|| StoreError::NotMember {
+                account: account.to_owned(),
+                user: user.to_owned(),
+            })?;
+        if m.role == admin_role && self.admins(account, admin_role)? <= 1 {
+            return Err(StoreError::LastAdmin {
+                account: account.to_owned(),
+                user: user.to_owned(),
+                role: admin_role.to_owned(),
+            });
+        }
+        let mut members = self.txn.open_table(MEMBERS)?;
+        members.remove((account, user))?;
+        let mut index = self.txn.open_table(USER_ACCOUNTS)?;
+        index.remove((user, account))?;
+        Ok(())
+    }
+
+    /// Stores a user as given, without the personal account sign-up
+    /// creates (for imports, seeding and benchmarks).
+    pub fn import_user(&mut self, user: &User) -> Result<()> {
+        let mut users = self.txn.open_table(USERS)?;
+        users.insert(user.id.as_str(), encode(user).as_slice())?;
+        Ok(())
+    }
+
+    /// Stores an account as given (for imports, seeding and benchmarks).
+    pub fn import_account(&mut self, account: &Account) -> Result<()> {
+        self.put_account(account)
+    }
+
+    /// Adds a member directly, without an invite (for imports, seeding and
+    /// benchmarks; the API adds members only through invites).
+    pub fn add_member(&mut self, account: &str, user: &str, role: &str, since: i64) -> Result<()> {
+        if self.membership(account, user)?.is_some() {
+            return Err(StoreError::AlreadyMember {
+                account: account.to_owned(),
+                user: user.to_owned(),
+            });
+        }
+        self.put_membership(
+            account,
+            user,
+            &Membership {
+                role: role.to_owned(),
+                since,
+            },
+        )
+    }
+
+    /// Stores a new invite whose token hashes to `invite.token_sha256`. The
+    /// account must be a team account.
+    pub fn create_invite(&mut self, invite: &Invite) -> Result<()> {
+        let acc = self
+            .account(&invite.account)?
+            .ok_or_else(|| StoreError::NoAccount(invite.account.clone()))?;
+        if acc.kind != AccountKind::Team {
+            return Err(StoreError::NotTeam(acc.id));
+        }
+        self.put_invite(invite)?;
+        let mut tokens = self.txn.open_table(INVITE_TOKENS)?;
+        tokens.insert(
+            hash_key(&invite.token_sha256).as_slice(),
+            invite.id.as_str(),
+        )?;
+        let mut index = self.txn.open_table(ACCOUNT_INVITES)?;
+        index.insert((invite.account.as_str(), invite.id.as_str()), ())?;
+        Ok(())
+    }
+
+    fn put_invite(&mut self, invite: &Invite) -> Result<()> {
+        let mut invites = self.txn.open_table(INVITES)?;
+        invites.insert(invite.id.as_str(), encode(invite).as_slice())?;
+        Ok(())
+    }
+
+    /// The invite `id` of `account` if it is still pending at `now`.
+    fn pending_invite(&self, account: &str, id: &str, now: i64) -> Result<Invite> {
+        let invites = self.txn.open_table(INVITES)?;
+        let found = invites.get(id)?;
+        let invite: Option<Invite> = match found {
+            Some(v) => Some(decode("invites", v.value())?),
+            None => None,
+        };
+        match invite {
+            Some(i) if i.account == account && i.is_pending(now) => Ok(i),
+            _ => Err(StoreError::NoInvite {
+                account: account.to_owned(),
+                invite: id.to_owned(),
+            }),
+        }
+    }
+
+    /// Gives a pending invite a new token: the old token's entry is removed,
+    /// so the old link stops working in the same commit.
+    pub fn relink(
+        &mut self,
+        account: &str,
+        id: &str,
+        new_sha256: &str,
+        now: i64,
+    ) -> Result<Invite> {
+        let mut invite = self.pending_invite(account, id, now)?;
+        let mut tokens = self.txn.open_table(INVITE_TOKENS)?;
+        tokens.remove(hash_key(&invite.token_sha256).as_slice())?;
+        invite.token_sha256 = new_sha256.to_owned();
+        tokens.insert(hash_key(new_sha256).as_slice(), invite.id.as_str())?;
+        drop(tokens);
+        self.put_invite(&invite)?;
+        Ok(invite)
+    }
+
+    /// Revokes a pending invite; its token stops working.
+    pub fn revoke(&mut self, account: &str, id: &str, now: i64) -> Result<Invite> {
+        let mut invite = self.pending_invite(account, id, now)?;
+        let mut tokens = self.txn.open_table(INVITE_TOKENS)?;
+        tokens.remove(hash_key(&invite.token_sha256).as_slice())?;
+        drop(tokens);
+        invite.state = InviteState::Revoked { at: now };
+        self.put_invite(&invite)?;
+        Ok(invite)
+    }
+
+    /// Accepts the invite whose token hashes to `sha256` for `user`: marks
+    /// it used and adds the membership, both in this transaction. Unknown,
+    /// expired, revoked and used tokens all fail with
+    /// [`StoreError::InviteGone`].
+    pub fn accept(&mut self, sha256: &str, user: &str, now: i64) -> Result<Invite> {
+        let id = {
+            let tokens = self.txn.open_table(INVITE_TOKENS)?;
+            let found = tokens.get(hash_key(sha256).as_slice())?;
+            match found {
+                Some(v) => v.value().to_owned(),
+                None => return Err(StoreError::InviteGone),
+            }
+        };
+        let mut invite: Invite = {
+            let invites = self.txn.open_table(INVITES)?;
+            let found = invites.get(id.as_str())?;
+            match found {
+                Some(v) => decode("invites", v.value())?,
+                None => return Err(StoreError::InviteGone),
+            }
+        };
+        if !invite.is_pending(now) || invite.token_sha256 != sha256 {
+            return Err(StoreError::InviteGone);
+        }
+        let joining = self
+            .user(user)?
+            .ok_or_else(|| StoreError::NoUser(user.to_owned()))?;
+        if let Some(bound) = &invite.email {
+            if !bound.eq_ignore_ascii_case(&joining.email) {
+                return Err(StoreError::EmailMismatch);
+            }
+        }
+        if self.membership(&invite.account, user)?.is_some() {
+            return Err(StoreError::AlreadyMember {
+                account: invite.account.clone(),
+                user: user.to_owned(),
+            });
+        }
+        let mut tokens = self.txn.open_table(INVITE_TOKENS)?;
+        tokens.remove(hash_key(sha256).as_slice())?;
+        drop(tokens);
+        invite.state = InviteState::Used {
+            by: user.to_owned(),
+            at: now,
+        };
+        self.put_invite(&invite)?;
+        let role = invite.role.clone();
+        self.put_membership(&invite.account, user, &Membership { role, since: now })?;
+        Ok(invite)
+    }
+}
+
+/// The token index's key: the SHA-256 as raw bytes (hex decoding of our own
+/// encoding; a malformed value maps to its bytes, which match nothing).
+fn hash_key(sha256_hex: &str) -> Vec<u8> {
+    hex::decode(sha256_hex).unwrap_or_else(|_| sha256_hex.as_bytes().to_vec())
+}
