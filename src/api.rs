@@ -273,9 +273,9 @@ fn question(
     resource: &Value,
     context: Option<&Value>,
 ) -> Result<Question, InputError> {
-    let principal = authz::parse_uid("principal", principal)?;
-    let action = authz::parse_uid("action", action)?;
-    let resource = authz::parse_uid("resource", resource)?;
+    let principal = authz::parse_uid_in(snapshot, "principal", principal)?;
+    let action = authz::parse_uid_in(snapshot, "action", action)?;
+    let resource = authz::parse_uid_in(snapshot, "resource", resource)?;
     let request = authz::build_request(
         snapshot,
         principal.clone(),

@@ -8,7 +8,9 @@
 //! values may be written without their `__entity`/`__extn` markers exactly as
 //! Cedar's own tooling allows. This module knows nothing about HTTP or redb.
 
-use cedar_policy::{Authorizer, Context, Entities, Entity, EntityUid, PolicyId, Request, Response};
+use cedar_policy::{
+    Authorizer, Context, Entities, Entity, EntityId, EntityUid, PolicyId, Request, Response,
+};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -60,6 +62,31 @@ pub fn parse_uid(field: &str, value: &Value) -> Result<EntityUid, InputError> {
             ),
         )),
     }
+}
+
+/// Like [`parse_uid`], but an object `{"type": T, "id": I}` whose type `T`
+/// is declared in the snapshot's schema is built without running Cedar's name
+/// parser: `T` is then exactly the canonical name Cedar would parse it to,
+/// and the id is taken verbatim, as Cedar's JSON form takes it. Anything else
+/// goes to [`parse_uid`].
+pub fn parse_uid_in(
+    snapshot: &PolicySnapshot,
+    field: &str,
+    value: &Value,
+) -> Result<EntityUid, InputError> {
+    if let Value::Object(map) = value {
+        if let (2, Some(Value::String(ty)), Some(Value::String(id))) =
+            (map.len(), map.get("type"), map.get("id"))
+        {
+            if let Some(name) = snapshot.type_names.get(ty) {
+                return Ok(EntityUid::from_type_name_and_id(
+                    name.clone(),
+                    EntityId::new(id),
+                ));
+            }
+        }
+    }
+    parse_uid(field, value)
 }
 
 /// Builds a request. With `validate`, the principal and resource types must
@@ -144,18 +171,8 @@ pub fn parse_entities_raw(
     snapshot: &PolicySnapshot,
     raw: &RawValue,
 ) -> Result<Entities, InputError> {
-    parse_entities_raw_with(snapshot, raw, Vec::new())
-}
-
-/// Like [`parse_entities_raw`], adding entities that cedard itself contributes
-/// (built to the schema by cedard).
-pub fn parse_entities_raw_with(
-    snapshot: &PolicySnapshot,
-    raw: &RawValue,
-    extra: Vec<Entity>,
-) -> Result<Entities, InputError> {
     let decoded = decode_entities_raw(snapshot, raw)?;
-    assemble(snapshot, decoded, extra, || raw.get().to_owned())
+    assemble_decoded(snapshot, raw, decoded, Vec::new())
 }
 
 /// Decodes each entity of a raw JSON array against the snapshot's schema
@@ -200,19 +217,37 @@ pub fn assemble_decoded(
     inline: Vec<Entity>,
     extra: Vec<Entity>,
 ) -> Result<Entities, InputError> {
+    assemble(snapshot, inline, extra, || raw.get().to_owned())
+}
+
+/// Puts decoded inline entities, cedard's own `extra` entities (built and
+/// checked against the schema by cedard) and the schema's action entities
+/// together.
+///
+/// Cedar's batch parser adds the schema's action entities and computes the
+/// hierarchy over everything; here the action entities were built once per
+/// snapshot and everything is merged in one hierarchy computation. Inline
+/// action entities are rare and have special rules (they must equal the
+/// schema's), so a set with one is handed whole (`whole()` is its JSON text)
+/// to Cedar's batch parser instead.
+fn assemble(
+    snapshot: &PolicySnapshot,
+    inline: Vec<Entity>,
+    extra: Vec<Entity>,
+    whole: impl FnOnce() -> String,
+) -> Result<Entities, InputError> {
+    let merge_error =
+        |e: cedar_policy::entities_errors::EntitiesError| InputError::new("entities", describe(&e));
     if inline
         .iter()
         .any(|e| snapshot.action_entities.get(&e.uid()).is_some())
     {
-        // Inline action entities take Cedar's batch parser (see `assemble`).
-        let entities = Entities::from_json_str(raw.get(), Some(&snapshot.schema))
-            .map_err(|e| InputError::new("entities", describe(&e)))?;
+        let entities =
+            Entities::from_json_str(&whole(), Some(&snapshot.schema)).map_err(merge_error)?;
         if extra.is_empty() {
             return Ok(entities);
         }
-        return entities
-            .add_entities(extra, None)
-            .map_err(|e| InputError::new("entities", describe(&e)));
+        return entities.add_entities(extra, None).map_err(merge_error);
     }
     if inline.is_empty() && extra.is_empty() {
         return Ok(snapshot.action_entities.clone());
@@ -221,59 +256,7 @@ pub fn assemble_decoded(
         .action_entities
         .clone()
         .add_entities(inline.into_iter().chain(extra), None)
-        .map_err(|e| InputError::new("entities", describe(&e)))
-}
-
-/// Puts decoded entities together with the schema's action entities.
-///
-/// Cedar's batch parser adds the schema's action entities and computes the
-/// hierarchy over everything; here the action entities were built once per
-/// snapshot and are merged in. Inline action entities are rare and have
-/// special rules (they must equal the schema's), so a set with one is handed
-/// whole to Cedar's batch parser instead.
-fn assemble(
-    snapshot: &PolicySnapshot,
-    inline: Vec<Entity>,
-    extra: Vec<Entity>,
-    whole: impl FnOnce() -> String,
-) -> Result<Entities, InputError> {
-    let entities = if inline
-        .iter()
-        .any(|e| snapshot.action_entities.get(&e.uid()).is_some())
-    {
-        Entities::from_json_str(&whole(), Some(&snapshot.schema))
-            .map_err(|e| InputError::new("entities", describe(&e)))?
-    } else if inline.is_empty() {
-        snapshot.action_entities.clone()
-    } else {
-        snapshot
-            .action_entities
-            .clone()
-            .add_entities(inline, None)
-            .map_err(|e| InputError::new("entities", describe(&e)))?
-    };
-    if extra.is_empty() {
-        return Ok(entities);
-    }
-    entities
-        .add_entities(extra, Some(&snapshot.schema))
-        .map_err(|e| InputError::new("entities", describe(&e)))
-}
-
-/// Parses entities and then adds entities that cedard itself contributes
-/// (already checked against the schema when they were built).
-pub fn parse_entities_with(
-    snapshot: &PolicySnapshot,
-    value: &Value,
-    extra: Vec<Entity>,
-) -> Result<Entities, InputError> {
-    let entities = parse_entities(snapshot, value)?;
-    if extra.is_empty() {
-        return Ok(entities);
-    }
-    entities
-        .add_entities(extra, Some(&snapshot.schema))
-        .map_err(|e| InputError::new("entities", describe(&e)))
+        .map_err(merge_error)
 }
 
 fn not_an_array(value: &Value) -> InputError {

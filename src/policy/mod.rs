@@ -15,8 +15,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use cedar_policy::{
-    Entities, Policy, PolicyId, PolicySet, Schema, SchemaFragment, Template, ValidationMode,
-    Validator,
+    Entities, EntityTypeName, Policy, PolicyId, PolicySet, Schema, SchemaFragment, Template,
+    ValidationMode, Validator,
 };
 use miette::Diagnostic;
 use serde::Serialize;
@@ -124,6 +124,10 @@ pub struct PolicySnapshot {
     /// lives and dies with the snapshot, so a reload (perhaps of the schema)
     /// never reuses a decoding made under another schema.
     pub entity_cache: crate::authz::EntityCache,
+    /// Every entity type of the schema (actions' types included) by its
+    /// canonical name, so that entity references naming them need not go
+    /// through Cedar's name parser on every request.
+    pub type_names: HashMap<String, EntityTypeName>,
 }
 
 impl PolicySnapshot {
@@ -217,7 +221,6 @@ impl PolicySnapshot {
         }
         Ok(Self {
             policies,
-            schema,
             meta,
             by_id,
             action_entities,
@@ -225,6 +228,8 @@ impl PolicySnapshot {
             loaded_at: OffsetDateTime::now_utc(),
             warnings: Vec::new(),
             entity_cache: crate::authz::EntityCache::default(),
+            type_names: schema_type_names(&schema),
+            schema,
         })
     }
 
@@ -269,6 +274,16 @@ impl PolicySnapshot {
         self.warnings = warnings;
         errors
     }
+}
+
+/// The entity types of a schema, actions' types included, by canonical name.
+fn schema_type_names(schema: &Schema) -> HashMap<String, EntityTypeName> {
+    schema
+        .entity_types()
+        .cloned()
+        .chain(schema.actions().map(|a| a.type_name().clone()))
+        .map(|t| (t.to_string(), t))
+        .collect()
 }
 
 /// A parsed policy or template with its position in the file.

@@ -326,9 +326,9 @@ fn run_request(
     let want_errors = sorted(&request.errors);
     let expected = describe_decision(expected_allow, &want_reasons, &want_errors);
     let decided = (|| {
-        let principal = authz::parse_uid("principal", &request.principal)?;
-        let action = authz::parse_uid("action", &request.action)?;
-        let resource = authz::parse_uid("resource", &request.resource)?;
+        let principal = authz::parse_uid_in(snapshot, "principal", &request.principal)?;
+        let action = authz::parse_uid_in(snapshot, "action", &request.action)?;
+        let resource = authz::parse_uid_in(snapshot, "resource", &request.resource)?;
         let built = authz::build_request(
             snapshot,
             principal,
