@@ -171,14 +171,11 @@ pub fn parse_entities_raw(
     snapshot: &PolicySnapshot,
     raw: &RawValue,
 ) -> Result<Entities, InputError> {
-    let decoded = decode_entities_raw(snapshot, raw)?;
-    assemble_decoded(snapshot, raw, decoded, Vec::new())
+    Ok(assemble_raw(snapshot, raw)?.entities)
 }
 
 /// Decodes each entity of a raw JSON array against the snapshot's schema
-/// (through the snapshot's memo), without assembling them, so that a caller
-/// can look at them before deciding what to add (see
-/// [`assemble_decoded`]).
+/// (through the snapshot's memo), without assembling them.
 pub fn decode_entities_raw(
     snapshot: &PolicySnapshot,
     raw: &RawValue,
@@ -193,31 +190,18 @@ pub fn decode_entities_raw(
     let mut decoded = Vec::with_capacity(items.len());
     for (i, item) in items.iter().enumerate() {
         let text = item.get();
-        let entity = match snapshot.entity_cache.get(text) {
+        let entity = match snapshot.entity_cache.entities.get(text) {
             Some(e) => e,
             None => {
                 let e = Entity::from_json_str(text, Some(&snapshot.schema))
                     .map_err(|e| InputError::new(format!("entities[{i}]"), describe(&e)))?;
-                snapshot.entity_cache.insert(text, &e);
+                snapshot.entity_cache.entities.insert(text, &e);
                 e
             }
         };
         decoded.push(entity);
     }
     Ok(decoded)
-}
-
-/// Assembles entities decoded by [`decode_entities_raw`] from `raw` with
-/// `extra` entities that cedard built and already checked against this
-/// snapshot's schema, and the schema's action entities, in one merge (one
-/// hierarchy computation instead of two).
-pub fn assemble_decoded(
-    snapshot: &PolicySnapshot,
-    raw: &RawValue,
-    inline: Vec<Entity>,
-    extra: Vec<Entity>,
-) -> Result<Entities, InputError> {
-    assemble(snapshot, inline, extra, || raw.get().to_owned())
 }
 
 /// Puts decoded inline entities, cedard's own `extra` entities (built and
@@ -266,35 +250,80 @@ fn not_an_array(value: &Value) -> InputError {
     )
 }
 
-/// A bounded memo of inline entities decoded against one snapshot's schema,
-/// keyed by the exact JSON text of each entity.
-///
-/// A `std::sync::Mutex` is enough: it is held only for a hash lookup or
-/// insert, never across an `.await`. When full it is cleared rather than
-/// tracking recency: simple, and a refill costs only the parses it saves.
-#[derive(Debug, Default)]
-pub struct EntityCache {
-    map: std::sync::Mutex<std::collections::HashMap<Box<str>, Entity>>,
+/// Inline entities decoded and assembled with the schema's action entities.
+#[derive(Debug, Clone)]
+pub struct Assembled {
+    /// The inline entities' UIDs, in the order they were sent.
+    pub uids: Vec<EntityUid>,
+    /// The inline entities and the schema's action entities, hierarchy
+    /// computed.
+    pub entities: Entities,
 }
 
-impl EntityCache {
-    /// How many decoded entities one snapshot keeps.
-    pub const CAPACITY: usize = 16_384;
-    /// Entities longer than this are not remembered (they are rare, and would
-    /// make the memo's memory unbounded in practice).
-    const MAX_KEY: usize = 4096;
+/// Decodes and assembles a raw JSON array of inline entities, remembering the
+/// result per snapshot under the array's exact text: services that send the
+/// same entities again (the same pod, the same user) then skip both Cedar's
+/// JSON parser and its hierarchy computation. Entities cedard adds later
+/// (stored users and accounts) are merged by the caller, per request.
+pub fn assemble_raw(snapshot: &PolicySnapshot, raw: &RawValue) -> Result<Assembled, InputError> {
+    let text = raw.get();
+    if let Some(hit) = snapshot.entity_cache.sets.get(text) {
+        return Ok(hit);
+    }
+    let decoded = decode_entities_raw(snapshot, raw)?;
+    let uids = decoded.iter().map(Entity::uid).collect();
+    let entities = assemble(snapshot, decoded, Vec::new(), || text.to_owned())?;
+    let assembled = Assembled { uids, entities };
+    snapshot.entity_cache.sets.insert(text, &assembled);
+    Ok(assembled)
+}
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<Box<str>, Entity>> {
-        // The map is only ever read or replaced entry by entry; a panic while
+/// Bounded memos of inline entities decoded against one snapshot's schema:
+/// single entities keyed by their exact JSON text, and whole assembled arrays
+/// keyed by the array's exact text. What is remembered is exactly what
+/// Cedar's parser made of exactly that text under exactly this schema, so a
+/// memo cannot change an answer; it dies with its snapshot.
+#[derive(Debug, Default)]
+pub struct EntityCache {
+    entities: Memo<Entity>,
+    sets: Memo<Assembled>,
+}
+
+/// One bounded memo. A `std::sync::Mutex` is enough: it is held only for a
+/// hash lookup or insert, never across an `.await`. When full it is cleared
+/// rather than tracking recency: simple, and a refill costs only the parses
+/// it saves.
+#[derive(Debug)]
+struct Memo<T> {
+    map: std::sync::Mutex<std::collections::HashMap<Box<str>, T>>,
+}
+
+impl<T> Default for Memo<T> {
+    fn default() -> Self {
+        Self {
+            map: std::sync::Mutex::default(),
+        }
+    }
+}
+
+impl<T: Clone> Memo<T> {
+    /// How many values one memo keeps.
+    const CAPACITY: usize = 4096;
+    /// Texts longer than this are not remembered (they are rare, and would
+    /// make the memo's memory unbounded in practice).
+    const MAX_KEY: usize = 8192;
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<Box<str>, T>> {
+        // The map is only ever read or changed entry by entry; a panic while
         // holding the lock cannot leave a half-written entry.
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn get(&self, text: &str) -> Option<Entity> {
+    fn get(&self, text: &str) -> Option<T> {
         self.lock().get(text).cloned()
     }
 
-    fn insert(&self, text: &str, entity: &Entity) {
+    fn insert(&self, text: &str, value: &T) {
         if text.len() > Self::MAX_KEY {
             return;
         }
@@ -302,7 +331,7 @@ impl EntityCache {
         if map.len() >= Self::CAPACITY {
             map.clear();
         }
-        map.insert(text.into(), entity.clone());
+        map.insert(text.into(), value.clone());
     }
 }
 

@@ -431,19 +431,21 @@ impl<'a> Facts<'a> {
         self.check_inline(inline)?;
         match inline {
             Inline::Raw(raw) => {
-                // Decode first, look at the resources, then merge inline and
-                // stored entities in one step.
-                let decoded = authz::decode_entities_raw(self.snapshot, raw)?;
-                let uids: Vec<EntityUid> = decoded.iter().map(Entity::uid).collect();
+                let authz::Assembled { uids, entities } = authz::assemble_raw(self.snapshot, raw)?;
                 for (i, uid) in uids.iter().enumerate() {
                     if self.stored(uid)? {
                         return Err(owned(i, uid));
                     }
                 }
-                let present: HashMap<&EntityUid, &Entity> = uids.iter().zip(&decoded).collect();
-                let extra = self.stored_for(pairs, |uid| present.get(uid).copied())?;
-                drop(present);
-                let entities = authz::assemble_decoded(self.snapshot, raw, decoded, extra)?;
+                let extra = self.stored_for(pairs, |uid| entities.get(uid))?;
+                let entities = if extra.is_empty() {
+                    entities
+                } else {
+                    // `extra` was checked against the schema when built.
+                    entities
+                        .add_entities(extra, None)
+                        .map_err(|e| InputError::new("entities", describe(&e)))?
+                };
                 // A claim to a role of a stored account, directly or through
                 // other inline entities, shows in the assembled hierarchy.
                 for (i, uid) in uids.iter().enumerate() {
