@@ -174,7 +174,37 @@ pub fn router(state: AppState) -> Router {
         // Decision bodies are small; a generous cap keeps a runaway client
         // from making the daemon buffer gigabytes.
         .layer(DefaultBodyLimit::max(8 * 1024 * 1024))
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(state)
+}
+
+/// Gives the errors axum answers by itself (a wrong method, a body over the
+/// limit) the one JSON error shape, so that clients parse every error alike.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let (code, message) = match status {
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method_not_allowed",
+            "this endpoint does not take that method",
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => ("too_large", "the request body is over the 8 MiB limit"),
+        _ => ("error", status.canonical_reason().unwrap_or("error")),
+    };
+    let mut fixed = error_response(status, code, message);
+    // Keep headers such as `Allow` that tell the client what would work.
+    for (name, value) in response.headers() {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            fixed.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    fixed
 }
 
 async fn healthz() -> Json<Value> {

@@ -396,6 +396,15 @@ async fn bad_input_is_a_400_naming_the_field_never_an_allow() {
     let (status, resp) = app.get("/v1/nowhere").await;
     assert_eq!(status, 404, "{resp}");
     assert_eq!(resp["error"]["code"], "not_found");
+
+    // Errors axum answers by itself keep the one shape too.
+    let (status, resp) = app.get("/v1/is_authorized").await;
+    assert_eq!(status, 405, "{resp}");
+    assert_eq!(resp["error"]["code"], "method_not_allowed", "{resp}");
+    let huge = format!("{{\"principal\": \"{}\"}}", "x".repeat(9 * 1024 * 1024));
+    let (status, resp) = app.post_raw("/v1/is_authorized", huge).await;
+    assert_eq!(status, 413, "{resp}");
+    assert_eq!(resp["error"]["code"], "too_large", "{resp}");
     app.stop().await;
 }
 
