@@ -137,6 +137,3 @@ pub async fn run(
     served?;
     Ok(())
 }
-
-/// Shared handle type for the live policies.
-pub type Live = Arc<LivePolicies>;
