@@ -61,44 +61,9 @@ fn bench(c: &mut Criterion) {
     c.bench_function("entities: authz::parse_entities", |b| {
         b.iter(|| black_box(authz::parse_entities(&snapshot, &entities_json).expect("entities")))
     });
-    c.bench_function(
-        "entities: per-entity Entity::from_json_value + cached actions",
-        |b| {
-            b.iter(|| {
-                let list: Vec<cedar_policy::Entity> = entities_json
-                    .as_array()
-                    .expect("array")
-                    .iter()
-                    .map(|e| {
-                        cedar_policy::Entity::from_json_value(e.clone(), Some(&snapshot.schema))
-                            .expect("entity")
-                    })
-                    .collect();
-                black_box(
-                    snapshot
-                        .action_entities
-                        .clone()
-                        .add_entities(list, None)
-                        .expect("entities"),
-                )
-            })
-        },
-    );
-    c.bench_function("entities: per-entity parse only", |b| {
-        b.iter(|| {
-            let list: Vec<cedar_policy::Entity> = entities_json
-                .as_array()
-                .expect("array")
-                .iter()
-                .map(|e| {
-                    cedar_policy::Entity::from_json_value(e.clone(), Some(&snapshot.schema))
-                        .expect("entity")
-                })
-                .collect();
-            black_box(list)
-        })
-    });
-    c.bench_function("entities: per-entity parse, no schema", |b| {
+    // Cedar's JSON entity parser even without a schema: the floor of any
+    // decoding that goes through it.
+    c.bench_function("entities: Entity::from_json_value, no schema", |b| {
         b.iter(|| {
             let list: Vec<cedar_policy::Entity> = entities_json
                 .as_array()
@@ -113,9 +78,6 @@ fn bench(c: &mut Criterion) {
         serde_json::value::RawValue::from_string(entities_json.to_string()).expect("raw");
     c.bench_function("entities: authz::parse_entities_raw, memo hit", |b| {
         b.iter(|| black_box(authz::parse_entities_raw(&snapshot, &raw_entities).expect("entities")))
-    });
-    c.bench_function("entities: clone cached actions", |b| {
-        b.iter(|| black_box(snapshot.action_entities.clone()))
     });
     let entities = authz::parse_entities(&snapshot, &entities_json).expect("entities");
     let uid = |f: &str| authz::parse_uid(f, &body[f]).expect("uid");

@@ -106,7 +106,7 @@ pub fn build_request(
     let context = match context {
         None | Some(Value::Null) => Context::empty(),
         Some(v @ Value::Object(_)) => {
-            if schema.actions().any(|a| a == &action) {
+            if snapshot.action_entities.get(&action).is_some() {
                 Context::from_json_value(v.clone(), Some((schema, &action)))
                     .map_err(|e| InputError::new("context", describe(&e)))?
             } else if validate {

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::tree::Tree;
-use super::{describe_decision, ids_of, CaseResult, FileResult, Status, SuiteError};
+use super::{describe_decision, judge, CaseResult, FileResult, Status, SuiteError};
 use crate::authz;
 use crate::policy::{parse_schema, Naming, PolicySnapshot, Revision, SourceFile};
 
@@ -339,21 +339,12 @@ fn run_request(
         )?;
         Ok::<_, authz::InputError>(authz::decide(snapshot, &built, entities))
     })();
-    let status = match decided {
-        Err(e) => Status::Failed(format!("expected {expected}, got an invalid request: {e}")),
-        Ok(decision) => {
-            let (reasons, errors) = ids_of(&decision);
-            if decision.allow == expected_allow && reasons == want_reasons && errors == want_errors
-            {
-                Status::Passed
-            } else {
-                let mut got = describe_decision(decision.allow, &reasons, &errors);
-                for e in &decision.errors {
-                    got.push_str(&format!("; {}: {}", e.policy_id, e.message));
-                }
-                Status::Failed(format!("expected {expected}, got {got}"))
-            }
-        }
-    };
+    let status = judge(
+        decided,
+        &expected,
+        expected_allow,
+        Some(&want_reasons),
+        &want_errors,
+    );
     CaseResult::new(name, status)
 }

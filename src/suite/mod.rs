@@ -382,6 +382,34 @@ pub fn describe_decision(allow: bool, reasons: &[String], errors: &[String]) -> 
     )
 }
 
+/// The verdict on one case: `decided` against an expected decision, reason
+/// ids (checked only when given) and error ids, both sorted; `expected` is
+/// how the expectation is described in a failure line.
+pub fn judge<E: std::fmt::Display>(
+    decided: Result<Decision, E>,
+    expected: &str,
+    allow: bool,
+    want_reasons: Option<&[String]>,
+    want_errors: &[String],
+) -> Status {
+    match decided {
+        Err(e) => Status::Failed(format!("expected {expected}, got an invalid request: {e}")),
+        Ok(decision) => {
+            let (reasons, errors) = ids_of(&decision);
+            let reasons_ok = want_reasons.is_none_or(|r| r == reasons.as_slice());
+            if decision.allow == allow && reasons_ok && errors == want_errors {
+                Status::Passed
+            } else {
+                let mut got = describe_decision(decision.allow, &reasons, &errors);
+                for e in &decision.errors {
+                    got.push_str(&format!("; {}: {}", e.policy_id, e.message));
+                }
+                Status::Failed(format!("expected {expected}, got {got}"))
+            }
+        }
+    }
+}
+
 /// The reason and error ids of a decision, sorted.
 pub fn ids_of(decision: &Decision) -> (Vec<String>, Vec<String>) {
     let mut reasons: Vec<String> = decision

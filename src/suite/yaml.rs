@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::model::{self, Account, Model, User, NON_MEMBER};
-use super::{describe_decision, ids_of, CaseResult, FileResult, Status, SuiteError};
+use super::{describe_decision, judge, CaseResult, FileResult, Status, SuiteError};
 use crate::authz;
 use crate::policy::{self, PolicySnapshot, Sources};
 
@@ -631,22 +631,13 @@ impl Loaded {
             .map_err(|e| e.to_string())?;
             Ok::<_, String>(authz::decide(&self.snapshot, &request, &self.entities))
         })();
-        let status = match decided {
-            Err(e) => Status::Failed(format!("expected {expected}, got an invalid request: {e}")),
-            Ok(decision) => {
-                let (reasons, errors) = ids_of(&decision);
-                let reasons_ok = want_reasons.as_ref().is_none_or(|r| *r == reasons);
-                if decision.allow == case.allow && reasons_ok && errors == want_errors {
-                    Status::Passed
-                } else {
-                    let mut got = describe_decision(decision.allow, &reasons, &errors);
-                    for e in &decision.errors {
-                        got.push_str(&format!("; {}: {}", e.policy_id, e.message));
-                    }
-                    Status::Failed(format!("expected {expected}, got {got}"))
-                }
-            }
-        };
+        let status = judge(
+            decided,
+            &expected,
+            case.allow,
+            want_reasons.as_deref(),
+            &want_errors,
+        );
         CaseResult {
             name: case.name.clone(),
             status,

@@ -10,7 +10,7 @@ use cedard::accounts::Clock;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::support::{copy_pack, spawn_app, spawn_app_in, wait_until, TestApp};
+use crate::support::{copy_pack, spawn_app, spawn_app_in, wait_until, TestApp, TEAM_TABLE};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -157,25 +157,6 @@ async fn decide(app: &TestApp, user: &str, action: &str, account: &str) -> Value
     assert_eq!(status, 200, "{user} {action}: {body}");
     body
 }
-
-/// The role table of the decision daemon issue: for each action, the answer
-/// for a member holding basic, billing, dev, admin, and for a non-member.
-const TEAM_TABLE: &[(&str, [bool; 5])] = &[
-    ("useAccount", [true, false, true, true, false]),
-    ("viewMembers", [true, false, true, true, false]),
-    ("connectPod", [true, false, true, true, false]),
-    ("viewBilling", [false, true, false, true, false]),
-    ("manageBilling", [false, true, false, true, false]),
-    ("startPod", [false, false, true, true, false]),
-    ("stopPod", [false, false, true, true, false]),
-    ("createPod", [false, false, true, true, false]),
-    ("updateSettings", [false, false, false, true, false]),
-    ("inviteMember", [false, false, false, true, false]),
-    ("revokeInvite", [false, false, false, true, false]),
-    ("changeMemberRole", [false, false, false, true, false]),
-    ("removeMember", [false, false, false, true, false]),
-    ("convertToTeam", [false, false, false, false, false]),
-];
 
 #[tokio::test]
 async fn the_seed_story_end_to_end() {

@@ -3,29 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::support::spawn_app;
-
-/// The roles of the default pack, in table order.
-const ROLES: [&str; 4] = ["basic", "billing", "dev", "admin"];
-
-/// The seed's role table for a team account: for each action, the answer for
-/// a member holding basic, billing, dev, admin, and for a non-member.
-const TEAM_TABLE: &[(&str, [bool; 5])] = &[
-    ("useAccount", [true, false, true, true, false]),
-    ("viewMembers", [true, false, true, true, false]),
-    ("connectPod", [true, false, true, true, false]),
-    ("viewBilling", [false, true, false, true, false]),
-    ("manageBilling", [false, true, false, true, false]),
-    ("startPod", [false, false, true, true, false]),
-    ("stopPod", [false, false, true, true, false]),
-    ("createPod", [false, false, true, true, false]),
-    ("updateSettings", [false, false, false, true, false]),
-    ("inviteMember", [false, false, false, true, false]),
-    ("revokeInvite", [false, false, false, true, false]),
-    ("changeMemberRole", [false, false, false, true, false]),
-    ("removeMember", [false, false, false, true, false]),
-    ("convertToTeam", [false, false, false, false, false]),
-];
+use crate::support::{spawn_app, ROLES, TEAM_TABLE};
 
 /// Actions whose resource is a Pod rather than the account.
 fn on_pod(action: &str) -> bool {

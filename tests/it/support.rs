@@ -13,6 +13,28 @@ use serde_json::Value;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 
+/// The roles of the default pack, in table order.
+pub const ROLES: [&str; 4] = ["basic", "billing", "dev", "admin"];
+
+/// The seed's role table for a team account: for each action, the answer for
+/// a member holding basic, billing, dev, admin, and for a non-member.
+pub const TEAM_TABLE: &[(&str, [bool; 5])] = &[
+    ("useAccount", [true, false, true, true, false]),
+    ("viewMembers", [true, false, true, true, false]),
+    ("connectPod", [true, false, true, true, false]),
+    ("viewBilling", [false, true, false, true, false]),
+    ("manageBilling", [false, true, false, true, false]),
+    ("startPod", [false, false, true, true, false]),
+    ("stopPod", [false, false, true, true, false]),
+    ("createPod", [false, false, true, true, false]),
+    ("updateSettings", [false, false, false, true, false]),
+    ("inviteMember", [false, false, false, true, false]),
+    ("revokeInvite", [false, false, false, true, false]),
+    ("changeMemberRole", [false, false, false, true, false]),
+    ("removeMember", [false, false, false, true, false]),
+    ("convertToTeam", [false, false, false, false, false]),
+];
+
 /// The repository root, where the default pack lives.
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
