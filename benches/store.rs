@@ -96,7 +96,7 @@ fn bench(c: &mut Criterion) {
         .collect();
 
     // The store path's answer must be the bare path's answer.
-    let roles = catalog.roles(&sources, &snapshot).expect("roles");
+    let roles = catalog.roles(&snapshot).expect("roles");
     let prebuilt: Vec<Entities> = askers
         .iter()
         .map(|&i| {
@@ -139,7 +139,7 @@ fn bench(c: &mut Criterion) {
     let stored = |memo: &EntityMemo| {
         let k = n.fetch_add(1, Ordering::Relaxed) as usize % questions.len();
         let (p, r) = &questions[k];
-        let facts = Facts::new(&snapshot, &sources, &catalog, memo, &store);
+        let facts = Facts::new(&snapshot, &catalog, memo, &store);
         let entities = facts.entities(Inline::None, &[(p, r)]).expect("entities");
         let request =
             authz::build_request(&snapshot, p.clone(), action.clone(), r.clone(), None, true)
@@ -215,7 +215,7 @@ fn bench(c: &mut Criterion) {
             let k = n.fetch_add(1, Ordering::Relaxed) as usize % questions.len();
             let (p, _) = &questions[k];
             let (pod, raw) = &pods[k];
-            let facts = Facts::new(&snapshot, &sources, &catalog, &memo, &store);
+            let facts = Facts::new(&snapshot, &catalog, &memo, &store);
             let entities = facts
                 .entities(Inline::Raw(raw), &[(p, pod)])
                 .expect("entities");

@@ -248,7 +248,6 @@ impl Ctx<'_> {
     fn facts(&self) -> Facts<'_> {
         Facts::new(
             self.snapshot,
-            self.state.live.sources(),
             &self.state.roles,
             &self.state.memo,
             &self.state.store,
@@ -256,10 +255,7 @@ impl Ctx<'_> {
     }
 
     fn roles(&self) -> Result<Arc<Vec<String>>, ApiError> {
-        Ok(self
-            .state
-            .roles
-            .roles(self.state.live.sources(), self.snapshot)?)
+        Ok(self.state.roles.roles(self.snapshot)?)
     }
 
     /// The admin role, which must be one of the schema's roles.

@@ -329,13 +329,7 @@ fn entities_for(
     inline: Inline<'_>,
     questions: &[Question],
 ) -> Result<cedar_policy::Entities, ApiError> {
-    let facts = Facts::new(
-        snapshot,
-        state.live.sources(),
-        &state.roles,
-        &state.memo,
-        &state.store,
-    );
+    let facts = Facts::new(snapshot, &state.roles, &state.memo, &state.store);
     let pairs: Vec<_> = questions
         .iter()
         .map(|q| (&q.principal, &q.resource))
@@ -429,7 +423,7 @@ async fn matrix(State(state): State<AppState>) -> Result<Json<Value>, ApiError> 
     // The role names may have to be read from the schema files (once per
     // revision): blocking file work, so it runs off the async threads.
     let computed = tokio::task::spawn_blocking(move || {
-        let roles = state.roles.roles(state.live.sources(), &snapshot)?;
+        let roles = state.roles.roles(&snapshot)?;
         let matrix = crate::matrix::compute(&snapshot, &roles)?;
         Ok::<_, crate::matrix::MatrixError>((matrix, snapshot.revision.clone()))
     })

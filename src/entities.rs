@@ -23,7 +23,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::authz::{self, InputError};
-use crate::policy::{describe, PolicySnapshot, Sources};
+use crate::policy::{describe, PolicySnapshot};
 use crate::store::{Account, ReadView, Store, StoreError, User};
 
 /// The entity types of the account model (the contract of the default
@@ -131,12 +131,12 @@ pub fn account_entity(account: &Account, role_names: &[String]) -> Result<Entity
 }
 
 /// The role names of each loaded schema, remembered per policy revision so
-/// that the schema files are read once per reload, not once per request.
+/// that they are worked out once per reload, not once per request.
 ///
 /// cedar-policy's `Schema` does not list an entity type's attributes, so the
-/// names are read from the schema files themselves and then checked against
-/// the snapshot's schema (an `Account` with exactly these roles must conform),
-/// which catches a file that changed between the load and this read.
+/// names are read from the schema files the snapshot was built from, then
+/// checked against the snapshot's schema (an `Account` with exactly these
+/// roles must conform).
 #[derive(Debug, Default)]
 pub struct RoleCatalog {
     /// The revision's SHA-256 and its role names. A `std` mutex: it is held
@@ -146,11 +146,7 @@ pub struct RoleCatalog {
 
 impl RoleCatalog {
     /// The role names of `snapshot`'s schema, sorted.
-    pub fn roles(
-        &self,
-        sources: &Sources,
-        snapshot: &PolicySnapshot,
-    ) -> Result<Arc<Vec<String>>, EntityError> {
+    pub fn roles(&self, snapshot: &PolicySnapshot) -> Result<Arc<Vec<String>>, EntityError> {
         if let Ok(cache) = self.cache.lock() {
             if let Some((sha, names)) = cache.as_ref() {
                 if *sha == snapshot.revision.sha256 {
@@ -158,10 +154,7 @@ impl RoleCatalog {
                 }
             }
         }
-        let files = sources
-            .read()
-            .map_err(|e| EntityError::Schema(format!("cannot read the schema: {e}")))?;
-        let names = Arc::new(role_names(&files.schemas)?);
+        let names = Arc::new(role_names(&snapshot.schema_files)?);
         let probe = Account {
             id: "probe".into(),
             name: "probe".into(),
@@ -172,14 +165,12 @@ impl RoleCatalog {
         let entity = account_entity(&probe, &names)?;
         if let Err(e) = Entities::from_entities([entity], Some(&snapshot.schema)) {
             return Err(EntityError::Schema(format!(
-                "the schema changed while its role names were read, or `Account` does not match the account model: {}",
+                "`Account` in the schema does not match the account model: {}",
                 describe(&e)
             )));
         }
-        if files.sha256 == snapshot.revision.sha256 {
-            if let Ok(mut cache) = self.cache.lock() {
-                *cache = Some((snapshot.revision.sha256.clone(), names.clone()));
-            }
+        if let Ok(mut cache) = self.cache.lock() {
+            *cache = Some((snapshot.revision.sha256.clone(), names.clone()));
         }
         Ok(names)
     }
@@ -310,7 +301,6 @@ impl EntityMemo {
 /// the memo cannot answer.
 pub struct Facts<'a> {
     snapshot: &'a PolicySnapshot,
-    sources: &'a Sources,
     catalog: &'a RoleCatalog,
     memo: &'a EntityMemo,
     store: &'a Store,
@@ -321,18 +311,15 @@ pub struct Facts<'a> {
 }
 
 impl<'a> Facts<'a> {
-    /// The facts of one request, decided against `snapshot` (whose schema
-    /// files are in `sources`).
+    /// The facts of one request, decided against `snapshot`.
     pub fn new(
         snapshot: &'a PolicySnapshot,
-        sources: &'a Sources,
         catalog: &'a RoleCatalog,
         memo: &'a EntityMemo,
         store: &'a Store,
     ) -> Self {
         Self {
             snapshot,
-            sources,
             catalog,
             memo,
             store,
@@ -533,7 +520,7 @@ impl<'a> Facts<'a> {
             let Some(account) = view.account(id)? else {
                 return Ok(None);
             };
-            let names = self.catalog.roles(self.sources, self.snapshot)?;
+            let names = self.catalog.roles(self.snapshot)?;
             account_entity(&account, &names)?
         };
         // `add_entities` checks conformance without also adding the schema's

@@ -67,7 +67,7 @@ pub struct Table {
 /// computes its matrix.
 pub fn from_sources(sources: &Sources) -> Result<Matrix, MatrixError> {
     let snapshot = crate::policy::load(sources, 1)?;
-    let roles = RoleCatalog::default().roles(sources, &snapshot)?;
+    let roles = RoleCatalog::default().roles(&snapshot)?;
     compute(&snapshot, &roles)
 }
 

@@ -108,6 +108,9 @@ pub struct PolicySnapshot {
     pub policies: PolicySet,
     /// The schema the policies, requests and entities are checked against.
     pub schema: Schema,
+    /// The schema files the schema was parsed from, for readers that need
+    /// more than cedar-policy's `Schema` exposes (like attribute names).
+    pub schema_files: Vec<SourceFile>,
     /// One entry per policy and template, in file order then position.
     pub meta: Vec<PolicyMeta>,
     by_id: HashMap<PolicyId, usize>,
@@ -230,6 +233,7 @@ impl PolicySnapshot {
             entity_cache: crate::authz::EntityCache::default(),
             type_names: schema_type_names(&schema),
             schema,
+            schema_files: Vec::new(),
         })
     }
 
@@ -573,6 +577,7 @@ pub fn load_files(files: &Files, generation: u64) -> Result<Arc<PolicySnapshot>,
     };
     let mut snapshot =
         PolicySnapshot::build(&files.policies, schema, Naming::Annotation, revision)?;
+    snapshot.schema_files = files.schemas.clone();
     let errors = snapshot.validate(&files.policies);
     if !errors.is_empty() {
         return Err(PolicyError(errors));

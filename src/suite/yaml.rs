@@ -139,7 +139,7 @@ fn load(path: &Path) -> Result<Loaded, SuiteError> {
     let sources = sources_for(dir, &suite)?;
     let files = sources.read()?;
     let snapshot = policy::load_files(&files, 1)?;
-    let roles = crate::entities::RoleCatalog::default().roles(&sources, &snapshot)?;
+    let roles = crate::entities::RoleCatalog::default().roles(&snapshot)?;
     let model = build_model(&suite, &roles)?;
     let mut entities = match model.entities_json(&roles) {
         Value::Array(items) => items,
