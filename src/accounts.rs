@@ -22,7 +22,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
-use cedar_policy::{EntityId, EntityTypeName, EntityUid};
 use rand::TryRngCore;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -296,7 +295,11 @@ impl Ctx<'_> {
         }
         let principal = entities::user_uid(actor);
         let resource = entities::account_uid(account);
-        let action_uid = action_uid(action)?;
+        let action_uid = authz::parse_uid_in(
+            self.snapshot,
+            "action",
+            &json!({"type": "Action", "id": action}),
+        )?;
         let entities = self
             .facts()
             .entities(Inline::None, &[(&principal, &resource)])?;
@@ -320,13 +323,6 @@ impl Ctx<'_> {
             })
         }
     }
-}
-
-fn action_uid(action: &str) -> Result<EntityUid, ApiError> {
-    let ty: EntityTypeName = "Action"
-        .parse()
-        .map_err(|_| ApiError::Internal("cannot name the action type".into()))?;
-    Ok(EntityUid::from_type_name_and_id(ty, EntityId::new(action)))
 }
 
 /// Runs `f` off the async threads with one policy snapshot and one read

@@ -90,6 +90,14 @@ pub enum StoreError {
     /// A storage fault while reading or writing.
     #[error("storage error: {0}")]
     Db(Box<redb::Error>),
+    /// A record that does not encode.
+    #[error("cannot encode a record for table `{table}`: {message}")]
+    Encode {
+        /// The table the record was meant for.
+        table: &'static str,
+        /// What serde said.
+        message: String,
+    },
     /// A record that does not decode.
     #[error("corrupt record in table `{table}`: {message}")]
     Corrupt {
@@ -312,9 +320,14 @@ impl Store {
     }
 }
 
-fn encode<T: Serialize>(value: &T) -> Vec<u8> {
-    // Serialising plain structs of strings and integers cannot fail.
-    serde_json::to_vec(value).unwrap_or_default()
+/// Serialises a record. Plain structs of strings and integers do not fail to
+/// serialise, but if one ever did, the write fails whole rather than storing
+/// an empty record.
+fn encode<T: Serialize>(table: &'static str, value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Encode {
+        table,
+        message: e.to_string(),
+    })
 }
 
 fn decode<T: DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<T> {
@@ -445,7 +458,7 @@ impl Writer<'_> {
 
     fn put_account(&mut self, account: &Account) -> Result<()> {
         let mut table = self.txn.open_table(ACCOUNTS)?;
-        table.insert(account.id.as_str(), encode(account).as_slice())?;
+        table.insert(account.id.as_str(), encode("accounts", account)?.as_slice())?;
         Ok(())
     }
 
@@ -460,7 +473,7 @@ impl Writer<'_> {
 
     fn put_membership(&mut self, account: &str, user: &str, m: &Membership) -> Result<()> {
         let mut members = self.txn.open_table(MEMBERS)?;
-        members.insert((account, user), encode(m).as_slice())?;
+        members.insert((account, user), encode("memberships", m)?.as_slice())?;
         let mut index = self.txn.open_table(USER_ACCOUNTS)?;
         index.insert((user, account), m.role.as_str())?;
         Ok(())
@@ -474,7 +487,7 @@ impl Writer<'_> {
         }
         {
             let mut users = self.txn.open_table(USERS)?;
-            users.insert(user.id.as_str(), encode(user).as_slice())?;
+            users.insert(user.id.as_str(), encode("users", user)?.as_slice())?;
         }
         let account = Account {
             id: user.id.clone(),
@@ -571,7 +584,7 @@ impl Writer<'_> {
     /// creates (for imports, seeding and benchmarks).
     pub fn import_user(&mut self, user: &User) -> Result<()> {
         let mut users = self.txn.open_table(USERS)?;
-        users.insert(user.id.as_str(), encode(user).as_slice())?;
+        users.insert(user.id.as_str(), encode("users", user)?.as_slice())?;
         Ok(())
     }
 
@@ -621,7 +634,7 @@ impl Writer<'_> {
 
     fn put_invite(&mut self, invite: &Invite) -> Result<()> {
         let mut invites = self.txn.open_table(INVITES)?;
-        invites.insert(invite.id.as_str(), encode(invite).as_slice())?;
+        invites.insert(invite.id.as_str(), encode("invites", invite)?.as_slice())?;
         Ok(())
     }
 
