@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Load benchmark (not a test): the HTTP check rate of the real cedard binary
 # against a bare axum endpoint that parses the same JSON and decides nothing,
-# measured in the same run, plus the latency of a saved policy edit.
+# measured in the same run; the same check on a second cedard with a caller
+# key, /metrics and the decision log all on ("production") against the first
+# with all off; plus the latency of a saved policy edit.
 #
 #   bash benches/load.sh            # needs wrk (apt-get install wrk)
 #   DURATION=10s CONNECTIONS=16 bash benches/load.sh
@@ -17,10 +19,15 @@ trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 cp -r policies schema "$work/"
 
 ./target/release/cedard serve --policies "$work/policies" --schema "$work/schema" \
-  --listen 127.0.0.1:8190 2>"$work/cedard.log" &
+  --data "$work/plain.redb" --listen 127.0.0.1:8190 2>"$work/cedard.log" &
+# The production configuration: a caller key, metrics, the decision log.
+KEY=$(./target/release/cedard keys create --data "$work/prod.redb" --name bench --scope decide 2>/dev/null)
+./target/release/cedard serve --policies "$work/policies" --schema "$work/schema" \
+  --data "$work/prod.redb" --listen 127.0.0.1:8192 \
+  --decision-log "$work/decisions.log" --decision-log-max-mb 64 --decision-log-keep 2 2>"$work/prod.log" &
 ./target/release/examples/bare 127.0.0.1:8191 &
-for port in 8190 8191; do
-  for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$port/" && break; sleep 0.05; done
+for port in 8190 8191 8192; do
+  for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$port/healthz" && break; sleep 0.05; done
 done
 
 # The check: a dev member starting a pod, three inline entities.
@@ -33,11 +40,16 @@ cat >"$work/body.json" <<'JSON'
   {"uid": {"type": "Pod", "id": "p1"}, "attrs": {"account": {"type": "Account", "id": "acme"}}, "parents": [{"type": "Account", "id": "acme"}]}
  ]}
 JSON
-curl -sf -X POST --data @"$work/body.json" http://127.0.0.1:8190/v1/is_authorized | grep -q '"decision":"allow"' \
+curl -sf -H 'content-type: application/json' --data @"$work/body.json" http://127.0.0.1:8190/v1/is_authorized | grep -q '"decision":"allow"' \
   || { echo "cedard did not answer allow for the benchmark check" >&2; exit 1; }
+curl -sf -H 'content-type: application/json' -H "authorization: Bearer $KEY" --data @"$work/body.json" \
+  http://127.0.0.1:8192/v1/is_authorized | grep -q '"decision":"allow"' \
+  || { echo "the production cedard did not answer allow for the benchmark check" >&2; exit 1; }
 cat >"$work/post.lua" <<LUA
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
+local auth = os.getenv("BENCH_AUTH")
+if auth and auth ~= "" then wrk.headers["Authorization"] = auth end
 local f = io.open("$work/body.json", "r")
 wrk.body = f:read("*a")
 f:close()
@@ -53,6 +65,8 @@ local f = io.open("$work/template.json", "r")
 local template = f:read("*a")
 f:close()
 local counter = 0
+local auth = os.getenv("BENCH_AUTH")
+if auth and auth ~= "" then wrk.headers["Authorization"] = auth end
 request = function()
   counter = counter + 1
   local body = template:gsub("USERID", "user-" .. counter)
@@ -60,8 +74,8 @@ request = function()
 end
 LUA
 
-rate() {
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" -s "${2:-$work/post.lua}" "$1" | awk '/Requests\/sec/ {print $2}'
+rate() {  # URL [lua script] [Authorization header value]
+  BENCH_AUTH="${3:-}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" -s "${2:-$work/post.lua}" "$1" | awk '/Requests\/sec/ {print $2}'
 }
 echo "machine: $(nproc) cores, $(uname -m); wrk -t$THREADS -c$CONNECTIONS -d$DURATION"
 bare1=$(rate http://127.0.0.1:8191/v1/is_authorized)
@@ -76,5 +90,17 @@ bare3=$(rate http://127.0.0.1:8191/v1/is_authorized "$work/distinct.lua")
 cedard3=$(rate http://127.0.0.1:8190/v1/is_authorized "$work/distinct.lua")
 echo "distinct user per request: bare $bare3, cedard $cedard3 req/s"
 awk -v a="$cedard3" -v c="$bare3" 'BEGIN { printf "ratio cedard/bare, distinct users: %.2f\n", a/c }'
+
+# Production (key + metrics + decision log) against plain, interleaved.
+plain1=$(rate http://127.0.0.1:8190/v1/is_authorized)
+prod1=$(rate http://127.0.0.1:8192/v1/is_authorized "$work/post.lua" "Bearer $KEY")
+plain2=$(rate http://127.0.0.1:8190/v1/is_authorized)
+prod2=$(rate http://127.0.0.1:8192/v1/is_authorized "$work/post.lua" "Bearer $KEY")
+echo "plain cedard:                      $plain1, $plain2 req/s"
+echo "key + metrics + decision log:      $prod1, $prod2 req/s"
+awk -v a="$prod1" -v b="$prod2" -v c="$plain1" -v d="$plain2" \
+  'BEGIN { printf "ratio production/plain: %.2f\n", (a+b)/(c+d) }'
+echo "decision log lines written: $(cat "$work"/decisions.log* | wc -l)"
+curl -s -H "authorization: Bearer $KEY" http://127.0.0.1:8192/metrics >/dev/null || true
 
 ./target/release/examples/reload_latency "$work/policies" http://127.0.0.1:8190 ${ROUNDS:-20}

@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use cedar_policy::{Authorizer, Entities, EntityUid};
 use cedard::authz;
-use cedard::entities::{self, EntityMemo, Facts, Inline, RoleCatalog};
+use cedard::facts::{EntityMemo, Facts, Inline};
+use cedard::model::{self as entities, RoleCatalog};
 use cedard::policy::{self, Sources};
 use cedard::store::{Account, AccountKind, Invite, InviteState, Store, User};
 use criterion::{black_box, criterion_group, criterion_main, BatchSize, Criterion};
@@ -139,7 +140,7 @@ fn bench(c: &mut Criterion) {
     let stored = |memo: &EntityMemo| {
         let k = n.fetch_add(1, Ordering::Relaxed) as usize % questions.len();
         let (p, r) = &questions[k];
-        let facts = Facts::new(&snapshot, &catalog, memo, &store);
+        let facts = Facts::new(&snapshot, &catalog, memo, &store, usize::MAX);
         let entities = facts.entities(Inline::None, &[(p, r)]).expect("entities");
         let request =
             authz::build_request(&snapshot, p.clone(), action.clone(), r.clone(), None, true)
@@ -215,7 +216,7 @@ fn bench(c: &mut Criterion) {
             let k = n.fetch_add(1, Ordering::Relaxed) as usize % questions.len();
             let (p, _) = &questions[k];
             let (pod, raw) = &pods[k];
-            let facts = Facts::new(&snapshot, &catalog, &memo, &store);
+            let facts = Facts::new(&snapshot, &catalog, &memo, &store, usize::MAX);
             let entities = facts
                 .entities(Inline::Raw(raw), &[(p, pod)])
                 .expect("entities");

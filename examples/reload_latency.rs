@@ -47,6 +47,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         loop {
             let v: serde_json::Value = client
                 .post(&url)
+                .header("content-type", "application/json")
                 .body(body.clone())
                 .send()
                 .await?

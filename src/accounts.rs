@@ -1,42 +1,38 @@
-//! The management API: sign-up, accounts, members and invites over HTTP.
+//! The management operations: sign-up, accounts, members, invites and caller
+//! keys, independent of any transport.
 //!
-//! Every call except sign-up names its acting user in `X-Actor` and is itself
-//! a Cedar decision: the handler asks [`crate::authz::decide`] whether the
-//! actor may do the call's action (`inviteMember`, `removeMember`, …) on the
-//! account, against the live policy snapshot and the store's entities, so
-//! editing `policies/admin.cedar` changes who may invite with no code change.
-//! The rules that are not policy (a taken id, the last admin, an invite used
-//! once) are checked by `store` inside the call's one write transaction. This
-//! module owns request and response shapes of these routes; it does not
-//! touch redb tables or build Cedar entities itself.
+//! Every operation but sign-up and accept names its acting user and is itself
+//! a Cedar decision through [`Pdp::authorize`]: may the actor do the
+//! operation's action (`inviteMember`, `removeMember`, …) on the account,
+//! against the live policies and the stored entities? Editing
+//! `policies/admin.cedar` therefore changes who may invite, with no code
+//! change. The rules that are not policy (a taken id, the last admin, an
+//! invite used once) are checked by `store` inside the operation's one write
+//! transaction. Every write is recorded (metrics, and the audit log with its
+//! actor and outcome), refused or not. Checks run in this order: the input,
+//! then the policy, then the stored state.
 //!
-//! Store work runs in `spawn_blocking`: a write waits for redb's durable
-//! commit (an fsync), which must not stall the async threads.
+//! Operations are synchronous: a write waits for the store's durable commit,
+//! so callers on an async runtime run them in `spawn_blocking`. This module
+//! knows nothing about HTTP: it returns store records and [`AccountsError`].
 
-use std::fmt;
 use std::sync::Arc;
+use std::time::Instant;
 
-use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
-use axum::{Json, Router};
-use rand::TryRngCore;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
-use time::format_description::well_known::Rfc3339;
-use time::OffsetDateTime;
 
-use crate::api::{ApiError, AppState};
-use crate::authz;
-use crate::entities::{self, Facts, Inline};
+use crate::audit::WriteEvent;
+use crate::authz::{InputError, Reason};
+use crate::clock::Clock;
+use crate::keys::{self, KeyRing, NewKey, Scope};
+use crate::model::ADMIN_ROLE;
+use crate::pdp::{Caller, Pdp, PdpError};
 use crate::policy::PolicySnapshot;
-use crate::store::{Account, Invite, InviteState, Membership, ReadView, StoreError, User};
-
-/// The role the owner of an account holds, and the one the last-admin rule
-/// protects. It must be one of the schema's roles.
-pub const ADMIN_ROLE: &str = "admin";
+use crate::store::{
+    Account, ApiKey, GoneReason, Invite, InviteState, Membership, ReadView, StoreError, User,
+    Writer,
+};
 
 /// How long an invite stays valid when the request does not say.
 pub const DEFAULT_INVITE_HOURS: i64 = 7 * 24;
@@ -44,67 +40,71 @@ pub const DEFAULT_INVITE_HOURS: i64 = 7 * 24;
 /// The longest expiry an invite may ask for: one year.
 pub const MAX_INVITE_HOURS: i64 = 365 * 24;
 
-/// Where "now" comes from. The daemon uses the system clock; tests pass a
-/// clock they can move forward to see an invite expire without waiting days.
-#[derive(Clone)]
-pub struct Clock(Arc<dyn Fn() -> OffsetDateTime + Send + Sync>);
+/// Why an operation did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountsError {
+    /// The input is malformed (a 400).
+    #[error(transparent)]
+    Input(#[from] InputError),
+    /// The actor may not do this (a 403), with the deciding policies when a
+    /// policy decided.
+    #[error("{message}")]
+    Denied {
+        /// What was denied.
+        message: String,
+        /// The deciding policies.
+        reasons: Vec<Reason>,
+    },
+    /// The store refused the operation under one of its rules (taken id,
+    /// last admin, a dead invite link, …) or failed; `StoreError::is_fault`
+    /// tells which.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// cedard cannot decide now: the schema does not describe the account
+    /// model, or the store failed while deciding (a 503).
+    #[error("{0}")]
+    Unavailable(String),
+}
 
-impl Clock {
-    /// The system clock.
-    pub fn system() -> Self {
-        Self(Arc::new(OffsetDateTime::now_utc))
-    }
-
-    /// A clock that asks `f` for the time.
-    pub fn new(f: impl Fn() -> OffsetDateTime + Send + Sync + 'static) -> Self {
-        Self(Arc::new(f))
-    }
-
-    /// The current time.
-    pub fn now(&self) -> OffsetDateTime {
-        (self.0)()
+impl From<PdpError> for AccountsError {
+    fn from(e: PdpError) -> Self {
+        match e {
+            PdpError::Input(e) => AccountsError::Input(e),
+            PdpError::Denied { message, reasons } => AccountsError::Denied { message, reasons },
+            PdpError::Unavailable(m) => AccountsError::Unavailable(m),
+        }
     }
 }
 
-impl Default for Clock {
-    fn default() -> Self {
-        Self::system()
+impl AccountsError {
+    /// A short name for the outcome, as the audit log and metrics record it.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AccountsError::Input(_) => "invalid_request",
+            AccountsError::Denied { .. } => "forbidden",
+            AccountsError::Store(e) if e.is_fault() => "unavailable",
+            AccountsError::Store(StoreError::InviteGone(_)) => "gone",
+            AccountsError::Store(StoreError::EmailMismatch) => "forbidden",
+            AccountsError::Store(
+                StoreError::NoUser(_)
+                | StoreError::NoAccount(_)
+                | StoreError::NotMember { .. }
+                | StoreError::NoInvite { .. }
+                | StoreError::NoKey(_),
+            ) => "not_found",
+            AccountsError::Store(_) => "conflict",
+            AccountsError::Unavailable(_) => "unavailable",
+        }
     }
 }
 
-impl fmt::Debug for Clock {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Clock")
-    }
+fn bad(field: &str, message: impl Into<String>) -> AccountsError {
+    AccountsError::Input(InputError::new(field, message))
 }
-
-/// The routes of the management API, merged into [`crate::api::router`].
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/v1/users", post(sign_up))
-        .route("/v1/users/{id}", get(get_user))
-        .route("/v1/accounts/{id}", get(get_account))
-        .route("/v1/accounts/{id}/convert", post(convert))
-        .route("/v1/accounts/{id}/members", get(list_members))
-        .route(
-            "/v1/accounts/{id}/members/{user}",
-            put(set_role).delete(remove_member),
-        )
-        .route(
-            "/v1/accounts/{id}/invites",
-            post(create_invite).get(list_invites),
-        )
-        .route("/v1/accounts/{id}/invites/{invite}/link", post(relink))
-        .route("/v1/accounts/{id}/invites/{invite}", delete(revoke))
-        .route("/v1/invites/accept", post(accept))
-}
-
-// ---------------------------------------------------------------------------
-// Input checks
 
 /// Ids of users and accounts: 1–128 letters, digits and `._@-`. No `/`, so
 /// that a role id `<account>/<role>` is unambiguous.
-fn check_id(field: &str, id: &str) -> Result<(), ApiError> {
+pub fn check_id(field: &str, id: &str) -> Result<(), AccountsError> {
     let ok = !id.is_empty()
         && id.chars().count() <= 128
         && id
@@ -121,7 +121,7 @@ fn check_id(field: &str, id: &str) -> Result<(), ApiError> {
 }
 
 /// An email's shape: `local@domain.tld`, no spaces, at most 254 characters.
-fn check_email(field: &str, email: &str) -> Result<(), ApiError> {
+fn check_email(field: &str, email: &str) -> Result<(), AccountsError> {
     let shaped = email.len() <= 254
         && !email.chars().any(|c| c.is_whitespace() || c.is_control())
         && match email.split_once('@') {
@@ -142,133 +142,591 @@ fn check_email(field: &str, email: &str) -> Result<(), ApiError> {
     }
 }
 
-fn check_name(field: &str, name: &str) -> Result<(), ApiError> {
+fn check_name(field: &str, name: &str) -> Result<(), AccountsError> {
     let n = name.trim().chars().count();
-    if (1..=100).contains(&n) && name.chars().count() <= 100 {
+    if (1..=100).contains(&n) && name.chars().count() <= 100 && !name.chars().any(char::is_control)
+    {
         Ok(())
     } else {
-        Err(bad(field, "must be 1 to 100 characters"))
+        Err(bad(
+            field,
+            "must be 1 to 100 characters, none of them control characters",
+        ))
     }
 }
 
-fn bad(field: &str, message: impl Into<String>) -> ApiError {
-    ApiError::BadRequest(authz::InputError::new(field, message))
-}
-
-/// A request body: a JSON object whose fields are read one by one, so that
-/// every error names its field (serde's own messages do not always).
-struct Body(serde_json::Map<String, Value>);
-
-impl Body {
-    /// Parses `bytes` as a JSON object with only the `allowed` fields.
-    fn parse(bytes: &[u8], allowed: &[&str]) -> Result<Self, ApiError> {
-        let value: Value = serde_json::from_slice(bytes)
-            .map_err(|e| ApiError::BadJson(format!("invalid request body: {e}")))?;
-        let Value::Object(map) = value else {
-            return Err(bad("body", "expected a JSON object"));
-        };
-        if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
-            return Err(bad(
-                unknown,
-                format!(
-                    "unknown field; expected {}",
-                    allowed
-                        .iter()
-                        .map(|f| format!("`{f}`"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ));
-        }
-        Ok(Self(map))
-    }
-
-    fn opt_str(&self, field: &str) -> Result<Option<String>, ApiError> {
-        match self.0.get(field) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(other) => Err(bad(field, format!("expected a string, found `{other}`"))),
-        }
-    }
-
-    fn str(&self, field: &str) -> Result<String, ApiError> {
-        self.opt_str(field)?
-            .ok_or_else(|| bad(field, "is required"))
-    }
-
-    fn opt_int(&self, field: &str) -> Result<Option<i64>, ApiError> {
-        match self.0.get(field) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Number(n)) if n.is_i64() => Ok(n.as_i64()),
-            Some(other) => Err(bad(field, format!("expected an integer, found `{other}`"))),
-        }
-    }
-}
-
-/// The acting user named by `X-Actor`. Missing: 401. A value that is not an
-/// id cannot name a stored user, so it is denied like an unknown user.
-fn actor(headers: &HeaderMap) -> Result<String, ApiError> {
-    let Some(value) = headers.get("x-actor") else {
-        return Err(ApiError::Unauthorized(
-            "the `X-Actor` header naming the acting user is required".into(),
-        ));
-    };
-    let actor = value.to_str().unwrap_or_default().trim().to_owned();
-    if actor.is_empty() {
-        return Err(ApiError::Unauthorized(
-            "the `X-Actor` header naming the acting user is required".into(),
-        ));
-    }
-    if check_id("X-Actor", &actor).is_err() {
-        return Err(unknown_actor(&actor));
-    }
-    Ok(actor)
-}
-
-fn unknown_actor(actor: &str) -> ApiError {
-    ApiError::Forbidden {
+fn unknown_actor(actor: &str) -> AccountsError {
+    AccountsError::Denied {
         message: format!("unknown user `{actor}`"),
         reasons: Vec::new(),
     }
 }
 
-// ---------------------------------------------------------------------------
-// Shared plumbing
+/// A fresh secret: 256 bits from the operating system's secure random
+/// source, hex-encoded. Only its SHA-256 is stored.
+fn new_token() -> Result<String, AccountsError> {
+    let mut bytes = [0u8; 32];
+    keys::os_random(&mut bytes).map_err(|e| AccountsError::Unavailable(e.to_string()))?;
+    Ok(hex::encode(bytes))
+}
 
-/// One call's view of the daemon: the policy snapshot it is decided
-/// against, a read transaction, and the state.
+fn sha256_hex(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+fn new_invite_id() -> Result<String, AccountsError> {
+    let mut bytes = [0u8; 8];
+    keys::os_random(&mut bytes).map_err(|e| AccountsError::Unavailable(e.to_string()))?;
+    Ok(format!("inv_{}", hex::encode(bytes)))
+}
+
+/// What a sign-up asks for.
+#[derive(Debug, Clone)]
+pub struct SignUp {
+    /// The user id (also the personal account's id).
+    pub id: String,
+    /// The email address.
+    pub email: String,
+    /// A display name.
+    pub name: Option<String>,
+}
+
+/// What an invite asks for.
+#[derive(Debug, Clone)]
+pub struct NewInvite {
+    /// The role the invited user gets.
+    pub role: String,
+    /// Binds the invite to a user with this email.
+    pub email: Option<String>,
+    /// Hours until it expires (default [`DEFAULT_INVITE_HOURS`]).
+    pub expires_in_hours: Option<i64>,
+}
+
+/// An invite with its secret: shown once, by create and re-link.
+#[derive(Debug, Clone)]
+pub struct IssuedInvite {
+    /// The stored invite.
+    pub invite: Invite,
+    /// The token; never stored.
+    pub token: String,
+    /// The link carrying it.
+    pub link: String,
+}
+
+/// The management operations over the decision pipeline and the store.
+#[derive(Debug)]
+pub struct Accounts {
+    pdp: Arc<Pdp>,
+    keys: Arc<KeyRing>,
+    clock: Clock,
+    public_url: String,
+}
+
+/// One operation's record: what it was, for the audit log.
+struct Op<'a> {
+    caller: &'a Caller,
+    operation: &'static str,
+    actor: Option<&'a str>,
+    account: Option<&'a str>,
+    target: Option<&'a str>,
+    detail: Option<Value>,
+}
+
+impl Accounts {
+    /// The operations over `pdp` (and its store); invite links start with
+    /// `public_url`.
+    pub fn new(pdp: Arc<Pdp>, keys: Arc<KeyRing>, clock: Clock, public_url: &str) -> Self {
+        Self {
+            pdp,
+            keys,
+            clock,
+            public_url: public_url.trim_end_matches('/').to_owned(),
+        }
+    }
+
+    /// The live caller keys.
+    pub fn keys(&self) -> &Arc<KeyRing> {
+        &self.keys
+    }
+
+    /// The clock invites expire by.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Runs `f` with one policy snapshot and one read transaction, and
+    /// records the outcome of the operation.
+    fn run<T>(
+        &self,
+        op: Op<'_>,
+        f: impl FnOnce(&Ctx<'_>) -> Result<T, AccountsError>,
+    ) -> Result<T, AccountsError> {
+        let snapshot = self.pdp.live().snapshot();
+        let out = self
+            .pdp
+            .store()
+            .read()
+            .map_err(AccountsError::from)
+            .and_then(|view| {
+                f(&Ctx {
+                    accounts: self,
+                    caller: op.caller,
+                    snapshot: &snapshot,
+                    view: &view,
+                })
+            });
+        let outcome = match &out {
+            Ok(_) => "ok",
+            Err(e) => e.code(),
+        };
+        if let Err(e) = &out {
+            if outcome == "unavailable" {
+                tracing::error!(operation = op.operation, "management operation failed: {e}");
+            }
+        }
+        self.pdp.log().write(WriteEvent {
+            id: crate::audit::new_event_id(),
+            time: self.clock.now(),
+            key: op.caller.key.clone(),
+            request_id: op.caller.request_id.clone(),
+            actor: op.actor.map(str::to_owned),
+            operation: op.operation.to_owned(),
+            account: op.account.map(str::to_owned),
+            target: op.target.map(str::to_owned),
+            detail: op.detail,
+            outcome: outcome.to_owned(),
+        });
+        out
+    }
+
+    /// Signs a user up with their personal account, whose admin they are.
+    pub fn sign_up(
+        &self,
+        caller: &Caller,
+        input: SignUp,
+    ) -> Result<(User, Account), AccountsError> {
+        let op = Op {
+            caller,
+            operation: "signUp",
+            actor: None,
+            account: Some(&input.id),
+            target: Some(&input.id),
+            detail: None,
+        };
+        self.run(op, |ctx| {
+            check_id("id", &input.id)?;
+            check_email("email", &input.email)?;
+            if let Some(name) = &input.name {
+                check_name("name", name)?;
+            }
+            let admin = ctx.admin_role()?;
+            let user = User {
+                id: input.id.clone(),
+                email: input.email.clone(),
+                name: input.name.clone(),
+                created_at: self.clock.now_secs(),
+            };
+            let account = ctx.write("signUp", |w| w.sign_up(&user, admin))?;
+            Ok((user, account))
+        })
+    }
+
+    /// A user and their memberships; only that user may read them.
+    pub fn user(
+        &self,
+        caller: &Caller,
+        actor: &str,
+        id: &str,
+    ) -> Result<(User, Vec<(String, String)>), AccountsError> {
+        self.read(caller, |ctx| {
+            let Some(user) = ctx.view.user(actor)? else {
+                return Err(unknown_actor(actor));
+            };
+            if actor != id {
+                return Err(AccountsError::Denied {
+                    message: format!("only `{id}` may read user `{id}`"),
+                    reasons: Vec::new(),
+                });
+            }
+            Ok((user, ctx.view.roles_of(id)?))
+        })
+    }
+
+    /// An account (`useAccount`).
+    pub fn account(
+        &self,
+        caller: &Caller,
+        actor: &str,
+        id: &str,
+    ) -> Result<Account, AccountsError> {
+        check_id("account", id)?;
+        self.read(caller, |ctx| {
+            ctx.authorize(actor, "useAccount", id, None)?;
+            ctx.view
+                .account(id)?
+                .ok_or_else(|| StoreError::NoAccount(id.to_owned()).into())
+        })
+    }
+
+    /// Runs a read-only operation (not recorded in the audit log).
+    fn read<T>(
+        &self,
+        caller: &Caller,
+        f: impl FnOnce(&Ctx<'_>) -> Result<T, AccountsError>,
+    ) -> Result<T, AccountsError> {
+        let snapshot = self.pdp.live().snapshot();
+        let view = self.pdp.store().read()?;
+        f(&Ctx {
+            accounts: self,
+            caller,
+            snapshot: &snapshot,
+            view: &view,
+        })
+    }
+
+    /// Converts a personal account to a team (`convertToTeam`).
+    pub fn convert(
+        &self,
+        caller: &Caller,
+        actor: &str,
+        id: &str,
+        name: &str,
+    ) -> Result<Account, AccountsError> {
+        let op = Op {
+            caller,
+            operation: "convertToTeam",
+            actor: Some(actor),
+            account: Some(id),
+            target: None,
+            detail: Some(json!({"name": name})),
+        };
+        self.run(op, |ctx| {
+            check_id("account", id)?;
+            check_name("name", name)?;
+            ctx.authorize(actor, "convertToTeam", id, None)?;
+            ctx.write("convertToTeam", |w| w.convert(id, name.trim()))
+        })
+    }
+
+    /// The members of an account (`viewMembers`).
+    pub fn members(
+        &self,
+        caller: &Caller,
+        actor: &str,
+        id: &str,
+    ) -> Result<Vec<(String, Membership)>, AccountsError> {
+        check_id("account", id)?;
+        self.read(caller, |ctx| {
+            ctx.authorize(actor, "viewMembers", id, None)?;
+            Ok(ctx.view.members(id)?)
+        })
+    }
+
+    /// Gives a member another role (`changeMemberRole`).
+    pub fn set_role(
+        &self,
+        caller: &Caller,
+        actor: &str,
+        id: &str,
+        user: &str,
+        role: &str,
+    ) -> Result<Membership, AccountsError> {
+        let op = Op {
+            caller,
+            operation: "changeMemberRole",
+            actor: Some(actor),
+            account: Some(id),
+            target: Some(user),
+            detail: Some(json!({"role": role})),
+        };
+        self.run(op, |ctx| {
+            check_id("account", id)?;
+            check_id("user", user)?;
+            ctx.check_role(role)?;
+            let admin = ctx.admin_role()?;
+            ctx.authorize(actor, "changeMemberRole", id, None)?;
+            ctx.write("changeMemberRole", |w| w.set_role(id, user, role, admin))
+        })
+    }
+
+    /// Removes a member (`removeMember`).
+    pub fn remove_member(
+        &self,
+        caller: &Caller,
+        actor: &str,
+        id: &str,
+        user: &str,
+    ) -> Result<(), AccountsError> {
+        let op = Op {
+            caller,
+            operation: "removeMember",
+            actor: Some(actor),
+            account: Some(id),
+            target: Some(user),
+            detail: None,
+        };
+        self.run(op, |ctx| {
+            check_id("account", id)?;
+            check_id("user", user)?;
+            let admin = ctx.admin_role()?;
+            ctx.authorize(actor, "removeMember", id, None)?;
+            ctx.write("removeMember", |w| w.remove_member(id, user, admin))
+        })
+    }
+
+    /// Invites someone to a team account (`inviteMember`).
+    pub fn invite(
+        &self,
+        caller: &Caller,
+        actor: &str,
+        id: &str,
+        input: NewInvite,
+    ) -> Result<IssuedInvite, AccountsError> {
+        let op = Op {
+            caller,
+            operation: "inviteMember",
+            actor: Some(actor),
+            account: Some(id),
+            target: None,
+            detail: Some(json!({"role": input.role, "email": input.email})),
+        };
+        let issued = self.run(op, |ctx| {
+            check_id("account", id)?;
+            if let Some(email) = &input.email {
+                check_email("email", email)?;
+            }
+            let hours = input.expires_in_hours.unwrap_or(DEFAULT_INVITE_HOURS);
+            if !(1..=MAX_INVITE_HOURS).contains(&hours) {
+                return Err(bad(
+                    "expires_in_hours",
+                    format!("must be between 1 and {MAX_INVITE_HOURS}, found {hours}"),
+                ));
+            }
+            ctx.check_role(&input.role)?;
+            ctx.authorize(actor, "inviteMember", id, None)?;
+            let token = new_token()?;
+            let now = self.clock.now_secs();
+            let invite = Invite {
+                id: new_invite_id()?,
+                account: id.to_owned(),
+                role: input.role.clone(),
+                email: input.email.clone(),
+                token_sha256: sha256_hex(&token),
+                created_by: actor.to_owned(),
+                created_at: now,
+                expires_at: now + hours * 3600,
+                state: InviteState::Pending,
+            };
+            ctx.write("inviteMember", |w| w.create_invite(&invite))?;
+            Ok(IssuedInvite {
+                link: self.link(&token),
+                invite,
+                token,
+            })
+        })?;
+        metrics::counter!("cedard_invites_total", "event" => "created").increment(1);
+        Ok(issued)
+    }
+
+    fn link(&self, token: &str) -> String {
+        format!("{}/invites/{token}", self.public_url)
+    }
+
+    /// The pending invites of an account, without secrets (`inviteMember`).
+    pub fn invites(
+        &self,
+        caller: &Caller,
+        actor: &str,
+        id: &str,
+    ) -> Result<Vec<Invite>, AccountsError> {
+        check_id("account", id)?;
+        let now = self.clock.now_secs();
+        self.read(caller, |ctx| {
+            ctx.authorize(actor, "inviteMember", id, None)?;
+            Ok(ctx
+                .view
+                .invites(id)?
+                .into_iter()
+                .filter(|i| i.is_pending(now))
+                .collect())
+        })
+    }
+
+    /// A fresh link for a pending invite; the old one stops working
+    /// (`inviteMember`).
+    pub fn relink(
+        &self,
+        caller: &Caller,
+        actor: &str,
+        id: &str,
+        invite: &str,
+    ) -> Result<IssuedInvite, AccountsError> {
+        let op = Op {
+            caller,
+            operation: "relinkInvite",
+            actor: Some(actor),
+            account: Some(id),
+            target: Some(invite),
+            detail: None,
+        };
+        self.run(op, |ctx| {
+            check_id("account", id)?;
+            ctx.authorize(actor, "inviteMember", id, None)?;
+            let token = new_token()?;
+            let sha = sha256_hex(&token);
+            let now = self.clock.now_secs();
+            let invite = ctx.write("relinkInvite", |w| w.relink(id, invite, &sha, now))?;
+            Ok(IssuedInvite {
+                link: self.link(&token),
+                invite,
+                token,
+            })
+        })
+    }
+
+    /// Revokes a pending invite (`revokeInvite`).
+    pub fn revoke(
+        &self,
+        caller: &Caller,
+        actor: &str,
+        id: &str,
+        invite: &str,
+    ) -> Result<(), AccountsError> {
+        let op = Op {
+            caller,
+            operation: "revokeInvite",
+            actor: Some(actor),
+            account: Some(id),
+            target: Some(invite),
+            detail: None,
+        };
+        self.run(op, |ctx| {
+            check_id("account", id)?;
+            ctx.authorize(actor, "revokeInvite", id, None)?;
+            let now = self.clock.now_secs();
+            ctx.write("revokeInvite", |w| w.revoke(id, invite, now))?;
+            metrics::counter!("cedard_invites_total", "event" => "revoked").increment(1);
+            Ok(())
+        })
+    }
+
+    /// Accepts an invite: the token is the authority, no policy is asked.
+    /// Whether it is pending, and whether the actor is already a member, is
+    /// decided inside the write transaction, so concurrent accepts of one
+    /// invite cannot both succeed.
+    pub fn accept(
+        &self,
+        caller: &Caller,
+        actor: &str,
+        token: &str,
+    ) -> Result<Invite, AccountsError> {
+        let op = Op {
+            caller,
+            operation: "acceptInvite",
+            actor: Some(actor),
+            account: None,
+            target: None,
+            detail: None,
+        };
+        let out = self.run(op, |ctx| {
+            if !ctx.view.has_user(actor)? {
+                return Err(unknown_actor(actor));
+            }
+            let sha = sha256_hex(token);
+            let now = self.clock.now_secs();
+            ctx.write("acceptInvite", |w| w.accept(&sha, actor, now))
+        });
+        let event = match &out {
+            Ok(_) => "accepted",
+            Err(AccountsError::Store(StoreError::InviteGone(GoneReason::Expired))) => "expired",
+            Err(_) => "refused",
+        };
+        metrics::counter!("cedard_invites_total", "event" => event).increment(1);
+        out
+    }
+
+    /// Creates a caller key; the returned key is shown once. The new key is
+    /// live before this returns.
+    pub fn create_key(
+        &self,
+        caller: &Caller,
+        name: &str,
+        scopes: &[Scope],
+    ) -> Result<NewKey, AccountsError> {
+        let op = Op {
+            caller,
+            operation: "createKey",
+            actor: None,
+            account: None,
+            target: Some(name),
+            detail: Some(json!({"scopes": scopes})),
+        };
+        let key = self.run(op, |ctx| {
+            check_name("name", name)?;
+            let key = keys::generate(name, scopes, self.clock.now_secs())
+                .map_err(|e| AccountsError::Unavailable(e.to_string()))?;
+            ctx.write("createKey", |w| w.create_key(&key.record))?;
+            Ok(key)
+        })?;
+        self.refresh_keys()?;
+        Ok(key)
+    }
+
+    /// Revokes the key `id`; it stops authenticating before this returns.
+    pub fn revoke_key(&self, caller: &Caller, id: &str) -> Result<ApiKey, AccountsError> {
+        let op = Op {
+            caller,
+            operation: "revokeKey",
+            actor: None,
+            account: None,
+            target: Some(id),
+            detail: None,
+        };
+        let now = self.clock.now_secs();
+        let key = self.run(op, |ctx| ctx.write("revokeKey", |w| w.revoke_key(id, now)))?;
+        self.refresh_keys()?;
+        Ok(key)
+    }
+
+    /// Every key, revoked ones included, without secrets.
+    pub fn list_keys(&self) -> Result<Vec<ApiKey>, AccountsError> {
+        Ok(self.pdp.store().read()?.keys()?)
+    }
+
+    /// Reloads the live keys from the store.
+    pub fn refresh_keys(&self) -> Result<(), AccountsError> {
+        let keys = self.list_keys()?;
+        self.keys.replace(&keys);
+        Ok(())
+    }
+}
+
+/// One operation's view: the policy snapshot it is decided against and a
+/// read transaction.
 struct Ctx<'a> {
-    state: &'a AppState,
+    accounts: &'a Accounts,
+    caller: &'a Caller,
     snapshot: &'a PolicySnapshot,
     view: &'a ReadView,
 }
 
 impl Ctx<'_> {
-    fn facts(&self) -> Facts<'_> {
-        Facts::new(
-            self.snapshot,
-            &self.state.roles,
-            &self.state.memo,
-            &self.state.store,
-        )
-    }
-
-    fn roles(&self) -> Result<Arc<Vec<String>>, ApiError> {
-        Ok(self.state.roles.roles(self.snapshot)?)
+    fn roles(&self) -> Result<Arc<Vec<String>>, AccountsError> {
+        Ok(self.accounts.pdp.roles(self.snapshot)?)
     }
 
     /// The admin role, which must be one of the schema's roles.
-    fn admin_role(&self) -> Result<&'static str, ApiError> {
+    fn admin_role(&self) -> Result<&'static str, AccountsError> {
         if self.roles()?.iter().any(|r| r == ADMIN_ROLE) {
             Ok(ADMIN_ROLE)
         } else {
-            Err(ApiError::Unavailable(format!(
+            Err(AccountsError::Unavailable(format!(
                 "the loaded schema has no `{ADMIN_ROLE}` role in `Account.roles`; account owners and the last-admin rule need it"
             )))
         }
     }
 
-    fn check_role(&self, role: &str) -> Result<(), ApiError> {
+    fn check_role(&self, role: &str) -> Result<(), AccountsError> {
         let roles = self.roles()?;
         if roles.iter().any(|r| r == role) {
             Ok(())
@@ -287,435 +745,44 @@ impl Ctx<'_> {
         }
     }
 
-    /// Asks the loaded policies whether `actor` may do `action` on
-    /// `account`. A denial is a 403 carrying the decision's reasons.
-    fn authorize(&self, actor: &str, action: &str, account: &str) -> Result<(), ApiError> {
+    /// Asks the policies whether `actor` may do `action` on `account`.
+    fn authorize(
+        &self,
+        actor: &str,
+        action: &str,
+        account: &str,
+        context: Option<&Value>,
+    ) -> Result<(), AccountsError> {
         if !self.view.has_user(actor)? {
             return Err(unknown_actor(actor));
         }
-        let principal = entities::user_uid(actor);
-        let resource = entities::account_uid(account);
-        let action_uid = authz::parse_uid_in(
-            self.snapshot,
-            "action",
-            &json!({"type": "Action", "id": action}),
-        )?;
-        let entities = self
-            .facts()
-            .entities(Inline::None, &[(&principal, &resource)])?;
-        let request =
-            authz::build_request(self.snapshot, principal, action_uid, resource, None, true)
-                .map_err(|e| ApiError::Forbidden {
-                    // The schema no longer declares the action this call checks:
-                    // nobody may do it until it does (fail closed).
-                    message: format!("`{action}` cannot be decided against the loaded schema: {e}"),
-                    reasons: Vec::new(),
-                })?;
-        let decision = authz::decide(self.snapshot, &request, &entities);
-        if decision.allow {
-            Ok(())
-        } else {
-            Err(ApiError::Forbidden {
-                message: format!(
-                    "the policies do not allow `{actor}` to `{action}` on account `{account}`"
-                ),
-                reasons: decision.reasons,
-            })
-        }
-    }
-}
-
-/// Runs `f` off the async threads with one policy snapshot and one read
-/// transaction.
-async fn with_ctx<T: Send + 'static>(
-    state: AppState,
-    f: impl FnOnce(&Ctx<'_>) -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(move || {
-        let snapshot = state.live.snapshot();
-        let view = state.store.read()?;
-        let ctx = Ctx {
-            state: &state,
-            snapshot: &snapshot,
-            view: &view,
+        let caller = Caller {
+            endpoint: "management",
+            ..self.caller.clone()
         };
-        f(&ctx)
-    })
-    .await
-    .map_err(|e| ApiError::Internal(format!("store task failed: {e}")))?
-}
-
-fn now_secs(state: &AppState) -> i64 {
-    state.clock.now().unix_timestamp()
-}
-
-fn ts(secs: i64) -> String {
-    OffsetDateTime::from_unix_timestamp(secs)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_default()
-}
-
-fn user_json(u: &User) -> Value {
-    let mut v = json!({"id": u.id, "email": u.email, "created_at": ts(u.created_at)});
-    if let Some(name) = &u.name {
-        v["name"] = json!(name);
+        Ok(self
+            .accounts
+            .pdp
+            .authorize(&caller, self.snapshot, actor, action, account, context)?)
     }
-    v
-}
 
-fn account_json(a: &Account) -> Value {
-    json!({
-        "id": a.id,
-        "name": a.name,
-        "kind": a.kind.as_str(),
-        "owner": a.owner,
-        "created_at": ts(a.created_at),
-    })
-}
-
-fn member_json(user: &str, m: &Membership) -> Value {
-    json!({"user": user, "role": m.role, "since": ts(m.since)})
-}
-
-fn invite_json(i: &Invite) -> Value {
-    json!({
-        "id": i.id,
-        "role": i.role,
-        "email": i.email,
-        "created_by": i.created_by,
-        "created_at": ts(i.created_at),
-        "expires_at": ts(i.expires_at),
-    })
-}
-
-/// A fresh secret: 256 bits from the operating system's secure random
-/// source, hex-encoded. Only its SHA-256 is stored.
-fn new_token() -> Result<String, ApiError> {
-    let mut bytes = [0u8; 32];
-    rand::rngs::OsRng
-        .try_fill_bytes(&mut bytes)
-        .map_err(|e| ApiError::Internal(format!("the OS random source failed: {e}")))?;
-    Ok(hex::encode(bytes))
-}
-
-fn sha256_hex(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
-}
-
-fn new_invite_id() -> Result<String, ApiError> {
-    let mut bytes = [0u8; 8];
-    rand::rngs::OsRng
-        .try_fill_bytes(&mut bytes)
-        .map_err(|e| ApiError::Internal(format!("the OS random source failed: {e}")))?;
-    Ok(format!("inv_{}", hex::encode(bytes)))
-}
-
-fn link(state: &AppState, token: &str) -> String {
-    format!("{}/invites/{token}", state.public_url.trim_end_matches('/'))
-}
-
-// ---------------------------------------------------------------------------
-// Handlers
-
-async fn sign_up(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
-    let body = Body::parse(&body, &["id", "email", "name"])?;
-    let (id, email, name) = (body.str("id")?, body.str("email")?, body.opt_str("name")?);
-    check_id("id", &id)?;
-    check_email("email", &email)?;
-    if let Some(name) = &name {
-        check_name("name", name)?;
-    }
-    let user = User {
-        id,
-        email,
-        name,
-        created_at: now_secs(&state),
-    };
-    let (user, account) = with_ctx(state.clone(), move |ctx| {
-        let admin = ctx.admin_role()?;
-        let account = ctx.state.store.write(|w| w.sign_up(&user, admin))?;
-        Ok((user, account))
-    })
-    .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"user": user_json(&user), "personal_account": account_json(&account)})),
-    )
-        .into_response())
-}
-
-async fn get_user(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    let actor = actor(&headers)?;
-    with_ctx(state, move |ctx| {
-        let Some(user) = ctx.view.user(&actor)? else {
-            return Err(unknown_actor(&actor));
+    /// One durable write transaction, timed and counted.
+    fn write<T>(
+        &self,
+        operation: &'static str,
+        f: impl FnOnce(&mut Writer<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, AccountsError> {
+        let started = Instant::now();
+        let out = self.accounts.pdp.store().write(f);
+        let outcome = match &out {
+            Ok(_) => "ok",
+            Err(e) if e.is_fault() => "fault",
+            Err(_) => "refused",
         };
-        if actor != id {
-            return Err(ApiError::Forbidden {
-                message: format!("only `{id}` may read user `{id}`"),
-                reasons: Vec::new(),
-            });
-        }
-        let memberships: Vec<Value> = ctx
-            .view
-            .roles_of(&id)?
-            .into_iter()
-            .map(|(account, role)| json!({"account": account, "role": role}))
-            .collect();
-        Ok(Json(
-            json!({"user": user_json(&user), "memberships": memberships}),
-        ))
-    })
-    .await
-}
-
-async fn get_account(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    let actor = actor(&headers)?;
-    check_id("account", &id)?;
-    with_ctx(state, move |ctx| {
-        ctx.authorize(&actor, "useAccount", &id)?;
-        let account = ctx
-            .view
-            .account(&id)?
-            .ok_or_else(|| StoreError::NoAccount(id.clone()))?;
-        Ok(Json(account_json(&account)))
-    })
-    .await
-}
-
-async fn convert(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Json<Value>, ApiError> {
-    let actor = actor(&headers)?;
-    check_id("account", &id)?;
-    let name = Body::parse(&body, &["name"])?.str("name")?;
-    check_name("name", &name)?;
-    with_ctx(state, move |ctx| {
-        ctx.authorize(&actor, "convertToTeam", &id)?;
-        let account = ctx.state.store.write(|w| w.convert(&id, name.trim()))?;
-        Ok(Json(account_json(&account)))
-    })
-    .await
-}
-
-async fn list_members(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    let actor = actor(&headers)?;
-    check_id("account", &id)?;
-    with_ctx(state, move |ctx| {
-        ctx.authorize(&actor, "viewMembers", &id)?;
-        let members: Vec<Value> = ctx
-            .view
-            .members(&id)?
-            .iter()
-            .map(|(u, m)| member_json(u, m))
-            .collect();
-        Ok(Json(Value::Array(members)))
-    })
-    .await
-}
-
-async fn set_role(
-    State(state): State<AppState>,
-    Path((id, user)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Json<Value>, ApiError> {
-    let actor = actor(&headers)?;
-    check_id("account", &id)?;
-    check_id("user", &user)?;
-    let role = Body::parse(&body, &["role"])?.str("role")?;
-    with_ctx(state, move |ctx| {
-        ctx.check_role(&role)?;
-        let admin = ctx.admin_role()?;
-        ctx.authorize(&actor, "changeMemberRole", &id)?;
-        let m = ctx
-            .state
-            .store
-            .write(|w| w.set_role(&id, &user, &role, admin))?;
-        Ok(Json(member_json(&user, &m)))
-    })
-    .await
-}
-
-async fn remove_member(
-    State(state): State<AppState>,
-    Path((id, user)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Result<StatusCode, ApiError> {
-    let actor = actor(&headers)?;
-    check_id("account", &id)?;
-    check_id("user", &user)?;
-    with_ctx(state, move |ctx| {
-        let admin = ctx.admin_role()?;
-        ctx.authorize(&actor, "removeMember", &id)?;
-        ctx.state
-            .store
-            .write(|w| w.remove_member(&id, &user, admin))?;
-        Ok(StatusCode::NO_CONTENT)
-    })
-    .await
-}
-
-async fn create_invite(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    let actor = actor(&headers)?;
-    check_id("account", &id)?;
-    let body = Body::parse(&body, &["role", "email", "expires_in_hours"])?;
-    let role = body.str("role")?;
-    let email = body.opt_str("email")?;
-    if let Some(email) = &email {
-        check_email("email", email)?;
+        metrics::counter!("cedard_store_writes_total", "operation" => operation, "outcome" => outcome)
+            .increment(1);
+        metrics::histogram!("cedard_store_write_duration_seconds", "operation" => operation)
+            .record(started.elapsed().as_secs_f64());
+        Ok(out?)
     }
-    let hours = body
-        .opt_int("expires_in_hours")?
-        .unwrap_or(DEFAULT_INVITE_HOURS);
-    if !(1..=MAX_INVITE_HOURS).contains(&hours) {
-        return Err(bad(
-            "expires_in_hours",
-            format!("must be between 1 and {MAX_INVITE_HOURS}, found {hours}"),
-        ));
-    }
-    let token = new_token()?;
-    let now = now_secs(&state);
-    let invite = Invite {
-        id: new_invite_id()?,
-        account: id.clone(),
-        role,
-        email,
-        token_sha256: sha256_hex(&token),
-        created_by: actor.clone(),
-        created_at: now,
-        expires_at: now + hours * 3600,
-        state: InviteState::Pending,
-    };
-    let link = link(&state, &token);
-    let invite = with_ctx(state, move |ctx| {
-        ctx.check_role(&invite.role)?;
-        ctx.authorize(&actor, "inviteMember", &id)?;
-        ctx.state.store.write(|w| w.create_invite(&invite))?;
-        Ok(invite)
-    })
-    .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(secret_json(&invite, &token, &link)),
-    )
-        .into_response())
-}
-
-/// An invite with its token and link: only create and re-link show these.
-fn secret_json(i: &Invite, token: &str, link: &str) -> Value {
-    json!({
-        "id": i.id,
-        "token": token,
-        "link": link,
-        "role": i.role,
-        "email": i.email,
-        "expires_at": ts(i.expires_at),
-    })
-}
-
-async fn list_invites(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    let actor = actor(&headers)?;
-    check_id("account", &id)?;
-    let now = now_secs(&state);
-    with_ctx(state, move |ctx| {
-        ctx.authorize(&actor, "inviteMember", &id)?;
-        let pending: Vec<Value> = ctx
-            .view
-            .invites(&id)?
-            .iter()
-            .filter(|i| i.is_pending(now))
-            .map(invite_json)
-            .collect();
-        Ok(Json(Value::Array(pending)))
-    })
-    .await
-}
-
-async fn relink(
-    State(state): State<AppState>,
-    Path((id, invite)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    let actor = actor(&headers)?;
-    check_id("account", &id)?;
-    let token = new_token()?;
-    let sha = sha256_hex(&token);
-    let link = link(&state, &token);
-    let now = now_secs(&state);
-    with_ctx(state, move |ctx| {
-        ctx.authorize(&actor, "inviteMember", &id)?;
-        let invite = ctx
-            .state
-            .store
-            .write(|w| w.relink(&id, &invite, &sha, now))?;
-        Ok(Json(secret_json(&invite, &token, &link)))
-    })
-    .await
-}
-
-async fn revoke(
-    State(state): State<AppState>,
-    Path((id, invite)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Result<StatusCode, ApiError> {
-    let actor = actor(&headers)?;
-    check_id("account", &id)?;
-    let now = now_secs(&state);
-    with_ctx(state, move |ctx| {
-        ctx.authorize(&actor, "revokeInvite", &id)?;
-        ctx.state.store.write(|w| w.revoke(&id, &invite, now))?;
-        Ok(StatusCode::NO_CONTENT)
-    })
-    .await
-}
-
-async fn accept(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Json<Value>, ApiError> {
-    let actor = actor(&headers)?;
-    let token = Body::parse(&body, &["token"])?.str("token")?;
-    let sha = sha256_hex(&token);
-    let now = now_secs(&state);
-    with_ctx(state, move |ctx| {
-        if !ctx.view.has_user(&actor)? {
-            return Err(unknown_actor(&actor));
-        }
-        // The token is the authority: no policy is asked. Whether it is
-        // pending, and whether the actor is already a member, is decided
-        // inside the write transaction, so concurrent accepts of one invite
-        // cannot both succeed.
-        let invite = ctx.state.store.write(|w| w.accept(&sha, &actor, now))?;
-        Ok(Json(
-            json!({"account": invite.account, "role": invite.role}),
-        ))
-    })
-    .await
 }

@@ -15,6 +15,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+use crate::policy::memo::Assembled;
 use crate::policy::{describe, PolicySnapshot};
 
 /// Bad input: which field, and what is wrong with it.
@@ -195,7 +196,7 @@ pub fn decode_entities_raw(
             None => {
                 let e = Entity::from_json_str(text, Some(&snapshot.schema))
                     .map_err(|e| InputError::new(format!("entities[{i}]"), describe(&e)))?;
-                snapshot.entity_cache.entities.insert(text, &e);
+                snapshot.entity_cache.entities.insert(text, &e, 0);
                 e
             }
         };
@@ -250,16 +251,6 @@ fn not_an_array(value: &Value) -> InputError {
     )
 }
 
-/// Inline entities decoded and assembled with the schema's action entities.
-#[derive(Debug, Clone)]
-pub struct Assembled {
-    /// The inline entities' UIDs, in the order they were sent.
-    pub uids: Vec<EntityUid>,
-    /// The inline entities and the schema's action entities, hierarchy
-    /// computed.
-    pub entities: Entities,
-}
-
 /// Decodes and assembles a raw JSON array of inline entities, remembering the
 /// result per snapshot under the array's exact text: services that send the
 /// same entities again (the same pod, the same user) then skip both Cedar's
@@ -274,65 +265,10 @@ pub fn assemble_raw(snapshot: &PolicySnapshot, raw: &RawValue) -> Result<Assembl
     let uids = decoded.iter().map(Entity::uid).collect();
     let entities = assemble(snapshot, decoded, Vec::new(), || text.to_owned())?;
     let assembled = Assembled { uids, entities };
-    snapshot.entity_cache.sets.insert(text, &assembled);
+    // The set also holds the schema's action entities.
+    let shared = snapshot.action_entities.iter().count() * 256;
+    snapshot.entity_cache.sets.insert(text, &assembled, shared);
     Ok(assembled)
-}
-
-/// Bounded memos of inline entities decoded against one snapshot's schema:
-/// single entities keyed by their exact JSON text, and whole assembled arrays
-/// keyed by the array's exact text. What is remembered is exactly what
-/// Cedar's parser made of exactly that text under exactly this schema, so a
-/// memo cannot change an answer; it dies with its snapshot.
-#[derive(Debug, Default)]
-pub struct EntityCache {
-    entities: Memo<Entity>,
-    sets: Memo<Assembled>,
-}
-
-/// One bounded memo. A `std::sync::Mutex` is enough: it is held only for a
-/// hash lookup or insert, never across an `.await`. When full it is cleared
-/// rather than tracking recency: simple, and a refill costs only the parses
-/// it saves.
-#[derive(Debug)]
-struct Memo<T> {
-    map: std::sync::Mutex<std::collections::HashMap<Box<str>, T>>,
-}
-
-impl<T> Default for Memo<T> {
-    fn default() -> Self {
-        Self {
-            map: std::sync::Mutex::default(),
-        }
-    }
-}
-
-impl<T: Clone> Memo<T> {
-    /// How many values one memo keeps.
-    const CAPACITY: usize = 4096;
-    /// Texts longer than this are not remembered (they are rare, and would
-    /// make the memo's memory unbounded in practice).
-    const MAX_KEY: usize = 8192;
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<Box<str>, T>> {
-        // The map is only ever read or changed entry by entry; a panic while
-        // holding the lock cannot leave a half-written entry.
-        self.map.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn get(&self, text: &str) -> Option<T> {
-        self.lock().get(text).cloned()
-    }
-
-    fn insert(&self, text: &str, value: &T) {
-        if text.len() > Self::MAX_KEY {
-            return;
-        }
-        let mut map = self.lock();
-        if map.len() >= Self::CAPACITY {
-            map.clear();
-        }
-        map.insert(text.into(), value.clone());
-    }
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -347,7 +283,7 @@ fn kind(v: &Value) -> &'static str {
 }
 
 /// A policy that contributed to a decision.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Reason {
     /// The policy's id.
     pub policy_id: String,
@@ -359,7 +295,7 @@ pub struct Reason {
 
 /// A policy whose evaluation failed. Such a policy is skipped, as Cedar
 /// specifies, so an error can only ever remove an allow, never add one.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct EvalError {
     /// The policy's id.
     pub policy_id: String,
@@ -368,10 +304,11 @@ pub struct EvalError {
 }
 
 /// The answer to one request.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Decision {
     /// `true` for allow.
     #[serde(serialize_with = "ser_decision", rename = "decision")]
+    #[schema(value_type = Effect)]
     pub allow: bool,
     /// The policies that determined the decision, sorted by id.
     pub reasons: Vec<Reason>,
@@ -380,7 +317,63 @@ pub struct Decision {
 }
 
 fn ser_decision<S: serde::Serializer>(allow: &bool, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_str(if *allow { "allow" } else { "deny" })
+    s.serialize_str(Effect::from_allow(*allow).as_str())
+}
+
+/// The word for a decision, `allow` or `deny`, wherever one is read or
+/// written (JSON answers, test files, the matrix, logs).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Effect {
+    /// Permitted.
+    Allow,
+    /// Not permitted.
+    Deny,
+}
+
+impl Effect {
+    /// `Allow` for `true`.
+    pub fn from_allow(allow: bool) -> Self {
+        if allow {
+            Effect::Allow
+        } else {
+            Effect::Deny
+        }
+    }
+
+    /// Whether this is `Allow`.
+    pub fn is_allow(self) -> bool {
+        self == Effect::Allow
+    }
+
+    /// `"allow"` or `"deny"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Effect::Allow => "allow",
+            Effect::Deny => "deny",
+        }
+    }
+}
+
+impl std::fmt::Display for Effect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Effect {
+    type Err = String;
+
+    /// Reads `allow` or `deny`, in any case.
+    fn from_str(word: &str) -> Result<Self, Self::Err> {
+        match word.to_ascii_lowercase().as_str() {
+            "allow" => Ok(Effect::Allow),
+            "deny" => Ok(Effect::Deny),
+            _ => Err(format!("expected `allow` or `deny`, found `{word}`")),
+        }
+    }
 }
 
 /// Decides one request against one snapshot.

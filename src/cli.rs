@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::policy::{self, LoadError, Sources};
+use crate::config::Options;
+pub use crate::config::PolicyArgs;
+use crate::policy::{self, LoadError};
 use crate::server::{self, Config};
 
 /// cedard: Cedar policies from files, hot-reloaded, answered over HTTP.
@@ -22,65 +24,22 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve decisions over HTTP, reloading the policies when they change.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Check the policy folder against the schema as a load does.
     Validate(PolicyArgs),
     /// Run policy test files (Cedar's integration-test JSON, or YAML suites).
     Test(TestArgs),
     /// Print the role × action table computed from the policies.
     Matrix(MatrixArgs),
+    /// Create, list and revoke caller keys.
+    #[command(subcommand)]
+    Keys(crate::cli_keys::KeysCommand),
+    /// Print the OpenAPI 3.1 description of the HTTP API.
+    Openapi,
 }
 
-/// Where the policy set lives.
-#[derive(Debug, Args, Clone)]
-pub struct PolicyArgs {
-    /// Folder of `*.cedar` policy files (searched recursively).
-    #[arg(long, env = "CEDARD_POLICIES", default_value = "policies")]
-    pub policies: PathBuf,
-    /// Schema file, or folder of `*.cedarschema` / `*.cedarschema.json` files.
-    #[arg(long, env = "CEDARD_SCHEMA", default_value = "schema")]
-    pub schema: PathBuf,
-}
-
-impl PolicyArgs {
-    /// The sources these arguments name.
-    pub fn sources(&self) -> Sources {
-        Sources {
-            policies: self.policies.clone(),
-            schema: self.schema.clone(),
-        }
-    }
-}
-
-/// Options of `cedard serve`.
-#[derive(Debug, Args)]
-pub struct ServeArgs {
-    /// Where the policy set lives.
-    #[command(flatten)]
-    pub policy: PolicyArgs,
-    /// Address to listen on.
-    #[arg(long, env = "CEDARD_LISTEN", default_value = "127.0.0.1:8180")]
-    pub listen: String,
-    /// The most requests one batch call may hold.
-    #[arg(long, env = "CEDARD_BATCH_LIMIT", default_value_t = 1000)]
-    pub batch_limit: usize,
-    /// Milliseconds to let a burst of file events settle before reloading.
-    #[arg(long, env = "CEDARD_DEBOUNCE_MS", default_value_t = 50)]
-    pub debounce_ms: u64,
-    /// Seconds between content checks that catch missed file events.
-    #[arg(long, env = "CEDARD_POLL_SECS", default_value_t = 2)]
-    pub poll_secs: u64,
-    /// Do not watch for file events; rely on the periodic check and SIGHUP.
-    #[arg(long, env = "CEDARD_NO_WATCH")]
-    pub no_watch: bool,
-    /// The redb data file of users, accounts, members and invites (its
-    /// folder is created if missing).
-    #[arg(long, env = "CEDARD_DATA", default_value = server::DEFAULT_DATA)]
-    pub data: PathBuf,
-    /// The base URL of invite links: `<public-url>/invites/<token>`.
-    #[arg(long, env = "CEDARD_PUBLIC_URL", default_value = server::DEFAULT_PUBLIC_URL)]
-    pub public_url: String,
-}
+/// Options of `cedard serve`: see [`Options`].
+pub type ServeArgs = Options;
 
 /// Prints load errors with paths a user can open: `policies/dev.cedar:3:7: …`.
 pub fn print_errors(base: &Path, errors: &[LoadError]) {
@@ -104,7 +63,15 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Validate(args) => Ok(validate(&args)),
         Command::Test(args) => Ok(test(&args)),
         Command::Matrix(args) => Ok(matrix(&args)),
-        Command::Serve(args) => serve(args),
+        Command::Serve(args) => serve(*args),
+        Command::Keys(command) => Ok(crate::cli_keys::run(command)),
+        Command::Openapi => {
+            print_out(&format!(
+                "{}\n",
+                crate::http::openapi().to_pretty_json().unwrap_or_default()
+            ));
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -141,13 +108,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on `{}`: {e}", args.listen))?;
-        let mut config = Config::new(&args.policy.policies, &args.policy.schema);
-        config.batch_limit = args.batch_limit;
-        config.debounce = std::time::Duration::from_millis(args.debounce_ms);
-        config.poll_interval = std::time::Duration::from_secs(args.poll_secs.max(1));
-        config.watch = !args.no_watch;
-        config.data = args.data.clone();
-        config.public_url = args.public_url.clone();
+        let config = Config {
+            options: args.clone(),
+            clock: crate::clock::Clock::system(),
+        };
         match server::run(listener, config, shutdown_signal()).await {
             Ok(()) => Ok(ExitCode::SUCCESS),
             Err(server::Error::Policy(e)) => {
@@ -158,7 +122,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 );
                 Ok(ExitCode::FAILURE)
             }
-            Err(server::Error::Store(e)) => {
+            Err(e @ (server::Error::Store(_) | server::Error::Config(_))) => {
                 eprintln!("error: {e}");
                 Ok(ExitCode::FAILURE)
             }
@@ -241,7 +205,7 @@ pub enum MatrixFormat {
 }
 
 /// Writes to standard output, ignoring a closed pipe (`cedard test | head`).
-fn print_out(text: &str) {
+pub(crate) fn print_out(text: &str) {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes());

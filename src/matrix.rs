@@ -15,10 +15,10 @@ use cedar_policy::EntityUid;
 use serde_json::{json, Map, Value};
 
 use crate::authz::{self, InputError};
-use crate::entities::{EntityError, RoleCatalog};
+use crate::model::sketch::{uid, Account, Model, User};
+pub use crate::model::NON_MEMBER;
+use crate::model::{self, ModelError, RoleCatalog};
 use crate::policy::{PolicyError, PolicySnapshot, Sources};
-pub use crate::suite::model::NON_MEMBER;
-use crate::suite::model::{self, Account, Model, User};
 
 /// The role an account's owner holds, when the schema has it.
 pub const OWNER_ROLE: &str = "admin";
@@ -34,7 +34,7 @@ pub enum MatrixError {
     Policy(#[from] PolicyError),
     /// The schema has no roles, or they cannot be read.
     #[error(transparent)]
-    Roles(#[from] EntityError),
+    Roles(#[from] ModelError),
     /// The entities or a request built for the matrix are not valid against
     /// the schema (the schema does not follow the account model).
     #[error("the schema does not fit the account model: {0}")]
@@ -127,10 +127,8 @@ pub fn compute(snapshot: &PolicySnapshot, roles: &[String]) -> Result<Matrix, Ma
         let mut decisions = BTreeMap::new();
         for action in &actions {
             let resource = match resource_type(snapshot, action) {
-                Some(t) if t != model::ACCOUNT => {
-                    model::uid(&t, &format!("{kind}/{}", t.to_lowercase()))
-                }
-                _ => model::uid(model::ACCOUNT, &account.id),
+                Some(t) if t != model::ACCOUNT => uid(&t, &format!("{kind}/{}", t.to_lowercase())),
+                _ => uid(model::ACCOUNT, &account.id),
             };
             let mut row = Vec::with_capacity(columns.len());
             for column in &columns {
@@ -141,7 +139,7 @@ pub fn compute(snapshot: &PolicySnapshot, roles: &[String]) -> Result<Matrix, Ma
                 };
                 let request = authz::build_request(
                     snapshot,
-                    authz::parse_uid("principal", &model::uid(model::USER, &principal))?,
+                    authz::parse_uid("principal", &uid(model::USER, &principal))?,
                     action.clone(),
                     authz::parse_uid("resource", &resource)?,
                     None,
@@ -186,11 +184,7 @@ fn resource_type(snapshot: &PolicySnapshot, action: &EntityUid) -> Option<String
 }
 
 fn word(allow: bool) -> &'static str {
-    if allow {
-        "allow"
-    } else {
-        "deny"
-    }
+    crate::authz::Effect::from_allow(allow).as_str()
 }
 
 impl Table {

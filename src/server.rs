@@ -1,71 +1,58 @@
-//! The daemon: loads the policy set, starts the watcher, the periodic check
-//! and the SIGHUP handler, and serves the HTTP API until shut down.
+//! The daemon: opens the store, loads the policy set, starts the watcher, the
+//! periodic check and the signal handlers, and serves the HTTP API until
+//! shut down.
 //!
 //! [`run`] takes an already-bound listener and a shutdown future, so tests
 //! start the very same server on `127.0.0.1:0`.
 
 use std::future::Future;
-use std::path::PathBuf;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use crate::accounts::Clock;
-use crate::api::{self, AppState};
-use crate::entities::{EntityMemo, RoleCatalog};
+use crate::accounts::Accounts;
+use crate::audit::{DecisionLog, LogConfig};
+use crate::clock::Clock;
+use crate::config::{LogOnly, Options};
+use crate::http::guard::AllowedHosts;
+use crate::http::{self, AppState, HttpLimits};
+use crate::keys::KeyRing;
+use crate::pdp::{self, Pdp};
 use crate::policy::watch::{self, LivePolicies};
 use crate::policy::{PolicyError, Sources};
+use crate::serve::{self, ServeOptions};
 use crate::store::{Store, StoreError};
 
 /// Everything the daemon needs to know to start.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Where the policies and the schema are.
-    pub sources: Sources,
-    /// The most requests one batch may hold.
-    pub batch_limit: usize,
-    /// How long the watcher waits for a burst of file events to settle.
-    pub debounce: Duration,
-    /// How often the files' content is re-checked in case an event was missed.
-    pub poll_interval: Duration,
-    /// Whether to watch the folders for file events. Off for file systems
-    /// that deliver none (some network mounts); the periodic check and
-    /// SIGHUP still reload.
-    pub watch: bool,
-    /// The redb file of users, accounts, memberships and invites.
-    pub data: PathBuf,
-    /// The base URL invite links start with (`<public_url>/invites/<token>`),
-    /// since the daemon cannot know the address its users reach it by.
-    pub public_url: String,
+    /// The options of `cedard serve`.
+    pub options: Options,
     /// Where "now" comes from: the system clock, or a test's clock.
     pub clock: Clock,
 }
 
 impl Config {
     /// The defaults for a policy folder and a schema path.
-    pub fn new(policies: impl Into<PathBuf>, schema: impl Into<PathBuf>) -> Self {
+    pub fn new(
+        policies: impl Into<std::path::PathBuf>,
+        schema: impl Into<std::path::PathBuf>,
+    ) -> Self {
+        let mut options = Options::defaults();
+        options.policy.policies = policies.into();
+        options.policy.schema = schema.into();
         Self {
-            sources: Sources {
-                policies: policies.into(),
-                schema: schema.into(),
-            },
-            batch_limit: 1000,
-            debounce: Duration::from_millis(50),
-            poll_interval: Duration::from_secs(2),
-            watch: true,
-            data: PathBuf::from(DEFAULT_DATA),
-            public_url: DEFAULT_PUBLIC_URL.to_owned(),
+            options,
             clock: Clock::system(),
         }
     }
+
+    fn sources(&self) -> Sources {
+        self.options.policy.sources()
+    }
 }
-
-/// The data file when none is given.
-pub const DEFAULT_DATA: &str = "data/cedard.redb";
-
-/// The invite-link base when none is given: the default listen address.
-pub const DEFAULT_PUBLIC_URL: &str = "http://127.0.0.1:8180";
 
 /// Why the daemon could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -79,9 +66,93 @@ pub enum Error {
     /// The data file cannot be opened (in use, newer format, unreadable).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The configuration is unsafe or inconsistent; the message says how to
+    /// fix it.
+    #[error("{0}")]
+    Config(String),
     /// The socket failed.
     #[error("server error: {0}")]
     Io(#[from] std::io::Error),
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))
+}
+
+/// Refuses to serve callers off loopback with no way to authenticate them.
+fn check_exposure(addr: SocketAddr, keys: &KeyRing, options: &Options) -> Result<(), Error> {
+    if !keys.is_empty() {
+        tracing::info!(
+            keys = keys.len(),
+            "caller keys required on every route but /healthz and /readyz"
+        );
+        return Ok(());
+    }
+    if options.insecure_no_auth {
+        tracing::warn!(
+            "INSECURE: --insecure-no-auth is set and no caller key exists: ANYONE WHO CAN REACH {addr} CAN ACT AS ANY USER"
+        );
+        return Ok(());
+    }
+    if !addr.ip().is_loopback() {
+        return Err(Error::Config(format!(
+            "refusing to listen on {addr} without caller keys: anyone who can reach it could act as any user. \
+             Create a key first with `cedard keys create --name <caller> --scope decide --data {}` \
+             (or listen on 127.0.0.1, or pass --insecure-no-auth for a network you fully trust)",
+            options.data.display()
+        )));
+    }
+    tracing::warn!(
+        "no caller keys exist: callers are NOT authenticated (loopback only); create one with `cedard keys create`"
+    );
+    Ok(())
+}
+
+fn allowed_hosts(options: &Options) -> AllowedHosts {
+    let mut hosts = AllowedHosts::default();
+    for h in &options.allowed_hosts {
+        if h.trim() == "*" {
+            hosts.any = true;
+        } else if !h.trim().is_empty() {
+            hosts.names.push(h.trim().to_ascii_lowercase());
+        }
+    }
+    if let Some(host) = options
+        .public_url
+        .split("://")
+        .nth(1)
+        .and_then(|rest| rest.split(['/', '?']).next())
+    {
+        let name = host.rsplit_once(':').map_or(host, |(n, _)| n);
+        hosts
+            .names
+            .push(name.trim_matches(['[', ']']).to_ascii_lowercase());
+    }
+    if hosts.any {
+        tracing::warn!("INSECURE: --allowed-host '*' accepts any Host header; web pages can reach cedard through DNS rebinding");
+    }
+    hosts
+}
+
+fn decision_log(options: &Options) -> Result<DecisionLog, Error> {
+    let Some(path) = &options.decision_log else {
+        return Ok(DecisionLog::disabled());
+    };
+    let mut config = LogConfig::new(path.clone());
+    config.only_deny = options.decision_log_only == Some(LogOnly::Deny);
+    config.with_context = options.decision_log_context;
+    config.max_bytes = options.decision_log_max_mb.map(|mb| mb * 1024 * 1024);
+    config.keep = options.decision_log_keep;
+    let log = DecisionLog::start(config).map_err(|e| {
+        Error::Config(format!(
+            "cannot open the decision log `{}`: {e}",
+            path.display()
+        ))
+    })?;
+    tracing::info!(path = %path.display(), "decision log open");
+    Ok(log)
 }
 
 /// Runs the daemon on `listener` until `shutdown` completes.
@@ -90,17 +161,29 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    // The store opens first: a data file held by another daemon or written
+    let options = config.options.clone();
+    let addr = listener.local_addr()?;
+    // TLS material is checked before anything else is opened.
+    let tls = match (&options.tls_cert, &options.tls_key) {
+        (Some(cert), Some(key)) => Some(Arc::new(
+            serve::load_tls(cert, key).map_err(|e| Error::Config(e.to_string()))?,
+        )),
+        (None, None) => None,
+        _ => return Err(Error::Config("--tls-cert and --tls-key go together".into())),
+    };
+    // The store opens next: a data file held by another daemon or written
     // by a newer cedard stops the start before anything else happens.
-    let data = config.data.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&data))
-        .await
-        .map_err(|e| Error::Io(std::io::Error::other(e)))??;
-    tracing::info!(path = %config.data.display(), "data file open");
-    let sources = config.sources.clone();
-    let live = tokio::task::spawn_blocking(move || LivePolicies::start(sources))
-        .await
-        .map_err(|e| Error::Io(std::io::Error::other(e)))??;
+    let data = options.data.clone();
+    let store = Arc::new(blocking(move || Store::open(&data)).await??);
+    tracing::info!(path = %options.data.display(), "data file open");
+    let keys = {
+        let store = store.clone();
+        let records = blocking(move || store.read().and_then(|v| v.keys())).await??;
+        Arc::new(KeyRing::new(&records))
+    };
+    check_exposure(addr, &keys, &options)?;
+    let sources = config.sources();
+    let live = blocking(move || LivePolicies::start(sources)).await??;
     let snapshot = live.snapshot();
     tracing::info!(
         generation = snapshot.revision.generation,
@@ -109,31 +192,120 @@ pub async fn run(
         "policy set loaded"
     );
     drop(snapshot);
-    let _watch = if config.watch {
-        Some(watch::watch(live.clone(), config.debounce)?)
-    } else {
+    let log = decision_log(&options)?;
+    let _watch = if options.no_watch {
         None
+    } else {
+        Some(watch::watch(live.clone(), options.debounce())?)
     };
-    let poller = tokio::spawn(watch::poll(live.clone(), config.poll_interval));
+    let mut tasks = vec![tokio::spawn(watch::poll(
+        live.clone(),
+        options.poll_interval(),
+    ))];
     #[cfg(unix)]
-    let hup = tokio::spawn(watch::reload_on_sighup(live.clone()));
+    {
+        tasks.push(tokio::spawn(watch::reload_on_sighup(live.clone())));
+        tasks.push(tokio::spawn(reopen_on_sigusr1(log.clone())));
+    }
+    let pdp = Arc::new(Pdp::new(
+        live.clone(),
+        store.clone(),
+        log.clone(),
+        pdp::Limits {
+            max_inline_entities: options.max_inline_entities,
+        },
+    ));
+    let accounts = Arc::new(Accounts::new(
+        pdp.clone(),
+        keys.clone(),
+        config.clock.clone(),
+        &options.public_url,
+    ));
+    tasks.push(tokio::spawn(refresh_keys(accounts.clone())));
     let state = AppState {
-        live: live.clone(),
-        batch_limit: config.batch_limit,
-        store: Arc::new(store),
-        roles: Arc::new(RoleCatalog::default()),
-        memo: Arc::new(EntityMemo::default()),
-        public_url: config.public_url.clone().into(),
-        clock: config.clock.clone(),
+        pdp,
+        accounts,
+        keys,
+        limits: Arc::new(HttpLimits {
+            batch_limit: options.batch_limit,
+            max_body: options.max_body_bytes,
+            max_concurrent: options.max_concurrent.max(1),
+            request_timeout: Duration::from_millis(options.request_timeout_ms.max(1)),
+            hosts: allowed_hosts(&options),
+            insecure_no_auth: options.insecure_no_auth,
+            ..HttpLimits::default()
+        }),
+        metrics: http::metrics::handle(),
     };
-    let app = api::router(state);
-    tracing::info!("listening on http://{}", listener.local_addr()?);
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
-    poller.abort();
-    #[cfg(unix)]
-    hup.abort();
+    let serve_options = ServeOptions {
+        tls,
+        header_read_timeout: Duration::from_millis(options.header_timeout_ms.max(1)),
+        idle_timeout: Duration::from_secs(options.idle_timeout_secs.max(1)),
+        max_connections: options.max_connections.max(1),
+    };
+    if let Some(metrics_addr) = &options.metrics_listen {
+        let listener = TcpListener::bind(metrics_addr).await.map_err(|e| {
+            Error::Config(format!(
+                "cannot listen on `{metrics_addr}` for metrics: {e}"
+            ))
+        })?;
+        tracing::info!("metrics on http://{}/metrics", listener.local_addr()?);
+        let app = http::metrics_router(state.clone());
+        let opts = ServeOptions {
+            tls: None,
+            ..serve_options.clone()
+        };
+        tasks.push(tokio::spawn(async move {
+            if let Err(e) = serve::serve(listener, app, opts, std::future::pending()).await {
+                tracing::error!("metrics listener failed: {e}");
+            }
+        }));
+    }
+    let app = http::router(state);
+    let scheme = if serve_options.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    tracing::info!("listening on {scheme}://{addr}");
+    let served = serve::serve(listener, app, serve_options, shutdown).await;
+    for task in tasks {
+        task.abort();
+    }
+    log.flush_blocking(Duration::from_secs(2));
     served?;
     Ok(())
+}
+
+/// Re-reads the caller keys every second, so that keys written by another
+/// process sharing the store (a `cedard keys` command, a replica) take
+/// effect within a second. Keys changed through this daemon's own API take
+/// effect at once.
+async fn refresh_keys(accounts: Arc<Accounts>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let a = accounts.clone();
+        match tokio::task::spawn_blocking(move || a.refresh_keys()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("cannot refresh the caller keys: {e}"),
+            Err(e) => tracing::warn!("key refresh task failed: {e}"),
+        }
+    }
+}
+
+/// Reopens the decision log on SIGUSR1, for logrotate's
+/// move-then-signal.
+#[cfg(unix)]
+async fn reopen_on_sigusr1(log: DecisionLog) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
+        tracing::warn!("cannot listen for SIGUSR1; the decision log cannot be reopened by signal");
+        return;
+    };
+    while usr1.recv().await.is_some() {
+        tracing::info!("SIGUSR1: reopening the decision log");
+        log.reopen();
+    }
 }

@@ -7,6 +7,7 @@
 //! and swaps it in whole. This module knows nothing about HTTP, redb or the
 //! test runner.
 
+pub mod memo;
 pub mod watch;
 
 use std::collections::{BTreeMap, HashMap};
@@ -25,7 +26,7 @@ use time::OffsetDateTime;
 
 /// One problem found while loading a policy set, located as precisely as the
 /// source allows.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct LoadError {
     /// The file, relative to the policy folder (or the schema path as given).
     pub file: String,
@@ -54,7 +55,7 @@ pub struct PolicyError(pub Vec<LoadError>);
 
 /// Where one policy came from and what it says, for listings, reasons and
 /// error reports.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PolicyMeta {
     /// The id decisions report: the `@id` annotation, or `<file>#<index>`.
     pub id: String,
@@ -65,6 +66,7 @@ pub struct PolicyMeta {
     /// Position of the policy within its file, counting from 0.
     pub index: usize,
     /// `permit` or `forbid`.
+    #[schema(value_type = String)]
     pub effect: &'static str,
     /// Whether this is a template (templates decide nothing until linked).
     pub template: bool,
@@ -73,7 +75,7 @@ pub struct PolicyMeta {
 }
 
 /// Identifies the exact files a snapshot was built from.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Revision {
     /// Counts successful loads since the daemon started, from 1.
     pub generation: u64,
@@ -126,7 +128,7 @@ pub struct PolicySnapshot {
     /// Inline entities already decoded against this snapshot's schema. It
     /// lives and dies with the snapshot, so a reload (perhaps of the schema)
     /// never reuses a decoding made under another schema.
-    pub entity_cache: crate::authz::EntityCache,
+    pub entity_cache: memo::InlineMemo,
     /// Every entity type of the schema (actions' types included) by its
     /// canonical name, so that entity references naming them need not go
     /// through Cedar's name parser on every request.
@@ -230,7 +232,7 @@ impl PolicySnapshot {
             revision,
             loaded_at: OffsetDateTime::now_utc(),
             warnings: Vec::new(),
-            entity_cache: crate::authz::EntityCache::default(),
+            entity_cache: memo::InlineMemo::default(),
             type_names: schema_type_names(&schema),
             schema,
             schema_files: Vec::new(),

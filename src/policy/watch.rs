@@ -20,7 +20,7 @@ use time::OffsetDateTime;
 use super::{load_files, LoadError, PolicyError, PolicySnapshot, Sources};
 
 /// What started a reload attempt.
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Trigger {
     /// The first load at start-up.
@@ -34,7 +34,7 @@ pub enum Trigger {
 }
 
 /// The outcome of the most recent reload attempt.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ReloadStatus {
     /// Whether the attempt produced the snapshot now serving.
     pub ok: bool,
@@ -42,6 +42,7 @@ pub struct ReloadStatus {
     pub trigger: Trigger,
     /// When it finished.
     #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub at: OffsetDateTime,
     /// SHA-256 of the files it read (empty if they could not be read).
     pub sha256: String,
@@ -144,6 +145,7 @@ impl LivePolicies {
                     errors: Vec::new(),
                 };
                 self.current.store(snapshot);
+                metrics::counter!("cedard_policy_reloads_total", "outcome" => "ok").increment(1);
                 true
             }
             Err(PolicyError(errors)) => {
@@ -171,6 +173,7 @@ impl LivePolicies {
                 );
             }
         }
+        metrics::counter!("cedard_policy_reloads_total", "outcome" => "refused").increment(1);
         state.last = ReloadStatus {
             ok: false,
             trigger,

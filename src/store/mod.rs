@@ -21,11 +21,15 @@ use redb::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-pub use records::{Account, AccountKind, Invite, InviteState, Membership, User};
+pub use records::{Account, AccountKind, ApiKey, Invite, InviteState, Membership, User};
 
 /// The data format this build reads and writes. A file with a higher number
 /// was written by a newer cedard and is refused, never overwritten.
-pub const FORMAT_VERSION: u64 = 1;
+///
+/// Format 2 added caller keys. A format-1 file is upgraded in place at open
+/// (the `keys` table is created and the version raised in one transaction),
+/// so that an older cedard, which would not enforce the keys, refuses it.
+pub const FORMAT_VERSION: u64 = 2;
 
 /// `format` → the data format version of the file.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -45,6 +49,8 @@ const INVITES: TableDefinition<&str, &[u8]> = TableDefinition::new("invites");
 const INVITE_TOKENS: TableDefinition<&[u8], &str> = TableDefinition::new("invite_tokens");
 /// (account id, invite id) → (): the invites of an account, for listing.
 const ACCOUNT_INVITES: TableDefinition<(&str, &str), ()> = TableDefinition::new("account_invites");
+/// Key id → [`ApiKey`] (JSON): the caller keys, hashed.
+const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
 
 /// Everything the store can answer besides success: faults of the file, and
 /// the rules it enforces inside a transaction.
@@ -115,6 +121,9 @@ pub enum StoreError {
     /// No such account.
     #[error("no account `{0}`")]
     NoAccount(String),
+    /// No such caller key.
+    #[error("no key `{0}`")]
+    NoKey(String),
     /// The user is not a member of the account.
     #[error("`{user}` is not a member of account `{account}`")]
     NotMember {
@@ -160,10 +169,40 @@ pub enum StoreError {
     /// The invite token is unknown, expired, revoked or used: one answer for
     /// all, so that the answer gives no hint which.
     #[error("this invite link is not valid: it may have expired, been revoked or been used")]
-    InviteGone,
+    InviteGone(GoneReason),
     /// The invite is bound to another email address.
     #[error("this invite is for another email address")]
     EmailMismatch,
+}
+
+impl StoreError {
+    /// Whether this is a fault of the storage (the file, I/O, a record that
+    /// does not decode) rather than a rule the store enforced: a fault is
+    /// never an answer about the request, so callers report it as the
+    /// store being unavailable.
+    pub fn is_fault(&self) -> bool {
+        matches!(
+            self,
+            StoreError::CreateDir { .. }
+                | StoreError::Locked(_)
+                | StoreError::NewerFormat { .. }
+                | StoreError::Foreign { .. }
+                | StoreError::Open { .. }
+                | StoreError::Db(_)
+                | StoreError::Encode { .. }
+                | StoreError::Corrupt { .. }
+        )
+    }
+}
+
+/// Why an invite link no longer works: for metrics only. Every reason gets
+/// the same answer, so that a link's holder learns nothing from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GoneReason {
+    /// No live invite has this token (never issued, replaced, used, revoked).
+    Unknown,
+    /// The invite expired.
+    Expired,
 }
 
 macro_rules! redb_errors {
@@ -263,7 +302,19 @@ impl Store {
                 found: v,
                 supported: FORMAT_VERSION,
             }),
-            Some(_) => Ok(()),
+            Some(v) if v == FORMAT_VERSION => Ok(()),
+            Some(_) => {
+                // Format 1: add the keys table and raise the version together.
+                let mut txn = self.db.begin_write()?;
+                txn.set_durability(Durability::Immediate);
+                txn.open_table(KEYS)?;
+                {
+                    let mut meta = txn.open_table(META)?;
+                    meta.insert("format", FORMAT_VERSION)?;
+                }
+                txn.commit()?;
+                Ok(())
+            }
             None => {
                 let mut txn = self.db.begin_write()?;
                 txn.set_durability(Durability::Immediate);
@@ -278,6 +329,7 @@ impl Store {
                 txn.open_table(INVITES)?;
                 txn.open_table(INVITE_TOKENS)?;
                 txn.open_table(ACCOUNT_INVITES)?;
+                txn.open_table(KEYS)?;
                 txn.commit()?;
                 Ok(())
             }
@@ -393,6 +445,17 @@ impl ReadView {
         members_in(&table, account)
     }
 
+    /// Every caller key, revoked ones included, ordered by id.
+    pub fn keys(&self) -> Result<Vec<ApiKey>> {
+        let table = self.txn.open_table(KEYS)?;
+        let mut out = Vec::new();
+        for item in table.iter()? {
+            let (_, v) = item?;
+            out.push(decode("keys", v.value())?);
+        }
+        Ok(out)
+    }
+
     /// The invites of an account, pending or not, ordered by id.
     pub fn invites(&self, account: &str) -> Result<Vec<Invite>> {
         let index = self.txn.open_table(ACCOUNT_INVITES)?;
@@ -477,6 +540,33 @@ impl Writer<'_> {
         let mut index = self.txn.open_table(USER_ACCOUNTS)?;
         index.insert((user, account), m.role.as_str())?;
         Ok(())
+    }
+
+    /// Stores a new caller key. Ids are random; a clash is refused rather
+    /// than overwriting a key.
+    pub fn create_key(&mut self, key: &ApiKey) -> Result<()> {
+        let mut table = self.txn.open_table(KEYS)?;
+        if table.get(key.id.as_str())?.is_some() {
+            return Err(StoreError::IdTaken(key.id.clone()));
+        }
+        table.insert(key.id.as_str(), encode("keys", key)?.as_slice())?;
+        Ok(())
+    }
+
+    /// Revokes the key `id` at `now` (revoking a revoked key keeps the first
+    /// time). An unknown id is `NoKey`.
+    pub fn revoke_key(&mut self, id: &str, now: i64) -> Result<ApiKey> {
+        let mut table = self.txn.open_table(KEYS)?;
+        let found: Option<ApiKey> = match table.get(id)? {
+            Some(v) => Some(decode("keys", v.value())?),
+            None => None,
+        };
+        let Some(mut key) = found else {
+            return Err(StoreError::NoKey(id.to_owned()));
+        };
+        key.revoked_at.get_or_insert(now);
+        table.insert(id, encode("keys", &key)?.as_slice())?;
+        Ok(key)
     }
 
     /// Signs a user up: stores the user and their personal account (whose id
@@ -695,7 +785,7 @@ impl Writer<'_> {
             let found = tokens.get(hash_key(sha256).as_slice())?;
             match found {
                 Some(v) => v.value().to_owned(),
-                None => return Err(StoreError::InviteGone),
+                None => return Err(StoreError::InviteGone(GoneReason::Unknown)),
             }
         };
         let mut invite: Invite = {
@@ -703,11 +793,16 @@ impl Writer<'_> {
             let found = invites.get(id.as_str())?;
             match found {
                 Some(v) => decode("invites", v.value())?,
-                None => return Err(StoreError::InviteGone),
+                None => return Err(StoreError::InviteGone(GoneReason::Unknown)),
             }
         };
         if !invite.is_pending(now) || invite.token_sha256 != sha256 {
-            return Err(StoreError::InviteGone);
+            let expired = matches!(invite.state, InviteState::Pending) && now >= invite.expires_at;
+            return Err(StoreError::InviteGone(if expired {
+                GoneReason::Expired
+            } else {
+                GoneReason::Unknown
+            }));
         }
         let joining = self
             .user(user)?

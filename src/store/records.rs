@@ -114,3 +114,22 @@ impl Invite {
         matches!(self.state, InviteState::Pending) && now < self.expires_at
     }
 }
+
+/// A caller key: how a service proves who it is to cedard. Only the SHA-256
+/// of its secret is stored; the key itself is shown once, at creation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiKey {
+    /// The key's public id, part of the key and shown in logs.
+    pub id: String,
+    /// A name for people: which service holds it.
+    pub name: String,
+    /// What the key may do: `decide`, `manage`, `admin` (opaque to the store).
+    pub scopes: Vec<String>,
+    /// Hex SHA-256 of the key's secret part.
+    pub secret_sha256: String,
+    /// When it was created.
+    pub created_at: i64,
+    /// When it was revoked; a revoked key never authenticates again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<i64>,
+}

@@ -306,15 +306,12 @@ fn run_request(
     } else {
         request.description.clone()
     };
-    let expected_allow = match request.decision.to_ascii_lowercase().as_str() {
-        "allow" => true,
-        "deny" => false,
-        other => {
+    let expected_allow = match request.decision.parse::<authz::Effect>() {
+        Ok(effect) => effect.is_allow(),
+        Err(message) => {
             return CaseResult::new(
                 name,
-                Status::Failed(format!(
-                    "the expected decision `{other}` is neither `allow` nor `deny`"
-                )),
+                Status::Failed(format!("the expected decision: {message}")),
             )
         }
     };

@@ -12,7 +12,6 @@
 //! as text or JUnit XML. It knows nothing about HTTP or redb.
 
 pub mod cedar_json;
-pub mod model;
 pub mod report;
 pub mod tree;
 pub mod yaml;
@@ -52,7 +51,7 @@ pub enum SuiteError {
     Policy(#[from] PolicyError),
     /// The schema does not describe the account model a YAML suite needs.
     #[error(transparent)]
-    Roles(#[from] crate::entities::EntityError),
+    Roles(#[from] crate::model::ModelError),
     /// Entities, or a request, are not valid against the schema.
     #[error(transparent)]
     Input(#[from] InputError),
@@ -376,7 +375,7 @@ pub fn describe_decision(allow: bool, reasons: &[String], errors: &[String]) -> 
     };
     format!(
         "{} (reasons: {}; errors: {})",
-        if allow { "allow" } else { "deny" },
+        crate::authz::Effect::from_allow(allow),
         list(reasons),
         list(errors)
     )

@@ -15,9 +15,10 @@ use cedar_policy::{EntityUid, Schema};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::model::{self, Account, Model, User, NON_MEMBER};
 use super::{describe_decision, judge, CaseResult, FileResult, Status, SuiteError};
 use crate::authz;
+use crate::model::sketch::{uid, Account, Model, User};
+use crate::model::{self, NON_MEMBER};
 use crate::policy::{self, PolicySnapshot, Sources};
 
 /// The column of a matrix that stands for the account's owner.
@@ -139,7 +140,7 @@ fn load(path: &Path) -> Result<Loaded, SuiteError> {
     let sources = sources_for(dir, &suite)?;
     let files = sources.read()?;
     let snapshot = policy::load_files(&files, 1)?;
-    let roles = crate::entities::RoleCatalog::default().roles(&snapshot)?;
+    let roles = crate::model::RoleCatalog::default().roles(&snapshot)?;
     let model = build_model(&suite, &roles)?;
     let mut entities = match model.entities_json(&roles) {
         Value::Array(items) => items,
@@ -279,11 +280,7 @@ fn words(s: &str) -> Vec<String> {
 }
 
 fn parse_decision(word: &str) -> Result<bool, String> {
-    match word.to_ascii_lowercase().as_str() {
-        "allow" => Ok(true),
-        "deny" => Ok(false),
-        _ => Err(format!("expected `allow` or `deny`, found `{word}`")),
-    }
+    word.parse::<authz::Effect>().map(authz::Effect::is_allow)
 }
 
 /// Reads a case: the short form `principal action resource -> allow [ids]`
@@ -536,7 +533,7 @@ impl Resolver {
                 "unknown user `{name}`: declare it under `users`, as an owner or as a member"
             ));
         }
-        authz::parse_uid("principal", &model::uid(model::USER, name)).map_err(|e| e.to_string())
+        authz::parse_uid("principal", &uid(model::USER, name)).map_err(|e| e.to_string())
     }
 
     fn action(&self, name: &str) -> Result<EntityUid, String> {
@@ -570,7 +567,7 @@ impl Resolver {
                 ))
             }
         };
-        authz::parse_uid("resource", &model::uid(&ty, name)).map_err(|e| e.to_string())
+        authz::parse_uid("resource", &uid(&ty, name)).map_err(|e| e.to_string())
     }
 }
 
@@ -614,7 +611,7 @@ impl Loaded {
         want_errors.dedup();
         let expected = match &want_reasons {
             Some(r) => describe_decision(case.allow, r, &want_errors),
-            None => if case.allow { "allow" } else { "deny" }.to_owned(),
+            None => authz::Effect::from_allow(case.allow).to_string(),
         };
         let decided = (|| {
             let principal = self.resolver.principal(&case.principal)?;

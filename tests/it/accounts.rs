@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cedard::accounts::Clock;
+use cedard::clock::Clock;
 use reqwest::Method;
 use serde_json::{json, Value};
 
@@ -585,7 +585,7 @@ async fn convert_rules() {
 #[tokio::test]
 async fn invite_rules() {
     let app = spawn_app_in(copy_pack(), |c| {
-        c.public_url = "https://cedard.example.com/".into()
+        c.options.public_url = "https://cedard.example.com/".into()
     })
     .await;
     assert_eq!(sign_up(&app, "alice").await.0, 201);

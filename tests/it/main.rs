@@ -2,6 +2,7 @@
 //! temporary copy of the policy pack.
 
 mod accounts;
+mod auth;
 mod conformance;
 mod crash;
 mod decisions;

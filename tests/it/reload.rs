@@ -273,8 +273,8 @@ async fn a_new_file_in_a_subfolder_is_loaded() {
 #[tokio::test]
 async fn the_periodic_check_catches_changes_without_file_events() {
     let app = spawn_app_in(copy_pack(), |c| {
-        c.watch = false;
-        c.poll_interval = Duration::from_millis(200);
+        c.options.no_watch = true;
+        c.options.poll_secs = 0.2;
     })
     .await;
     std::fs::write(app.policies().join("basic.cedar"), BASIC_WITH_BILLING).expect("write");

@@ -149,7 +149,7 @@ pub async fn spawn_app_in(dir: TempDir, adjust: impl FnOnce(&mut Config)) -> Tes
     let addr = listener.local_addr().expect("addr");
     let mut config = Config::new(dir.path().join("policies"), dir.path().join("schema"));
     // Each daemon gets its own data file inside its temporary folder.
-    config.data = dir.path().join("data").join("cedard.redb");
+    config.options.data = dir.path().join("data").join("cedard.redb");
     adjust(&mut config);
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(server::run(listener, config, async move {

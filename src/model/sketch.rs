@@ -9,23 +9,14 @@
 //! owner, account, roles: { <role>: Role, … } }`; every other resource type is
 //! `in [Account]` with an `account` attribute. The role names are the fields
 //! of the schema's `Account.roles` record (read by
-//! `crate::entities::RoleCatalog`), never a fixed list. This module builds
+//! `super::RoleCatalog`), never a fixed list. This module builds
 //! JSON only; parsing it against the schema and deciding is `authz`'s job.
 
 use std::collections::BTreeMap;
 
 use serde_json::{json, Map, Value};
 
-/// The entity type of people.
-pub const USER: &str = "User";
-/// The entity type of roles.
-pub const ROLE: &str = "Role";
-/// The entity type of accounts.
-pub const ACCOUNT: &str = "Account";
-
-/// The id of a user who belongs to no account, and the name of the matrix
-/// column that stands for them.
-pub const NON_MEMBER: &str = "non-member";
+use super::{role_id, ACCOUNT, ROLE, USER};
 
 /// One account of the model.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,11 +78,6 @@ pub fn uid(entity_type: &str, id: &str) -> Value {
 /// unambiguous even to a reader without the schema.
 fn entity_value(entity_type: &str, id: &str) -> Value {
     json!({"__entity": uid(entity_type, id)})
-}
-
-/// The id of the `Role` entity for `role` in `account`.
-pub fn role_id(account: &str, role: &str) -> String {
-    format!("{account}/{role}")
 }
 
 impl Model {

@@ -1,49 +1,30 @@
-//! What the store contributes to a decision: the Cedar entities of stored
-//! users (with their roles as parents) and stored accounts (with their role
-//! groups), looked up for exactly what one request needs.
+//! What the store contributes to a decision: the stored users (with their
+//! roles as parents) and accounts (with their role groups), looked up for
+//! exactly what one request needs, and the refusal of inline entities that
+//! cedard owns.
 //!
 //! For a request this module reads the principal, the resource, and the
 //! account the resource names (its `account` attribute, or an `Account`
-//! parent) — point lookups in one redb read transaction, never a scan. It also
-//! refuses inline entities that cedard owns: a stored user or account, a role
-//! of a stored account, or a claim to hold such a role. The role names are the
-//! fields of the `roles` record on `Account` in the loaded schema, so adding a
-//! role is a schema edit, not a code change. This module knows nothing about
-//! HTTP; it turns store records into Cedar entities and leaves the decision to
+//! parent) — point lookups in one read transaction, never a scan. An inline
+//! entity that is a stored user or account, a role of a stored account, or a
+//! claim to hold such a role is refused: one ownership check, whatever route
+//! the entities came by. This module knows nothing about HTTP; it turns store
+//! records into Cedar entities (through `model`) and leaves the decision to
 //! `authz`.
 
 use std::cell::OnceCell;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::Mutex;
 
-use cedar_policy::{
-    Entities, Entity, EntityId, EntityTypeName, EntityUid, EvalResult, RestrictedExpression,
-};
+use cedar_policy::{Entities, Entity, EntityUid, EvalResult};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::authz::{self, InputError};
+use crate::model::{account_entity, account_uid, user_entity, ModelError, RoleCatalog, TYPES};
+use crate::policy::memo::Assembled;
 use crate::policy::{describe, PolicySnapshot};
-use crate::store::{Account, ReadView, Store, StoreError, User};
-
-/// The entity types of the account model (the contract of the default
-/// schema; see `schema/teams.cedarschema`).
-struct Types {
-    user: EntityTypeName,
-    account: EntityTypeName,
-    role: EntityTypeName,
-}
-
-static TYPES: LazyLock<Types> = LazyLock::new(|| {
-    // These are constant, valid Cedar type names; parsing them cannot fail.
-    #[allow(clippy::expect_used)]
-    let parse = |s: &str| s.parse::<EntityTypeName>().expect("valid type name");
-    Types {
-        user: parse("User"),
-        account: parse("Account"),
-        role: parse("Role"),
-    }
-});
+use crate::store::{ReadView, Store, StoreError};
 
 /// Why the store's entities could not be contributed.
 #[derive(Debug, thiserror::Error)]
@@ -51,181 +32,13 @@ pub enum EntityError {
     /// The request's own input is wrong (a 400).
     #[error(transparent)]
     Input(#[from] InputError),
-    /// The store failed (a 500).
+    /// The store failed (a 503).
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The loaded schema does not describe the stored facts (a 503 until the
-    /// schema is fixed): no `roles` record on `Account`, or stored records
-    /// that no longer conform.
-    #[error("{0}")]
-    Schema(String),
-}
-
-/// `Role::"<account>/<role>"`.
-pub fn role_uid(account: &str, role: &str) -> EntityUid {
-    EntityUid::from_type_name_and_id(
-        TYPES.role.clone(),
-        EntityId::new(format!("{account}/{role}")),
-    )
-}
-
-/// `User::"<id>"`.
-pub fn user_uid(id: &str) -> EntityUid {
-    EntityUid::from_type_name_and_id(TYPES.user.clone(), EntityId::new(id))
-}
-
-/// `Account::"<id>"`.
-pub fn account_uid(id: &str) -> EntityUid {
-    EntityUid::from_type_name_and_id(TYPES.account.clone(), EntityId::new(id))
-}
-
-/// The entity of a stored user: `email`, `name` if set, and as parents the
-/// role it holds in each account (`roles` are `(account, role)` pairs).
-pub fn user_entity(user: &User, roles: &[(String, String)]) -> Result<Entity, EntityError> {
-    let mut attrs = HashMap::with_capacity(2);
-    attrs.insert(
-        "email".to_owned(),
-        RestrictedExpression::new_string(user.email.clone()),
-    );
-    if let Some(name) = &user.name {
-        attrs.insert(
-            "name".to_owned(),
-            RestrictedExpression::new_string(name.clone()),
-        );
-    }
-    let parents: HashSet<EntityUid> = roles.iter().map(|(a, r)| role_uid(a, r)).collect();
-    Entity::new(user_uid(&user.id), attrs, parents).map_err(|e| EntityError::Schema(describe(&e)))
-}
-
-/// The entity of a stored account: `name`, `kind`, `owner`, `account`
-/// (itself) and `roles`, one `Role::"<account>/<role>"` per role name.
-pub fn account_entity(account: &Account, role_names: &[String]) -> Result<Entity, EntityError> {
-    let uid = account_uid(&account.id);
-    let roles = RestrictedExpression::new_record(role_names.iter().map(|r| {
-        (
-            r.clone(),
-            RestrictedExpression::new_entity_uid(role_uid(&account.id, r)),
-        )
-    }))
-    .map_err(|e| EntityError::Schema(describe(&e)))?;
-    let attrs = HashMap::from([
-        (
-            "name".to_owned(),
-            RestrictedExpression::new_string(account.name.clone()),
-        ),
-        (
-            "kind".to_owned(),
-            RestrictedExpression::new_string(account.kind.as_str().to_owned()),
-        ),
-        (
-            "owner".to_owned(),
-            RestrictedExpression::new_entity_uid(user_uid(&account.owner)),
-        ),
-        (
-            "account".to_owned(),
-            RestrictedExpression::new_entity_uid(uid.clone()),
-        ),
-        ("roles".to_owned(), roles),
-    ]);
-    Entity::new(uid, attrs, HashSet::new()).map_err(|e| EntityError::Schema(describe(&e)))
-}
-
-/// The role names of each loaded schema, remembered per policy revision so
-/// that they are worked out once per reload, not once per request.
-///
-/// cedar-policy's `Schema` does not list an entity type's attributes, so the
-/// names are read from the schema files the snapshot was built from, then
-/// checked against the snapshot's schema (an `Account` with exactly these
-/// roles must conform).
-#[derive(Debug, Default)]
-pub struct RoleCatalog {
-    /// The revision's SHA-256 and its role names. A `std` mutex: it is held
-    /// only to copy an `Arc`, never across an `.await`.
-    cache: Mutex<Option<(String, Arc<Vec<String>>)>>,
-}
-
-impl RoleCatalog {
-    /// The role names of `snapshot`'s schema, sorted.
-    pub fn roles(&self, snapshot: &PolicySnapshot) -> Result<Arc<Vec<String>>, EntityError> {
-        if let Ok(cache) = self.cache.lock() {
-            if let Some((sha, names)) = cache.as_ref() {
-                if *sha == snapshot.revision.sha256 {
-                    return Ok(names.clone());
-                }
-            }
-        }
-        let names = Arc::new(role_names(&snapshot.schema_files)?);
-        let probe = Account {
-            id: "probe".into(),
-            name: "probe".into(),
-            kind: crate::store::AccountKind::Team,
-            owner: "probe".into(),
-            created_at: 0,
-        };
-        let entity = account_entity(&probe, &names)?;
-        if let Err(e) = Entities::from_entities([entity], Some(&snapshot.schema)) {
-            return Err(EntityError::Schema(format!(
-                "`Account` in the schema does not match the account model: {}",
-                describe(&e)
-            )));
-        }
-        if let Ok(mut cache) = self.cache.lock() {
-            *cache = Some((snapshot.revision.sha256.clone(), names.clone()));
-        }
-        Ok(names)
-    }
-}
-
-/// Reads the fields of the `roles` record of `Account` from schema files
-/// (Cedar syntax or JSON), resolving a common type if `roles` names one.
-fn role_names(files: &[crate::policy::SourceFile]) -> Result<Vec<String>, EntityError> {
-    for f in files {
-        let json = if f.name.ends_with(".json") {
-            serde_json::from_str::<Value>(&f.text).ok()
-        } else {
-            cedar_policy::schema_str_to_json_with_resolved_types(&f.text)
-                .ok()
-                .map(|(v, _)| v)
-        };
-        let Some(Value::Object(namespaces)) = json else {
-            continue;
-        };
-        // The account model lives in the empty namespace.
-        let Some(fragment) = namespaces.get("") else {
-            continue;
-        };
-        let Some(roles) = fragment.pointer("/entityTypes/Account/shape/attributes/roles") else {
-            continue;
-        };
-        let resolved = resolve_record(fragment, roles, 0);
-        if let Some(Value::Object(fields)) = resolved.and_then(|r| r.get("attributes")) {
-            let mut names: Vec<String> = fields.keys().cloned().collect();
-            names.sort();
-            if !names.is_empty() {
-                return Ok(names);
-            }
-        }
-    }
-    Err(EntityError::Schema(
-        "the loaded schema has no `roles` record on `Account`, so cedard cannot manage accounts"
-            .into(),
-    ))
-}
-
-/// Follows common-type references until a record type is found.
-fn resolve_record<'a>(fragment: &'a Value, ty: &'a Value, depth: usize) -> Option<&'a Value> {
-    if depth > 8 {
-        return None;
-    }
-    match ty.get("type").and_then(Value::as_str) {
-        Some("Record") => Some(ty),
-        Some(name) => {
-            let name = ty.get("name").and_then(Value::as_str).unwrap_or(name);
-            let common = fragment.get("commonTypes")?.get(name)?;
-            resolve_record(fragment, common, depth + 1)
-        }
-        None => None,
-    }
+    /// schema is fixed).
+    #[error(transparent)]
+    Schema(#[from] ModelError),
 }
 
 /// The inline entities of a request, as they arrived.
@@ -308,6 +121,8 @@ pub struct Facts<'a> {
     /// is at least this new, so entries built now are valid for it.
     generation: u64,
     view: OnceCell<ReadView>,
+    /// The most inline entities one call may send.
+    max_inline: usize,
 }
 
 impl<'a> Facts<'a> {
@@ -317,6 +132,7 @@ impl<'a> Facts<'a> {
         catalog: &'a RoleCatalog,
         memo: &'a EntityMemo,
         store: &'a Store,
+        max_inline: usize,
     ) -> Self {
         Self {
             snapshot,
@@ -325,7 +141,41 @@ impl<'a> Facts<'a> {
             store,
             generation: store.generation(),
             view: OnceCell::new(),
+            max_inline,
         }
+    }
+
+    /// Refuses more inline entities than the limit, before any is decoded.
+    fn check_count(&self, inline: Inline<'_>) -> Result<(), EntityError> {
+        let count = match inline {
+            Inline::None => return Ok(()),
+            Inline::Json(Value::Array(items)) => items.len(),
+            Inline::Json(_) => return Ok(()),
+            Inline::Raw(raw) => {
+                // Every entity takes more than 16 bytes of JSON, so a shorter
+                // text cannot be over the limit and is not counted: the
+                // common small request pays nothing for the check.
+                if raw.get().len() <= self.max_inline.saturating_mul(16) {
+                    return Ok(());
+                }
+                match serde_json::from_str::<Vec<serde::de::IgnoredAny>>(raw.get()) {
+                    Ok(items) => items.len(),
+                    // Not an array: the decoder reports it.
+                    Err(_) => return Ok(()),
+                }
+            }
+        };
+        if count > self.max_inline {
+            return Err(InputError::new(
+                "entities",
+                format!(
+                    "at most {} inline entities are accepted in one call, this one has {count}",
+                    self.max_inline
+                ),
+            )
+            .into());
+        }
+        Ok(())
     }
 
     /// One read transaction for the whole request, opened on first use.
@@ -415,10 +265,11 @@ impl<'a> Facts<'a> {
         inline: Inline<'_>,
         pairs: &[(&EntityUid, &EntityUid)],
     ) -> Result<Entities, EntityError> {
+        self.check_count(inline)?;
         self.check_inline(inline)?;
         match inline {
             Inline::Raw(raw) => {
-                let authz::Assembled { uids, entities } = authz::assemble_raw(self.snapshot, raw)?;
+                let Assembled { uids, entities } = authz::assemble_raw(self.snapshot, raw)?;
                 for (i, uid) in uids.iter().enumerate() {
                     if self.stored(uid)? {
                         return Err(owned(i, uid));
@@ -462,7 +313,7 @@ impl<'a> Facts<'a> {
                 // not check again.
                 entities
                     .add_entities(extra, None)
-                    .map_err(|e| EntityError::Schema(describe(&e)))
+                    .map_err(|e| EntityError::Schema(ModelError(describe(&e))))
             }
         }
     }
@@ -528,10 +379,10 @@ impl<'a> Facts<'a> {
         if let Err(e) =
             Entities::empty().add_entities([entity.clone()], Some(&self.snapshot.schema))
         {
-            return Err(EntityError::Schema(format!(
+            return Err(EntityError::Schema(ModelError(format!(
                 "stored `{uid}` does not conform to the loaded schema: {}",
                 describe(&e)
-            )));
+            ))));
         }
         self.memo
             .put(self.generation, &self.snapshot.revision.sha256, &entity);

@@ -1,0 +1,166 @@
+//! The daemon's options: one definition, read by clap from flags and
+//! `CEDARD_*` environment variables, with one set of defaults that tests and
+//! the binary share.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, CommandFactory, FromArgMatches, Parser};
+
+use crate::policy::Sources;
+
+/// Where the policy set lives.
+#[derive(Debug, Args, Clone)]
+pub struct PolicyArgs {
+    /// Folder of `*.cedar` policy files (searched recursively).
+    #[arg(long, env = "CEDARD_POLICIES", default_value = "policies")]
+    pub policies: PathBuf,
+    /// Schema file, or folder of `*.cedarschema` / `*.cedarschema.json` files.
+    #[arg(long, env = "CEDARD_SCHEMA", default_value = "schema")]
+    pub schema: PathBuf,
+}
+
+impl PolicyArgs {
+    /// The sources these arguments name.
+    pub fn sources(&self) -> Sources {
+        Sources {
+            policies: self.policies.clone(),
+            schema: self.schema.clone(),
+        }
+    }
+}
+
+/// Which decisions the decision log keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogOnly {
+    /// Only denials (management writes are always kept).
+    Deny,
+}
+
+/// Options of `cedard serve`.
+#[derive(Debug, Args, Clone)]
+pub struct Options {
+    /// Where the policy set lives.
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// Address to listen on. Without caller keys only a loopback address is
+    /// accepted (see `--insecure-no-auth`).
+    #[arg(long, env = "CEDARD_LISTEN", default_value = "127.0.0.1:8180")]
+    pub listen: String,
+    /// The most requests one batch call may hold.
+    #[arg(long, env = "CEDARD_BATCH_LIMIT", default_value_t = 1000)]
+    pub batch_limit: usize,
+    /// Milliseconds to let a burst of file events settle before reloading.
+    #[arg(long, env = "CEDARD_DEBOUNCE_MS", default_value_t = 50)]
+    pub debounce_ms: u64,
+    /// Seconds between content checks that catch missed file events
+    /// (fractions allowed, at least 0.05).
+    #[arg(long, env = "CEDARD_POLL_SECS", default_value_t = 2.0)]
+    pub poll_secs: f64,
+    /// Do not watch for file events; rely on the periodic check and SIGHUP.
+    #[arg(long, env = "CEDARD_NO_WATCH")]
+    pub no_watch: bool,
+    /// The redb data file of users, accounts, members, invites and caller
+    /// keys (its folder is created if missing).
+    #[arg(long, env = "CEDARD_DATA", default_value = "data/cedard.redb")]
+    pub data: PathBuf,
+    /// The base URL of invite links: `<public-url>/invites/<token>`. Its
+    /// host is also accepted in `Host` headers.
+    #[arg(
+        long,
+        env = "CEDARD_PUBLIC_URL",
+        default_value = "http://127.0.0.1:8180"
+    )]
+    pub public_url: String,
+    /// Another host name cedard answers to (repeatable). IP addresses and
+    /// `localhost` are always accepted; `*` accepts any (unsafe: DNS
+    /// rebinding).
+    #[arg(
+        long = "allowed-host",
+        env = "CEDARD_ALLOWED_HOSTS",
+        value_delimiter = ','
+    )]
+    pub allowed_hosts: Vec<String>,
+    /// Serve callers off loopback even though no caller key exists. Anyone
+    /// who can reach the port can then act as anyone: for a private network
+    /// you fully trust, never for production.
+    #[arg(long, env = "CEDARD_INSECURE_NO_AUTH")]
+    pub insecure_no_auth: bool,
+    /// TLS certificate chain (PEM). With `--tls-key`, cedard serves HTTPS.
+    #[arg(long, env = "CEDARD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "CEDARD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// The largest request body in bytes (413 above it).
+    #[arg(long, env = "CEDARD_MAX_BODY_BYTES", default_value_t = 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// The most inline entities one call may send (400 above it).
+    #[arg(long, env = "CEDARD_MAX_INLINE_ENTITIES", default_value_t = 2000)]
+    pub max_inline_entities: usize,
+    /// The most requests handled at once; more get an immediate 503 with
+    /// `Retry-After`.
+    #[arg(long, env = "CEDARD_MAX_CONCURRENT", default_value_t = 256)]
+    pub max_concurrent: usize,
+    /// Milliseconds a request may take before it is answered with a 503.
+    #[arg(long, env = "CEDARD_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
+    pub request_timeout_ms: u64,
+    /// Milliseconds a client has to send a request's headers (slowloris).
+    #[arg(long, env = "CEDARD_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub header_timeout_ms: u64,
+    /// Seconds an idle keep-alive connection is kept open.
+    #[arg(long, env = "CEDARD_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    pub idle_timeout_secs: u64,
+    /// The most open connections; more are closed at once.
+    #[arg(long, env = "CEDARD_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Write one JSON line per decision and management write to this file
+    /// (`-` for standard output).
+    #[arg(long, env = "CEDARD_DECISION_LOG")]
+    pub decision_log: Option<PathBuf>,
+    /// Keep only these decisions in the decision log.
+    #[arg(long, env = "CEDARD_DECISION_LOG_ONLY", value_enum)]
+    pub decision_log_only: Option<LogOnly>,
+    /// Include each request's context in the decision log.
+    #[arg(long, env = "CEDARD_DECISION_LOG_CONTEXT")]
+    pub decision_log_context: bool,
+    /// Rotate the decision log when it reaches this many MiB.
+    #[arg(long, env = "CEDARD_DECISION_LOG_MAX_MB")]
+    pub decision_log_max_mb: Option<u64>,
+    /// Rotated decision-log files kept (`PATH.1` … `PATH.N`).
+    #[arg(long, env = "CEDARD_DECISION_LOG_KEEP", default_value_t = 5)]
+    pub decision_log_keep: usize,
+    /// Serve `/metrics` without a key on this separate address (for a
+    /// private monitoring network), besides `/metrics` with an `admin` key
+    /// on the main address.
+    #[arg(long, env = "CEDARD_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+}
+
+impl Options {
+    /// The defaults, as `cedard serve` with no flags would have them
+    /// (`CEDARD_*` variables apply).
+    pub fn defaults() -> Self {
+        #[derive(Parser)]
+        struct Wrapper {
+            #[command(flatten)]
+            options: Options,
+        }
+        let matches = Wrapper::command().get_matches_from(["cedard"]);
+        match Wrapper::from_arg_matches(&matches) {
+            Ok(w) => w.options,
+            // The defaults above are all valid; clap cannot reject them.
+            Err(e) => e.exit(),
+        }
+    }
+
+    /// The debounce interval.
+    pub fn debounce(&self) -> Duration {
+        Duration::from_millis(self.debounce_ms)
+    }
+
+    /// The content-check interval (at least 50 ms).
+    pub fn poll_interval(&self) -> Duration {
+        Duration::from_secs_f64(self.poll_secs.max(0.05))
+    }
+}

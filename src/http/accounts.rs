@@ -1,0 +1,466 @@
+//! The management API over HTTP: sign-up, accounts, members, invites. Each
+//! handler reads its input, runs one operation of [`crate::accounts`] off
+//! the async threads (a write waits for a durable commit), and shapes the
+//! answer. The acting user is `X-Actor`, believed only from a `manage` key.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::error::{ApiError, ErrorBody};
+use super::extract::{Actor, Body, CallerInfo};
+use super::state::AppState;
+use crate::accounts::{Accounts, IssuedInvite, NewInvite, SignUp};
+use crate::pdp::Caller;
+use crate::store::{Account, Invite, Membership, User};
+
+/// The management routes.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(sign_up))
+        .routes(routes!(get_user))
+        .routes(routes!(get_account))
+        .routes(routes!(convert))
+        .routes(routes!(list_members))
+        .routes(routes!(set_role, remove_member))
+        .routes(routes!(create_invite, list_invites))
+        .routes(routes!(relink))
+        .routes(routes!(revoke))
+        .routes(routes!(accept))
+}
+
+fn ts(secs: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+/// A user.
+#[derive(Serialize, ToSchema)]
+pub struct UserView {
+    /// The id.
+    id: String,
+    /// The email address.
+    email: String,
+    /// The display name, if set.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    /// When they signed up (RFC 3339).
+    created_at: String,
+}
+
+impl From<&User> for UserView {
+    fn from(u: &User) -> Self {
+        Self {
+            id: u.id.clone(),
+            email: u.email.clone(),
+            name: u.name.clone(),
+            created_at: ts(u.created_at),
+        }
+    }
+}
+
+/// An account.
+#[derive(Serialize, ToSchema)]
+pub struct AccountView {
+    /// The id (a personal account's is its owner's).
+    id: String,
+    /// The display name.
+    name: String,
+    /// `personal` or `team`.
+    kind: String,
+    /// The owner's user id.
+    owner: String,
+    /// When it was created (RFC 3339).
+    created_at: String,
+}
+
+impl From<&Account> for AccountView {
+    fn from(a: &Account) -> Self {
+        Self {
+            id: a.id.clone(),
+            name: a.name.clone(),
+            kind: a.kind.as_str().to_owned(),
+            owner: a.owner.clone(),
+            created_at: ts(a.created_at),
+        }
+    }
+}
+
+/// A sign-up's result.
+#[derive(Serialize, ToSchema)]
+pub struct SignedUp {
+    /// The new user.
+    user: UserView,
+    /// Their personal account.
+    personal_account: AccountView,
+}
+
+/// A membership, seen from the user.
+#[derive(Serialize, ToSchema)]
+pub struct MembershipView {
+    /// The account.
+    account: String,
+    /// The role held there.
+    role: String,
+}
+
+/// A user with their memberships.
+#[derive(Serialize, ToSchema)]
+pub struct UserDetail {
+    /// The user.
+    user: UserView,
+    /// Where they belong.
+    memberships: Vec<MembershipView>,
+}
+
+/// A member of an account.
+#[derive(Serialize, ToSchema)]
+pub struct MemberView {
+    /// The user id.
+    user: String,
+    /// The role held.
+    role: String,
+    /// When they joined (RFC 3339).
+    since: String,
+}
+
+impl MemberView {
+    fn new(user: &str, m: &Membership) -> Self {
+        Self {
+            user: user.to_owned(),
+            role: m.role.clone(),
+            since: ts(m.since),
+        }
+    }
+}
+
+/// A pending invite, without its secret.
+#[derive(Serialize, ToSchema)]
+pub struct InviteView {
+    /// The invite's id.
+    id: String,
+    /// The role it grants.
+    role: String,
+    /// The email it is bound to, if any.
+    email: Option<String>,
+    /// Who created it.
+    created_by: String,
+    /// When (RFC 3339).
+    created_at: String,
+    /// When it stops working (RFC 3339).
+    expires_at: String,
+}
+
+impl From<&Invite> for InviteView {
+    fn from(i: &Invite) -> Self {
+        Self {
+            id: i.id.clone(),
+            role: i.role.clone(),
+            email: i.email.clone(),
+            created_by: i.created_by.clone(),
+            created_at: ts(i.created_at),
+            expires_at: ts(i.expires_at),
+        }
+    }
+}
+
+/// An invite with its token and link: only create and re-link show these.
+#[derive(Serialize, ToSchema)]
+pub struct IssuedInviteView {
+    /// The invite's id.
+    id: String,
+    /// The secret; shown once, stored only as a hash.
+    token: String,
+    /// `<public-url>/invites/<token>`.
+    link: String,
+    /// The role it grants.
+    role: String,
+    /// The email it is bound to, if any.
+    email: Option<String>,
+    /// When it stops working (RFC 3339).
+    expires_at: String,
+}
+
+impl From<IssuedInvite> for IssuedInviteView {
+    fn from(i: IssuedInvite) -> Self {
+        Self {
+            id: i.invite.id,
+            role: i.invite.role,
+            email: i.invite.email,
+            expires_at: ts(i.invite.expires_at),
+            token: i.token,
+            link: i.link,
+        }
+    }
+}
+
+/// What accepting an invite did.
+#[derive(Serialize, ToSchema)]
+pub struct Accepted {
+    /// The account joined.
+    account: String,
+    /// The role now held.
+    role: String,
+}
+
+/// Runs a management operation off the async threads: it may wait for a
+/// durable commit.
+async fn blocking<T: Send + 'static>(
+    state: AppState,
+    caller: CallerInfo,
+    f: impl FnOnce(&Accounts, &Caller) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(move || f(&state.accounts, &caller.caller("management"))).await?
+}
+
+/// Signs a user up, with a personal account they administer.
+#[utoipa::path(post, path = "/v1/users", tag = "management",
+    request_body(content = Object, description = "`{id, email, name?}`"),
+    responses(
+        (status = 201, body = SignedUp),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 409, description = "The id is taken", body = ErrorBody),
+    ),
+    security(("bearer" = ["manage"])))]
+async fn sign_up(
+    State(state): State<AppState>,
+    caller: CallerInfo,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let body = Body::parse(&body, &["id", "email", "name"])?;
+    let input = SignUp {
+        id: body.str("id")?,
+        email: body.str("email")?,
+        name: body.opt_str("name")?,
+    };
+    let (user, account) = blocking(state, caller, move |a, c| Ok(a.sign_up(c, input)?)).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(SignedUp {
+            user: (&user).into(),
+            personal_account: (&account).into(),
+        }),
+    )
+        .into_response())
+}
+
+/// A user and their memberships; only that user may read them.
+#[utoipa::path(get, path = "/v1/users/{id}", tag = "management",
+    params(("id" = String, Path, description = "The user id"), ("X-Actor" = String, Header, description = "The acting user")),
+    responses((status = 200, body = UserDetail), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = ["manage"])))]
+async fn get_user(
+    State(state): State<AppState>,
+    caller: CallerInfo,
+    Path(id): Path<String>,
+    Actor(actor): Actor,
+) -> Result<Json<UserDetail>, ApiError> {
+    let (user, roles) = blocking(state, caller, move |a, c| Ok(a.user(c, &actor, &id)?)).await?;
+    Ok(Json(UserDetail {
+        user: (&user).into(),
+        memberships: roles
+            .into_iter()
+            .map(|(account, role)| MembershipView { account, role })
+            .collect(),
+    }))
+}
+
+/// An account (`useAccount`).
+#[utoipa::path(get, path = "/v1/accounts/{id}", tag = "management",
+    params(("id" = String, Path, description = "The account id"), ("X-Actor" = String, Header, description = "The acting user")),
+    responses((status = 200, body = AccountView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = ["manage"])))]
+async fn get_account(
+    State(state): State<AppState>,
+    caller: CallerInfo,
+    Path(id): Path<String>,
+    Actor(actor): Actor,
+) -> Result<Json<AccountView>, ApiError> {
+    let account = blocking(state, caller, move |a, c| Ok(a.account(c, &actor, &id)?)).await?;
+    Ok(Json((&account).into()))
+}
+
+/// Converts a personal account to a team account (`convertToTeam`).
+#[utoipa::path(post, path = "/v1/accounts/{id}/convert", tag = "management",
+    params(("id" = String, Path, description = "The account id"), ("X-Actor" = String, Header, description = "The acting user")),
+    request_body(content = Object, description = "`{name}`"),
+    responses((status = 200, body = AccountView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = ["manage"])))]
+async fn convert(
+    State(state): State<AppState>,
+    caller: CallerInfo,
+    Path(id): Path<String>,
+    Actor(actor): Actor,
+    body: Bytes,
+) -> Result<Json<AccountView>, ApiError> {
+    let name = Body::parse(&body, &["name"])?.str("name")?;
+    let account = blocking(state, caller, move |a, c| {
+        Ok(a.convert(c, &actor, &id, &name)?)
+    })
+    .await?;
+    Ok(Json((&account).into()))
+}
+
+/// The members of an account (`viewMembers`).
+#[utoipa::path(get, path = "/v1/accounts/{id}/members", tag = "management",
+    params(("id" = String, Path, description = "The account id"), ("X-Actor" = String, Header, description = "The acting user")),
+    responses((status = 200, body = Vec<MemberView>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = ["manage"])))]
+async fn list_members(
+    State(state): State<AppState>,
+    caller: CallerInfo,
+    Path(id): Path<String>,
+    Actor(actor): Actor,
+) -> Result<Json<Vec<MemberView>>, ApiError> {
+    let members = blocking(state, caller, move |a, c| Ok(a.members(c, &actor, &id)?)).await?;
+    Ok(Json(
+        members.iter().map(|(u, m)| MemberView::new(u, m)).collect(),
+    ))
+}
+
+/// Gives a member another role (`changeMemberRole`).
+#[utoipa::path(put, path = "/v1/accounts/{id}/members/{user}", tag = "management",
+    params(("id" = String, Path, description = "The account id"), ("user" = String, Path, description = "The member"), ("X-Actor" = String, Header, description = "The acting user")),
+    request_body(content = Object, description = "`{role}`"),
+    responses((status = 200, body = MemberView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, description = "The last admin", body = ErrorBody)),
+    security(("bearer" = ["manage"])))]
+async fn set_role(
+    State(state): State<AppState>,
+    caller: CallerInfo,
+    Path((id, user)): Path<(String, String)>,
+    Actor(actor): Actor,
+    body: Bytes,
+) -> Result<Json<MemberView>, ApiError> {
+    let role = Body::parse(&body, &["role"])?.str("role")?;
+    let target = user.clone();
+    let m = blocking(state, caller, move |a, c| {
+        Ok(a.set_role(c, &actor, &id, &user, &role)?)
+    })
+    .await?;
+    Ok(Json(MemberView::new(&target, &m)))
+}
+
+/// Removes a member (`removeMember`).
+#[utoipa::path(delete, path = "/v1/accounts/{id}/members/{user}", tag = "management",
+    params(("id" = String, Path, description = "The account id"), ("user" = String, Path, description = "The member"), ("X-Actor" = String, Header, description = "The acting user")),
+    responses((status = 204, description = "Removed"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, description = "The last admin", body = ErrorBody)),
+    security(("bearer" = ["manage"])))]
+async fn remove_member(
+    State(state): State<AppState>,
+    caller: CallerInfo,
+    Path((id, user)): Path<(String, String)>,
+    Actor(actor): Actor,
+) -> Result<StatusCode, ApiError> {
+    blocking(state, caller, move |a, c| {
+        Ok(a.remove_member(c, &actor, &id, &user)?)
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Invites someone to a team account (`inviteMember`).
+#[utoipa::path(post, path = "/v1/accounts/{id}/invites", tag = "management",
+    params(("id" = String, Path, description = "The account id"), ("X-Actor" = String, Header, description = "The acting user")),
+    request_body(content = Object, description = "`{role, email?, expires_in_hours?}`"),
+    responses((status = 201, body = IssuedInviteView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = ["manage"])))]
+async fn create_invite(
+    State(state): State<AppState>,
+    caller: CallerInfo,
+    Path(id): Path<String>,
+    Actor(actor): Actor,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let body = Body::parse(&body, &["role", "email", "expires_in_hours"])?;
+    let input = NewInvite {
+        role: body.str("role")?,
+        email: body.opt_str("email")?,
+        expires_in_hours: body.opt_int("expires_in_hours")?,
+    };
+    let issued = blocking(state, caller, move |a, c| {
+        Ok(a.invite(c, &actor, &id, input)?)
+    })
+    .await?;
+    Ok((StatusCode::CREATED, Json(IssuedInviteView::from(issued))).into_response())
+}
+
+/// The pending invites of an account, without secrets (`inviteMember`).
+#[utoipa::path(get, path = "/v1/accounts/{id}/invites", tag = "management",
+    params(("id" = String, Path, description = "The account id"), ("X-Actor" = String, Header, description = "The acting user")),
+    responses((status = 200, body = Vec<InviteView>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = ["manage"])))]
+async fn list_invites(
+    State(state): State<AppState>,
+    caller: CallerInfo,
+    Path(id): Path<String>,
+    Actor(actor): Actor,
+) -> Result<Json<Vec<InviteView>>, ApiError> {
+    let invites = blocking(state, caller, move |a, c| Ok(a.invites(c, &actor, &id)?)).await?;
+    Ok(Json(invites.iter().map(InviteView::from).collect()))
+}
+
+/// A fresh link for a pending invite; the old one stops working.
+#[utoipa::path(post, path = "/v1/accounts/{id}/invites/{invite}/link", tag = "management",
+    params(("id" = String, Path, description = "The account id"), ("invite" = String, Path, description = "The invite id"), ("X-Actor" = String, Header, description = "The acting user")),
+    responses((status = 200, body = IssuedInviteView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = ["manage"])))]
+async fn relink(
+    State(state): State<AppState>,
+    caller: CallerInfo,
+    Path((id, invite)): Path<(String, String)>,
+    Actor(actor): Actor,
+) -> Result<Json<IssuedInviteView>, ApiError> {
+    let issued = blocking(state, caller, move |a, c| {
+        Ok(a.relink(c, &actor, &id, &invite)?)
+    })
+    .await?;
+    Ok(Json(issued.into()))
+}
+
+/// Revokes a pending invite (`revokeInvite`).
+#[utoipa::path(delete, path = "/v1/accounts/{id}/invites/{invite}", tag = "management",
+    params(("id" = String, Path, description = "The account id"), ("invite" = String, Path, description = "The invite id"), ("X-Actor" = String, Header, description = "The acting user")),
+    responses((status = 204, description = "Revoked"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = ["manage"])))]
+async fn revoke(
+    State(state): State<AppState>,
+    caller: CallerInfo,
+    Path((id, invite)): Path<(String, String)>,
+    Actor(actor): Actor,
+) -> Result<StatusCode, ApiError> {
+    blocking(state, caller, move |a, c| {
+        Ok(a.revoke(c, &actor, &id, &invite)?)
+    })
+    .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Accepts an invite: the token is the authority.
+#[utoipa::path(post, path = "/v1/invites/accept", tag = "management",
+    params(("X-Actor" = String, Header, description = "The accepting user")),
+    request_body(content = Object, description = "`{token}`"),
+    responses((status = 200, body = Accepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 410, description = "Unknown, expired, revoked or used", body = ErrorBody)),
+    security(("bearer" = ["manage"])))]
+async fn accept(
+    State(state): State<AppState>,
+    caller: CallerInfo,
+    Actor(actor): Actor,
+    body: Bytes,
+) -> Result<Json<Accepted>, ApiError> {
+    let token = Body::parse(&body, &["token"])?.str("token")?;
+    let invite = blocking(state, caller, move |a, c| Ok(a.accept(c, &actor, &token)?)).await?;
+    Ok(Json(Accepted {
+        account: invite.account,
+        role: invite.role,
+    }))
+}

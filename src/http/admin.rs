@@ -1,0 +1,241 @@
+//! The routes for operators: the policies and the matrix of the serving set,
+//! caller keys, metrics, health, and the API description.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use serde_json::{json, Value};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::error::{ApiError, ErrorBody};
+use super::extract::{bad, Body, CallerInfo};
+use super::state::AppState;
+use crate::keys::{self, Scope};
+use crate::policy::watch::ReloadStatus;
+use crate::policy::{LoadError, PolicyMeta, Revision};
+use crate::store::ApiKey;
+
+/// `/v1/policies`, `/v1/matrix`, `/v1/keys`, `/metrics`: the `admin` scope.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_policies))
+        .routes(routes!(matrix))
+        .routes(routes!(list_keys, create_key))
+        .routes(routes!(revoke_key))
+        .routes(routes!(metrics))
+}
+
+/// `/healthz` and `/readyz`: no key needed, so that probes need no secret.
+pub fn health() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+}
+
+/// Liveness.
+#[derive(Serialize, ToSchema)]
+pub struct Health {
+    /// `ok`, or `ready`.
+    status: String,
+    /// The serving policy set (readiness only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revision: Option<Revision>,
+}
+
+/// The process is alive.
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = Health)))]
+async fn healthz() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        revision: None,
+    })
+}
+
+/// Ready once a valid policy set is serving. The daemon refuses to start on
+/// an invalid set, so a running daemon is always ready; the revision says
+/// which set.
+#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, body = Health)))]
+async fn readyz(State(state): State<AppState>) -> Json<Health> {
+    let snapshot = state.pdp.live().snapshot();
+    Json(Health {
+        status: "ready".into(),
+        revision: Some(snapshot.revision.clone()),
+    })
+}
+
+/// The serving policy set.
+#[derive(Serialize, ToSchema)]
+pub struct PolicyListing {
+    revision: Revision,
+    #[serde(with = "time::serde::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    loaded_at: OffsetDateTime,
+    last_reload: ReloadStatus,
+    warnings: Vec<LoadError>,
+    policies: Vec<PolicyMeta>,
+}
+
+/// Every loaded policy, the revision, and the last reload's outcome.
+#[utoipa::path(get, path = "/v1/policies", tag = "admin",
+    responses((status = 200, body = PolicyListing), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = ["admin"])))]
+async fn list_policies(State(state): State<AppState>) -> Json<PolicyListing> {
+    let live = state.pdp.live();
+    let snapshot = live.snapshot();
+    Json(PolicyListing {
+        revision: snapshot.revision.clone(),
+        loaded_at: snapshot.loaded_at,
+        last_reload: live.last_reload(),
+        warnings: snapshot.warnings.clone(),
+        policies: snapshot.meta.clone(),
+    })
+}
+
+/// The role × action matrix of the serving policy set (see `crate::matrix`),
+/// with the revision it was computed from.
+#[utoipa::path(get, path = "/v1/matrix", tag = "admin",
+    responses((status = 200, description = "`{roles, columns, actions, team, personal, revision}`", body = Object), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)),
+    security(("bearer" = ["admin"])))]
+async fn matrix(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let snapshot = state.pdp.live().snapshot();
+    // Evaluating every cell is CPU work: off the async threads.
+    let computed = tokio::task::spawn_blocking(move || {
+        let roles = state.pdp.roles(&snapshot)?;
+        let matrix = crate::matrix::compute(&snapshot, &roles)
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        Ok::<_, ApiError>((matrix, snapshot.revision.clone()))
+    })
+    .await??;
+    let (matrix, revision) = computed;
+    let mut body = matrix.to_json();
+    body["revision"] = json!(revision);
+    Ok(Json(body))
+}
+
+/// A caller key, without its secret.
+#[derive(Serialize, ToSchema)]
+pub struct KeyView {
+    /// The public id, shown in logs.
+    id: String,
+    /// Who holds it.
+    name: String,
+    /// What it may do.
+    scopes: Vec<String>,
+    /// When it was created (RFC 3339).
+    created_at: String,
+    /// When it was revoked (RFC 3339), if it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revoked_at: Option<String>,
+}
+
+fn ts(secs: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_default()
+}
+
+impl From<&ApiKey> for KeyView {
+    fn from(k: &ApiKey) -> Self {
+        Self {
+            id: k.id.clone(),
+            name: k.name.clone(),
+            scopes: k.scopes.clone(),
+            created_at: ts(k.created_at),
+            revoked_at: k.revoked_at.map(ts),
+        }
+    }
+}
+
+/// A key just created: the only time its secret is shown.
+#[derive(Serialize, ToSchema)]
+pub struct CreatedKey {
+    #[serde(flatten)]
+    key: KeyView,
+    /// The whole key, `cdk_<id>_<secret>`: shown once, stored only hashed.
+    secret: String,
+}
+
+/// Every caller key, revoked ones included; never a secret.
+#[utoipa::path(get, path = "/v1/keys", tag = "admin",
+    responses((status = 200, body = Vec<KeyView>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = ["admin"])))]
+async fn list_keys(State(state): State<AppState>) -> Result<Json<Vec<KeyView>>, ApiError> {
+    let keys = tokio::task::spawn_blocking(move || state.accounts.list_keys()).await??;
+    Ok(Json(keys.iter().map(KeyView::from).collect()))
+}
+
+/// Creates a caller key; the answer holds its secret, shown this once.
+#[utoipa::path(post, path = "/v1/keys", tag = "admin",
+    request_body(content = Object, description = "`{name, scopes: [\"decide\"|\"manage\"|\"admin\", …]}`"),
+    responses((status = 201, body = CreatedKey), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = ["admin"])))]
+async fn create_key(
+    State(state): State<AppState>,
+    caller: CallerInfo,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let body = Body::parse(&body, &["name", "scopes"])?;
+    let name = body.str("name")?;
+    let scopes = body
+        .opt_strings("scopes")?
+        .ok_or_else(|| bad("scopes", "is required"))?;
+    let scopes: Vec<Scope> = keys::parse_scopes(&scopes).map_err(|m| bad("scopes", m))?;
+    let created = tokio::task::spawn_blocking(move || {
+        state
+            .accounts
+            .create_key(&caller.caller("management"), &name, &scopes)
+    })
+    .await??;
+    tracing::info!(key = %created.record.id, name = %created.record.name, "caller key created");
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedKey {
+            key: (&created.record).into(),
+            secret: created.secret,
+        }),
+    )
+        .into_response())
+}
+
+/// Revokes a caller key; it stops working at once.
+#[utoipa::path(delete, path = "/v1/keys/{id}", tag = "admin",
+    params(("id" = String, Path, description = "The key id")),
+    responses((status = 200, body = KeyView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = ["admin"])))]
+async fn revoke_key(
+    State(state): State<AppState>,
+    caller: CallerInfo,
+    Path(id): Path<String>,
+) -> Result<Json<KeyView>, ApiError> {
+    let key = tokio::task::spawn_blocking(move || {
+        state.accounts.revoke_key(&caller.caller("management"), &id)
+    })
+    .await??;
+    tracing::info!(key = %key.id, "caller key revoked");
+    Ok(Json((&key).into()))
+}
+
+/// Prometheus metrics in the text exposition format.
+#[utoipa::path(get, path = "/metrics", tag = "admin",
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = ["admin"])))]
+async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let Some(handle) = state.metrics.as_ref() else {
+        return Err(ApiError::NotFound(
+            "metrics are served on `--metrics-listen`".into(),
+        ));
+    };
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        super::metrics::render(handle, &state),
+    )
+        .into_response())
+}

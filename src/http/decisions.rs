@@ -1,0 +1,243 @@
+//! `/v1/is_authorized` and its batch: the wire shapes of a question and its
+//! answer, handed to the decision pipeline.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::error::{ApiError, ErrorBody};
+use super::extract::CallerInfo;
+use super::state::AppState;
+use crate::authz::{Decision, InputError};
+use crate::facts::Inline;
+use crate::pdp::Query;
+use crate::policy::Revision;
+
+/// The decision routes.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(is_authorized))
+        .routes(routes!(is_authorized_batch))
+}
+
+/// One authorization question.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckBody {
+    /// `{"type": "User", "id": "alice"}` or `"User::\"alice\""`.
+    #[schema(value_type = Object)]
+    principal: Value,
+    /// `{"type": "Action", "id": "startPod"}` or `"Action::\"startPod\""`.
+    #[schema(value_type = Object)]
+    action: Value,
+    /// The resource reference.
+    #[schema(value_type = Object)]
+    resource: Value,
+    /// The Cedar context, checked against the action's declared context.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    context: Option<Value>,
+    /// Entities in Cedar's JSON entity format. Kept as raw JSON text so that
+    /// each entity is decoded through the snapshot's memo.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
+    entities: Option<Box<serde_json::value::RawValue>>,
+}
+
+/// One question inside a batch; entities are shared by the batch.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchItem {
+    /// The principal reference.
+    #[schema(value_type = Object)]
+    principal: Value,
+    /// The action reference.
+    #[schema(value_type = Object)]
+    action: Value,
+    /// The resource reference.
+    #[schema(value_type = Object)]
+    resource: Value,
+    /// The Cedar context.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    context: Option<Value>,
+}
+
+/// Several questions sharing one set of entities.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchBody {
+    /// The questions (at most `--batch-limit`).
+    #[schema(value_type = Vec<BatchItem>)]
+    requests: Vec<Value>,
+    /// Entities in Cedar's JSON entity format, shared by every question.
+    #[serde(default)]
+    #[schema(value_type = Option<Vec<Object>>)]
+    entities: Option<Value>,
+}
+
+/// The answer to one question.
+#[derive(Serialize, ToSchema)]
+pub struct CheckResponse {
+    #[serde(flatten)]
+    decision: Decision,
+    /// The policy set that answered.
+    revision: Revision,
+}
+
+/// The answers to a batch, in order.
+#[derive(Serialize, ToSchema)]
+pub struct BatchResponse {
+    /// One decision per question.
+    results: Vec<Decision>,
+    /// The policy set that answered every question.
+    revision: Revision,
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadJson(format!("invalid request body: {e}")))
+}
+
+/// Runs `f` on the async worker for small bodies and off it for large ones:
+/// decoding thousands of inline entities must not stall the workers that
+/// answer `/healthz` and small decisions.
+async fn off_worker_if<T: Send + 'static>(
+    heavy: bool,
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    if heavy {
+        tokio::task::spawn_blocking(f).await?
+    } else {
+        f()
+    }
+}
+
+/// May this principal do this action on this resource?
+#[utoipa::path(
+    post,
+    path = "/v1/is_authorized",
+    tag = "decisions",
+    request_body = CheckBody,
+    responses(
+        (status = 200, description = "The decision (a deny is an answer, not an error)", body = CheckResponse),
+        (status = 400, description = "Malformed or invalid question; the message names the field", body = ErrorBody),
+        (status = 401, description = "No valid caller key", body = ErrorBody),
+        (status = 403, description = "The key lacks the `decide` scope", body = ErrorBody),
+        (status = 503, description = "cedard cannot answer now; no decision", body = ErrorBody),
+    ),
+    security(("bearer" = ["decide"]))
+)]
+async fn is_authorized(
+    State(state): State<AppState>,
+    caller: CallerInfo,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let heavy = body.len() > state.limits.blocking_threshold;
+    off_worker_if(heavy, move || {
+        let body: CheckBody = parse_json(&body)?;
+        let inline = match body.entities.as_deref() {
+            Some(raw) if raw.get().trim() != "null" => Inline::Raw(raw),
+            _ => Inline::None,
+        };
+        let query = Query {
+            principal: &body.principal,
+            action: &body.action,
+            resource: &body.resource,
+            context: body.context.as_ref(),
+        };
+        // The store work here may run on the async thread: usually the entity
+        // memo answers without touching the store; otherwise it is one read
+        // transaction (MVCC, so it never waits for a writer) with at most
+        // three point lookups and one range over one user's roles, a few
+        // microseconds from the page cache (benches/store.rs measures it).
+        let mut checked =
+            state
+                .pdp
+                .check(&caller.caller("/v1/is_authorized"), &[query], inline, false)?;
+        let decision = checked.decisions.pop().ok_or_else(|| {
+            ApiError::Internal("the pipeline answered no decision for one question".into())
+        })?;
+        Ok(Json(CheckResponse {
+            decision,
+            revision: checked.revision,
+        })
+        .into_response())
+    })
+    .await
+}
+
+/// Several questions at once, sharing one set of entities.
+#[utoipa::path(
+    post,
+    path = "/v1/is_authorized/batch",
+    tag = "decisions",
+    request_body = BatchBody,
+    responses(
+        (status = 200, description = "One decision per question, in order", body = BatchResponse),
+        (status = 400, description = "A malformed question (named `requests[i]`) fails the whole batch", body = ErrorBody),
+        (status = 401, description = "No valid caller key", body = ErrorBody),
+        (status = 403, description = "The key lacks the `decide` scope", body = ErrorBody),
+        (status = 503, description = "cedard cannot answer now; no decision", body = ErrorBody),
+    ),
+    security(("bearer" = ["decide"]))
+)]
+async fn is_authorized_batch(
+    State(state): State<AppState>,
+    caller: CallerInfo,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    // A batch may ask the store about up to three entities per question, so
+    // it always runs off the async threads.
+    off_worker_if(true, move || {
+        let body: BatchBody = parse_json(&body)?;
+        let limit = state.limits.batch_limit;
+        if body.requests.len() > limit {
+            return Err(InputError::new(
+                "requests",
+                format!(
+                    "a batch holds at most {limit} requests, this one has {}",
+                    body.requests.len()
+                ),
+            )
+            .into());
+        }
+        let mut items = Vec::with_capacity(body.requests.len());
+        for (i, raw) in body.requests.into_iter().enumerate() {
+            let item: BatchItem = serde_json::from_value(raw)
+                .map_err(|e| InputError::new(format!("requests[{i}]"), e.to_string()))?;
+            items.push(item);
+        }
+        let queries: Vec<Query<'_>> = items
+            .iter()
+            .map(|item| Query {
+                principal: &item.principal,
+                action: &item.action,
+                resource: &item.resource,
+                context: item.context.as_ref(),
+            })
+            .collect();
+        let inline = match body.entities.as_ref() {
+            Some(Value::Null) | None => Inline::None,
+            Some(v) => Inline::Json(v),
+        };
+        let checked = state.pdp.check(
+            &caller.caller("/v1/is_authorized/batch"),
+            &queries,
+            inline,
+            true,
+        )?;
+        Ok(Json(BatchResponse {
+            results: checked.decisions,
+            revision: checked.revision,
+        })
+        .into_response())
+    })
+    .await
+}

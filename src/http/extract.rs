@@ -1,0 +1,183 @@
+//! What handlers take from a request besides the path: the JSON body read
+//! field by field, the acting user of `X-Actor`, and the caller (key and
+//! request id) that the guard attached.
+
+use axum::extract::{FromRequestParts, OptionalFromRequestParts};
+use axum::http::request::Parts;
+use serde_json::Value;
+
+use super::error::ApiError;
+use crate::authz::InputError;
+use crate::keys::KeyInfo;
+use crate::pdp::Caller;
+
+/// The authenticated caller of a request, attached by the guard: the key
+/// (when keys are in use) and the request id.
+#[derive(Debug, Clone, Default)]
+pub struct CallerInfo {
+    /// The key that authenticated the request.
+    pub key: Option<KeyInfo>,
+    /// The request's `X-Request-ID`.
+    pub request_id: Option<String>,
+}
+
+impl CallerInfo {
+    /// The caller as the decision pipeline records it, at `endpoint`.
+    pub fn caller(&self, endpoint: &'static str) -> Caller {
+        Caller {
+            key: self.key.as_ref().map(|k| k.id.clone()),
+            request_id: self.request_id.clone(),
+            endpoint,
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for CallerInfo {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<CallerInfo>()
+            .cloned()
+            .unwrap_or_default())
+    }
+}
+
+/// The longest `X-Actor` value read; a longer one is refused without being
+/// echoed back.
+const MAX_ACTOR: usize = 128;
+
+/// The acting user named by `X-Actor`. Believed only because the guard let
+/// the request through: from a `manage` key, or from loopback when no keys
+/// exist. Missing: 401. A value that is not an id cannot name a stored user,
+/// so it is denied like an unknown user.
+#[derive(Debug, Clone)]
+pub struct Actor(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Actor {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let required = || ApiError::Unauthorized {
+            message: "the `X-Actor` header naming the acting user is required".into(),
+            bearer: false,
+        };
+        let Some(value) = parts.headers.get("x-actor") else {
+            return Err(required());
+        };
+        let Ok(text) = value.to_str() else {
+            return Err(ApiError::BadRequest(InputError::new(
+                "X-Actor",
+                "must be visible ASCII text",
+            )));
+        };
+        let actor = text.trim();
+        if actor.is_empty() {
+            return Err(required());
+        }
+        if actor.len() > MAX_ACTOR || crate::accounts::check_id("X-Actor", actor).is_err() {
+            return Err(ApiError::Forbidden {
+                message:
+                    "`X-Actor` does not name a user: ids are 1 to 128 letters, digits and `._@-`"
+                        .into(),
+                reasons: Vec::new(),
+            });
+        }
+        Ok(Actor(actor.to_owned()))
+    }
+}
+
+impl<S: Send + Sync> OptionalFromRequestParts<S> for Actor {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &S,
+    ) -> Result<Option<Self>, Self::Rejection> {
+        if parts.headers.contains_key("x-actor") {
+            <Actor as FromRequestParts<S>>::from_request_parts(parts, state)
+                .await
+                .map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+/// A request body: a JSON object whose fields are read one by one, so that
+/// every error names its field (serde's own messages do not always).
+pub struct Body(serde_json::Map<String, Value>);
+
+impl Body {
+    /// Parses `bytes` as a JSON object with only the `allowed` fields.
+    pub fn parse(bytes: &[u8], allowed: &[&str]) -> Result<Self, ApiError> {
+        let value: Value = serde_json::from_slice(bytes)
+            .map_err(|e| ApiError::BadJson(format!("invalid request body: {e}")))?;
+        let Value::Object(map) = value else {
+            return Err(bad("body", "expected a JSON object"));
+        };
+        if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
+            return Err(bad(
+                unknown,
+                format!(
+                    "unknown field; expected {}",
+                    allowed
+                        .iter()
+                        .map(|f| format!("`{f}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+        Ok(Self(map))
+    }
+
+    /// An optional string field.
+    pub fn opt_str(&self, field: &str) -> Result<Option<String>, ApiError> {
+        match self.0.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(other) => Err(bad(field, format!("expected a string, found `{other}`"))),
+        }
+    }
+
+    /// A required string field.
+    pub fn str(&self, field: &str) -> Result<String, ApiError> {
+        self.opt_str(field)?
+            .ok_or_else(|| bad(field, "is required"))
+    }
+
+    /// An optional integer field.
+    pub fn opt_int(&self, field: &str) -> Result<Option<i64>, ApiError> {
+        match self.0.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Number(n)) if n.is_i64() => Ok(n.as_i64()),
+            Some(other) => Err(bad(field, format!("expected an integer, found `{other}`"))),
+        }
+    }
+
+    /// An optional list of strings.
+    pub fn opt_strings(&self, field: &str) -> Result<Option<Vec<String>>, ApiError> {
+        match self.0.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| match v {
+                    Value::String(s) => Ok(s.clone()),
+                    other => Err(bad(field, format!("expected strings, found `{other}`"))),
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            Some(other) => Err(bad(
+                field,
+                format!("expected a list of strings, found `{other}`"),
+            )),
+        }
+    }
+}
+
+/// A 400 naming `field`.
+pub fn bad(field: &str, message: impl Into<String>) -> ApiError {
+    ApiError::BadRequest(InputError::new(field, message))
+}

@@ -1,0 +1,291 @@
+//! The checks every request passes before a handler runs: the `Host` it was
+//! sent to (DNS rebinding), the body's media type on writes, the caller's key
+//! and its scope, the request id, and the overload and time limits.
+//!
+//! Keys: once any key exists, every route but the health checks needs
+//! `Authorization: Bearer <key>` holding the route's scope; a missing or
+//! unknown key is a 401 with `WWW-Authenticate`, a key without the scope a
+//! 403. With no key at all, cedard answers only callers on loopback (unless
+//! started with `--insecure-no-auth`), so revoking the last key never opens
+//! a network-facing daemon to anyone.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::LazyLock;
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use tower_http::request_id::{MakeRequestId, RequestId};
+
+use super::error::{error_response, ApiError};
+use super::extract::CallerInfo;
+use super::state::AppState;
+use crate::keys::Scope;
+
+/// What a group of routes requires of its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// A key holding this scope.
+    Scope(Scope),
+    /// Any valid key (the API description).
+    AnyKey,
+}
+
+/// Authenticates the caller and checks the route's scope, then attaches
+/// [`CallerInfo`] for the handler and the decision log.
+pub async fn authenticate(
+    State((state, need)): State<(AppState, Need)>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let request_id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let key = if state.keys.is_empty() {
+        let peer = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        // No known peer counts as off loopback: fail closed. `to_canonical`
+        // reads `::ffff:127.0.0.1` on a dual-stack listener as loopback.
+        let loopback = peer.is_some_and(|ip| ip.to_canonical().is_loopback());
+        if !loopback && !state.limits.insecure_no_auth {
+            return ApiError::Unauthorized {
+                message: "no caller keys exist, so cedard answers only callers on loopback; create a key with `cedard keys create`".into(),
+                bearer: true,
+            }
+            .into_response();
+        }
+        None
+    } else {
+        let presented = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            // The scheme's name is case-insensitive (RFC 9110 §11.1).
+            .and_then(|v| {
+                v.get(..7)
+                    .filter(|p| p.eq_ignore_ascii_case("bearer "))
+                    .and_then(|_| v.get(7..))
+            })
+            .map(str::trim);
+        let Some(presented) = presented else {
+            return ApiError::Unauthorized {
+                message: "a caller key is required: send `Authorization: Bearer <key>`".into(),
+                bearer: true,
+            }
+            .into_response();
+        };
+        let info = match state.keys.verify(presented) {
+            Ok(info) => info,
+            Err(e) => {
+                metrics::counter!("cedard_auth_failures_total", "reason" => "invalid_key")
+                    .increment(1);
+                return ApiError::Unauthorized {
+                    message: e.to_string(),
+                    bearer: true,
+                }
+                .into_response();
+            }
+        };
+        if let Need::Scope(scope) = need {
+            if !info.allows(scope) {
+                metrics::counter!("cedard_auth_failures_total", "reason" => "scope").increment(1);
+                return ApiError::Forbidden {
+                    message: format!(
+                        "the key `{}` lacks the `{scope}` scope this route needs",
+                        info.id
+                    ),
+                    reasons: Vec::new(),
+                }
+                .into_response();
+            }
+        }
+        Some(info)
+    };
+    request
+        .extensions_mut()
+        .insert(CallerInfo { key, request_id });
+    next.run(request).await
+}
+
+/// Refuses requests whose `Host` is not one cedard serves, so that a web
+/// page cannot reach a local cedard through DNS rebinding (a name the
+/// attacker controls, resolving to 127.0.0.1), and writes whose body is not
+/// JSON, so that a page cannot send one with a simple form post.
+pub async fn screen(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()));
+    if let Some(host) = host {
+        if !state.limits.hosts.allows(host) {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                "invalid_host",
+                "the `Host` header names a host cedard does not serve; add it with `--allowed-host`",
+            );
+        }
+    }
+    let writes = matches!(
+        *request.method(),
+        Method::POST | Method::PUT | Method::PATCH
+    );
+    if writes && has_body(&request) && !is_json(&request) {
+        return ApiError::UnsupportedMediaType(
+            "the body must be JSON: send `Content-Type: application/json`".into(),
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+fn has_body(request: &Request) -> bool {
+    let headers = request.headers();
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        return true;
+    }
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > 0)
+}
+
+fn is_json(request: &Request) -> bool {
+    request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(|m| m.trim().to_ascii_lowercase())
+        .is_some_and(|m| {
+            m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+        })
+}
+
+/// The hosts cedard answers to.
+#[derive(Debug, Clone, Default)]
+pub struct AllowedHosts {
+    /// Host names (no port) accepted besides IP literals and `localhost`.
+    pub names: Vec<String>,
+    /// `--allowed-host '*'`: any host (logged loudly at start).
+    pub any: bool,
+}
+
+impl AllowedHosts {
+    /// Whether `host` (a `Host` header: a name or IP, with an optional port)
+    /// is served. IP literals are always accepted: DNS rebinding needs a
+    /// name.
+    pub fn allows(&self, host: &str) -> bool {
+        if self.any {
+            return true;
+        }
+        let name = strip_port(host).trim_end_matches('.').to_ascii_lowercase();
+        if name.parse::<std::net::IpAddr>().is_ok() || name == "localhost" {
+            return true;
+        }
+        self.names.iter().any(|n| n.eq_ignore_ascii_case(&name))
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        // `[::1]:8180`
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) && !name.contains(':') => {
+            name
+        }
+        _ => host,
+    }
+}
+
+/// Request ids for requests that arrive without one: a random prefix chosen
+/// once per process and a counter, unique and cheap (no system call per
+/// request).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MakeId;
+
+static PREFIX: LazyLock<String> = LazyLock::new(|| {
+    let mut bytes = [0u8; 6];
+    // Without the OS's randomness the ids are still unique within this
+    // process, which is what they are for.
+    let _ = crate::keys::os_random(&mut bytes);
+    hex::encode(bytes)
+});
+static NEXT: AtomicU64 = AtomicU64::new(1);
+
+impl MakeRequestId for MakeId {
+    fn make_request_id<B>(&mut self, _: &axum::http::Request<B>) -> Option<RequestId> {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        HeaderValue::from_str(&format!("{}{n:010x}", *PREFIX))
+            .ok()
+            .map(RequestId::new)
+    }
+}
+
+/// Replaces an incoming `X-Request-ID` that is too long or not printable,
+/// so that logs never carry a caller's megabyte or control characters.
+pub async fn sane_request_id(mut request: Request, next: Next) -> Response {
+    let bad = request
+        .headers()
+        .get("x-request-id")
+        .is_some_and(|v| v.len() > 128 || !v.as_bytes().iter().all(|b| b.is_ascii_graphic()));
+    if bad {
+        request.headers_mut().remove("x-request-id");
+    }
+    next.run(request).await
+}
+
+/// Counts requests by route, method and status, with their latency.
+pub async fn count(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = request.method().as_str().to_owned();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("cedard_http_requests_total", "route" => route.clone(), "method" => method, "status" => status)
+        .increment(1);
+    metrics::histogram!("cedard_http_request_duration_seconds", "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// Turns the errors of the overload and timeout layers into answers: a
+/// fast 503 with `Retry-After` instead of an unbounded queue, and a 503 for
+/// a request that ran out of time. Neither is ever a decision.
+pub async fn overloaded(error: tower::BoxError) -> Response {
+    let (code, message) = if error.is::<tower::load_shed::error::Overloaded>() {
+        metrics::counter!("cedard_overload_rejections_total").increment(1);
+        (
+            "overloaded",
+            "cedard is at its limit of concurrent requests; retry shortly",
+        )
+    } else if error.is::<tower::timeout::error::Elapsed>() {
+        metrics::counter!("cedard_request_timeouts_total").increment(1);
+        (
+            "timeout",
+            "the request took longer than cedard's time limit; no decision was made",
+        )
+    } else {
+        tracing::error!("request failed in a middleware: {error}");
+        ("unavailable", "cedard cannot answer now")
+    };
+    let mut response = error_response(StatusCode::SERVICE_UNAVAILABLE, code, message);
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}

@@ -1,0 +1,220 @@
+//! The HTTP API: routes, the checks every request passes, the wire shapes,
+//! and the one error shape `{"error": {"code", "message"}}`.
+//!
+//! Handlers read their input and hand it to the decision pipeline
+//! ([`crate::pdp`]) or the management operations ([`crate::accounts`]); this
+//! module owns status codes, headers and JSON shapes, and makes no decision
+//! itself. Every route is declared once, with its OpenAPI description
+//! (utoipa), so `/openapi.json` cannot miss a route.
+//!
+//! Layers, outermost first: request id (accepted or made, echoed), metrics,
+//! the error-shape fixer, `Host` and media-type screening, the overload cap
+//! (a fast 503 + `Retry-After`) and the time limit (not for `/healthz` and
+//! `/readyz`), the body limit, then per group of routes the key check for
+//! its scope.
+
+pub mod accounts;
+pub mod admin;
+pub mod decisions;
+pub mod error;
+pub mod extract;
+pub mod guard;
+pub mod metrics;
+pub mod state;
+
+use std::sync::Arc;
+
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, StatusCode};
+use axum::middleware::{from_fn, from_fn_with_state, map_response};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use tokio::sync::Semaphore;
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::ServiceBuilder;
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::openapi::OpenApi as OpenApiDoc;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
+pub use error::{error_response, ApiError};
+use guard::Need;
+pub use state::{AppState, HttpLimits};
+
+use crate::keys::Scope;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "cedard",
+        description = "Cedar policies from files, hot-reloaded, answered over HTTP; accounts, members and invites. Every route but /healthz and /readyz takes `Authorization: Bearer <key>` once any caller key exists; each route names the scope its key needs.",
+    ),
+    components(schemas(error::ErrorBody, error::ErrorDetail, crate::authz::Effect)),
+    modifiers(&BearerScheme),
+    tags(
+        (name = "decisions", description = "Allow or deny (`decide` scope)"),
+        (name = "management", description = "Accounts, members, invites (`manage` scope; the acting user in `X-Actor`)"),
+        (name = "admin", description = "Policies, matrix, keys, metrics (`admin` scope)"),
+        (name = "health", description = "Probes; no key needed"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerScheme;
+
+impl utoipa::Modify for BearerScheme {
+    fn modify(&self, openapi: &mut OpenApiDoc) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// Every route with its OpenAPI description, each group behind the key
+/// check for its scope (no check when there is no state: the description
+/// alone).
+fn routes(state: Option<&AppState>) -> OpenApiRouter<AppState> {
+    let guarded = |router: OpenApiRouter<AppState>, need: Need| match state {
+        Some(state) => router.route_layer(from_fn_with_state(
+            (state.clone(), need),
+            guard::authenticate,
+        )),
+        None => router,
+    };
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(guarded(decisions::routes(), Need::Scope(Scope::Decide)))
+        .merge(guarded(accounts::routes(), Need::Scope(Scope::Manage)))
+        .merge(guarded(admin::routes(), Need::Scope(Scope::Admin)))
+}
+
+/// The API description: every route, body, answer and error shape, and the
+/// bearer-key security scheme, as OpenAPI 3.1.
+pub fn openapi() -> OpenApiDoc {
+    let (_, mut doc) = routes(None).split_for_parts();
+    let (_, health) = admin::health().split_for_parts();
+    doc.merge(health);
+    with_description_route(doc)
+}
+
+/// Builds the router.
+pub fn router(state: AppState) -> Router {
+    let (router, mut doc) = routes(Some(&state)).split_for_parts();
+    let (health, health_doc) = admin::health().split_for_parts();
+    doc.merge(health_doc);
+    let doc = Arc::new(with_description_route(doc));
+    let described = Router::new()
+        .route(
+            "/openapi.json",
+            get(move || {
+                let doc = doc.clone();
+                async move { Json(doc.as_ref().clone()) }
+            }),
+        )
+        .route_layer(from_fn_with_state(
+            (state.clone(), Need::AnyKey),
+            guard::authenticate,
+        ));
+    let limits = state.limits.clone();
+    let capped = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(guard::overloaded))
+        .load_shed()
+        .layer(GlobalConcurrencyLimitLayer::with_semaphore(Arc::new(
+            Semaphore::new(limits.max_concurrent),
+        )))
+        .timeout(limits.request_timeout);
+    router
+        .merge(described)
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .layer(DefaultBodyLimit::max(limits.max_body))
+        .layer(capped)
+        // The probes are outside the overload cap and the time limit: a
+        // saturated daemon is alive and ready, not dead.
+        .merge(health)
+        .layer(from_fn_with_state(state.clone(), guard::screen))
+        .layer(map_response(move |r| json_errors(r, limits.max_body)))
+        .layer(from_fn(guard::count))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(guard::MakeId))
+        .layer(from_fn(guard::sane_request_id))
+        .with_state(state)
+}
+
+/// The router of `--metrics-listen`: `/metrics` alone, without a key, for
+/// a private monitoring network.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(
+                |axum::extract::State(state): axum::extract::State<AppState>| async move {
+                    match state.metrics.as_ref() {
+                        Some(handle) => (
+                            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                            metrics::render(handle, &state),
+                        )
+                            .into_response(),
+                        None => {
+                            ApiError::NotFound("metrics are not recorded".into()).into_response()
+                        }
+                    }
+                },
+            ),
+        )
+        .fallback(|| async { ApiError::NotFound("only /metrics is served here".into()) })
+        .with_state(state)
+}
+
+/// Adds `/openapi.json` itself to the description.
+fn with_description_route(mut doc: OpenApiDoc) -> OpenApiDoc {
+    use utoipa::openapi::path::{HttpMethod, OperationBuilder, PathItem};
+    use utoipa::openapi::ResponseBuilder;
+    let operation = OperationBuilder::new()
+        .summary(Some("This document"))
+        .tag("health")
+        .response(
+            "200",
+            ResponseBuilder::new().description("OpenAPI 3.1, as JSON"),
+        )
+        .build();
+    doc.paths.paths.insert(
+        "/openapi.json".into(),
+        PathItem::new(HttpMethod::Get, operation),
+    );
+    doc
+}
+
+/// Gives the errors axum answers by itself (a wrong method, a body over the
+/// limit) the one JSON error shape, so that clients parse every error alike.
+async fn json_errors(response: Response, max_body: usize) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json || !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let too_large =
+        format!("the request body is over the {max_body}-byte limit (`--max-body-bytes`)");
+    let (code, message) = match status {
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method_not_allowed",
+            "this endpoint does not take that method",
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => ("too_large", too_large.as_str()),
+        _ => ("error", status.canonical_reason().unwrap_or("error")),
+    };
+    let mut fixed = error_response(status, code, message);
+    // Keep headers such as `Allow` that tell the client what would work.
+    for (name, value) in response.headers() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            fixed.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    fixed
+}

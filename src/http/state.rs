@@ -1,0 +1,62 @@
+//! The state every handler shares.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use super::guard::AllowedHosts;
+use crate::accounts::Accounts;
+use crate::keys::KeyRing;
+use crate::pdp::Pdp;
+
+/// The limits a request is held to (each a flag of `cedard serve`).
+#[derive(Debug, Clone)]
+pub struct HttpLimits {
+    /// The most requests one batch may hold; more is a 400, so that one call
+    /// cannot monopolise the evaluator.
+    pub batch_limit: usize,
+    /// The largest request body, in bytes (413 above it).
+    pub max_body: usize,
+    /// The most requests handled at once; more are refused at once with a
+    /// 503 and `Retry-After` rather than queued without bound.
+    pub max_concurrent: usize,
+    /// How long one request may take before it is answered with a 503.
+    pub request_timeout: Duration,
+    /// Bodies larger than this are parsed off the async workers, so that a
+    /// large entity set cannot delay `/healthz` and small decisions.
+    pub blocking_threshold: usize,
+    /// The hosts cedard answers to.
+    pub hosts: AllowedHosts,
+    /// `--insecure-no-auth`: with no keys, answer callers off loopback too.
+    pub insecure_no_auth: bool,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            batch_limit: 1000,
+            max_body: 1024 * 1024,
+            max_concurrent: 256,
+            request_timeout: Duration::from_secs(10),
+            blocking_threshold: 16 * 1024,
+            hosts: AllowedHosts::default(),
+            insecure_no_auth: false,
+        }
+    }
+}
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    /// The decision pipeline (and through it the live policies and store).
+    pub pdp: Arc<Pdp>,
+    /// The management operations.
+    pub accounts: Arc<Accounts>,
+    /// The live caller keys.
+    pub keys: Arc<KeyRing>,
+    /// The request limits.
+    pub limits: Arc<HttpLimits>,
+    /// Renders `/metrics`.
+    pub metrics: Option<PrometheusHandle>,
+}

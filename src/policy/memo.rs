@@ -1,0 +1,110 @@
+//! Bounded memos of inline entities decoded against one snapshot's schema.
+//!
+//! Services send the same users, accounts and pods again and again, and
+//! Cedar's JSON entity parser dominates the cost of a check, so `authz`
+//! remembers what it decoded: single entities keyed by their exact JSON text,
+//! and whole assembled arrays keyed by the array's exact text. What is
+//! remembered is exactly what Cedar's parser made of exactly that text under
+//! exactly this schema, so a memo cannot change an answer; it lives on its
+//! snapshot and dies with it. Each memo is bounded in (estimated) bytes, not
+//! only in entries, so that large entity sets cannot grow it without bound.
+//! This module only stores; decoding is `authz`'s.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard};
+
+use cedar_policy::{Entities, EntityUid};
+
+/// Inline entities decoded and assembled with the schema's action entities.
+#[derive(Debug, Clone)]
+pub struct Assembled {
+    /// The inline entities' UIDs, in the order they were sent.
+    pub uids: Vec<EntityUid>,
+    /// The inline entities and the schema's action entities, hierarchy
+    /// computed.
+    pub entities: Entities,
+}
+
+/// The memos of one snapshot.
+#[derive(Debug, Default)]
+pub struct InlineMemo {
+    /// Single decoded entities.
+    pub entities: Memo<cedar_policy::Entity>,
+    /// Whole decoded and assembled arrays.
+    pub sets: Memo<Assembled>,
+}
+
+/// One memo bounded in bytes. A `std::sync::Mutex` is enough: it is held only
+/// for a hash lookup or insert, never across an `.await`. When full it is
+/// cleared rather than tracking recency: simple, and a refill costs only the
+/// parses it saves.
+#[derive(Debug)]
+pub struct Memo<T> {
+    inner: Mutex<Entries<T>>,
+}
+
+#[derive(Debug)]
+struct Entries<T> {
+    map: HashMap<Box<str>, T>,
+    /// The estimated bytes the entries hold.
+    bytes: usize,
+}
+
+impl<T> Default for Memo<T> {
+    fn default() -> Self {
+        Self {
+            inner: Mutex::new(Entries {
+                map: HashMap::new(),
+                bytes: 0,
+            }),
+        }
+    }
+}
+
+/// The most bytes one memo holds (estimated): two memos per snapshot, and
+/// only the serving snapshot's memos are alive once in-flight requests end.
+pub const MEMO_BYTES: usize = 32 * 1024 * 1024;
+
+/// Texts longer than this are not remembered: they are rare, and one would
+/// take a large share of the budget.
+pub const MAX_KEY: usize = 8192;
+
+/// Decoded entities take several times the space of their JSON text (names,
+/// hash maps, `Arc`s); this factor turns text length into an estimate.
+const EXPANSION: usize = 8;
+
+impl<T: Clone> Memo<T> {
+    fn lock(&self) -> MutexGuard<'_, Entries<T>> {
+        // The map is only ever read or changed entry by entry; a panic while
+        // holding the lock cannot leave a half-written entry.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The value remembered for `text`.
+    pub fn get(&self, text: &str) -> Option<T> {
+        self.lock().map.get(text).cloned()
+    }
+
+    /// Remembers `value` for `text`; `extra` is the estimated size of what
+    /// the value holds beyond the text's own expansion (shared action
+    /// entities in an assembled set, for example).
+    pub fn insert(&self, text: &str, value: &T, extra: usize) {
+        if text.len() > MAX_KEY {
+            return;
+        }
+        let cost = text.len() * (EXPANSION + 1) + extra + 64;
+        let mut entries = self.lock();
+        if entries.bytes + cost > MEMO_BYTES {
+            entries.map.clear();
+            entries.bytes = 0;
+        }
+        if entries.map.insert(text.into(), value.clone()).is_none() {
+            entries.bytes += cost;
+        }
+    }
+
+    /// The estimated bytes held now.
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
+    }
+}
