@@ -444,8 +444,18 @@ impl Accounts {
             check_id("user", user)?;
             ctx.check_role(role)?;
             let admin = ctx.admin_role()?;
-            ctx.authorize(actor, "changeMemberRole", id, None)?;
-            ctx.write("changeMemberRole", |w| w.set_role(id, user, role, admin))
+            ctx.known_actor(actor)?;
+            // The policies see the new role and the role held now, read in
+            // the write transaction, so a concurrent change cannot slip a
+            // higher current role past the ceiling.
+            ctx.write_with("changeMemberRole", |w| {
+                let context = match w.role_in(id, user)? {
+                    Some(current) => json!({"role": role, "current_role": current}),
+                    None => json!({"role": role}),
+                };
+                ctx.authorize_in_write(actor, "changeMemberRole", id, &context)?;
+                Ok(w.set_role(id, user, role, admin)?)
+            })
         })
     }
 
@@ -503,7 +513,12 @@ impl Accounts {
                 ));
             }
             ctx.check_role(&input.role)?;
-            ctx.authorize(actor, "inviteMember", id, None)?;
+            ctx.authorize(
+                actor,
+                "inviteMember",
+                id,
+                Some(&json!({"role": input.role})),
+            )?;
             let token = new_token()?;
             let now = self.clock.now_secs();
             let invite = Invite {
@@ -532,23 +547,28 @@ impl Accounts {
         format!("{}/invites/{token}", self.public_url)
     }
 
-    /// The pending invites of an account, without secrets (`inviteMember`).
+    /// The pending invites of an account, without secrets (`inviteMember`),
+    /// each with the reason it can no longer be accepted, if any: an invite
+    /// is honoured only while its creator may grant its role.
     pub fn invites(
         &self,
         caller: &Caller,
         actor: &str,
         id: &str,
-    ) -> Result<Vec<Invite>, AccountsError> {
+    ) -> Result<Vec<(Invite, Option<GoneReason>)>, AccountsError> {
         check_id("account", id)?;
         let now = self.clock.now_secs();
         self.read(caller, |ctx| {
             ctx.authorize(actor, "inviteMember", id, None)?;
-            Ok(ctx
-                .view
-                .invites(id)?
-                .into_iter()
-                .filter(|i| i.is_pending(now))
-                .collect())
+            let mut out = Vec::new();
+            for invite in ctx.view.invites(id)? {
+                if !invite.is_pending(now) {
+                    continue;
+                }
+                let dead = ctx.dead_reason(&invite)?;
+                out.push((invite, dead));
+            }
+            Ok(out)
         })
     }
 
@@ -571,7 +591,15 @@ impl Accounts {
         };
         self.run(op, |ctx| {
             check_id("account", id)?;
-            ctx.authorize(actor, "inviteMember", id, None)?;
+            // The policies see the role the invite grants, when it exists;
+            // an unknown invite is the store's 404.
+            let role = ctx
+                .view
+                .invites(id)?
+                .into_iter()
+                .find(|i| i.id == invite)
+                .map(|i| json!({"role": i.role}));
+            ctx.authorize(actor, "inviteMember", id, role.as_ref())?;
             let token = new_token()?;
             let sha = sha256_hex(&token);
             let now = self.clock.now_secs();
@@ -610,10 +638,14 @@ impl Accounts {
         })
     }
 
-    /// Accepts an invite: the token is the authority, no policy is asked.
-    /// Whether it is pending, and whether the actor is already a member, is
-    /// decided inside the write transaction, so concurrent accepts of one
-    /// invite cannot both succeed.
+    /// Accepts an invite: the token is the authority, and the accepting user
+    /// is not asked about. The invite is honoured only if its creator may
+    /// still grant its role (`inviteMember` with the role in the context),
+    /// asked inside the write transaction, so a creator removed or demoted a
+    /// moment before cannot have their invite accepted after; otherwise it
+    /// is dead (the same 410 as any dead link). Whether it is pending, and
+    /// whether the actor is already a member, is decided in that transaction
+    /// too, so concurrent accepts of one invite cannot both succeed.
     pub fn accept(
         &self,
         caller: &Caller,
@@ -634,7 +666,23 @@ impl Accounts {
             }
             let sha = sha256_hex(token);
             let now = self.clock.now_secs();
-            ctx.write("acceptInvite", |w| w.accept(&sha, actor, now))
+            ctx.write_with("acceptInvite", |w| {
+                let invite = w.live_invite(&sha, now)?;
+                let context = json!({"role": invite.role});
+                match ctx.authorize_in_write(
+                    &invite.created_by,
+                    "inviteMember",
+                    &invite.account,
+                    &context,
+                ) {
+                    Ok(()) => {}
+                    Err(AccountsError::Denied { .. }) => {
+                        return Err(StoreError::InviteGone(GoneReason::CreatorCannotGrant).into())
+                    }
+                    Err(e) => return Err(e),
+                }
+                Ok(w.accept(&sha, actor, now)?)
+            })
         });
         let event = match &out {
             Ok(_) => "accepted",
@@ -745,6 +793,52 @@ impl Ctx<'_> {
         }
     }
 
+    /// A denial unless `actor` is a stored user.
+    fn known_actor(&self, actor: &str) -> Result<(), AccountsError> {
+        if self.view.has_user(actor)? {
+            Ok(())
+        } else {
+            Err(unknown_actor(actor))
+        }
+    }
+
+    /// Why a pending invite can no longer be accepted, if it cannot: its
+    /// creator may no longer grant its role.
+    fn dead_reason(&self, invite: &Invite) -> Result<Option<GoneReason>, AccountsError> {
+        let context = json!({"role": invite.role});
+        let grants = self.accounts.pdp.would_allow(
+            self.snapshot,
+            &invite.created_by,
+            "inviteMember",
+            &invite.account,
+            Some(&context),
+        )?;
+        Ok((!grants).then_some(GoneReason::CreatorCannotGrant))
+    }
+
+    /// [`Ctx::authorize`] inside a write transaction: the stored facts are
+    /// read afresh, so the answer holds for the state the write commits over.
+    fn authorize_in_write(
+        &self,
+        actor: &str,
+        action: &str,
+        account: &str,
+        context: &Value,
+    ) -> Result<(), AccountsError> {
+        let caller = Caller {
+            endpoint: "management",
+            ..self.caller.clone()
+        };
+        Ok(self.accounts.pdp.authorize_fresh(
+            &caller,
+            self.snapshot,
+            actor,
+            action,
+            account,
+            Some(context),
+        )?)
+    }
+
     /// Asks the policies whether `actor` may do `action` on `account`.
     fn authorize(
         &self,
@@ -772,17 +866,28 @@ impl Ctx<'_> {
         operation: &'static str,
         f: impl FnOnce(&mut Writer<'_>) -> Result<T, StoreError>,
     ) -> Result<T, AccountsError> {
+        self.write_with(operation, |w| Ok(f(w)?))
+    }
+
+    /// [`Ctx::write`] whose body may also refuse with a policy decision made
+    /// inside the transaction.
+    fn write_with<T>(
+        &self,
+        operation: &'static str,
+        f: impl FnOnce(&mut Writer<'_>) -> Result<T, AccountsError>,
+    ) -> Result<T, AccountsError> {
         let started = Instant::now();
-        let out = self.accounts.pdp.store().write(f);
+        let out = self.accounts.pdp.store().write_with(f);
         let outcome = match &out {
             Ok(_) => "ok",
-            Err(e) if e.is_fault() => "fault",
+            Err(AccountsError::Store(e)) if e.is_fault() => "fault",
+            Err(AccountsError::Unavailable(_)) => "fault",
             Err(_) => "refused",
         };
         metrics::counter!("cedard_store_writes_total", "operation" => operation, "outcome" => outcome)
             .increment(1);
         metrics::histogram!("cedard_store_write_duration_seconds", "operation" => operation)
             .record(started.elapsed().as_secs_f64());
-        Ok(out?)
+        out
     }
 }

@@ -123,6 +123,9 @@ pub struct Facts<'a> {
     view: OnceCell<ReadView>,
     /// The most inline entities one call may send.
     max_inline: usize,
+    /// Read every stored entity afresh, never from the memo (checks made
+    /// inside a write transaction).
+    fresh: bool,
 }
 
 impl<'a> Facts<'a> {
@@ -142,7 +145,17 @@ impl<'a> Facts<'a> {
             generation: store.generation(),
             view: OnceCell::new(),
             max_inline,
+            fresh: false,
         }
+    }
+
+    /// The same facts, read from the store afresh: the memo is neither read
+    /// nor filled. For checks made inside a write transaction, where an entry
+    /// tagged with the generation of a write that has just committed could
+    /// otherwise be older than the state the transaction sees.
+    pub fn fresh(mut self) -> Self {
+        self.fresh = true;
+        self
     }
 
     /// Refuses more inline entities than the limit, before any is decoded.
@@ -188,6 +201,9 @@ impl<'a> Facts<'a> {
     }
 
     fn remembered(&self, uid: &EntityUid) -> Option<Entity> {
+        if self.fresh {
+            return None;
+        }
         self.memo
             .get(self.generation, &self.snapshot.revision.sha256, uid)
     }
@@ -384,8 +400,10 @@ impl<'a> Facts<'a> {
                 describe(&e)
             ))));
         }
-        self.memo
-            .put(self.generation, &self.snapshot.revision.sha256, &entity);
+        if !self.fresh {
+            self.memo
+                .put(self.generation, &self.snapshot.revision.sha256, &entity);
+        }
         Ok(Some(entity))
     }
 }

@@ -247,6 +247,73 @@ impl Pdp {
         account: &str,
         context: Option<&Value>,
     ) -> Result<(), PdpError> {
+        self.management(
+            Some(caller),
+            snapshot,
+            actor,
+            action,
+            account,
+            context,
+            false,
+        )
+    }
+
+    /// [`Pdp::authorize`] for a check made inside a store write
+    /// transaction: the stored facts are read afresh (never from the entity
+    /// memo), so the answer is about exactly the state the transaction
+    /// commits over (redb admits one writer, so no other write can land in
+    /// between).
+    pub fn authorize_fresh(
+        &self,
+        caller: &Caller,
+        snapshot: &PolicySnapshot,
+        actor: &str,
+        action: &str,
+        account: &str,
+        context: Option<&Value>,
+    ) -> Result<(), PdpError> {
+        self.management(
+            Some(caller),
+            snapshot,
+            actor,
+            action,
+            account,
+            context,
+            true,
+        )
+    }
+
+    /// Whether the policies would allow the management `action`, without
+    /// recording a decision: for views that report what a stored record
+    /// still permits (an invite whose creator may no longer grant it).
+    pub fn would_allow(
+        &self,
+        snapshot: &PolicySnapshot,
+        actor: &str,
+        action: &str,
+        account: &str,
+        context: Option<&Value>,
+    ) -> Result<bool, PdpError> {
+        match self.management(None, snapshot, actor, action, account, context, false) {
+            Ok(()) => Ok(true),
+            Err(PdpError::Denied { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One management decision; recorded when `caller` is given, read from
+    /// the store afresh when `fresh`.
+    #[allow(clippy::too_many_arguments)]
+    fn management(
+        &self,
+        caller: Option<&Caller>,
+        snapshot: &PolicySnapshot,
+        actor: &str,
+        action: &str,
+        account: &str,
+        context: Option<&Value>,
+        fresh: bool,
+    ) -> Result<(), PdpError> {
         let started = Instant::now();
         let principal = model::user_uid(actor);
         let resource = model::account_uid(account);
@@ -272,8 +339,11 @@ impl Pdp {
                 })
             }
         };
-        let entities = self
-            .facts(snapshot)
+        let mut facts = self.facts(snapshot);
+        if fresh {
+            facts = facts.fresh();
+        }
+        let entities = facts
             .entities(Inline::None, &[(&principal, &resource)])
             .inspect_err(|e| tracing::warn!("management check failed: {e}"))?;
         let decision = authz::decide(snapshot, &request, &entities);
@@ -288,14 +358,16 @@ impl Pdp {
             resource: &Value::Null,
             context,
         }];
-        self.record(
-            caller,
-            snapshot,
-            &resolved,
-            &query,
-            std::slice::from_ref(&decision),
-            started.elapsed(),
-        );
+        if let Some(caller) = caller {
+            self.record(
+                caller,
+                snapshot,
+                &resolved,
+                &query,
+                std::slice::from_ref(&decision),
+                started.elapsed(),
+            );
+        }
         if decision.allow {
             Ok(())
         } else {

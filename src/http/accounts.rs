@@ -20,7 +20,7 @@ use super::extract::{Actor, Body, CallerInfo};
 use super::state::AppState;
 use crate::accounts::{Accounts, IssuedInvite, NewInvite, SignUp};
 use crate::pdp::Caller;
-use crate::store::{Account, Invite, Membership, User};
+use crate::store::{Account, GoneReason, Invite, Membership, User};
 
 /// The management routes.
 pub fn routes() -> OpenApiRouter<AppState> {
@@ -147,6 +147,14 @@ impl MemberView {
 /// A pending invite, without its secret.
 #[derive(Serialize, ToSchema)]
 pub struct InviteView {
+    /// `pending` (it can be accepted) or `dead` (it cannot: see
+    /// `dead_reason`).
+    status: &'static str,
+    /// Why a `dead` invite can no longer be accepted:
+    /// `creator_cannot_grant` (its creator was removed or demoted, or the
+    /// policies no longer let them grant its role).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dead_reason: Option<&'static str>,
     /// The invite's id.
     id: String,
     /// The role it grants.
@@ -161,9 +169,14 @@ pub struct InviteView {
     expires_at: String,
 }
 
-impl From<&Invite> for InviteView {
-    fn from(i: &Invite) -> Self {
+impl InviteView {
+    fn new(i: &Invite, dead: Option<GoneReason>) -> Self {
         Self {
+            status: if dead.is_some() { "dead" } else { "pending" },
+            dead_reason: dead.map(|r| match r {
+                GoneReason::CreatorCannotGrant => "creator_cannot_grant",
+                GoneReason::Unknown | GoneReason::Expired => "gone",
+            }),
             id: i.id.clone(),
             role: i.role.clone(),
             email: i.email.clone(),
@@ -406,7 +419,12 @@ async fn list_invites(
     Actor(actor): Actor,
 ) -> Result<Json<Vec<InviteView>>, ApiError> {
     let invites = blocking(state, caller, move |a, c| Ok(a.invites(c, &actor, &id)?)).await?;
-    Ok(Json(invites.iter().map(InviteView::from).collect()))
+    Ok(Json(
+        invites
+            .iter()
+            .map(|(i, dead)| InviteView::new(i, *dead))
+            .collect(),
+    ))
 }
 
 /// A fresh link for a pending invite; the old one stops working.

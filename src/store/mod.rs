@@ -203,6 +203,9 @@ pub enum GoneReason {
     Unknown,
     /// The invite expired.
     Expired,
+    /// Its creator may no longer grant its role (removed, demoted, or the
+    /// policies changed).
+    CreatorCannotGrant,
 }
 
 macro_rules! redb_errors {
@@ -352,7 +355,17 @@ impl Store {
     /// ([`Durability::Immediate`]) when `f` succeeds; when `f` fails nothing
     /// is written. Each API operation is exactly one call of this.
     pub fn write<T>(&self, f: impl FnOnce(&mut Writer<'_>) -> Result<T>) -> Result<T> {
-        let mut txn = self.db.begin_write()?;
+        self.write_with(f)
+    }
+
+    /// [`Store::write`] whose `f` may fail with its caller's own error type
+    /// (a policy check made inside the transaction, say); store errors
+    /// convert into it.
+    pub fn write_with<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&mut Writer<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mut txn = self.db.begin_write().map_err(StoreError::from)?;
         txn.set_durability(Durability::Immediate);
         let out = {
             let mut w = Writer { txn: &txn };
@@ -360,12 +373,12 @@ impl Store {
         };
         match out {
             Ok(v) => {
-                txn.commit()?;
+                txn.commit().map_err(StoreError::from)?;
                 self.generation.fetch_add(1, Ordering::AcqRel);
                 Ok(v)
             }
             Err(e) => {
-                txn.abort()?;
+                txn.abort().map_err(StoreError::from)?;
                 Err(e)
             }
         }
@@ -523,6 +536,11 @@ impl Writer<'_> {
         let mut table = self.txn.open_table(ACCOUNTS)?;
         table.insert(account.id.as_str(), encode("accounts", account)?.as_slice())?;
         Ok(())
+    }
+
+    /// The role `user` holds in `account`, if a member.
+    pub fn role_in(&self, account: &str, user: &str) -> Result<Option<String>> {
+        Ok(self.membership(account, user)?.map(|m| m.role))
     }
 
     fn membership(&self, account: &str, user: &str) -> Result<Option<Membership>> {
@@ -780,30 +798,7 @@ impl Writer<'_> {
     /// expired, revoked and used tokens all fail with
     /// [`StoreError::InviteGone`].
     pub fn accept(&mut self, sha256: &str, user: &str, now: i64) -> Result<Invite> {
-        let id = {
-            let tokens = self.txn.open_table(INVITE_TOKENS)?;
-            let found = tokens.get(hash_key(sha256).as_slice())?;
-            match found {
-                Some(v) => v.value().to_owned(),
-                None => return Err(StoreError::InviteGone(GoneReason::Unknown)),
-            }
-        };
-        let mut invite: Invite = {
-            let invites = self.txn.open_table(INVITES)?;
-            let found = invites.get(id.as_str())?;
-            match found {
-                Some(v) => decode("invites", v.value())?,
-                None => return Err(StoreError::InviteGone(GoneReason::Unknown)),
-            }
-        };
-        if !invite.is_pending(now) || invite.token_sha256 != sha256 {
-            let expired = matches!(invite.state, InviteState::Pending) && now >= invite.expires_at;
-            return Err(StoreError::InviteGone(if expired {
-                GoneReason::Expired
-            } else {
-                GoneReason::Unknown
-            }));
-        }
+        let mut invite = self.live_invite(sha256, now)?;
         let joining = self
             .user(user)?
             .ok_or_else(|| StoreError::NoUser(user.to_owned()))?;
@@ -828,6 +823,37 @@ impl Writer<'_> {
         self.put_invite(&invite)?;
         let role = invite.role.clone();
         self.put_membership(&invite.account, user, &Membership { role, since: now })?;
+        Ok(invite)
+    }
+
+    /// The pending invite whose token hashes to `sha256`, as this
+    /// transaction sees it. Unknown, expired, revoked and used tokens all
+    /// fail with [`StoreError::InviteGone`].
+    pub fn live_invite(&self, sha256: &str, now: i64) -> Result<Invite> {
+        let id = {
+            let tokens = self.txn.open_table(INVITE_TOKENS)?;
+            let found = tokens.get(hash_key(sha256).as_slice())?;
+            match found {
+                Some(v) => v.value().to_owned(),
+                None => return Err(StoreError::InviteGone(GoneReason::Unknown)),
+            }
+        };
+        let invite: Invite = {
+            let invites = self.txn.open_table(INVITES)?;
+            let found = invites.get(id.as_str())?;
+            match found {
+                Some(v) => decode("invites", v.value())?,
+                None => return Err(StoreError::InviteGone(GoneReason::Unknown)),
+            }
+        };
+        if !invite.is_pending(now) || invite.token_sha256 != sha256 {
+            let expired = matches!(invite.state, InviteState::Pending) && now >= invite.expires_at;
+            return Err(StoreError::InviteGone(if expired {
+                GoneReason::Expired
+            } else {
+                GoneReason::Unknown
+            }));
+        }
         Ok(invite)
     }
 }

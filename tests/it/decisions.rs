@@ -409,7 +409,9 @@ async fn health_readiness_and_policy_listing() {
             "admin",
             "basic",
             "billing",
-            "dev"
+            "dev",
+            "role-ceiling",
+            "role-ceiling-current"
         ]
     );
     let members = &policies[2];

@@ -1,0 +1,243 @@
+//! The directory under attack (issue 12, findings 1–5): invites that outlive
+//! their creator's rights, the role ceiling, email binding, schema reloads
+//! that would break stored data, and a damaged data file. Each test
+//! reproduces what a hostile review found.
+
+use std::time::Duration;
+
+use reqwest::Method;
+use serde_json::{json, Value};
+
+use crate::support::{copy_pack, spawn_app, spawn_app_in, wait_until, TestApp};
+
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Sends `method path` as `actor` with an optional JSON body; returns the
+/// status and the JSON body (`null` when empty).
+async fn call(
+    app: &TestApp,
+    method: Method,
+    path: &str,
+    actor: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = app.client.request(method, app.url(path));
+    if let Some(a) = actor {
+        req = req.header("x-actor", a);
+    }
+    if let Some(b) = body {
+        req = req
+            .header("content-type", "application/json")
+            .body(b.to_string());
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+async fn sign_up(app: &TestApp, id: &str) -> (u16, Value) {
+    call(
+        app,
+        Method::POST,
+        "/v1/users",
+        None,
+        Some(json!({"id": id, "email": format!("{id}@example.com")})),
+    )
+    .await
+}
+
+async fn invite(app: &TestApp, actor: &str, account: &str, body: Value) -> (u16, Value) {
+    call(
+        app,
+        Method::POST,
+        &format!("/v1/accounts/{account}/invites"),
+        Some(actor),
+        Some(body),
+    )
+    .await
+}
+
+async fn accept(app: &TestApp, actor: &str, token: &str) -> (u16, Value) {
+    call(
+        app,
+        Method::POST,
+        "/v1/invites/accept",
+        Some(actor),
+        Some(json!({"token": token})),
+    )
+    .await
+}
+
+async fn set_role(app: &TestApp, actor: &str, account: &str, user: &str, role: &str) -> u16 {
+    call(
+        app,
+        Method::PUT,
+        &format!("/v1/accounts/{account}/members/{user}"),
+        Some(actor),
+        Some(json!({"role": role})),
+    )
+    .await
+    .0
+}
+
+fn token_of(body: &Value) -> String {
+    body["token"].as_str().expect("token").to_owned()
+}
+
+/// Signs up `owner` and converts their account into a team.
+async fn team(app: &TestApp, owner: &str) -> String {
+    assert_eq!(sign_up(app, owner).await.0, 201);
+    let (status, body) = call(
+        app,
+        Method::POST,
+        &format!("/v1/accounts/{owner}/convert"),
+        Some(owner),
+        Some(json!({"name": "Acme"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    owner.to_owned()
+}
+
+/// Signs `user` up and has `inviter` invite them with `role`; they accept.
+async fn join(app: &TestApp, inviter: &str, account: &str, user: &str, role: &str) {
+    let (status, body) = sign_up(app, user).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = invite(app, inviter, account, json!({"role": role})).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = accept(app, user, &token_of(&body)).await;
+    assert_eq!(status, 200, "{body}");
+}
+
+/// Finding 2: a one-line policy delegating invites and role changes to devs
+/// must not let a dev mint admins or demote the owner.
+#[tokio::test]
+async fn a_delegated_inviter_grants_only_roles_at_or_below_their_own() {
+    let dir = copy_pack();
+    std::fs::write(
+        dir.path().join("policies/delegate.cedar"),
+        "// Devs may invite and change roles too.\n@id(\"dev-invites\")\n\
+         permit (principal, action in [Action::\"inviteMember\", Action::\"changeMemberRole\"], resource)\n\
+         when { principal in resource.account.roles.dev };\n",
+    )
+    .expect("write delegate.cedar");
+    let app = spawn_app_in(dir, |_| {}).await;
+    let acme = team(&app, "alice").await;
+    join(&app, "alice", &acme, "dave", "dev").await;
+
+    // The dev invites at or below their own role…
+    for role in ["basic", "dev"] {
+        let (status, body) = invite(&app, "dave", &acme, json!({"role": role})).await;
+        assert_eq!(status, 201, "dave invites {role}: {body}");
+    }
+    // …but not above it, nor beside it.
+    for role in ["admin", "billing"] {
+        let (status, body) = invite(&app, "dave", &acme, json!({"role": role})).await;
+        assert_eq!(status, 403, "dave invites {role}: {body}");
+        assert_eq!(body["error"]["reasons"][0]["policy_id"], "role-ceiling");
+    }
+    // The dev cannot demote the owner, nor promote anyone above dev.
+    assert_eq!(set_role(&app, "dave", &acme, "alice", "basic").await, 403);
+    join(&app, "dave", &acme, "bob", "basic").await;
+    assert_eq!(set_role(&app, "dave", &acme, "bob", "admin").await, 403);
+    assert_eq!(set_role(&app, "dave", &acme, "bob", "dev").await, 200);
+    assert_eq!(set_role(&app, "dave", &acme, "bob", "basic").await, 200);
+    // The admin grants anything.
+    let (status, body) = invite(&app, "alice", &acme, json!({"role": "admin"})).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(set_role(&app, "alice", &acme, "bob", "billing").await, 200);
+    // The policies see the role through the declared context.
+    let (status, body) = app
+        .post(
+            "/v1/is_authorized",
+            &json!({
+                "principal": {"type": "User", "id": "dave"},
+                "action": {"type": "Action", "id": "inviteMember"},
+                "resource": {"type": "Account", "id": "alice"},
+                "context": {"role": "admin"},
+            }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["decision"], "deny");
+    app.stop().await;
+}
+
+/// Finding 1: an admin creates a long-lived admin invite, is removed, and
+/// must not get back in with it; a demoted creator's invites die too.
+#[tokio::test]
+async fn an_invite_dies_with_its_creators_rights() {
+    let app = spawn_app().await;
+    let acme = team(&app, "alice").await;
+    join(&app, "alice", &acme, "bob", "admin").await;
+    join(&app, "alice", &acme, "carol", "admin").await;
+    assert_eq!(sign_up(&app, "dave").await.0, 201);
+
+    let (status, bobs) = invite(
+        &app,
+        "bob",
+        &acme,
+        json!({"role": "admin", "expires_in_hours": 8760}),
+    )
+    .await;
+    assert_eq!(status, 201, "{bobs}");
+    let (status, carols) = invite(&app, "carol", &acme, json!({"role": "admin"})).await;
+    assert_eq!(status, 201, "{carols}");
+    let (status, alices) = invite(&app, "alice", &acme, json!({"role": "dev"})).await;
+    assert_eq!(status, 201, "{alices}");
+
+    // Bob is removed, carol demoted.
+    let (status, _) = call(
+        &app,
+        Method::DELETE,
+        &format!("/v1/accounts/{acme}/members/bob"),
+        Some("alice"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    assert_eq!(set_role(&app, "alice", &acme, "carol", "basic").await, 200);
+
+    // The listing says which invites can no longer be accepted, and why.
+    let (status, list) = call(
+        &app,
+        Method::GET,
+        &format!("/v1/accounts/{acme}/invites"),
+        Some("alice"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{list}");
+    let by_id = |id: &Value| -> Value {
+        list.as_array()
+            .expect("array")
+            .iter()
+            .find(|i| &i["id"] == id)
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    assert_eq!(by_id(&bobs["id"])["status"], "dead", "{list}");
+    assert_eq!(by_id(&bobs["id"])["dead_reason"], "creator_cannot_grant");
+    assert_eq!(by_id(&carols["id"])["status"], "dead", "{list}");
+    assert_eq!(by_id(&alices["id"])["status"], "pending", "{list}");
+
+    // Bob's own invite does not bring him back; carol's is dead for dave.
+    let (status, gone) = accept(&app, "bob", &token_of(&bobs)).await;
+    assert_eq!(status, 410, "{gone}");
+    let (_, unknown) = accept(&app, "bob", "made-up").await;
+    assert_eq!(gone, unknown, "a dead invite answers like any dead link");
+    let (status, body) = accept(&app, "dave", &token_of(&carols)).await;
+    assert_eq!(status, 410, "{body}");
+    let (status, body) = call(&app, Method::GET, "/v1/users/bob", Some("bob"), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["memberships"].as_array().map(Vec::len),
+        Some(1),
+        "{body}"
+    );
+    // The live creator's invite still works.
+    let (status, body) = accept(&app, "dave", &token_of(&alices)).await;
+    assert_eq!(status, 200, "{body}");
+    app.stop().await;
+}
