@@ -26,6 +26,7 @@ fn user(i: usize) -> User {
     User {
         id: format!("u{i}"),
         email: format!("u{i}@example.com"),
+        email_verified: false,
         name: Some(format!("User {i}")),
         created_at: 0,
     }
@@ -303,6 +304,7 @@ fn bench(c: &mut Criterion) {
                         w.import_user(&User {
                             id: id.clone(),
                             email: format!("{id}@example.com"),
+                            email_verified: false,
                             name: None,
                             created_at: 0,
                         })?;

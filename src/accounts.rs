@@ -30,8 +30,8 @@ use crate::model::ADMIN_ROLE;
 use crate::pdp::{Caller, Pdp, PdpError};
 use crate::policy::PolicySnapshot;
 use crate::store::{
-    Account, ApiKey, GoneReason, Invite, InviteState, Membership, ReadView, StoreError, User,
-    Writer,
+    normalize_email, Account, ApiKey, GoneReason, Invite, InviteState, Membership, ReadView,
+    StoreError, User, Writer,
 };
 
 /// How long an invite stays valid when the request does not say.
@@ -84,7 +84,9 @@ impl AccountsError {
             AccountsError::Denied { .. } => "forbidden",
             AccountsError::Store(e) if e.is_fault() => "unavailable",
             AccountsError::Store(StoreError::InviteGone(_)) => "gone",
-            AccountsError::Store(StoreError::EmailMismatch) => "forbidden",
+            AccountsError::Store(StoreError::EmailMismatch | StoreError::EmailUnverified) => {
+                "forbidden"
+            }
             AccountsError::Store(
                 StoreError::NoUser(_)
                 | StoreError::NoAccount(_)
@@ -185,8 +187,10 @@ fn new_invite_id() -> Result<String, AccountsError> {
 pub struct SignUp {
     /// The user id (also the personal account's id).
     pub id: String,
-    /// The email address.
+    /// The email address (stored trimmed and lowercase).
     pub email: String,
+    /// Whether the product verified the address (a `manage` caller's word).
+    pub email_verified: bool,
     /// A display name.
     pub name: Option<String>,
 }
@@ -315,19 +319,44 @@ impl Accounts {
         };
         self.run(op, |ctx| {
             check_id("id", &input.id)?;
-            check_email("email", &input.email)?;
+            let email = normalize_email(&input.email);
+            check_email("email", &email)?;
             if let Some(name) = &input.name {
                 check_name("name", name)?;
             }
             let admin = ctx.admin_role()?;
             let user = User {
                 id: input.id.clone(),
-                email: input.email.clone(),
+                email,
+                email_verified: input.email_verified,
                 name: input.name.clone(),
                 created_at: self.clock.now_secs(),
             };
             let account = ctx.write("signUp", |w| w.sign_up(&user, admin))?;
             Ok((user, account))
+        })
+    }
+
+    /// Records whether a user's email is verified: the word of a `manage`
+    /// caller (the product, after it verified the address). An invite bound
+    /// to an email is accepted only by a user whose address is verified.
+    pub fn set_email_verified(
+        &self,
+        caller: &Caller,
+        id: &str,
+        verified: bool,
+    ) -> Result<User, AccountsError> {
+        let op = Op {
+            caller,
+            operation: "setEmailVerified",
+            actor: None,
+            account: None,
+            target: Some(id),
+            detail: Some(json!({"email_verified": verified})),
+        };
+        self.run(op, |ctx| {
+            check_id("id", id)?;
+            ctx.write("setEmailVerified", |w| w.set_email_verified(id, verified))
         })
     }
 
@@ -502,7 +531,8 @@ impl Accounts {
         };
         let issued = self.run(op, |ctx| {
             check_id("account", id)?;
-            if let Some(email) = &input.email {
+            let email = input.email.as_deref().map(normalize_email);
+            if let Some(email) = &email {
                 check_email("email", email)?;
             }
             let hours = input.expires_in_hours.unwrap_or(DEFAULT_INVITE_HOURS);
@@ -525,7 +555,7 @@ impl Accounts {
                 id: new_invite_id()?,
                 account: id.to_owned(),
                 role: input.role.clone(),
-                email: input.email.clone(),
+                email,
                 token_sha256: sha256_hex(&token),
                 created_by: actor.to_owned(),
                 created_at: now,

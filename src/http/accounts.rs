@@ -27,6 +27,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(sign_up))
         .routes(routes!(get_user))
+        .routes(routes!(set_email_verified))
         .routes(routes!(get_account))
         .routes(routes!(convert))
         .routes(routes!(list_members))
@@ -49,8 +50,10 @@ fn ts(secs: i64) -> String {
 pub struct UserView {
     /// The id.
     id: String,
-    /// The email address.
+    /// The email address, trimmed and lowercase.
     email: String,
+    /// Whether the product verified the address (set by a `manage` caller).
+    email_verified: bool,
     /// The display name, if set.
     #[serde(skip_serializing_if = "Option::is_none")]
     name: Option<String>,
@@ -63,6 +66,7 @@ impl From<&User> for UserView {
         Self {
             id: u.id.clone(),
             email: u.email.clone(),
+            email_verified: u.email_verified,
             name: u.name.clone(),
             created_at: ts(u.created_at),
         }
@@ -238,11 +242,11 @@ async fn blocking<T: Send + 'static>(
 
 /// Signs a user up, with a personal account they administer.
 #[utoipa::path(post, path = "/v1/users", tag = "management",
-    request_body(content = Object, description = "`{id, email, name?}`"),
+    request_body(content = Object, description = "`{id, email, email_verified?, name?}`: the email is stored trimmed and lowercase, and must be free; `email_verified` (default false) is the product's word that the user controls it"),
     responses(
         (status = 201, body = SignedUp),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
-        (status = 403, body = ErrorBody), (status = 409, description = "The id is taken", body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 409, description = "The id or the email is taken", body = ErrorBody),
     ),
     security(("bearer" = ["manage"])))]
 async fn sign_up(
@@ -250,10 +254,11 @@ async fn sign_up(
     caller: CallerInfo,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let body = Body::parse(&body, &["id", "email", "name"])?;
+    let body = Body::parse(&body, &["id", "email", "email_verified", "name"])?;
     let input = SignUp {
         id: body.str("id")?,
         email: body.str("email")?,
+        email_verified: body.opt_bool("email_verified")?.unwrap_or(false),
         name: body.opt_str("name")?,
     };
     let (user, account) = blocking(state, caller, move |a, c| Ok(a.sign_up(c, input)?)).await?;
@@ -265,6 +270,28 @@ async fn sign_up(
         }),
     )
         .into_response())
+}
+
+/// Records whether a user's email is verified (the product verified it).
+#[utoipa::path(put, path = "/v1/users/{id}/email_verified", tag = "management",
+    params(("id" = String, Path, description = "The user id")),
+    request_body(content = Object, description = "`{email_verified}`"),
+    responses((status = 200, body = UserView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
+    security(("bearer" = ["manage"])))]
+async fn set_email_verified(
+    State(state): State<AppState>,
+    caller: CallerInfo,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Json<UserView>, ApiError> {
+    let verified = Body::parse(&body, &["email_verified"])?
+        .opt_bool("email_verified")?
+        .ok_or_else(|| super::extract::bad("email_verified", "is required"))?;
+    let user = blocking(state, caller, move |a, c| {
+        Ok(a.set_email_verified(c, &id, verified)?)
+    })
+    .await?;
+    Ok(Json((&user).into()))
 }
 
 /// A user and their memberships; only that user may read them.

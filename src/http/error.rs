@@ -95,7 +95,7 @@ impl From<StoreError> for ApiError {
             | S::NoInvite { .. }
             | S::NoKey(_) => ApiError::NotFound(e.to_string()),
             S::InviteGone(_) => ApiError::Gone(e.to_string()),
-            S::EmailMismatch => ApiError::Forbidden {
+            S::EmailMismatch | S::EmailUnverified => ApiError::Forbidden {
                 message: e.to_string(),
                 reasons: Vec::new(),
             },

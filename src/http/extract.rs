@@ -157,6 +157,18 @@ impl Body {
         }
     }
 
+    /// An optional boolean field.
+    pub fn opt_bool(&self, field: &str) -> Result<Option<bool>, ApiError> {
+        match self.0.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(other) => Err(bad(
+                field,
+                format!("expected true or false, found `{other}`"),
+            )),
+        }
+    }
+
     /// An optional list of strings.
     pub fn opt_strings(&self, field: &str) -> Result<Option<Vec<String>>, ApiError> {
         match self.0.get(field) {

@@ -29,7 +29,12 @@ pub use records::{Account, AccountKind, ApiKey, Invite, InviteState, Membership,
 /// Format 2 added caller keys. A format-1 file is upgraded in place at open
 /// (the `keys` table is created and the version raised in one transaction),
 /// so that an older cedard, which would not enforce the keys, refuses it.
-pub const FORMAT_VERSION: u64 = 2;
+///
+/// Format 3 added the email index (emails are unique) and
+/// `User.email_verified`. An older file is upgraded at open in the same way:
+/// stored emails are normalised and indexed; where two users share an
+/// address, the first by id holds it in the index.
+pub const FORMAT_VERSION: u64 = 3;
 
 /// `format` → the data format version of the file.
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -51,6 +56,13 @@ const INVITE_TOKENS: TableDefinition<&[u8], &str> = TableDefinition::new("invite
 const ACCOUNT_INVITES: TableDefinition<(&str, &str), ()> = TableDefinition::new("account_invites");
 /// Key id → [`ApiKey`] (JSON): the caller keys, hashed.
 const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
+/// Normalised email → user id: one user per address.
+const EMAILS: TableDefinition<&str, &str> = TableDefinition::new("emails");
+
+/// An email as stored and compared: trimmed and lowercase.
+pub fn normalize_email(email: &str) -> String {
+    email.trim().to_lowercase()
+}
 
 /// Everything the store can answer besides success: faults of the file, and
 /// the rules it enforces inside a transaction.
@@ -115,6 +127,9 @@ pub enum StoreError {
     /// Sign-up with an id that is taken.
     #[error("the id `{0}` is taken")]
     IdTaken(String),
+    /// Sign-up with an email another user has.
+    #[error("the email `{0}` belongs to another user")]
+    EmailTaken(String),
     /// No such user.
     #[error("no user `{0}`")]
     NoUser(String),
@@ -173,6 +188,9 @@ pub enum StoreError {
     /// The invite is bound to another email address.
     #[error("this invite is for another email address")]
     EmailMismatch,
+    /// The invite is bound to the user's email, which is not verified.
+    #[error("this invite is bound to an email address; it can be accepted only once that address is verified")]
+    EmailUnverified,
 }
 
 impl StoreError {
@@ -306,11 +324,15 @@ impl Store {
                 supported: FORMAT_VERSION,
             }),
             Some(v) if v == FORMAT_VERSION => Ok(()),
-            Some(_) => {
-                // Format 1: add the keys table and raise the version together.
+            Some(v) => {
+                // Format 1 and 2: add what they lack (the keys table, the
+                // email index) and raise the version, all in one transaction.
                 let mut txn = self.db.begin_write()?;
                 txn.set_durability(Durability::Immediate);
-                txn.open_table(KEYS)?;
+                create_tables(&txn)?;
+                if v < 3 {
+                    index_emails(&txn)?;
+                }
                 {
                     let mut meta = txn.open_table(META)?;
                     meta.insert("format", FORMAT_VERSION)?;
@@ -325,14 +347,7 @@ impl Store {
                     let mut meta = txn.open_table(META)?;
                     meta.insert("format", FORMAT_VERSION)?;
                 }
-                txn.open_table(USERS)?;
-                txn.open_table(ACCOUNTS)?;
-                txn.open_table(MEMBERS)?;
-                txn.open_table(USER_ACCOUNTS)?;
-                txn.open_table(INVITES)?;
-                txn.open_table(INVITE_TOKENS)?;
-                txn.open_table(ACCOUNT_INVITES)?;
-                txn.open_table(KEYS)?;
+                create_tables(&txn)?;
                 txn.commit()?;
                 Ok(())
             }
@@ -383,6 +398,44 @@ impl Store {
             }
         }
     }
+}
+
+/// Creates every table the current format has (opening one creates it).
+fn create_tables(txn: &WriteTransaction) -> Result<()> {
+    txn.open_table(USERS)?;
+    txn.open_table(ACCOUNTS)?;
+    txn.open_table(MEMBERS)?;
+    txn.open_table(USER_ACCOUNTS)?;
+    txn.open_table(INVITES)?;
+    txn.open_table(INVITE_TOKENS)?;
+    txn.open_table(ACCOUNT_INVITES)?;
+    txn.open_table(KEYS)?;
+    txn.open_table(EMAILS)?;
+    Ok(())
+}
+
+/// The format-3 upgrade: normalises every stored email and indexes it; of
+/// users sharing an address, the first by id holds it in the index.
+fn index_emails(txn: &WriteTransaction) -> Result<()> {
+    let mut users = txn.open_table(USERS)?;
+    let mut emails = txn.open_table(EMAILS)?;
+    let mut changed: Vec<User> = Vec::new();
+    for item in users.iter()? {
+        let (_, v) = item?;
+        let mut user: User = decode("users", v.value())?;
+        let email = normalize_email(&user.email);
+        if emails.get(email.as_str())?.is_none() {
+            emails.insert(email.as_str(), user.id.as_str())?;
+        }
+        if email != user.email {
+            user.email = email;
+            changed.push(user);
+        }
+    }
+    for user in changed {
+        users.insert(user.id.as_str(), encode("users", &user)?.as_slice())?;
+    }
+    Ok(())
 }
 
 /// Serialises a record. Plain structs of strings and integers do not fail to
@@ -593,10 +646,7 @@ impl Writer<'_> {
         if self.user(&user.id)?.is_some() || self.account(&user.id)?.is_some() {
             return Err(StoreError::IdTaken(user.id.clone()));
         }
-        {
-            let mut users = self.txn.open_table(USERS)?;
-            users.insert(user.id.as_str(), encode("users", user)?.as_slice())?;
-        }
+        self.import_user(user)?;
         let account = Account {
             id: user.id.clone(),
             name: user.name.clone().unwrap_or_else(|| user.id.clone()),
@@ -690,10 +740,33 @@ impl Writer<'_> {
 
     /// Stores a user as given, without the personal account sign-up
     /// creates (for imports, seeding and benchmarks).
+    /// Its email must be free (normalised by the caller); it is indexed.
     pub fn import_user(&mut self, user: &User) -> Result<()> {
+        let mut emails = self.txn.open_table(EMAILS)?;
+        let holder = emails
+            .get(user.email.as_str())?
+            .map(|v| v.value().to_owned());
+        match holder {
+            Some(id) if id != user.id => return Err(StoreError::EmailTaken(user.email.clone())),
+            Some(_) => {}
+            None => {
+                emails.insert(user.email.as_str(), user.id.as_str())?;
+            }
+        }
         let mut users = self.txn.open_table(USERS)?;
         users.insert(user.id.as_str(), encode("users", user)?.as_slice())?;
         Ok(())
+    }
+
+    /// Records whether the user's email is verified.
+    pub fn set_email_verified(&mut self, id: &str, verified: bool) -> Result<User> {
+        let mut user = self
+            .user(id)?
+            .ok_or_else(|| StoreError::NoUser(id.to_owned()))?;
+        user.email_verified = verified;
+        let mut users = self.txn.open_table(USERS)?;
+        users.insert(user.id.as_str(), encode("users", &user)?.as_slice())?;
+        Ok(user)
     }
 
     /// Stores an account as given (for imports, seeding and benchmarks).
@@ -803,8 +876,11 @@ impl Writer<'_> {
             .user(user)?
             .ok_or_else(|| StoreError::NoUser(user.to_owned()))?;
         if let Some(bound) = &invite.email {
-            if !bound.eq_ignore_ascii_case(&joining.email) {
+            if normalize_email(bound) != normalize_email(&joining.email) {
                 return Err(StoreError::EmailMismatch);
+            }
+            if !joining.email_verified {
+                return Err(StoreError::EmailUnverified);
             }
         }
         if self.membership(&invite.account, user)?.is_some() {

@@ -9,9 +9,14 @@ use serde::{Deserialize, Serialize};
 pub struct User {
     /// The id, unique among users and accounts.
     pub id: String,
-    /// The email address; an invite bound to an email can only be accepted
-    /// by a user with this address.
+    /// The email address, normalised (trimmed, lowercase) and unique among
+    /// users; an invite bound to an email can only be accepted by a user
+    /// with this address, verified.
     pub email: String,
+    /// Whether the product verified that the user controls `email`, as a
+    /// `manage` caller stated it. Files from before format 3 read `false`.
+    #[serde(default)]
+    pub email_verified: bool,
     /// An optional display name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,

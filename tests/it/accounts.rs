@@ -793,13 +793,23 @@ async fn email_binding_relink_and_revoke() {
         json!({"role": "billing", "email": "CAROL@example.com"}),
     )
     .await;
-    assert_eq!(bound["email"], "CAROL@example.com");
+    assert_eq!(bound["email"], "carol@example.com");
     let (status, body) = accept(&app, "bob", &token_of(&bound)).await;
     assert_eq!(status, 403, "{body}");
     assert!(body["error"]["message"]
         .as_str()
         .expect("message")
         .contains("email"));
+    // Carol's address must be verified first (by a `manage` caller).
+    let (status, _) = call(
+        &app,
+        Method::PUT,
+        "/v1/users/carol/email_verified",
+        None,
+        Some(json!({"email_verified": true})),
+    )
+    .await;
+    assert_eq!(status, 200);
     let (status, body) = accept(&app, "carol", &token_of(&bound)).await;
     assert_eq!(status, 200, "{body}");
 

@@ -3,14 +3,10 @@
 //! that would break stored data, and a damaged data file. Each test
 //! reproduces what a hostile review found.
 
-use std::time::Duration;
-
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::support::{copy_pack, spawn_app, spawn_app_in, wait_until, TestApp};
-
-const DEADLINE: Duration = Duration::from_secs(20);
+use crate::support::{copy_pack, spawn_app, spawn_app_in, TestApp};
 
 /// Sends `method path` as `actor` with an optional JSON body; returns the
 /// status and the JSON body (`null` when empty).
@@ -240,4 +236,158 @@ async fn an_invite_dies_with_its_creators_rights() {
     let (status, body) = accept(&app, "dave", &token_of(&alices)).await;
     assert_eq!(status, 200, "{body}");
     app.stop().await;
+}
+
+async fn sign_up_with(app: &TestApp, body: Value) -> (u16, Value) {
+    call(app, Method::POST, "/v1/users", None, Some(body)).await
+}
+
+/// Finding 3: anyone could sign up as `CEO@corp.com` and take an invite
+/// bound to `ceo@corp.com`. Emails are stored normalised and unique, and a
+/// bound invite needs that email verified.
+#[tokio::test]
+async fn an_email_bound_invite_needs_that_email_verified() {
+    let app = spawn_app().await;
+    let acme = team(&app, "alice").await;
+    let (status, body) = sign_up_with(&app, json!({"id": "ceo", "email": " CEO@Corp.com "})).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["user"]["email"], "ceo@corp.com");
+    assert_eq!(body["user"]["email_verified"], false);
+    // The same address, in any case, is taken.
+    for email in ["ceo@corp.com", "CEO@corp.com"] {
+        let (status, body) = sign_up_with(&app, json!({"id": "mallory", "email": email})).await;
+        assert_eq!(status, 409, "{email}: {body}");
+        assert!(body["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("ceo@corp.com"));
+    }
+
+    // The invite is bound to the normalised address.
+    let (status, bound) = invite(
+        &app,
+        "alice",
+        &acme,
+        json!({"role": "billing", "email": "CEO@corp.COM"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{bound}");
+    assert_eq!(bound["email"], "ceo@corp.com");
+    // Unverified: refused, and the invite stays pending.
+    let (status, body) = accept(&app, "ceo", &token_of(&bound)).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .expect("message")
+        .contains("verified"));
+    // Only a manage caller states that the product verified it.
+    let (status, body) = call(
+        &app,
+        Method::PUT,
+        "/v1/users/ceo/email_verified",
+        None,
+        Some(json!({"email_verified": "yes"})),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = call(
+        &app,
+        Method::PUT,
+        "/v1/users/nobody/email_verified",
+        None,
+        Some(json!({"email_verified": true})),
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = call(
+        &app,
+        Method::PUT,
+        "/v1/users/ceo/email_verified",
+        None,
+        Some(json!({"email_verified": true})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["email_verified"], true);
+    let (status, body) = accept(&app, "ceo", &token_of(&bound)).await;
+    assert_eq!(status, 200, "{body}");
+
+    // A verified user with another address is refused too; one signed up
+    // verified with the bound address joins.
+    let (status, _) = sign_up_with(
+        &app,
+        json!({"id": "cfo", "email": "cfo@corp.com", "email_verified": true}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (_, bound) = invite(
+        &app,
+        "alice",
+        &acme,
+        json!({"role": "billing", "email": "treasurer@corp.com"}),
+    )
+    .await;
+    let (status, body) = accept(&app, "cfo", &token_of(&bound)).await;
+    assert_eq!(status, 403, "{body}");
+    let (_, bound) = invite(
+        &app,
+        "alice",
+        &acme,
+        json!({"role": "billing", "email": "CFO@corp.com"}),
+    )
+    .await;
+    let (status, body) = accept(&app, "cfo", &token_of(&bound)).await;
+    assert_eq!(status, 200, "{body}");
+    app.stop().await;
+}
+
+/// Finding 3, for files written before emails were unique: opening one
+/// normalises and indexes the stored emails, in one transaction.
+#[test]
+fn a_format_2_file_gets_its_emails_normalised_and_indexed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("old.redb");
+    {
+        let db = redb::Database::create(&data).expect("create");
+        let txn = db.begin_write().expect("write");
+        {
+            let mut meta = txn
+                .open_table(redb::TableDefinition::<&str, u64>::new("meta"))
+                .expect("meta");
+            meta.insert("format", 2).expect("insert");
+            let mut users = txn
+                .open_table(redb::TableDefinition::<&str, &[u8]>::new("users"))
+                .expect("users");
+            for (id, email) in [("ann", " Ann@Example.com "), ("bea", "bea@example.com")] {
+                let record = json!({"id": id, "email": email, "created_at": 0}).to_string();
+                users.insert(id, record.as_bytes()).expect("insert");
+            }
+        }
+        txn.commit().expect("commit");
+    }
+    let store = cedard::store::Store::open(&data).expect("the old file opens");
+    let ann = store
+        .read()
+        .expect("read")
+        .user("ann")
+        .expect("user")
+        .expect("ann");
+    assert_eq!(ann.email, "ann@example.com");
+    assert!(!ann.email_verified);
+    let taken = store.write(|w| {
+        w.sign_up(
+            &cedard::store::User {
+                id: "mallory".into(),
+                email: "ann@example.com".into(),
+                email_verified: false,
+                name: None,
+                created_at: 0,
+            },
+            "admin",
+        )
+    });
+    assert!(
+        matches!(taken, Err(cedard::store::StoreError::EmailTaken(_))),
+        "{taken:?}"
+    );
 }
