@@ -698,6 +698,9 @@ impl Accounts {
             let now = self.clock.now_secs();
             ctx.write_with("acceptInvite", |w| {
                 let invite = w.live_invite(&sha, now)?;
+                if !ctx.roles()?.contains(&invite.role) {
+                    return Err(StoreError::InviteGone(GoneReason::RoleNotInSchema).into());
+                }
                 let context = json!({"role": invite.role});
                 match ctx.authorize_in_write(
                     &invite.created_by,
@@ -833,8 +836,12 @@ impl Ctx<'_> {
     }
 
     /// Why a pending invite can no longer be accepted, if it cannot: its
-    /// creator may no longer grant its role.
+    /// role is not in the live schema, or its creator may no longer grant
+    /// it.
     fn dead_reason(&self, invite: &Invite) -> Result<Option<GoneReason>, AccountsError> {
+        if !self.roles()?.contains(&invite.role) {
+            return Ok(Some(GoneReason::RoleNotInSchema));
+        }
         let context = json!({"role": invite.role});
         let grants = self.accounts.pdp.would_allow(
             self.snapshot,

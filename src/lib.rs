@@ -13,6 +13,7 @@ pub mod cli_keys;
 pub mod clock;
 pub mod config;
 pub mod facts;
+pub mod fit;
 pub mod http;
 pub mod keys;
 pub mod matrix;

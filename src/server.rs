@@ -184,6 +184,14 @@ pub async fn run(
     check_exposure(addr, &keys, &options)?;
     let sources = config.sources();
     let live = blocking(move || LivePolicies::start(sources)).await??;
+    {
+        // A reload whose schema no longer fits the stored data is refused.
+        let store = store.clone();
+        let clock = config.clock.clone();
+        live.set_guard(Box::new(move |snapshot| {
+            crate::fit::check(&store, snapshot, clock.now_secs())
+        }));
+    }
     let snapshot = live.snapshot();
     tracing::info!(
         generation = snapshot.revision.generation,

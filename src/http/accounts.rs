@@ -156,7 +156,7 @@ pub struct InviteView {
     status: &'static str,
     /// Why a `dead` invite can no longer be accepted:
     /// `creator_cannot_grant` (its creator was removed or demoted, or the
-    /// policies no longer let them grant its role).
+    /// policies no longer let them grant its role), `role_not_in_schema`.
     #[serde(skip_serializing_if = "Option::is_none")]
     dead_reason: Option<&'static str>,
     /// The invite's id.
@@ -179,6 +179,7 @@ impl InviteView {
             status: if dead.is_some() { "dead" } else { "pending" },
             dead_reason: dead.map(|r| match r {
                 GoneReason::CreatorCannotGrant => "creator_cannot_grant",
+                GoneReason::RoleNotInSchema => "role_not_in_schema",
                 GoneReason::Unknown | GoneReason::Expired => "gone",
             }),
             id: i.id.clone(),

@@ -50,10 +50,18 @@ pub struct ReloadStatus {
     pub errors: Vec<LoadError>,
 }
 
+/// A check a new snapshot must pass before it replaces the live one, beyond
+/// its own validity: the server installs one that checks the stored data
+/// still fits the new schema, so that this module knows nothing of the store.
+pub type Guard = Box<dyn Fn(&PolicySnapshot) -> Result<(), Vec<LoadError>> + Send + Sync>;
+
 /// The live policy set and the machinery that replaces it.
 pub struct LivePolicies {
     sources: Sources,
     current: ArcSwap<PolicySnapshot>,
+    /// The check a reloaded snapshot must pass before the swap. A `std`
+    /// mutex: taken only inside a reload, which never crosses an `.await`.
+    guard: Mutex<Option<Arc<Guard>>>,
     /// Guards the reload sequence and remembers the last attempt. A
     /// `std::sync::Mutex` because reloads are synchronous file work that never
     /// crosses an `.await`.
@@ -81,6 +89,7 @@ impl LivePolicies {
         Ok(Arc::new(Self {
             sources,
             current: ArcSwap::new(snapshot),
+            guard: Mutex::new(None),
             state: Mutex::new(ReloadState {
                 generation: 1,
                 last,
@@ -92,6 +101,14 @@ impl LivePolicies {
     /// of one decision, so a reload in the middle never mixes two sets.
     pub fn snapshot(&self) -> Arc<PolicySnapshot> {
         self.current.load_full()
+    }
+
+    /// Installs the check every reloaded snapshot must pass before it
+    /// replaces the live one; a snapshot it refuses is refused like an
+    /// invalid one (its errors in [`LivePolicies::last_reload`], the old set
+    /// serving).
+    pub fn set_guard(&self, guard: Guard) {
+        *self.guard.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(guard));
     }
 
     /// The outcome of the last reload attempt.
@@ -127,7 +144,14 @@ impl LivePolicies {
         if !force && state.last.ok && files.sha256 == self.current.load().revision.sha256 {
             return false;
         }
-        match load_files(&files, state.generation + 1) {
+        let guard = self.guard.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let loaded = load_files(&files, state.generation + 1).and_then(|snapshot| {
+            match guard.as_ref().map_or(Ok(()), |g| g(&snapshot)) {
+                Ok(()) => Ok(snapshot),
+                Err(errors) => Err(PolicyError(errors)),
+            }
+        });
+        match loaded {
             Ok(snapshot) => {
                 state.generation += 1;
                 tracing::info!(

@@ -11,6 +11,7 @@
 
 mod records;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -224,6 +225,8 @@ pub enum GoneReason {
     /// Its creator may no longer grant its role (removed, demoted, or the
     /// policies changed).
     CreatorCannotGrant,
+    /// Its role is not one of the live schema's roles.
+    RoleNotInSchema,
 }
 
 macro_rules! redb_errors {
@@ -509,6 +512,70 @@ impl ReadView {
     pub fn members(&self, account: &str) -> Result<Vec<(String, Membership)>> {
         let table = self.txn.open_table(MEMBERS)?;
         members_in(&table, account)
+    }
+
+    /// How many memberships and invites pending at `now` hold each role: a
+    /// scan, for checking a new schema against what is stored.
+    pub fn role_census(&self, now: i64) -> Result<BTreeMap<String, (usize, usize)>> {
+        let mut out: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+        for item in self.user_accounts.iter()? {
+            let (_, v) = item?;
+            out.entry(v.value().to_owned()).or_default().0 += 1;
+        }
+        let invites = self.txn.open_table(INVITES)?;
+        for item in invites.iter()? {
+            let (_, v) = item?;
+            let invite: Invite = decode("invites", v.value())?;
+            if invite.is_pending(now) {
+                out.entry(invite.role).or_default().1 += 1;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Calls `f` with every stored user and its `(account, role)` pairs, in
+    /// id order: one pass over the users and the per-user index together.
+    pub fn each_user(&self, mut f: impl FnMut(User, Vec<(String, String)>)) -> Result<()> {
+        let mut index = self.user_accounts.iter()?.peekable();
+        for item in self.users.iter()? {
+            let (_, v) = item?;
+            let user: User = decode("users", v.value())?;
+            let mut roles = Vec::new();
+            loop {
+                let next = match index.peek() {
+                    Some(Ok((k, _))) => k.value().0.cmp(user.id.as_str()),
+                    Some(Err(_)) => {
+                        if let Some(Err(e)) = index.next() {
+                            return Err(e.into());
+                        }
+                        continue;
+                    }
+                    None => break,
+                };
+                match next {
+                    std::cmp::Ordering::Less => {
+                        index.next();
+                    }
+                    std::cmp::Ordering::Equal => {
+                        if let Some(Ok((k, v))) = index.next() {
+                            roles.push((k.value().1.to_owned(), v.value().to_owned()));
+                        }
+                    }
+                    std::cmp::Ordering::Greater => break,
+                }
+            }
+            f(user, roles);
+        }
+        Ok(())
+    }
+
+    /// Calls `f` with every stored account, in id order.
+    pub fn each_account(&self, mut f: impl FnMut(Account)) -> Result<()> {
+        for item in self.accounts.iter()? {
+            let (_, v) = item?;
+            f(decode("accounts", v.value())?);
+        }
+        Ok(())
     }
 
     /// Every caller key, revoked ones included, ordered by id.

@@ -6,7 +6,11 @@
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::support::{copy_pack, spawn_app, spawn_app_in, TestApp};
+use std::time::Duration;
+
+use crate::support::{copy_pack, spawn_app, spawn_app_in, wait_until, TestApp};
+
+const DEADLINE: Duration = Duration::from_secs(20);
 
 /// Sends `method path` as `actor` with an optional JSON body; returns the
 /// status and the JSON body (`null` when empty).
@@ -390,4 +394,114 @@ fn a_format_2_file_gets_its_emails_normalised_and_indexed() {
         matches!(taken, Err(cedard::store::StoreError::EmailTaken(_))),
         "{taken:?}"
     );
+}
+
+/// Whether `user` may `action` on `account`, from the stored facts.
+async fn allowed(app: &TestApp, user: &str, action: &str, account: &str) -> Value {
+    let (status, body) = app
+        .post(
+            "/v1/is_authorized",
+            &json!({
+                "principal": {"type": "User", "id": user},
+                "action": {"type": "Action", "id": action},
+                "resource": {"type": "Account", "id": account},
+            }),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["decision"].clone()
+}
+
+/// Writes `files` (path under the pack → text) and waits until a reload
+/// attempt was refused with an error containing `expect`; returns the
+/// errors.
+async fn refused_reload(app: &TestApp, files: &[(&str, String)], expect: &str) -> String {
+    for (path, text) in files {
+        std::fs::write(app.dir.path().join(path), text).expect("write");
+    }
+    wait_until(DEADLINE, || async {
+        let (_, listing) = app.get("/v1/policies").await;
+        listing["last_reload"]["ok"] == false
+            && listing["last_reload"]["errors"]
+                .to_string()
+                .contains(expect)
+    })
+    .await;
+    let (_, listing) = app.get("/v1/policies").await;
+    assert_eq!(listing["revision"]["generation"], 1, "{listing}");
+    listing["last_reload"]["errors"].to_string()
+}
+
+/// Finding 4: a schema edit that no longer fits the stored data (a renamed
+/// role, a new required attribute) was accepted with `ok: true`. It is
+/// refused, saying what no longer fits and how many records, and the old set
+/// keeps serving.
+#[tokio::test]
+async fn a_reload_that_would_break_stored_data_is_refused() {
+    let app = spawn_app().await;
+    let acme = team(&app, "alice").await;
+    join(&app, "alice", &acme, "dave", "dev").await;
+    join(&app, "alice", &acme, "erin", "dev").await;
+    let (status, pending) = invite(&app, "alice", &acme, json!({"role": "dev"})).await;
+    assert_eq!(status, 201, "{pending}");
+    let schema =
+        std::fs::read_to_string(app.dir.path().join("schema/teams.cedarschema")).expect("schema");
+    let pack = |path: &str| std::fs::read_to_string(app.dir.path().join(path)).expect("read");
+
+    // Rename `dev` to `developer`, policies included: a valid set, but two
+    // members and one pending invite hold `dev`.
+    let errors = refused_reload(
+        &app,
+        &[
+            (
+                "schema/teams.cedarschema",
+                schema.replace("    dev: Role,", "    developer: Role,"),
+            ),
+            (
+                "policies/dev.cedar",
+                pack("policies/dev.cedar").replace("roles.dev", "roles.developer"),
+            ),
+            (
+                "policies/grants.cedar",
+                pack("policies/grants.cedar").replace("roles.dev", "roles.developer"),
+            ),
+        ],
+        "hold the role `dev`",
+    )
+    .await;
+    assert!(
+        errors.contains("2 members and 1 pending invite hold the role `dev`"),
+        "{errors}"
+    );
+    assert_eq!(allowed(&app, "dave", "createPod", &acme).await, "allow");
+    let (status, body) = accept(&app, "bob", &token_of(&pending)).await;
+    assert_eq!(status, 403, "unknown user: {body}");
+    assert_eq!(sign_up(&app, "bob").await.0, 201);
+    let (status, body) = accept(&app, "bob", &token_of(&pending)).await;
+    assert_eq!(status, 200, "the old set still serves: {body}");
+
+    // A required attribute the stored users do not have (the policies as
+    // they were).
+    let errors = refused_reload(
+        &app,
+        &[
+            (
+                "schema/teams.cedarschema",
+                schema.replace("  email: String,", "  email: String,\n  title: String,"),
+            ),
+            (
+                "policies/dev.cedar",
+                pack("policies/dev.cedar").replace("roles.developer", "roles.dev"),
+            ),
+            (
+                "policies/grants.cedar",
+                pack("policies/grants.cedar").replace("roles.developer", "roles.dev"),
+            ),
+        ],
+        "stored users",
+    )
+    .await;
+    assert!(errors.contains("4 stored users"), "{errors}");
+    assert_eq!(allowed(&app, "dave", "createPod", &acme).await, "allow");
+    app.stop().await;
 }

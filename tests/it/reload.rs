@@ -247,7 +247,7 @@ async fn a_save_by_rename_goes_live_and_editor_files_are_ignored() {
     assert_eq!(decision(&app, "dev", "connectPod").await, "allow");
     let (_, listing) = app.get("/v1/policies").await;
     assert_eq!(listing["last_reload"]["ok"], true, "{listing}");
-    assert_eq!(listing["policies"].as_array().expect("policies").len(), 7);
+    assert_eq!(listing["policies"].as_array().expect("policies").len(), 9);
     app.stop().await;
 }
 
@@ -361,5 +361,5 @@ fn validate_accepts_the_default_pack() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ok: 7 policies"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok: 9 policies"));
 }
