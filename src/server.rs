@@ -183,7 +183,8 @@ pub async fn run(
     };
     check_exposure(addr, &keys, &options)?;
     let sources = config.sources();
-    let live = blocking(move || LivePolicies::start(sources)).await??;
+    let settle = options.settle();
+    let live = blocking(move || LivePolicies::start(sources, settle)).await??;
     let snapshot = live.snapshot();
     tracing::info!(
         generation = snapshot.revision.generation,

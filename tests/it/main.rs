@@ -6,6 +6,7 @@ mod auth;
 mod conformance;
 mod crash;
 mod decisions;
+mod hardening_reload;
 mod matrix;
 mod reload;
 mod suite;
