@@ -2,7 +2,9 @@
 //! and the reload status always matches the served set; file size and
 //! policy count are capped; a half-written file is never served; an
 //! unreadable policy file refuses the set; a missing policy folder is
-//! reported once and recovered from.
+//! reported once and recovered from; display names refuse control and
+//! bidirectional characters, duplicate JSON keys are refused, error answers
+//! are bounded; an invite link tells what it is for.
 
 use std::io::Write;
 use std::path::Path;
@@ -431,4 +433,297 @@ async fn a_missing_policy_folder_is_reported_once_and_recovered_from() {
     assert_eq!(get("/v1/policies").await.1["last_reload"]["ok"], true);
     let _ = child.kill();
     let _ = child.wait();
+}
+
+// Finding 10: input edges.
+
+/// Sends `method path` with an optional `X-Actor` (raw bytes) and body;
+/// returns the status and the body as text.
+async fn raw_call(
+    app: &TestApp,
+    method: reqwest::Method,
+    path: &str,
+    actor: Option<&[u8]>,
+    body: Option<&str>,
+) -> (u16, String) {
+    let mut req = app.client.request(method, app.url(path));
+    if let Some(a) = actor {
+        req = req.header(
+            "x-actor",
+            reqwest::header::HeaderValue::from_bytes(a).expect("header value"),
+        );
+    }
+    if let Some(b) = body {
+        req = req
+            .header("content-type", "application/json")
+            .body(b.to_owned());
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn display_names_refuse_control_and_bidirectional_override_characters() {
+    let app = spawn_app().await;
+    let post = reqwest::Method::POST;
+    for (i, name) in ["a\u{0}b", "bell\u{7}", "evil\u{202E}gnp.exe", "x\u{2066}y"]
+        .iter()
+        .enumerate()
+    {
+        let body =
+            json!({"id": format!("u{i}"), "email": format!("u{i}@example.com"), "name": name});
+        let (status, text) = raw_call(
+            &app,
+            post.clone(),
+            "/v1/users",
+            None,
+            Some(&body.to_string()),
+        )
+        .await;
+        assert_eq!(status, 400, "{name:?}: {text}");
+        assert!(text.contains("name"), "{text}");
+    }
+    // The account name of a conversion and a key's name are held to the
+    // same rule.
+    let ok = json!({"id": "alice", "email": "alice@example.com", "name": "Alice"});
+    assert_eq!(
+        raw_call(&app, post.clone(), "/v1/users", None, Some(&ok.to_string()))
+            .await
+            .0,
+        201
+    );
+    let (status, text) = raw_call(
+        &app,
+        post.clone(),
+        "/v1/accounts/alice/convert",
+        Some(b"alice"),
+        Some(&json!({"name": "Acme\u{202E}"}).to_string()),
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    let (status, text) = raw_call(
+        &app,
+        post,
+        "/v1/keys",
+        None,
+        Some(&json!({"name": "svc\u{202D}", "scopes": ["decide"]}).to_string()),
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn x_actor_is_never_echoed_and_must_be_text() {
+    let app = spawn_app().await;
+    let get = reqwest::Method::GET;
+    let huge = "a".repeat(64 * 1024);
+    let (status, text) = raw_call(
+        &app,
+        get.clone(),
+        "/v1/accounts/acme",
+        Some(huge.as_bytes()),
+        None,
+    )
+    .await;
+    assert_eq!(status, 403, "{}", &text[..text.len().min(300)]);
+    assert!(text.len() < 1024, "the answer is {} bytes", text.len());
+    let (status, text) =
+        raw_call(&app, get, "/v1/accounts/acme", Some(b"\xffal\xfeice"), None).await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("X-Actor"), "{text}");
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn duplicate_json_keys_are_refused_naming_the_key() {
+    let app = spawn_app().await;
+    let post = reqwest::Method::POST;
+    let (status, text) = raw_call(
+        &app,
+        post.clone(),
+        "/v1/users",
+        None,
+        Some(r#"{"id": "bob", "email": "bob@example.com", "id": "root"}"#),
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    let body: Value = serde_json::from_str(&text).expect("json error");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("duplicate key `id`"), "{text}");
+    // Nobody was signed up under either id.
+    let (status, _) = raw_call(
+        &app,
+        post.clone(),
+        "/v1/users",
+        None,
+        Some(&json!({"id": "root", "email": "r@example.com"}).to_string()),
+    )
+    .await;
+    assert_eq!(status, 201);
+    // A decision's own fields are refused twice too.
+    let mut check_body = check("dev", "startPod").to_string();
+    check_body.insert_str(1, r#""action": {"type": "Action", "id": "viewBilling"}, "#);
+    let (status, text) = raw_call(
+        &app,
+        post.clone(),
+        "/v1/is_authorized",
+        None,
+        Some(&check_body),
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("duplicate field `action`"), "{text}");
+    // Messages quoting input are bounded.
+    let long = "x".repeat(10_000);
+    let (status, text) = raw_call(
+        &app,
+        post,
+        "/v1/users",
+        None,
+        Some(&json!({"id": "carol", "email": "c@example.com", "name": [long]}).to_string()),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(text.len() < 1024, "the answer is {} bytes", text.len());
+    app.stop().await;
+}
+
+// Finding 11: the invite link answered 404.
+
+#[tokio::test]
+async fn an_invite_link_tells_what_it_is_for_without_accepting_it() {
+    let app = spawn_app().await;
+    let post = reqwest::Method::POST;
+    for (id, name) in [("alice", "Alice"), ("bob", "Bob")] {
+        let body = json!({"id": id, "email": format!("{id}@example.com"), "name": name});
+        assert_eq!(
+            raw_call(
+                &app,
+                post.clone(),
+                "/v1/users",
+                None,
+                Some(&body.to_string())
+            )
+            .await
+            .0,
+            201
+        );
+    }
+    let (status, _) = raw_call(
+        &app,
+        post.clone(),
+        "/v1/accounts/alice/convert",
+        Some(b"alice"),
+        Some(r#"{"name": "Acme"}"#),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, text) = raw_call(
+        &app,
+        post.clone(),
+        "/v1/accounts/alice/invites",
+        Some(b"alice"),
+        Some(r#"{"role": "dev", "email": "bob@example.com"}"#),
+    )
+    .await;
+    assert_eq!(status, 201, "{text}");
+    let issued: Value = serde_json::from_str(&text).expect("json");
+    let link = issued["link"].as_str().expect("link");
+    let path = &link[link.find("/invites/").expect("path")..];
+    let (status, shown) = app.get(path).await;
+    assert_eq!(status, 200, "{shown}");
+    assert_eq!(shown["account"], "alice", "{shown}");
+    assert_eq!(shown["account_name"], "Acme", "{shown}");
+    assert_eq!(shown["role"], "dev", "{shown}");
+    assert_eq!(shown["email_bound"], true, "{shown}");
+    assert_eq!(shown["expires_at"], issued["expires_at"], "{shown}");
+    assert!(
+        shown.get("email").is_none() && shown.get("token").is_none(),
+        "{shown}"
+    );
+    // Looking did not accept: bob still can.
+    let token = issued["token"].as_str().expect("token");
+    let accept = json!({"token": token}).to_string();
+    let (status, text) = raw_call(
+        &app,
+        post,
+        "/v1/invites/accept",
+        Some(b"bob"),
+        Some(&accept),
+    )
+    .await;
+    assert_eq!(status, 200, "{text}");
+    // A used link, like an unknown one, is the accept's 410.
+    let (status, body) = app.get(path).await;
+    assert_eq!(
+        (status, &body["error"]["code"]),
+        (410, &json!("gone")),
+        "{body}"
+    );
+    let (status, _) = app.get("/invites/not-a-token").await;
+    assert_eq!(status, 410);
+    app.stop().await;
+}
+
+/// Writes `request` on a fresh connection and returns everything the
+/// daemon answers until it closes the connection (or a second passes).
+async fn raw_http(app: &TestApp, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(app.addr)
+        .await
+        .expect("connect");
+    // The daemon may answer and close before it has read everything.
+    let _ = stream.write_all(request.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn bad_paths_and_oversized_requests_get_bounded_answers() {
+    let app = spawn_app().await;
+    // A path segment that is not UTF-8: the one JSON shape, saying why.
+    let (status, text) = raw_call(
+        &app,
+        reqwest::Method::GET,
+        "/v1/accounts/%FF%FE/members",
+        Some(b"alice"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    let body: Value = serde_json::from_str(&text).expect("json error");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("UTF-8"), "{text}");
+    assert!(text.len() < 1024, "{text}");
+    // A URI over 64 KiB and headers over hyper's buffer are refused by
+    // hyper before any route runs: the status is right and nothing of the
+    // request is echoed (hyper gives no hook to shape that body).
+    let long_path = format!("/v1/accounts/{}", "a".repeat(70 * 1024));
+    let answer = raw_http(
+        &app,
+        &format!("GET {long_path} HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Actor: alice\r\n\r\n"),
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 414"),
+        "{}",
+        &answer[..answer.len().min(200)]
+    );
+    assert!(answer.len() < 1024, "{answer}");
+    let padding = "p".repeat(512 * 1024);
+    let answer = raw_http(
+        &app,
+        &format!("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: {padding}\r\n\r\n"),
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 431"),
+        "{}",
+        &answer[..answer.len().min(200)]
+    );
+    assert!(answer.len() < 1024, "{answer}");
+    app.stop().await;
 }
