@@ -40,6 +40,7 @@ fn main() {
     let files = Sources {
         policies: root.join("policies"),
         schema: root.join("schema"),
+        limits: Default::default(),
     }
     .read()
     .expect("files");

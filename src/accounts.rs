@@ -144,15 +144,21 @@ fn check_email(field: &str, email: &str) -> Result<(), AccountsError> {
     }
 }
 
+/// Display names: 1–100 characters, none of them a control character or a
+/// bidirectional override or isolate (which make a name display as another:
+/// U+202A–U+202E, U+2066–U+2069, U+200E, U+200F, U+061C).
 fn check_name(field: &str, name: &str) -> Result<(), AccountsError> {
     let n = name.trim().chars().count();
-    if (1..=100).contains(&n) && name.chars().count() <= 100 && !name.chars().any(char::is_control)
+    let bidi = |c: char| matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}' | '\u{200E}' | '\u{200F}' | '\u{061C}');
+    if (1..=100).contains(&n)
+        && name.chars().count() <= 100
+        && !name.chars().any(|c| c.is_control() || bidi(c))
     {
         Ok(())
     } else {
         Err(bad(
             field,
-            "must be 1 to 100 characters, none of them control characters",
+            "must be 1 to 100 characters, none of them control or bidirectional-override characters",
         ))
     }
 }
@@ -724,6 +730,27 @@ impl Accounts {
         };
         metrics::counter!("cedard_invites_total", "event" => event).increment(1);
         out
+    }
+
+    /// What the invite behind `token` is for, without accepting it: the
+    /// invite and its account. The token is the authority, as for accept;
+    /// an unknown, expired, revoked or used token is the same
+    /// [`StoreError::InviteGone`] accept answers.
+    pub fn invite_for_token(&self, token: &str) -> Result<(Invite, Account), AccountsError> {
+        let sha = sha256_hex(token);
+        let now = self.clock.now_secs();
+        let view = self.pdp.store().read()?;
+        let invite = match view.invite_by_token(&sha)? {
+            Some(i) if i.is_pending(now) && i.token_sha256 == sha => i,
+            Some(i) if matches!(i.state, InviteState::Pending) && now >= i.expires_at => {
+                return Err(StoreError::InviteGone(GoneReason::Expired).into())
+            }
+            _ => return Err(StoreError::InviteGone(GoneReason::Unknown).into()),
+        };
+        let account = view
+            .account(&invite.account)?
+            .ok_or_else(|| StoreError::InviteGone(GoneReason::Unknown))?;
+        Ok((invite, account))
     }
 
     /// Creates a caller key; the returned key is shown once. The new key is

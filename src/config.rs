@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser};
 
-use crate::policy::Sources;
+use crate::policy::{self, Sources};
 
 /// Where the policy set lives.
 #[derive(Debug, Args, Clone)]
@@ -18,6 +18,13 @@ pub struct PolicyArgs {
     /// Schema file, or folder of `*.cedarschema` / `*.cedarschema.json` files.
     #[arg(long, env = "CEDARD_SCHEMA", default_value = "schema")]
     pub schema: PathBuf,
+    /// The largest policy or schema file, in bytes; a larger one refuses
+    /// the set, naming the file.
+    #[arg(long, env = "CEDARD_MAX_POLICY_FILE_BYTES", default_value_t = policy::DEFAULT_MAX_FILE_BYTES)]
+    pub max_policy_file_bytes: u64,
+    /// The most policies and templates in the set; more refuses the set.
+    #[arg(long, env = "CEDARD_MAX_POLICIES", default_value_t = policy::DEFAULT_MAX_POLICIES)]
+    pub max_policies: usize,
 }
 
 impl PolicyArgs {
@@ -26,6 +33,10 @@ impl PolicyArgs {
         Sources {
             policies: self.policies.clone(),
             schema: self.schema.clone(),
+            limits: policy::Limits {
+                max_file_bytes: self.max_policy_file_bytes,
+                max_policies: self.max_policies,
+            },
         }
     }
 }
@@ -57,6 +68,11 @@ pub struct Options {
     /// (fractions allowed, at least 0.05).
     #[arg(long, env = "CEDARD_POLL_SECS", default_value_t = 2.0)]
     pub poll_secs: f64,
+    /// Milliseconds every policy and schema file must stay unchanged (size,
+    /// modification time and content) before a load takes it, so that a
+    /// file written in several steps is never served half-written.
+    #[arg(long, env = "CEDARD_SETTLE_MS", default_value_t = 500)]
+    pub settle_ms: u64,
     /// Do not watch for file events; rely on the periodic check and SIGHUP.
     #[arg(long, env = "CEDARD_NO_WATCH")]
     pub no_watch: bool,
@@ -157,6 +173,11 @@ impl Options {
     /// The debounce interval.
     pub fn debounce(&self) -> Duration {
         Duration::from_millis(self.debounce_ms)
+    }
+
+    /// How long files must stay unchanged before a load takes them.
+    pub fn settle(&self) -> Duration {
+        Duration::from_millis(self.settle_ms)
     }
 
     /// The content-check interval (at least 50 ms).

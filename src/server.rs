@@ -183,7 +183,8 @@ pub async fn run(
     };
     check_exposure(addr, &keys, &options)?;
     let sources = config.sources();
-    let live = blocking(move || LivePolicies::start(sources)).await??;
+    let settle = options.settle();
+    let live = blocking(move || LivePolicies::start(sources, settle)).await??;
     {
         // A reload whose schema no longer fits the stored data is refused.
         let store = store.clone();

@@ -36,6 +36,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(relink))
         .routes(routes!(revoke))
         .routes(routes!(accept))
+        .routes(routes!(show_invite))
 }
 
 fn ts(secs: i64) -> String {
@@ -220,6 +221,22 @@ impl From<IssuedInvite> for IssuedInviteView {
             link: i.link,
         }
     }
+}
+
+/// What an invite link is for, shown without accepting it.
+#[derive(Serialize, ToSchema)]
+pub struct InviteLinkView {
+    /// The account it joins.
+    account: String,
+    /// The account's display name.
+    account_name: String,
+    /// The role it grants.
+    role: String,
+    /// When it stops working (RFC 3339).
+    expires_at: String,
+    /// Whether only a user with the email it is bound to may accept it (the
+    /// email itself is not shown).
+    email_bound: bool,
 }
 
 /// What accepting an invite did.
@@ -508,5 +525,31 @@ async fn accept(
     Ok(Json(Accepted {
         account: invite.account,
         role: invite.role,
+    }))
+}
+
+/// What the invite behind a link is for (account, role, expiry, whether it
+/// is bound to an email), without accepting it: the path of the link
+/// `<public-url>/invites/<token>`, for the product page that then calls
+/// accept. The token is the authority, as for accept, but the route needs a
+/// `manage` key like every management route: the product resolves links,
+/// not the invitee's browser. A dead link is the same 410 as accept.
+#[utoipa::path(get, path = "/invites/{token}", tag = "management",
+    params(("token" = String, Path, description = "The invite token of the link")),
+    responses((status = 200, body = InviteLinkView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 410, description = "Unknown, expired, revoked or used", body = ErrorBody)),
+    security(("bearer" = ["manage"])))]
+async fn show_invite(
+    State(state): State<AppState>,
+    caller: CallerInfo,
+    Path(token): Path<String>,
+) -> Result<Json<InviteLinkView>, ApiError> {
+    let (invite, account) =
+        blocking(state, caller, move |a, _| Ok(a.invite_for_token(&token)?)).await?;
+    Ok(Json(InviteLinkView {
+        account: invite.account,
+        account_name: account.name,
+        role: invite.role,
+        expires_at: ts(invite.expires_at),
+        email_bound: invite.email.is_some(),
     }))
 }

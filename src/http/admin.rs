@@ -87,12 +87,14 @@ pub struct PolicyListing {
     responses((status = 200, body = PolicyListing), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
     security(("bearer" = ["admin"])))]
 async fn list_policies(State(state): State<AppState>) -> Json<PolicyListing> {
-    let live = state.pdp.live();
-    let snapshot = live.snapshot();
+    // The snapshot and the reload status come from one atomic load: they
+    // always match, and a reload in progress is never waited on.
+    let published = state.pdp.live().published();
+    let snapshot = &published.snapshot;
     Json(PolicyListing {
         revision: snapshot.revision.clone(),
         loaded_at: snapshot.loaded_at,
-        last_reload: live.last_reload(),
+        last_reload: published.last_reload.clone(),
         warnings: snapshot.warnings.clone(),
         policies: snapshot.meta.clone(),
     })

@@ -110,16 +110,19 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for Actor {
 pub struct Body(serde_json::Map<String, Value>);
 
 impl Body {
-    /// Parses `bytes` as a JSON object with only the `allowed` fields.
+    /// Parses `bytes` as a JSON object with only the `allowed` fields. A
+    /// key given twice, at any depth, is refused naming the key: parsers
+    /// disagree on which one wins, so a proxy and cedard could read two
+    /// different requests.
     pub fn parse(bytes: &[u8], allowed: &[&str]) -> Result<Self, ApiError> {
-        let value: Value = serde_json::from_slice(bytes)
-            .map_err(|e| ApiError::BadJson(format!("invalid request body: {e}")))?;
+        let Strict(value) = serde_json::from_slice(bytes)
+            .map_err(|e| ApiError::BadJson(clip(&format!("invalid request body: {e}"))))?;
         let Value::Object(map) = value else {
             return Err(bad("body", "expected a JSON object"));
         };
         if let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str())) {
             return Err(bad(
-                unknown,
+                &clip(unknown),
                 format!(
                     "unknown field; expected {}",
                     allowed
@@ -138,7 +141,10 @@ impl Body {
         match self.0.get(field) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(other) => Err(bad(field, format!("expected a string, found `{other}`"))),
+            Some(other) => Err(bad(
+                field,
+                format!("expected a string, found `{}`", shown(other)),
+            )),
         }
     }
 
@@ -153,7 +159,10 @@ impl Body {
         match self.0.get(field) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Number(n)) if n.is_i64() => Ok(n.as_i64()),
-            Some(other) => Err(bad(field, format!("expected an integer, found `{other}`"))),
+            Some(other) => Err(bad(
+                field,
+                format!("expected an integer, found `{}`", shown(other)),
+            )),
         }
     }
 
@@ -177,13 +186,16 @@ impl Body {
                 .iter()
                 .map(|v| match v {
                     Value::String(s) => Ok(s.clone()),
-                    other => Err(bad(field, format!("expected strings, found `{other}`"))),
+                    other => Err(bad(
+                        field,
+                        format!("expected strings, found `{}`", shown(other)),
+                    )),
                 })
                 .collect::<Result<Vec<_>, _>>()
                 .map(Some),
             Some(other) => Err(bad(
                 field,
-                format!("expected a list of strings, found `{other}`"),
+                format!("expected a list of strings, found `{}`", shown(other)),
             )),
         }
     }
@@ -192,4 +204,96 @@ impl Body {
 /// A 400 naming `field`.
 pub fn bad(field: &str, message: impl Into<String>) -> ApiError {
     ApiError::BadRequest(InputError::new(field, message))
+}
+
+/// The longest piece of a caller's input an error message quotes.
+const MAX_QUOTED: usize = 64;
+
+/// `text` cut to [`MAX_QUOTED`] characters (marked with `…`), so that an
+/// error message never echoes a caller's megabyte back.
+pub fn clip(text: &str) -> String {
+    match text.char_indices().nth(MAX_QUOTED) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text.to_owned(),
+    }
+}
+
+/// A JSON value as an error message quotes it: compact and clipped.
+fn shown(value: &Value) -> String {
+    clip(&value.to_string())
+}
+
+/// A JSON value parsed like `serde_json::Value`, except that an object
+/// holding the same key twice is an error naming the key.
+struct Strict(Value);
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Strict(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                return Err(serde::de::Error::custom(format!(
+                    "duplicate key `{}`",
+                    clip(&key)
+                )));
+            }
+            let Strict(value) = map.next_value()?;
+            out.insert(key, value);
+        }
+        Ok(Value::Object(out))
+    }
 }

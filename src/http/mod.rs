@@ -189,7 +189,13 @@ fn with_description_route(mut doc: OpenApiDoc) -> OpenApiDoc {
 }
 
 /// Gives the errors axum answers by itself (a wrong method, a body over the
-/// limit) the one JSON error shape, so that clients parse every error alike.
+/// limit, a path that is not UTF-8) the one JSON error shape, so that
+/// clients parse every error alike. A 4xx keeps axum's own explanation,
+/// clipped (it may quote the request); a 5xx says nothing internal.
+///
+/// Requests hyper refuses before any route runs (a URI over 64 KiB: 414;
+/// headers over its buffer: 431) are answered by hyper itself with an empty
+/// body and the connection closed: hyper offers no hook to shape them.
 async fn json_errors(response: Response, max_body: usize) -> Response {
     let status = response.status();
     let is_json = response
@@ -201,12 +207,27 @@ async fn json_errors(response: Response, max_body: usize) -> Response {
     }
     let too_large =
         format!("the request body is over the {max_body}-byte limit (`--max-body-bytes`)");
+    let (parts, body) = response.into_parts();
+    let response = Response::from_parts(parts, axum::body::Body::empty());
+    let said = match axum::body::to_bytes(body, 4096).await {
+        Ok(bytes) if status.is_client_error() => {
+            // Lowercase like every message, without touching what it quotes.
+            let text = extract::clip(String::from_utf8_lossy(&bytes).trim());
+            let mut chars = text.chars();
+            chars
+                .next()
+                .map(|c| c.to_lowercase().chain(chars).collect())
+                .unwrap_or_default()
+        }
+        _ => String::new(),
+    };
     let (code, message) = match status {
         StatusCode::METHOD_NOT_ALLOWED => (
             "method_not_allowed",
             "this endpoint does not take that method",
         ),
         StatusCode::PAYLOAD_TOO_LARGE => ("too_large", too_large.as_str()),
+        _ if !said.is_empty() => ("invalid_request", said.as_str()),
         _ => ("error", status.canonical_reason().unwrap_or("error")),
     };
     let mut fixed = error_response(status, code, message);

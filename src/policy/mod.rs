@@ -244,6 +244,8 @@ impl PolicySnapshot {
     pub fn validate(&mut self, files: &[SourceFile]) -> Vec<LoadError> {
         let result =
             Validator::new(self.schema.clone()).validate(&self.policies, ValidationMode::Strict);
+        // One line index per file, built when a diagnostic first needs it.
+        let indexes: std::cell::RefCell<HashMap<&str, LineIndex<'_>>> = Default::default();
         let locate = |id: &PolicyId, diag: &dyn Diagnostic, message: String| {
             let (file, text) = match self.meta_of(id) {
                 Some(m) => (
@@ -251,13 +253,17 @@ impl PolicySnapshot {
                     files
                         .iter()
                         .find(|f| f.name == m.file)
-                        .map(|f| f.text.as_str()),
+                        .map(|f| (f.name.as_str(), f.text.as_str())),
                 ),
                 None => (id.to_string(), None),
             };
             let (line, column) = match (first_offset(diag), text) {
-                (Some(off), Some(text)) => {
-                    let (l, c) = line_col(text, off);
+                (Some(off), Some((name, text))) => {
+                    let (l, c) = indexes
+                        .borrow_mut()
+                        .entry(name)
+                        .or_insert_with(|| LineIndex::new(text))
+                        .line_col(off);
                     (Some(l), Some(c))
                 }
                 _ => (self.meta_of(id).map(|m| m.line), None),
@@ -339,6 +345,7 @@ impl Parsed {
 /// `policy1`, … in order, whether they are policies or templates.
 fn parse_file(text: &str) -> Result<Vec<Parsed>, Box<cedar_policy::ParseErrors>> {
     let set: PolicySet = text.parse().map_err(Box::new)?;
+    let lines = LineIndex::new(text);
     let count = set.policies().count() + set.templates().count();
     let mut out = Vec::with_capacity(count);
     let mut cursor = 0usize;
@@ -361,9 +368,9 @@ fn parse_file(text: &str) -> Result<Vec<Parsed>, Box<cedar_policy::ParseErrors>>
         let line = match offset {
             Some((start, len)) => {
                 cursor = start + len;
-                line_col(text, start).0
+                lines.line(start)
             }
-            None => line_col(text, cursor).0,
+            None => lines.line(cursor),
         };
         out.push(Parsed { line, body });
     }
@@ -371,13 +378,47 @@ fn parse_file(text: &str) -> Result<Vec<Parsed>, Box<cedar_policy::ParseErrors>>
 }
 
 /// Converts a byte offset into a 1-based line and column (in characters).
+/// For many offsets into one text, build a [`LineIndex`] once instead.
 pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let offset = offset.min(text.len());
-    let before = text.get(..offset).unwrap_or(text);
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
-    let column = before[line_start..].chars().count() + 1;
-    (line, column)
+    LineIndex::new(text).line_col(offset)
+}
+
+/// Where each line of one text starts, so that locating a byte offset is a
+/// binary search rather than a count from the start of the file: locating
+/// every policy of a file stays linear in the file's size.
+pub struct LineIndex<'a> {
+    text: &'a str,
+    /// Byte offset of the start of each line; the first is 0.
+    starts: Vec<usize>,
+}
+
+impl<'a> LineIndex<'a> {
+    /// Indexes `text` in one pass.
+    pub fn new(text: &'a str) -> Self {
+        let starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        Self { text, starts }
+    }
+
+    /// The 1-based line holding byte `offset`.
+    pub fn line(&self, offset: usize) -> usize {
+        let offset = offset.min(self.text.len());
+        // The number of lines starting at or before `offset`.
+        self.starts.partition_point(|&s| s <= offset)
+    }
+
+    /// The 1-based line and column (in characters) of byte `offset`.
+    pub fn line_col(&self, offset: usize) -> (usize, usize) {
+        let mut offset = offset.min(self.text.len());
+        while !self.text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let line = self.line(offset);
+        let start = self.starts[line - 1];
+        let column = self.text[start..offset].chars().count() + 1;
+        (line, column)
+    }
 }
 
 /// The byte offset of a diagnostic's first labelled span, if it has one.
@@ -400,10 +441,11 @@ pub fn describe(diag: &dyn Diagnostic) -> String {
 /// Converts a Cedar error with possibly many parts (like `ParseErrors`) into
 /// located errors for one file.
 fn diagnostic_errors(file: &str, text: &str, diag: &dyn Diagnostic) -> Vec<LoadError> {
+    let lines = LineIndex::new(text);
     let locate = |d: &dyn Diagnostic| {
         let (line, column) = match first_offset(d) {
             Some(off) => {
-                let (l, c) = line_col(text, off);
+                let (l, c) = lines.line_col(off);
                 (Some(l), Some(c))
             }
             None => (None, None),
@@ -436,6 +478,34 @@ pub struct Sources {
     pub policies: PathBuf,
     /// A schema file, or a folder of `*.cedarschema` / `*.cedarschema.json`.
     pub schema: PathBuf,
+    /// The bounds a load is held to.
+    pub limits: Limits,
+}
+
+/// The largest policy or schema file read, by default: 16 MiB.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// The most policies and templates in one set, by default.
+pub const DEFAULT_MAX_POLICIES: usize = 100_000;
+
+/// Bounds on what one load reads, so that a runaway file (a log written into
+/// the policy folder, a generator gone wrong) is refused with a clear error
+/// instead of holding the reload, and memory, for minutes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The largest policy or schema file, in bytes.
+    pub max_file_bytes: u64,
+    /// The most policies and templates in the whole set.
+    pub max_policies: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
+            max_policies: DEFAULT_MAX_POLICIES,
+        }
+    }
 }
 
 /// The raw files of one load: read once, hashed, then parsed.
@@ -447,6 +517,57 @@ pub struct Files {
     pub schemas: Vec<SourceFile>,
     /// SHA-256 of all of the above.
     pub sha256: String,
+    /// The bounds the files were read under (the policy count is checked
+    /// once they are parsed).
+    pub limits: Limits,
+    /// Size and modification time of every file read, sorted by path: with
+    /// the content, what tells a file that is still being written.
+    pub stamps: Vec<Stamp>,
+}
+
+/// A file's size and modification time when it was read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stamp {
+    /// The path as read.
+    pub path: PathBuf,
+    /// Its size in bytes.
+    pub len: u64,
+    /// Its modification time, where the file system keeps one.
+    pub modified: Option<std::time::SystemTime>,
+}
+
+impl Files {
+    /// The most recent modification time of any file read.
+    pub fn youngest(&self) -> Option<std::time::SystemTime> {
+        self.stamps.iter().filter_map(|s| s.modified).max()
+    }
+
+    /// The first file whose content, size or modification time differs
+    /// between `self` and `other`, or that only one of them has.
+    pub fn first_difference(&self, other: &Files) -> Option<String> {
+        let texts = |f: &Files| {
+            f.policies
+                .iter()
+                .chain(&f.schemas)
+                .map(|s| (s.name.clone(), s.text.clone()))
+                .collect::<BTreeMap<_, _>>()
+        };
+        let (a, b) = (texts(self), texts(other));
+        if let Some(name) = a
+            .iter()
+            .find(|(n, t)| b.get(*n) != Some(*t))
+            .map(|(n, _)| n.clone())
+            .or_else(|| b.keys().find(|n| !a.contains_key(*n)).cloned())
+        {
+            return Some(name);
+        }
+        self.stamps
+            .iter()
+            .zip(&other.stamps)
+            .find(|(x, y)| x != y)
+            .map(|(x, _)| x.path.display().to_string())
+            .or_else(|| (self.stamps.len() != other.stamps.len()).then(|| "a file".to_owned()))
+    }
 }
 
 impl Sources {
@@ -455,12 +576,17 @@ impl Sources {
     pub fn read(&self) -> Result<Files, PolicyError> {
         let mut errors = Vec::new();
         let mut policies = Vec::new();
+        let mut stamps = Vec::new();
         collect(
             &self.policies,
             &self.policies,
             &mut policies,
+            &mut stamps,
             &mut errors,
-            is_policy_file,
+            Wanted {
+                name: is_policy_file,
+                max_bytes: self.limits.max_file_bytes,
+            },
         );
         let mut schemas = Vec::new();
         if self.schema.is_dir() {
@@ -468,8 +594,12 @@ impl Sources {
                 &self.schema,
                 &self.schema,
                 &mut schemas,
+                &mut stamps,
                 &mut errors,
-                is_schema_file,
+                Wanted {
+                    name: is_schema_file,
+                    max_bytes: self.limits.max_file_bytes,
+                },
             );
             if schemas.is_empty() && errors.is_empty() {
                 errors.push(LoadError {
@@ -481,15 +611,18 @@ impl Sources {
                 });
             }
         } else {
-            match std::fs::read_to_string(&self.schema) {
-                Ok(text) => schemas.push(SourceFile {
-                    name: self
-                        .schema
-                        .file_name()
-                        .map(|n| n.to_string_lossy().into_owned())
-                        .unwrap_or_default(),
-                    text,
-                }),
+            match read_capped(&self.schema, self.limits.max_file_bytes) {
+                Ok((text, stamp)) => {
+                    stamps.push(stamp);
+                    schemas.push(SourceFile {
+                        name: self
+                            .schema
+                            .file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default(),
+                        text,
+                    })
+                }
                 Err(e) => errors.push(LoadError {
                     file: self.schema.display().to_string(),
                     line: None,
@@ -503,6 +636,7 @@ impl Sources {
         }
         policies.sort_by(|a, b| a.name.cmp(&b.name));
         schemas.sort_by(|a, b| a.name.cmp(&b.name));
+        stamps.sort_by(|a, b| a.path.cmp(&b.path));
         let mut hasher = Sha256::new();
         for (kind, list) in [("policy", &policies), ("schema", &schemas)] {
             for f in list {
@@ -518,6 +652,8 @@ impl Sources {
             policies,
             schemas,
             sha256: hex::encode(hasher.finalize()),
+            limits: self.limits,
+            stamps,
         })
     }
 }
@@ -579,6 +715,20 @@ pub fn load_files(files: &Files, generation: u64) -> Result<Arc<PolicySnapshot>,
     };
     let mut snapshot =
         PolicySnapshot::build(&files.policies, schema, Naming::Annotation, revision)?;
+    // Checked before validation, the expensive part. The error names the
+    // file in which the count went over.
+    let max = files.limits.max_policies;
+    if let Some(over) = snapshot.meta.get(max) {
+        return Err(PolicyError(vec![LoadError {
+            file: over.file.clone(),
+            line: Some(over.line),
+            column: None,
+            message: format!(
+                "the set has {} policies, over the limit of {max} (`--max-policies`)",
+                snapshot.meta.len()
+            ),
+        }]));
+    }
     snapshot.schema_files = files.schemas.clone();
     let errors = snapshot.validate(&files.policies);
     if !errors.is_empty() {
@@ -595,15 +745,112 @@ fn is_schema_file(name: &str) -> bool {
     name.ends_with(".cedarschema") || name.ends_with(".cedarschema.json")
 }
 
+/// Which files [`collect`] takes, and how large they may be.
+#[derive(Clone, Copy)]
+struct Wanted {
+    name: fn(&str) -> bool,
+    max_bytes: u64,
+}
+
+/// Why a file could not be taken.
+#[derive(Debug)]
+enum ReadError {
+    /// Gone between listing and reading.
+    Gone,
+    /// Over the size limit.
+    TooLarge { size: u64, max: u64 },
+    /// A FIFO, socket or device: reading it could block a reload forever.
+    NotRegular,
+    /// A symbolic link whose target does not exist.
+    Dangling(PathBuf),
+    /// Anything else the system reported.
+    Io(std::io::Error),
+}
+
+impl fmt::Display for ReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadError::Gone => f.write_str("the file disappeared while it was read"),
+            ReadError::TooLarge { size, max } => write!(
+                f,
+                "the file is {size} bytes, over the {max}-byte limit (`--max-policy-file-bytes`)"
+            ),
+            ReadError::NotRegular => f.write_str("not a regular file"),
+            ReadError::Dangling(target) => write!(
+                f,
+                "a symbolic link to `{}`, which does not exist",
+                target.display()
+            ),
+            ReadError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// Reads a whole file as text, refusing what is not a regular file or is
+/// over `max` bytes (checked before reading, and again while reading, in
+/// case the file grows).
+fn read_capped(path: &Path, max: u64) -> Result<(String, Stamp), ReadError> {
+    use std::io::Read;
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // `metadata` follows links: a link that is still there points
+            // nowhere, which must not pass for a deleted file.
+            return match std::fs::read_link(path) {
+                Ok(target) => Err(ReadError::Dangling(target)),
+                Err(_) => Err(ReadError::Gone),
+            };
+        }
+        Err(e) => return Err(ReadError::Io(e)),
+    };
+    if !meta.is_file() {
+        return Err(ReadError::NotRegular);
+    }
+    if meta.len() > max {
+        return Err(ReadError::TooLarge {
+            size: meta.len(),
+            max,
+        });
+    }
+    let file = std::fs::File::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => ReadError::Gone,
+        _ => ReadError::Io(e),
+    })?;
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.take(max.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(ReadError::Io)?;
+    let size = bytes.len() as u64;
+    if size > max {
+        return Err(ReadError::TooLarge { size, max });
+    }
+    let stamp = Stamp {
+        path: path.to_path_buf(),
+        len: meta.len(),
+        modified: meta.modified().ok(),
+    };
+    let text = String::from_utf8(bytes).map_err(|e| {
+        ReadError::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not UTF-8 text (byte {})", e.utf8_error().valid_up_to()),
+        ))
+    })?;
+    Ok((text, stamp))
+}
+
 /// Collects matching files below `dir`. Hidden files and folders (editor
 /// locks, swap files, `.git`) are skipped; only names with the right ending
-/// count, so backup files like `basic.cedar~` never load.
+/// count, so backup files like `basic.cedar~` never load. A matching name
+/// that cannot be read (a dangling link, a FIFO, a file over the size
+/// limit) is an error, never silently skipped: a `forbid` file behind a
+/// missing mount must not vanish from the set.
 fn collect(
     root: &Path,
     dir: &Path,
     out: &mut Vec<SourceFile>,
+    stamps: &mut Vec<Stamp>,
     errors: &mut Vec<LoadError>,
-    wanted: fn(&str) -> bool,
+    wanted: Wanted,
 ) {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
@@ -624,8 +871,8 @@ fn collect(
         }
         let path = entry.path();
         if path.is_dir() {
-            collect(root, &path, out, errors, wanted);
-        } else if wanted(&name) {
+            collect(root, &path, out, stamps, errors, wanted);
+        } else if (wanted.name)(&name) {
             let rel = path
                 .strip_prefix(root)
                 .unwrap_or(&path)
@@ -633,10 +880,13 @@ fn collect(
                 .map(|c| c.as_os_str().to_string_lossy())
                 .collect::<Vec<_>>()
                 .join("/");
-            match std::fs::read_to_string(&path) {
-                Ok(text) => out.push(SourceFile { name: rel, text }),
+            match read_capped(&path, wanted.max_bytes) {
+                Ok((text, stamp)) => {
+                    stamps.push(stamp);
+                    out.push(SourceFile { name: rel, text });
+                }
                 // A file deleted between listing and reading is simply gone.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(ReadError::Gone) => {}
                 Err(e) => errors.push(LoadError {
                     file: rel,
                     line: None,

@@ -9,7 +9,7 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use notify::RecursiveMode;
@@ -17,7 +17,7 @@ use notify_debouncer_full::{new_debouncer, DebounceEventResult};
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use super::{load_files, LoadError, PolicyError, PolicySnapshot, Sources};
+use super::{load_files, Files, LoadError, PolicyError, PolicySnapshot, Sources};
 
 /// What started a reload attempt.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, utoipa::ToSchema)]
@@ -55,31 +55,50 @@ pub struct ReloadStatus {
 /// still fits the new schema, so that this module knows nothing of the store.
 pub type Guard = Box<dyn Fn(&PolicySnapshot) -> Result<(), Vec<LoadError>> + Send + Sync>;
 
+/// A snapshot and the outcome of the reload attempt that left it serving,
+/// published together in one atomic swap: a reader never sees a status that
+/// does not belong to the set it is served.
+#[derive(Debug)]
+pub struct Published {
+    /// The set decisions use.
+    pub snapshot: Arc<PolicySnapshot>,
+    /// The last reload attempt (which produced `snapshot` when `ok`).
+    pub last_reload: ReloadStatus,
+}
+
+/// The most reads a reload makes while waiting for files to stop changing
+/// before it gives up (the old set keeps serving; the next event or poll
+/// tries again).
+const MAX_SETTLE_PASSES: usize = 10;
+
 /// The live policy set and the machinery that replaces it.
 pub struct LivePolicies {
     sources: Sources,
-    current: ArcSwap<PolicySnapshot>,
+    /// How long every file must stay unchanged before it is taken.
+    settle: Duration,
+    /// What readers load: never locked, so no request waits on a reload.
+    current: ArcSwap<Published>,
+    /// Serialises reloads. A `std::sync::Mutex` because reloads are
+    /// synchronous file work that never crosses an `.await`; readers never
+    /// take it.
     /// The check a reloaded snapshot must pass before the swap. A `std`
     /// mutex: taken only inside a reload, which never crosses an `.await`.
     guard: Mutex<Option<Arc<Guard>>>,
-    /// Guards the reload sequence and remembers the last attempt. A
-    /// `std::sync::Mutex` because reloads are synchronous file work that never
-    /// crosses an `.await`.
     state: Mutex<ReloadState>,
 }
 
 struct ReloadState {
     generation: u64,
-    last: ReloadStatus,
 }
 
 impl LivePolicies {
-    /// Loads the policy set for the first time. Fails with every error found
-    /// when the set is invalid, so that the daemon refuses to start on it.
-    pub fn start(sources: Sources) -> Result<Arc<Self>, PolicyError> {
-        let files = sources.read()?;
+    /// Loads the policy set for the first time, once its files have been
+    /// unchanged for `settle`. Fails with every error found when the set is
+    /// invalid, so that the daemon refuses to start on it.
+    pub fn start(sources: Sources, settle: Duration) -> Result<Arc<Self>, PolicyError> {
+        let files = read_settled(&sources, settle)?;
         let snapshot = load_files(&files, 1)?;
-        let last = ReloadStatus {
+        let last_reload = ReloadStatus {
             ok: true,
             trigger: Trigger::Startup,
             at: snapshot.loaded_at,
@@ -88,18 +107,25 @@ impl LivePolicies {
         };
         Ok(Arc::new(Self {
             sources,
-            current: ArcSwap::new(snapshot),
+            settle,
             guard: Mutex::new(None),
-            state: Mutex::new(ReloadState {
-                generation: 1,
-                last,
+            current: ArcSwap::from_pointee(Published {
+                snapshot,
+                last_reload,
             }),
+            state: Mutex::new(ReloadState { generation: 1 }),
         }))
     }
 
     /// The snapshot serving now. Callers keep the returned `Arc` for the whole
     /// of one decision, so a reload in the middle never mixes two sets.
     pub fn snapshot(&self) -> Arc<PolicySnapshot> {
+        self.current.load().snapshot.clone()
+    }
+
+    /// The snapshot serving now with the outcome of the last reload attempt,
+    /// as one consistent pair. Never waits on a reload in progress.
+    pub fn published(&self) -> Arc<Published> {
         self.current.load_full()
     }
 
@@ -111,9 +137,10 @@ impl LivePolicies {
         *self.guard.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(guard));
     }
 
-    /// The outcome of the last reload attempt.
+    /// The outcome of the last reload attempt. Never waits on a reload in
+    /// progress.
     pub fn last_reload(&self) -> ReloadStatus {
-        self.lock().last.clone()
+        self.current.load().last_reload.clone()
     }
 
     /// Where the policies are read from.
@@ -129,19 +156,32 @@ impl LivePolicies {
 
     /// Re-reads the files and swaps in a new snapshot if they changed and are
     /// valid. Unchanged files (same SHA-256 as the last attempt) are skipped
-    /// unless `force`. Returns whether a new snapshot is now serving.
+    /// unless `force`; changed files are taken only once they have stopped
+    /// changing (see [`read_settled`]). Returns whether a new snapshot is
+    /// now serving.
     pub fn reload(&self, trigger: Trigger, force: bool) -> bool {
         let mut state = self.lock();
-        let files = match self.sources.read() {
+        // Only this function replaces `current`, under the lock: what it
+        // loads here is the last attempt's outcome.
+        let published = self.current.load_full();
+        let last = &published.last_reload;
+        if !force {
+            // A cheap first look: nothing changed since the last attempt.
+            if let Ok(files) = self.sources.read() {
+                if files.sha256 == last.sha256
+                    || (last.ok && files.sha256 == published.snapshot.revision.sha256)
+                {
+                    return false;
+                }
+            }
+        }
+        let files = match read_settled(&self.sources, self.settle) {
             Ok(f) => f,
             Err(PolicyError(errors)) => {
-                return self.refuse(&mut state, trigger, String::new(), errors, force);
+                return self.refuse(&state, &published, trigger, String::new(), errors, force);
             }
         };
-        if !force && files.sha256 == state.last.sha256 {
-            return false;
-        }
-        if !force && state.last.ok && files.sha256 == self.current.load().revision.sha256 {
+        if !force && files.sha256 == last.sha256 {
             return false;
         }
         let guard = self.guard.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -154,6 +194,9 @@ impl LivePolicies {
         match loaded {
             Ok(snapshot) => {
                 state.generation += 1;
+                if !last.ok && last.sha256.is_empty() {
+                    tracing::info!("the policy files are readable again");
+                }
                 tracing::info!(
                     generation = snapshot.revision.generation,
                     sha256 = %snapshot.revision.sha256,
@@ -161,33 +204,39 @@ impl LivePolicies {
                     ?trigger,
                     "policy set reloaded"
                 );
-                state.last = ReloadStatus {
+                let last_reload = ReloadStatus {
                     ok: true,
                     trigger,
                     at: snapshot.loaded_at,
                     sha256: files.sha256,
                     errors: Vec::new(),
                 };
-                self.current.store(snapshot);
+                self.current.store(Arc::new(Published {
+                    snapshot,
+                    last_reload,
+                }));
                 metrics::counter!("cedard_policy_reloads_total", "outcome" => "ok").increment(1);
                 true
             }
             Err(PolicyError(errors)) => {
-                self.refuse(&mut state, trigger, files.sha256, errors, force)
+                self.refuse(&state, &published, trigger, files.sha256, errors, force)
             }
         }
     }
 
     fn refuse(
         &self,
-        state: &mut ReloadState,
+        state: &ReloadState,
+        published: &Published,
         trigger: Trigger,
         sha256: String,
         errors: Vec<LoadError>,
         force: bool,
     ) -> bool {
-        // The same broken files are reported once, not on every poll.
-        let repeated = !state.last.ok && state.last.sha256 == sha256 && !sha256.is_empty();
+        // The same failure (the same broken files, or the same unreadable
+        // folder) is reported once, not on every event or poll.
+        let last = &published.last_reload;
+        let repeated = !last.ok && last.sha256 == sha256 && last.errors == errors;
         if !repeated || force {
             for e in &errors {
                 tracing::error!(
@@ -198,15 +247,64 @@ impl LivePolicies {
             }
         }
         metrics::counter!("cedard_policy_reloads_total", "outcome" => "refused").increment(1);
-        state.last = ReloadStatus {
+        let last_reload = ReloadStatus {
             ok: false,
             trigger,
             at: OffsetDateTime::now_utc(),
             sha256,
             errors,
         };
+        self.current.store(Arc::new(Published {
+            snapshot: published.snapshot.clone(),
+            last_reload,
+        }));
         false
     }
+}
+
+/// Reads the files once they have stopped changing: two reads whose
+/// content, sizes and modification times agree, the second taken when the
+/// most recently modified file has been left alone for `settle`. A file
+/// written in several steps (`cat > file`, a deploy tool copying in place)
+/// is therefore never taken half-written, as long as the writer does not
+/// pause longer than `settle`. Files still changing after
+/// [`MAX_SETTLE_PASSES`] reads are refused, naming the file.
+pub fn read_settled(sources: &Sources, settle: Duration) -> Result<Files, PolicyError> {
+    let mut previous = sources.read()?;
+    if settle.is_zero() {
+        return Ok(previous);
+    }
+    for _ in 0..MAX_SETTLE_PASSES {
+        // Wait until the youngest file is `settle` old; a modification time
+        // in the future (clock skew) waits the whole interval.
+        let wait = previous
+            .youngest()
+            .map(|t| match SystemTime::now().duration_since(t) {
+                Ok(age) => settle.saturating_sub(age),
+                Err(_) => settle,
+            })
+            .unwrap_or(Duration::ZERO);
+        std::thread::sleep(wait);
+        let next = sources.read()?;
+        if next.sha256 == previous.sha256 && next.stamps == previous.stamps {
+            return Ok(next);
+        }
+        previous = next;
+    }
+    let file = sources
+        .read()
+        .ok()
+        .and_then(|now| now.first_difference(&previous))
+        .unwrap_or_else(|| sources.policies.display().to_string());
+    Err(PolicyError(vec![LoadError {
+        file,
+        line: None,
+        column: None,
+        message: format!(
+            "the file is still being written; it is read once unchanged for {} ms",
+            settle.as_millis()
+        ),
+    }]))
 }
 
 /// Keeps the watcher alive; dropping it stops watching.
@@ -222,19 +320,29 @@ pub struct WatchGuard {
 /// spanning several files is applied all at once or not at all.
 pub fn watch(live: Arc<LivePolicies>, debounce: Duration) -> Result<WatchGuard, notify::Error> {
     let handler_live = live.clone();
+    let mut backoff = Backoff::default();
     let mut debouncer = new_debouncer(debounce, None, move |result: DebounceEventResult| {
-        match result {
-            Ok(events) if !events.is_empty() => {
-                handler_live.reload(Trigger::Watch, false);
-            }
-            Ok(_) => {}
+        let changed = match result {
+            Ok(events) => !events.is_empty(),
             Err(errors) => {
-                for e in errors {
-                    tracing::warn!("file watcher error: {e}");
+                // Something may have been missed: check the content. The
+                // same error repeated (a watched folder that is gone) is
+                // logged once per back-off step, not on every tick.
+                if backoff.ready() {
+                    for e in errors {
+                        tracing::warn!("file watcher error: {e}");
+                    }
                 }
-                // Something may have been missed: check the content.
-                handler_live.reload(Trigger::Watch, false);
+                true
             }
+        };
+        if changed && backoff.ready() {
+            handler_live.reload(Trigger::Watch, false);
+            // Files that cannot be read at all (a missing folder, a mount
+            // gone away) are retried with a growing delay; the periodic
+            // check keeps looking meanwhile.
+            let last = handler_live.last_reload();
+            backoff.record(last.ok || !last.sha256.is_empty());
         }
     })?;
     let sources = live.sources();
@@ -250,6 +358,30 @@ pub fn watch(live: Arc<LivePolicies>, debounce: Duration) -> Result<WatchGuard, 
     Ok(WatchGuard {
         _debouncer: Box::new(debouncer),
     })
+}
+
+/// The delay before the watcher retries files it could not read: from
+/// 100 ms, doubling, up to 10 s; back to nothing after a read succeeds.
+#[derive(Debug, Default)]
+struct Backoff {
+    delay: Duration,
+    until: Option<std::time::Instant>,
+}
+
+impl Backoff {
+    fn ready(&self) -> bool {
+        self.until.is_none_or(|t| std::time::Instant::now() >= t)
+    }
+
+    fn record(&mut self, readable: bool) {
+        if readable {
+            *self = Self::default();
+        } else {
+            self.delay =
+                (self.delay * 2).clamp(Duration::from_millis(100), Duration::from_secs(10));
+            self.until = Some(std::time::Instant::now() + self.delay);
+        }
+    }
 }
 
 /// Re-checks the files' content every `interval`, for file systems or editors

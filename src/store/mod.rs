@@ -606,6 +606,20 @@ impl ReadView {
         }
         Ok(out)
     }
+
+    /// The invite whose token hashes to `sha256`, whatever its state.
+    pub fn invite_by_token(&self, sha256: &str) -> Result<Option<Invite>> {
+        let tokens = self.txn.open_table(INVITE_TOKENS)?;
+        let Some(id) = tokens.get(hash_key(sha256).as_slice())? else {
+            return Ok(None);
+        };
+        let invites = self.txn.open_table(INVITES)?;
+        let found = invites.get(id.value())?;
+        match found {
+            Some(v) => Ok(Some(decode("invites", v.value())?)),
+            None => Ok(None),
+        }
+    }
 }
 
 fn members_in(

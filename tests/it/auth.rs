@@ -161,7 +161,7 @@ fn need_of(path: &str) -> Option<Need> {
         "/healthz" | "/readyz" => Need::Nothing,
         "/openapi.json" => Need::AnyKey,
         "/v1/is_authorized" | "/v1/is_authorized/batch" => Need::Scope(Scope::Decide),
-        "/v1/invites/accept" => Need::Scope(Scope::Manage),
+        "/v1/invites/accept" | "/invites/{token}" => Need::Scope(Scope::Manage),
         p if p.starts_with("/v1/users") || p.starts_with("/v1/accounts/") => {
             Need::Scope(Scope::Manage)
         }
@@ -184,6 +184,7 @@ fn concrete(path: &str) -> String {
     path.replace("{id}", id)
         .replace("{user}", "bob")
         .replace("{invite}", "inv_0000000000000000")
+        .replace("{token}", "0000")
 }
 
 #[tokio::test]

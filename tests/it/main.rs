@@ -7,6 +7,7 @@ mod conformance;
 mod crash;
 mod decisions;
 mod hardening_directory;
+mod hardening_reload;
 mod matrix;
 mod reload;
 mod suite;

@@ -15,7 +15,7 @@ const DEADLINE: Duration = Duration::from_secs(20);
 
 /// A check of `action` by a member holding `role` in team account `acme`,
 /// on pod `p1` or on the account.
-fn check(role: &str, action: &str) -> Value {
+pub(crate) fn check(role: &str, action: &str) -> Value {
     let resource = if matches!(action, "connectPod" | "startPod" | "stopPod") {
         json!({"type": "Pod", "id": "p1"})
     } else {
@@ -47,7 +47,7 @@ fn check(role: &str, action: &str) -> Value {
     })
 }
 
-async fn decision(app: &TestApp, role: &str, action: &str) -> String {
+pub(crate) async fn decision(app: &TestApp, role: &str, action: &str) -> String {
     let (status, body) = app.post("/v1/is_authorized", &check(role, action)).await;
     assert_eq!(status, 200, "{body}");
     body["decision"].as_str().expect("decision").to_owned()
@@ -62,10 +62,11 @@ async fn wait_for_decision(app: &TestApp, role: &str, action: &str, want: &str) 
 
 /// The SHA-256 cedard computes for the files now on disk, through the same
 /// library code the daemon uses.
-fn disk_sha(app: &TestApp) -> String {
+pub(crate) fn disk_sha(app: &TestApp) -> String {
     cedard::policy::Sources {
         policies: app.policies(),
         schema: app.dir.path().join("schema"),
+        limits: Default::default(),
     }
     .read()
     .expect("files readable")
@@ -167,7 +168,7 @@ async fn a_broken_edit_changes_nothing_and_is_reported_with_file_and_line() {
         .unwrap_or_default()
         .to_owned();
     assert!(message.contains("duplicate policy id `basic`"), "{listing}");
-    assert_eq!(listing["revision"]["generation"], 1);
+    assert_eq!(listing["revision"]["generation"], 1, "{listing}");
     app.stop().await;
 }
 
