@@ -306,7 +306,7 @@ pub struct EvalError {
 /// The answer to one request.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Decision {
-    /// `true` for allow.
+    /// The decision: `allow` or `deny` on the wire (`true` here for allow).
     #[serde(serialize_with = "ser_decision", rename = "decision")]
     #[schema(value_type = Effect)]
     pub allow: bool,

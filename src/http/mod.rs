@@ -98,7 +98,7 @@ pub fn openapi() -> OpenApiDoc {
     let (_, mut doc) = routes(None).split_for_parts();
     let (_, health) = admin::health().split_for_parts();
     doc.merge(health);
-    with_description_route(doc)
+    with_common_responses(with_description_route(doc))
 }
 
 /// Builds the router.
@@ -106,7 +106,7 @@ pub fn router(state: AppState) -> Router {
     let (router, mut doc) = routes(Some(&state)).split_for_parts();
     let (health, health_doc) = admin::health().split_for_parts();
     doc.merge(health_doc);
-    let doc = Arc::new(with_description_route(doc));
+    let doc = Arc::new(with_common_responses(with_description_route(doc)));
     let described = Router::new()
         .route(
             "/openapi.json",
@@ -167,6 +167,58 @@ pub fn metrics_router(state: AppState) -> Router {
         )
         .fallback(|| async { ApiError::NotFound("only /metrics is served here".into()) })
         .with_state(state)
+}
+
+/// Declares the answers every route can give besides its own: a `Host`
+/// cedard does not serve (400), a body over the limit (413) or not JSON
+/// (415) where the route takes one, and an overload or timeout (503) except
+/// on the probes, which are outside the cap.
+fn with_common_responses(mut doc: OpenApiDoc) -> OpenApiDoc {
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+    let error = |description: &str| {
+        RefOr::T(
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("ErrorBody")))
+                        .build(),
+                )
+                .build(),
+        )
+    };
+    for (path, item) in doc.paths.paths.iter_mut() {
+        let probe = path == "/healthz" || path == "/readyz";
+        let operations = [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for op in operations.into_iter().flatten() {
+            let takes_body = op.request_body.is_some();
+            let responses = &mut op.responses.responses;
+            responses.entry("400".into()).or_insert_with(|| {
+                error("Bad input, or a `Host` cedard does not serve (`invalid_host`)")
+            });
+            if takes_body {
+                responses
+                    .entry("413".into())
+                    .or_insert_with(|| error("The body is over `--max-body-bytes` (`too_large`)"));
+                responses.entry("415".into()).or_insert_with(|| {
+                    error("The body is not `application/json` (`unsupported_media_type`)")
+                });
+            }
+            if !probe {
+                responses.entry("503".into()).or_insert_with(|| {
+                    error("Overloaded (`overloaded`, with `Retry-After`), out of time (`timeout`) or a store fault (`unavailable`); never a decision")
+                });
+            }
+        }
+    }
+    doc
 }
 
 /// Adds `/openapi.json` itself to the description.

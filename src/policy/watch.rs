@@ -211,11 +211,13 @@ impl LivePolicies {
                     sha256: files.sha256,
                     errors: Vec::new(),
                 };
+                // Counted before the swap, so that a scrape never shows the
+                // new generation with the old count.
+                metrics::counter!("cedard_policy_reloads_total", "outcome" => "ok").increment(1);
                 self.current.store(Arc::new(Published {
                     snapshot,
                     last_reload,
                 }));
-                metrics::counter!("cedard_policy_reloads_total", "outcome" => "ok").increment(1);
                 true
             }
             Err(PolicyError(errors)) => {

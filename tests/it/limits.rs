@@ -1,0 +1,557 @@
+//! The limits a request is held to, as a client sees them: the body size
+//! (413 `too_large`), the inline-entity and batch limits (400 naming the
+//! field), the concurrency cap (a fast 503 `overloaded` with `Retry-After`,
+//! the probes `/healthz` and `/readyz` outside it, and the slot freed again
+//! when the slow client finishes or leaves), the
+//! per-request time limit (503 `timeout`), the header-read timeout against
+//! slowloris clients, and the real binary's peak memory under sixteen
+//! concurrent maximal requests while `/healthz` keeps answering. No error
+//! answer here may carry a decision.
+
+use super::support;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+
+use crate::support::{copy_pack, spawn_app, spawn_app_in, spawn_binary, TestApp};
+
+const MIB: usize = 1024 * 1024;
+
+/// The default `--max-inline-entities`.
+const MAX_ENTITIES: usize = 2000;
+
+/// The default `--batch-limit`.
+const BATCH_LIMIT: usize = 1000;
+
+/// How long any answer may take before the test calls it a hang.
+const ANSWER_WITHIN: Duration = Duration::from_secs(5);
+
+fn uid(ty: &str, id: &str) -> Value {
+    json!({"type": ty, "id": id})
+}
+
+/// README's `dana`, a dev of `acme`.
+fn dana() -> Value {
+    json!({"uid": uid("User", "dana"), "attrs": {"email": "dana@example.com"},
+           "parents": [uid("Role", "acme/dev")]})
+}
+
+/// README's team account `acme`.
+fn acme() -> Value {
+    json!({"uid": uid("Account", "acme"),
+           "attrs": {"name": "Acme", "kind": "team", "owner": uid("User", "olga"),
+                     "account": uid("Account", "acme"),
+                     "roles": {"basic": uid("Role", "acme/basic"), "billing": uid("Role", "acme/billing"),
+                               "dev": uid("Role", "acme/dev"), "admin": uid("Role", "acme/admin")}},
+           "parents": []})
+}
+
+fn pod(id: &str) -> Value {
+    json!({"uid": uid("Pod", id), "attrs": {"account": uid("Account", "acme")},
+           "parents": [uid("Account", "acme")]})
+}
+
+/// README's question: may dana start pod p1? (allow, by `dev`), with the
+/// given inline entities.
+fn dana_starts_p1_with(entities: Vec<Value>) -> Value {
+    json!({"principal": uid("User", "dana"), "action": uid("Action", "startPod"),
+           "resource": uid("Pod", "p1"), "entities": entities})
+}
+
+fn dana_starts_p1() -> Value {
+    dana_starts_p1_with(vec![dana(), acme(), pod("p1")])
+}
+
+/// dana, acme, p1 and more pods up to `total` inline entities.
+fn entities(total: usize) -> Vec<Value> {
+    let mut all = vec![dana(), acme(), pod("p1")];
+    all.extend((all.len()..total).map(|i| pod(&format!("extra{i}"))));
+    all
+}
+
+/// `body` as JSON, padded with trailing spaces to exactly `len` bytes.
+fn padded(body: &Value, len: usize) -> String {
+    let mut text = body.to_string();
+    assert!(
+        text.len() <= len,
+        "{} bytes do not fit in {len}",
+        text.len()
+    );
+    text.extend(std::iter::repeat_n(' ', len - text.len()));
+    text
+}
+
+/// Asserts a 200 allow by the `dev` policy.
+fn assert_dev_allow(status: u16, body: &Value) {
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["decision"], "allow", "{body}");
+    assert_eq!(body["reasons"][0]["policy_id"], "dev", "{body}");
+}
+
+/// Asserts the one error shape with `code`, and that no decision rides along.
+fn assert_error(status: u16, body: &Value, want_status: u16, code: &str) {
+    assert_eq!(status, want_status, "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert!(
+        body.get("decision").is_none() && body.get("results").is_none(),
+        "an error carried a decision: {body}"
+    );
+}
+
+/// The head of a JSON POST announcing `content_length` bytes of body.
+fn post_head(path: &str, content_length: usize) -> String {
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {content_length}\r\n\r\n"
+    )
+}
+
+/// An HTTP/1.1 answer read off a raw socket.
+struct RawResponse {
+    status: u16,
+    headers: HashMap<String, String>,
+    body: Value,
+}
+
+/// Reads one `Content-Length` response off `stream`.
+async fn read_response(stream: &mut (impl AsyncRead + Unpin)) -> RawResponse {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        let n = stream.read(&mut chunk).await.expect("read the answer");
+        assert!(
+            n > 0,
+            "closed before a full answer: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().expect("status line");
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let headers: HashMap<String, String> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let length: usize = headers
+        .get("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no content-length in {head:?}"));
+    while buf.len() < head_end + length {
+        let n = stream.read(&mut chunk).await.expect("read the body");
+        assert!(n > 0, "closed in the middle of the body");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body = serde_json::from_slice(&buf[head_end..head_end + length]).unwrap_or(Value::Null);
+    RawResponse {
+        status,
+        headers,
+        body,
+    }
+}
+
+async fn status_of(app: &TestApp, path: &str) -> u16 {
+    app.client
+        .get(app.url(path))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+/// Opens a decision request whose body stops after a few bytes and waits
+/// until it holds the only request slot (a probe under the cap,
+/// `GET /v1/policies`, is refused). If
+/// a probe happened to hold the slot when the slow request arrived, the slow
+/// one is the request refused; then it tries again.
+async fn hold_the_only_slot(app: &TestApp, head: &str, first_bytes: &[u8]) -> TcpStream {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut slow = TcpStream::connect(app.addr).await.expect("connect");
+        slow.write_all(head.as_bytes()).await.expect("write head");
+        slow.write_all(first_bytes).await.expect("write some body");
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "the slow request never held the slot"
+            );
+            if status_of(app, "/v1/policies").await == 503 {
+                return slow;
+            }
+            let mut byte = [0u8; 1];
+            match slow.try_read(&mut byte) {
+                // Answered (refused) or closed: it never held the slot.
+                Ok(_) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => break,
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_over_the_limit_is_413_too_large_and_one_at_the_limit_is_answered() {
+    let app = spawn_app().await;
+
+    // Exactly the limit (1 MiB by default) is still read and answered.
+    let (status, body) = app
+        .post_raw("/v1/is_authorized", padded(&dana_starts_p1(), MIB))
+        .await;
+    assert_dev_allow(status, &body);
+
+    // One byte more is refused on every route that reads a body.
+    let over = [
+        ("/v1/is_authorized", dana_starts_p1()),
+        (
+            "/v1/is_authorized/batch",
+            json!({"requests": [{"principal": uid("User", "dana"), "action": uid("Action", "startPod"),
+                                 "resource": uid("Pod", "p1")}],
+                   "entities": [dana(), acme(), pod("p1")]}),
+        ),
+        (
+            "/v1/users",
+            json!({"id": "zed", "email": "zed@example.com"}),
+        ),
+    ];
+    for (path, body) in over {
+        let (status, answer) = app.post_raw(path, padded(&body, MIB + 1)).await;
+        assert_error(status, &answer, 413, "too_large");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("--max-body-bytes")),
+            "{path}: {answer}"
+        );
+    }
+    // Nothing of the refused sign-up was stored: the id is still free.
+    let (status, body) = app
+        .post(
+            "/v1/users",
+            &json!({"id": "zed", "email": "zed@example.com"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_inline_entities_or_batch_requests_are_400s_naming_the_field() {
+    let app = spawn_app().await;
+    let ask = json!({"principal": uid("User", "dana"), "action": uid("Action", "startPod"),
+                     "resource": uid("Pod", "p1")});
+
+    // At the limit: answered.
+    let (status, body) = app
+        .post(
+            "/v1/is_authorized",
+            &dana_starts_p1_with(entities(MAX_ENTITIES)),
+        )
+        .await;
+    assert_dev_allow(status, &body);
+    let (status, body) = app
+        .post(
+            "/v1/is_authorized/batch",
+            &json!({"requests": vec![ask.clone(); BATCH_LIMIT], "entities": entities(MAX_ENTITIES)}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let results = body["results"].as_array().expect("results");
+    assert_eq!(results.len(), BATCH_LIMIT);
+    assert!(results.iter().all(|r| r["decision"] == "allow"), "{body}");
+
+    // One entity over, on both decision routes.
+    let (status, body) = app
+        .post(
+            "/v1/is_authorized",
+            &dana_starts_p1_with(entities(MAX_ENTITIES + 1)),
+        )
+        .await;
+    assert_error(status, &body, 400, "invalid_request");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.starts_with("entities:"), "{message}");
+    assert!(message.contains(&MAX_ENTITIES.to_string()), "{message}");
+
+    let (status, body) = app
+        .post(
+            "/v1/is_authorized/batch",
+            &json!({"requests": [ask.clone()], "entities": entities(MAX_ENTITIES + 1)}),
+        )
+        .await;
+    assert_error(status, &body, 400, "invalid_request");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.starts_with("entities:"), "{message}");
+
+    // One request over the batch limit.
+    let (status, body) = app
+        .post(
+            "/v1/is_authorized/batch",
+            &json!({"requests": vec![ask; BATCH_LIMIT + 1], "entities": [dana(), acme(), pod("p1")]}),
+        )
+        .await;
+    assert_error(status, &body, 400, "invalid_request");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.starts_with("requests:"), "{message}");
+    assert!(message.contains(&BATCH_LIMIT.to_string()), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_concurrency_cap_others_get_a_fast_503_until_the_slot_is_free() {
+    let app = spawn_app_in(copy_pack(), |c| c.options.max_concurrent = 1).await;
+    let question = dana_starts_p1();
+    let full = padded(&question, 1000);
+    let head = post_head("/v1/is_authorized", 1000);
+
+    let mut slow = hold_the_only_slot(&app, &head, &full.as_bytes()[..10]).await;
+
+    // A decision request is refused at once, with Retry-After and no decision.
+    let started = Instant::now();
+    let resp = tokio::time::timeout(
+        ANSWER_WITHIN,
+        app.client
+            .post(app.url("/v1/is_authorized"))
+            .header("content-type", "application/json")
+            .body(question.to_string())
+            .send(),
+    )
+    .await
+    .expect("refused instead of queued")
+    .expect("request");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the refusal took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(resp.status(), 503);
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .expect("Retry-After header");
+    assert_eq!(retry_after, "1");
+    let body: Value = resp.json().await.expect("JSON");
+    assert_error(503, &body, 503, "overloaded");
+
+    // The probes are outside the cap: a saturated daemon is alive and ready.
+    for probe in ["/healthz", "/readyz"] {
+        let resp = tokio::time::timeout(ANSWER_WITHIN, app.client.get(app.url(probe)).send())
+            .await
+            .unwrap_or_else(|_| panic!("{probe} hung at the cap"))
+            .expect("probe");
+        assert_eq!(resp.status(), 200, "{probe}");
+    }
+
+    // The slow client finishes its body: it was admitted, so it is answered…
+    slow.write_all(&full.as_bytes()[10..])
+        .await
+        .expect("write the rest");
+    let answer = tokio::time::timeout(ANSWER_WITHIN, read_response(&mut slow))
+        .await
+        .expect("the slow request is answered");
+    assert_dev_allow(answer.status, &answer.body);
+    // …and the slot is free again.
+    let (status, body) = app.post("/v1/is_authorized", &question).await;
+    assert_dev_allow(status, &body);
+
+    // A slow client that gives up frees the slot too.
+    let quitter = hold_the_only_slot(&app, &head, &full.as_bytes()[..10]).await;
+    drop(quitter);
+    support::wait_until(ANSWER_WITHIN, || async {
+        status_of(&app, "/v1/policies").await == 200
+    })
+    .await;
+    let (status, body) = app.post("/v1/is_authorized", &question).await;
+    assert_dev_allow(status, &body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_whose_body_trickles_past_the_time_limit_is_a_503_timeout() {
+    let app = spawn_app_in(copy_pack(), |c| c.options.request_timeout_ms = 300).await;
+    let question = dana_starts_p1();
+    let full = padded(&question, 1000).into_bytes();
+
+    let stream = TcpStream::connect(app.addr).await.expect("connect");
+    let (mut reader, mut writer) = stream.into_split();
+    writer
+        .write_all(post_head("/v1/is_authorized", full.len()).as_bytes())
+        .await
+        .expect("write head");
+    let trickle = tokio::spawn(async move {
+        // One byte every 50 ms: the whole body would take ~50 s.
+        for byte in full {
+            if writer.write_all(&[byte]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let answer = tokio::time::timeout(ANSWER_WITHIN, read_response(&mut reader))
+        .await
+        .expect("answered at the time limit instead of hanging");
+    trickle.abort();
+    assert_error(answer.status, &answer.body, 503, "timeout");
+    assert_eq!(
+        answer.headers.get("retry-after").map(String::as_str),
+        Some("1"),
+        "{:?}",
+        answer.headers
+    );
+
+    // A request that arrives whole is answered within the limit.
+    let (status, body) = app.post("/v1/is_authorized", &question).await;
+    assert_dev_allow(status, &body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_request_head_is_disconnected() {
+    let app = spawn_app_in(copy_pack(), |c| c.options.header_timeout_ms = 300).await;
+    let mut slowloris = TcpStream::connect(app.addr).await.expect("connect");
+    slowloris
+        .write_all(b"POST /v1/is_authorized HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Ty")
+        .await
+        .expect("write half a head");
+
+    // Others are served meanwhile.
+    let (status, body) = app.post("/v1/is_authorized", &dana_starts_p1()).await;
+    assert_dev_allow(status, &body);
+    assert_eq!(status_of(&app, "/healthz").await, 200);
+
+    // The half head is cut off: EOF or a reset, within a few seconds.
+    let mut seen = Vec::new();
+    let closed = tokio::time::timeout(ANSWER_WITHIN, async {
+        let mut buf = [0u8; 1024];
+        loop {
+            match slowloris.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the half-sent request is still open after {ANSWER_WITHIN:?}"
+    );
+    assert!(
+        !seen.starts_with(b"HTTP/1.1 2"),
+        "a half head was answered: {:?}",
+        String::from_utf8_lossy(&seen)
+    );
+}
+
+/// A body just under 1 MiB holding the most inline entities allowed: dana,
+/// acme and 1998 Pods (p1 and 1997 with long ids unique to `n`, so that no
+/// memo can answer one request from another).
+fn maximal_body(n: usize) -> String {
+    let build = |pad: usize| {
+        let filler = "x".repeat(pad);
+        let mut all = vec![dana(), acme(), pod("p1")];
+        all.extend((all.len()..MAX_ENTITIES).map(|i| pod(&format!("p{n}-{i}-{filler}"))));
+        dana_starts_p1_with(all).to_string()
+    };
+    let base = build(0).len();
+    let pods = MAX_ENTITIES - 3;
+    let pad = (MIB - 2048 - base) / pods;
+    let body = build(pad);
+    assert!(
+        body.len() < MIB && body.len() > MIB - 4096,
+        "{} bytes",
+        body.len()
+    );
+    body
+}
+
+fn vm_hwm_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc status")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixteen_concurrent_maximal_requests_stay_under_512_mib_while_healthz_answers() {
+    const CLIENTS: usize = 16;
+    const ROUNDS: usize = 4;
+    let dir = copy_pack();
+    let bin = spawn_binary(dir.path(), &[]).await;
+    let client = reqwest::Client::new();
+    let (mut allowed, mut overloaded, mut probes) = (0, 0, 0);
+
+    for round in 0..ROUNDS {
+        let mut requests = JoinSet::new();
+        for i in 0..CLIENTS {
+            let body = maximal_body(round * CLIENTS + i);
+            let request = client
+                .post(bin.url("/v1/is_authorized"))
+                .header("content-type", "application/json")
+                .body(body);
+            requests.spawn(async move {
+                let resp = tokio::time::timeout(Duration::from_secs(60), request.send())
+                    .await
+                    .expect("a maximal request hung")
+                    .expect("request");
+                let status = resp.status().as_u16();
+                (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+            });
+        }
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                done = requests.join_next() => match done {
+                    Some(answer) => {
+                        let (status, body) = answer.expect("request task");
+                        if status == 503 {
+                            assert_error(status, &body, 503, "overloaded");
+                            overloaded += 1;
+                        } else {
+                            assert_dev_allow(status, &body);
+                            allowed += 1;
+                        }
+                    }
+                    None => break,
+                },
+                _ = tick.tick() => {
+                    let started = Instant::now();
+                    let resp = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        client.get(bin.url("/healthz")).send(),
+                    )
+                    .await
+                    .unwrap_or_else(|_| panic!("/healthz took over 2 s in round {round}"))
+                    .expect("healthz");
+                    assert_eq!(resp.status(), 200, "after {:?}", started.elapsed());
+                    probes += 1;
+                }
+            }
+        }
+    }
+
+    let kib = vm_hwm_kib(bin.child.id());
+    let mib = kib as f64 / 1024.0;
+    eprintln!(
+        "cedard peak RSS (VmHWM) after {ROUNDS} rounds of {CLIENTS} concurrent ~1 MiB requests \
+         with {MAX_ENTITIES} inline entities each: {mib:.1} MiB \
+         ({allowed} allowed, {overloaded} overloaded; {probes} /healthz probes answered)"
+    );
+    assert_eq!(allowed + overloaded, ROUNDS * CLIENTS);
+    assert!(allowed > 0, "every maximal request was refused");
+    assert!(mib < 512.0, "peak RSS {mib:.1} MiB");
+}
