@@ -107,12 +107,20 @@ fn open(target: &Target) -> Result<Store, Failure> {
     })
 }
 
-fn describe(k: &ApiKey) -> String {
-    let state = match k.revoked_at {
+/// One listing line, the same from the data file and from a daemon:
+/// id, name, scopes, and `live` or when it was revoked (RFC 3339).
+fn line(id: &str, name: &str, scopes: &[&str], revoked_at: Option<&str>) -> String {
+    let state = match revoked_at {
         Some(at) => format!("revoked at {at}"),
         None => "live".to_owned(),
     };
-    format!("{}\t{}\t{}\t{state}\n", k.id, k.name, k.scopes.join(","))
+    format!("{id}\t{name}\t{}\t{state}\n", scopes.join(","))
+}
+
+fn describe(k: &ApiKey) -> String {
+    let scopes: Vec<&str> = k.scopes.iter().map(String::as_str).collect();
+    let revoked = k.revoked_at.map(crate::clock::rfc3339);
+    line(&k.id, &k.name, &scopes, revoked.as_deref())
 }
 
 fn create(args: &CreateArgs) -> Result<String, Failure> {
@@ -149,15 +157,11 @@ fn list(target: &Target) -> Result<String, Failure> {
                 .as_array()
                 .map(|a| a.iter().filter_map(Value::as_str).collect())
                 .unwrap_or_default();
-            let state = match k["revoked_at"].as_str() {
-                Some(at) => format!("revoked at {at}"),
-                None => "live".to_owned(),
-            };
-            out.push_str(&format!(
-                "{}\t{}\t{}\t{state}\n",
+            out.push_str(&line(
                 k["id"].as_str().unwrap_or_default(),
                 k["name"].as_str().unwrap_or_default(),
-                scopes.join(",")
+                &scopes,
+                k["revoked_at"].as_str(),
             ));
         }
         return Ok(out);

@@ -32,6 +32,18 @@ impl Clock {
     }
 }
 
+/// Unix seconds, as the store keeps times, in RFC 3339 as answers and
+/// listings show them (empty for a time out of range).
+pub fn rfc3339(secs: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
 impl Default for Clock {
     fn default() -> Self {
         Self::system()

@@ -9,8 +9,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
-use time::format_description::well_known::Rfc3339;
-use time::OffsetDateTime;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -19,6 +17,7 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{Actor, Body, CallerInfo};
 use super::state::AppState;
 use crate::accounts::{Accounts, IssuedInvite, NewInvite, SignUp};
+use crate::clock::rfc3339 as ts;
 use crate::pdp::Caller;
 use crate::store::{Account, GoneReason, Invite, Membership, User};
 
@@ -37,13 +36,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(revoke))
         .routes(routes!(accept))
         .routes(routes!(show_invite))
-}
-
-fn ts(secs: i64) -> String {
-    OffsetDateTime::from_unix_timestamp(secs)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_default()
 }
 
 /// A user.

@@ -8,7 +8,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 use serde_json::{json, Value};
-use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -17,6 +16,7 @@ use utoipa_axum::routes;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{bad, Body, CallerInfo};
 use super::state::AppState;
+use crate::clock::rfc3339 as ts;
 use crate::keys::{self, Scope};
 use crate::policy::watch::ReloadStatus;
 use crate::policy::{LoadError, PolicyMeta, Revision};
@@ -135,13 +135,6 @@ pub struct KeyView {
     /// When it was revoked (RFC 3339), if it was.
     #[serde(skip_serializing_if = "Option::is_none")]
     revoked_at: Option<String>,
-}
-
-fn ts(secs: i64) -> String {
-    OffsetDateTime::from_unix_timestamp(secs)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_default()
 }
 
 impl From<&ApiKey> for KeyView {

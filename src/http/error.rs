@@ -127,7 +127,9 @@ impl From<AccountsError> for ApiError {
 
 impl From<tokio::task::JoinError> for ApiError {
     fn from(e: tokio::task::JoinError) -> Self {
-        ApiError::Internal(format!("a worker task failed: {e}"))
+        // A worker that panicked (a fault, never a decision) is a 503 like
+        // any other fault; the detail goes to the log.
+        ApiError::Unavailable(format!("a worker task failed: {e}"))
     }
 }
 

@@ -187,11 +187,12 @@ impl AllowedHosts {
         if self.any {
             return true;
         }
-        let name = strip_port(host).trim_end_matches('.').to_ascii_lowercase();
-        if name.parse::<std::net::IpAddr>().is_ok() || name == "localhost" {
+        // Compared without allocating: this runs on every request.
+        let name = strip_port(host).trim_end_matches('.');
+        if name.parse::<std::net::IpAddr>().is_ok() || name.eq_ignore_ascii_case("localhost") {
             return true;
         }
-        self.names.iter().any(|n| n.eq_ignore_ascii_case(&name))
+        self.names.iter().any(|n| n.eq_ignore_ascii_case(name))
     }
 }
 
