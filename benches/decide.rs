@@ -39,7 +39,7 @@ fn bench(c: &mut Criterion) {
         &Sources {
             policies: root.join("policies"),
             schema: root.join("schema"),
-            limits: Default::default(),
+            ..Default::default()
         },
         1,
     )

@@ -3,7 +3,8 @@
 # against a bare axum endpoint that parses the same JSON and decides nothing,
 # measured in the same run; the same check on a second cedard with a caller
 # key, /metrics and the decision log all on ("production") against the first
-# with all off; plus the latency of a saved policy edit.
+# with all off; AuthZEN's evaluation against /v1/is_authorized on the same
+# question; plus the latency of a saved policy edit.
 #
 #   bash benches/load.sh            # needs wrk (apt-get install wrk)
 #   DURATION=10s CONNECTIONS=16 bash benches/load.sh
@@ -102,5 +103,40 @@ awk -v a="$prod1" -v b="$prod2" -v c="$plain1" -v d="$plain2" \
   'BEGIN { printf "ratio production/plain: %.2f\n", (a+b)/(c+d) }'
 echo "decision log lines written: $(cat "$work"/decisions.log* | wc -l)"
 curl -s -H "authorization: Bearer $KEY" http://127.0.0.1:8192/metrics >/dev/null || true
+
+# AuthZEN against /v1 on the same question: dana, a stored dev of the
+# stored team account `olga`, starting pod p1, which the caller describes
+# (inline entity on /v1, properties on AuthZEN).
+api() {  # METHOD PATH ACTOR BODY
+  curl -sf -X "$1" -H 'content-type: application/json' -H "x-actor: $3" -d "$4" "http://127.0.0.1:8190$2"
+}
+api POST /v1/users "" '{"id": "olga", "email": "olga@example.com"}' >/dev/null
+api POST /v1/accounts/olga/convert olga '{"name": "Acme"}' >/dev/null
+api POST /v1/users "" '{"id": "dana", "email": "dana@example.com"}' >/dev/null
+token=$(api POST /v1/accounts/olga/invites olga '{"role": "dev"}' | sed 's/.*"token":"\([^"]*\)".*/\1/')
+api POST /v1/invites/accept dana "{\"token\": \"$token\"}" >/dev/null
+cat >"$work/v1.json" <<'JSON'
+{"principal": {"type": "User", "id": "dana"}, "action": {"type": "Action", "id": "startPod"}, "resource": {"type": "Pod", "id": "p1"},
+ "entities": [{"uid": {"type": "Pod", "id": "p1"}, "attrs": {"account": {"type": "Account", "id": "olga"}}, "parents": [{"type": "Account", "id": "olga"}]}]}
+JSON
+cat >"$work/authzen.json" <<'JSON'
+{"subject": {"type": "User", "id": "dana"}, "action": {"name": "startPod"},
+ "resource": {"type": "Pod", "id": "p1", "properties": {"account": {"type": "Account", "id": "olga"}}}}
+JSON
+curl -sf -H 'content-type: application/json' --data @"$work/v1.json" http://127.0.0.1:8190/v1/is_authorized | grep -q '"decision":"allow"' \
+  || { echo "cedard did not answer allow for the stored dev on /v1" >&2; exit 1; }
+curl -sf -H 'content-type: application/json' --data @"$work/authzen.json" http://127.0.0.1:8190/access/v1/evaluation | grep -q '"decision":true' \
+  || { echo "cedard did not answer true for the stored dev on AuthZEN" >&2; exit 1; }
+for name in v1 authzen; do
+  sed "s#$work/body.json#$work/$name.json#" "$work/post.lua" >"$work/$name.lua"
+done
+v1a=$(rate http://127.0.0.1:8190/v1/is_authorized "$work/v1.lua")
+aza=$(rate http://127.0.0.1:8190/access/v1/evaluation "$work/authzen.lua")
+v1b=$(rate http://127.0.0.1:8190/v1/is_authorized "$work/v1.lua")
+azb=$(rate http://127.0.0.1:8190/access/v1/evaluation "$work/authzen.lua")
+echo "same question, /v1/is_authorized:    $v1a, $v1b req/s"
+echo "same question, /access/v1/evaluation: $aza, $azb req/s"
+awk -v a="$aza" -v b="$azb" -v c="$v1a" -v d="$v1b" \
+  'BEGIN { printf "ratio AuthZEN/v1: %.2f\n", (a+b)/(c+d) }'
 
 ./target/release/examples/reload_latency "$work/policies" http://127.0.0.1:8190 ${ROUNDS:-20}

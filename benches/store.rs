@@ -67,7 +67,7 @@ fn bench(c: &mut Criterion) {
     let sources = Sources {
         policies: root.join("policies"),
         schema: root.join("schema"),
-        limits: Default::default(),
+        ..Default::default()
     };
     let snapshot = policy::load(&sources, 1).expect("the default pack loads");
     let dir = tempfile::tempdir().expect("temp dir");

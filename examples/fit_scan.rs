@@ -40,7 +40,7 @@ fn main() {
     let files = Sources {
         policies: root.join("policies"),
         schema: root.join("schema"),
-        limits: Default::default(),
+        ..Default::default()
     }
     .read()
     .expect("files");

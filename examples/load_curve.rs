@@ -40,6 +40,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 max_file_bytes: u64::MAX,
                 max_policies: usize::MAX,
             },
+            ..Default::default()
         };
         let started = Instant::now();
         let snapshot = policy::load(&sources, 1).map_err(|e| e.to_string())?;

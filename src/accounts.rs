@@ -254,6 +254,11 @@ impl Accounts {
         }
     }
 
+    /// The base URL of invite links (`--public-url`), without a trailing `/`.
+    pub fn public_url(&self) -> &str {
+        &self.public_url
+    }
+
     /// The live caller keys.
     pub fn keys(&self) -> &Arc<KeyRing> {
         &self.keys

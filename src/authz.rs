@@ -46,6 +46,18 @@ impl InputError {
     }
 }
 
+/// The longest piece of a caller's input an error message quotes.
+const MAX_QUOTED: usize = 64;
+
+/// `text` cut to [`MAX_QUOTED`] characters (marked with `…`), so that an
+/// error message never echoes a caller's megabyte back.
+pub fn clip(text: &str) -> String {
+    match text.char_indices().nth(MAX_QUOTED) {
+        Some((i, _)) => format!("{}…", &text[..i]),
+        None => text.to_owned(),
+    }
+}
+
 /// Parses an entity reference: `{"type": "User", "id": "alice"}`, the same
 /// wrapped as `{"__entity": {...}}`, or the Cedar string `User::"alice"`.
 pub fn parse_uid(field: &str, value: &Value) -> Result<EntityUid, InputError> {
@@ -143,11 +155,12 @@ pub fn build_request(
 }
 
 /// Parses entities in Cedar's JSON entity format against the snapshot's
-/// schema, adding the schema's action entities. Every entity must conform to
+/// schema, adding the schema's action entities and the entity data files'
+/// entities. Every entity must conform to
 /// the schema (declared type, attribute types, parent types).
 pub fn parse_entities(snapshot: &PolicySnapshot, value: &Value) -> Result<Entities, InputError> {
     match value {
-        Value::Null => Ok(snapshot.action_entities.clone()),
+        Value::Null => Ok(snapshot.base_entities.clone()),
         Value::Array(items) => {
             let mut decoded = Vec::with_capacity(items.len());
             for (i, item) in items.iter().enumerate() {
@@ -223,22 +236,35 @@ fn assemble(
 ) -> Result<Entities, InputError> {
     let merge_error =
         |e: cedar_policy::entities_errors::EntitiesError| InputError::new("entities", describe(&e));
+    if !snapshot.data.is_empty() {
+        for (i, entity) in inline.iter().enumerate() {
+            let uid = entity.uid();
+            if let Some((file, j)) = snapshot.data.origin(&uid) {
+                return Err(InputError::new(
+                    format!("entities[{i}]"),
+                    format!("`{uid}` is defined by the entity data file {file} (entities[{j}]); do not send it inline, cedard supplies it"),
+                ));
+            }
+        }
+    }
     if inline
         .iter()
         .any(|e| snapshot.action_entities.get(&e.uid()).is_some())
     {
         let entities =
             Entities::from_json_str(&whole(), Some(&snapshot.schema)).map_err(merge_error)?;
-        if extra.is_empty() {
+        if extra.is_empty() && snapshot.data.is_empty() {
             return Ok(entities);
         }
-        return entities.add_entities(extra, None).map_err(merge_error);
+        return entities
+            .add_entities(snapshot.data.entities.iter().cloned().chain(extra), None)
+            .map_err(merge_error);
     }
     if inline.is_empty() && extra.is_empty() {
-        return Ok(snapshot.action_entities.clone());
+        return Ok(snapshot.base_entities.clone());
     }
     snapshot
-        .action_entities
+        .base_entities
         .clone()
         .add_entities(inline.into_iter().chain(extra), None)
         .map_err(merge_error)
@@ -265,8 +291,8 @@ pub fn assemble_raw(snapshot: &PolicySnapshot, raw: &RawValue) -> Result<Assembl
     let uids = decoded.iter().map(Entity::uid).collect();
     let entities = assemble(snapshot, decoded, Vec::new(), || text.to_owned())?;
     let assembled = Assembled { uids, entities };
-    // The set also holds the schema's action entities.
-    let shared = snapshot.action_entities.iter().count() * 256;
+    // The set also holds the schema's action entities and the data files'.
+    let shared = (snapshot.action_entities.iter().count() + snapshot.data.len()) * 256;
     snapshot.entity_cache.sets.insert(text, &assembled, shared);
     Ok(assembled)
 }

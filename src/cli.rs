@@ -36,6 +36,20 @@ pub enum Command {
     Keys(crate::cli_keys::KeysCommand),
     /// Print the OpenAPI 3.1 description of the HTTP API.
     Openapi,
+    /// Replay AuthZEN interop suites against a running PDP.
+    Interop(InteropArgs),
+}
+
+/// Options of `cedard interop`.
+#[derive(Debug, Args)]
+pub struct InteropArgs {
+    /// The PDP's base URL (its `policy_decision_point`), e.g.
+    /// `http://127.0.0.1:8180`.
+    #[arg(long)]
+    pub url: String,
+    /// The interop suite files (`decisions.json`, `*-results.json`, …).
+    #[arg(required = true)]
+    pub files: Vec<PathBuf>,
 }
 
 /// Options of `cedard serve`: see [`Options`].
@@ -65,12 +79,42 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Matrix(args) => Ok(matrix(&args)),
         Command::Serve(args) => serve(*args),
         Command::Keys(command) => Ok(crate::cli_keys::run(command)),
+        Command::Interop(args) => interop(&args),
         Command::Openapi => {
             print_out(&format!(
                 "{}\n",
                 crate::http::openapi().to_pretty_json().unwrap_or_default()
             ));
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Replays the suites; a failed case or an unreachable PDP fails the run.
+/// The bearer key, when the PDP needs one, comes from `CEDARD_KEY`.
+fn interop(args: &InteropArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let key = std::env::var("CEDARD_KEY").ok();
+    match runtime.block_on(crate::interop::run(&args.url, &args.files, key.as_deref())) {
+        Ok(report) => {
+            let mut out = String::new();
+            for f in &report.failures {
+                out.push_str(&format!("FAIL {}: {}\n", f.case, f.detail));
+            }
+            out.push_str(&report.summary());
+            out.push('\n');
+            print_out(&out);
+            Ok(if report.failures.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(2))
         }
     }
 }
@@ -92,6 +136,14 @@ fn validate(args: &PolicyArgs) -> ExitCode {
                 args.policies.display(),
                 args.schema.display()
             );
+            if let Some(entities) = &args.entities {
+                println!(
+                    "ok: {} entities in {} valid against {}",
+                    snapshot.data.len(),
+                    entities.display(),
+                    args.schema.display()
+                );
+            }
             ExitCode::SUCCESS
         }
         Err(e) => {

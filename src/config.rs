@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser};
 
+use crate::model;
 use crate::policy::{self, Sources};
 
 /// Where the policy set lives.
@@ -25,6 +26,13 @@ pub struct PolicyArgs {
     /// The most policies and templates in the set; more refuses the set.
     #[arg(long, env = "CEDARD_MAX_POLICIES", default_value_t = policy::DEFAULT_MAX_POLICIES)]
     pub max_policies: usize,
+    /// A Cedar JSON entity file, or a folder of `*.json` entity files: the
+    /// entities the policies need that cedard does not store (documents,
+    /// routes, users of another directory). Validated against the schema and
+    /// reloaded with the policies, atomically. They may not define `User`,
+    /// `Account` or `Role` entities, which come from the store.
+    #[arg(long, env = "CEDARD_ENTITIES")]
+    pub entities: Option<PathBuf>,
 }
 
 impl PolicyArgs {
@@ -37,6 +45,10 @@ impl PolicyArgs {
                 max_file_bytes: self.max_policy_file_bytes,
                 max_policies: self.max_policies,
             },
+            entities: self.entities.clone(),
+            reserved_types: [model::USER, model::ACCOUNT, model::ROLE]
+                .map(str::to_owned)
+                .to_vec(),
         }
     }
 }
@@ -80,14 +92,13 @@ pub struct Options {
     /// keys (its folder is created if missing).
     #[arg(long, env = "CEDARD_DATA", default_value = "data/cedard.redb")]
     pub data: PathBuf,
-    /// The base URL of invite links: `<public-url>/invites/<token>`. Its
-    /// host is also accepted in `Host` headers.
-    #[arg(
-        long,
-        env = "CEDARD_PUBLIC_URL",
-        default_value = "http://127.0.0.1:8180"
-    )]
-    pub public_url: String,
+    /// The base URL callers reach cedard at: the AuthZEN
+    /// `policy_decision_point`, and the start of invite links
+    /// (`<public-url>/invites/<token>`). Its host is also accepted in `Host`
+    /// headers. Default: `http://` (or `https://` with TLS) and the address
+    /// cedard listens on.
+    #[arg(long, env = "CEDARD_PUBLIC_URL")]
+    pub public_url: Option<String>,
     /// Another host name cedard answers to (repeatable). IP addresses and
     /// `localhost` are always accepted; `*` accepts any (unsafe: DNS
     /// rebinding).

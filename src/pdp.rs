@@ -40,14 +40,25 @@ pub struct Caller {
     pub endpoint: &'static str,
 }
 
+/// How a question names its action.
+#[derive(Debug, Clone, Copy)]
+pub enum ActionRef<'a> {
+    /// An entity reference: `{"type": "Action", "id": "startPod"}` or
+    /// `"Action::\"startPod\""`.
+    Uid(&'a Value),
+    /// The action's id alone (AuthZEN's `action.name`), looked up among the
+    /// schema's actions.
+    Name(&'a str),
+}
+
 /// One question as it arrived: entity references and context as JSON,
 /// read against the snapshot's schema by the pipeline.
 #[derive(Debug, Clone, Copy)]
 pub struct Query<'a> {
     /// The principal reference.
     pub principal: &'a Value,
-    /// The action reference.
-    pub action: &'a Value,
+    /// The action.
+    pub action: ActionRef<'a>,
     /// The resource reference.
     pub resource: &'a Value,
     /// The context, if any.
@@ -93,6 +104,81 @@ impl From<EntityError> for PdpError {
             EntityError::Schema(e) => PdpError::Unavailable(e.to_string()),
         }
     }
+}
+
+/// One question with the inline entities of its own (AuthZEN's items each
+/// carry the properties of their subject and resource).
+#[derive(Clone, Copy)]
+pub struct Item<'a> {
+    /// The question.
+    pub query: Query<'a>,
+    /// Its inline entities.
+    pub inline: Inline<'a>,
+}
+
+/// Where a series of answers stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    /// Answer every question.
+    All,
+    /// Stop after the first deny or error.
+    FirstDeny,
+    /// Stop after the first permit.
+    FirstPermit,
+}
+
+/// The answers of [`Pdp::evaluate`]: one per question answered, in order.
+#[derive(Debug)]
+pub struct Evaluated {
+    /// A decision, or why the question could not be asked.
+    pub outcomes: Vec<Result<Decision, InputError>>,
+    /// The revision every decision was made against.
+    pub revision: Revision,
+}
+
+/// Which part of the question a search leaves open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    /// Which subjects (principals)?
+    Subject,
+    /// Which resources?
+    Resource,
+    /// Which actions?
+    Action,
+}
+
+/// A search: the question with one part left open.
+#[derive(Clone, Copy)]
+pub struct Search<'a> {
+    /// The open part.
+    pub slot: Slot,
+    /// The principal reference (ignored when the subject is searched).
+    pub principal: &'a Value,
+    /// The action (ignored when the action is searched).
+    pub action: ActionRef<'a>,
+    /// The resource reference (ignored when the resource is searched).
+    pub resource: &'a Value,
+    /// The entity type searched for, when a subject or resource is.
+    pub searched_type: &'a str,
+    /// The context.
+    pub context: Option<&'a Value>,
+    /// Inline entities (the properties of the fixed parts).
+    pub inline: Inline<'a>,
+    /// Continue after this candidate id (or action name).
+    pub after: Option<&'a str>,
+    /// The most results to return.
+    pub limit: usize,
+}
+
+/// One page of search results.
+#[derive(Debug)]
+pub struct Page {
+    /// The ids (or action names) found, in order.
+    pub results: Vec<String>,
+    /// Whether at least one more result follows the last one.
+    pub more: bool,
+    /// The policy revision searched.
+    pub revision: Option<Revision>,
 }
 
 /// Limits a question is held to before any work is spent on it.
@@ -235,6 +321,285 @@ impl Pdp {
         Ok((resolved, decisions))
     }
 
+    /// Answers each of `items` on its own, against one snapshot: an item
+    /// whose question is malformed (already, or against the schema) gets its
+    /// own error and no decision (the others are still answered), as
+    /// AuthZEN's evaluations API wants. A
+    /// store fault fails the whole call. `until` stops at the first deny (or
+    /// error) or the first permit; the answers up to and including it are
+    /// returned.
+    pub fn evaluate(
+        &self,
+        caller: &Caller,
+        items: &[Result<Item<'_>, InputError>],
+        until: Until,
+    ) -> Result<Evaluated, PdpError> {
+        let started = Instant::now();
+        let snapshot = self.live.snapshot();
+        let facts = self.facts(&snapshot);
+        let mut outcomes = Vec::with_capacity(items.len());
+        let mut decided: Vec<(Resolved, Query<'_>, Decision)> = Vec::with_capacity(items.len());
+        for item in items {
+            let item = match item {
+                Ok(item) => item,
+                Err(e) => {
+                    failed(caller, &PdpError::Input(e.clone()));
+                    outcomes.push(Err(e.clone()));
+                    if until == Until::FirstDeny {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let outcome = match resolve(&snapshot, &item.query) {
+                Err(e) => Err(e),
+                Ok(r) => match facts.entities(item.inline, &[(&r.principal, &r.resource)]) {
+                    Ok(entities) => Ok((authz::decide(&snapshot, &r.request, &entities), r)),
+                    Err(EntityError::Input(e)) => Err(e),
+                    Err(e) => {
+                        let e = PdpError::from(e);
+                        failed(caller, &e);
+                        return Err(e);
+                    }
+                },
+            };
+            let stop = match &outcome {
+                Ok((d, _)) => match until {
+                    Until::All => false,
+                    Until::FirstDeny => !d.allow,
+                    Until::FirstPermit => d.allow,
+                },
+                Err(_) => until == Until::FirstDeny,
+            };
+            match outcome {
+                Ok((d, r)) => {
+                    outcomes.push(Ok(d.clone()));
+                    decided.push((r, item.query, d));
+                }
+                Err(e) => {
+                    failed(caller, &PdpError::Input(e.clone()));
+                    outcomes.push(Err(e));
+                }
+            }
+            if stop {
+                break;
+            }
+        }
+        let (resolved, rest): (Vec<Resolved>, Vec<(Query<'_>, Decision)>) =
+            decided.into_iter().map(|(r, q, d)| (r, (q, d))).unzip();
+        let (queries, decisions): (Vec<Query<'_>>, Vec<Decision>) = rest.into_iter().unzip();
+        self.record(
+            caller,
+            &snapshot,
+            &resolved,
+            &queries,
+            &decisions,
+            started.elapsed(),
+        );
+        Ok(Evaluated {
+            outcomes,
+            revision: snapshot.revision.clone(),
+        })
+    }
+
+    /// Lists, a page at a time, what a search asks for: the subjects, the
+    /// resources or the actions for which the question would be answered
+    /// allow. Exact: a candidate is listed if and only if the same question
+    /// asked alone would be allowed. Candidates are the entities of the
+    /// asked type cedard knows (stored users or accounts; otherwise the
+    /// entity data files), or for actions the schema's actions that apply to
+    /// the principal and resource types; they are taken in id order, after
+    /// `search.after`. Decisions are counted in the metrics; a search is not
+    /// written to the decision log candidate by candidate.
+    pub fn search(&self, caller: &Caller, search: &Search<'_>) -> Result<Page, PdpError> {
+        let started = Instant::now();
+        let snapshot = self.live.snapshot();
+        let outcome = self.search_in(&snapshot, search);
+        match &outcome {
+            Ok((_, (allowed, denied))) => {
+                count(caller.endpoint, *allowed, *denied, 0, started.elapsed())
+            }
+            Err(e) => failed(caller, e),
+        }
+        outcome.map(|(mut page, _)| {
+            page.revision = Some(snapshot.revision.clone());
+            page
+        })
+    }
+
+    fn search_in(
+        &self,
+        snapshot: &PolicySnapshot,
+        search: &Search<'_>,
+    ) -> Result<(Page, (u64, u64)), PdpError> {
+        const CHUNK: usize = 256;
+        let facts = self.facts(snapshot);
+        let mut results: Vec<String> = Vec::new();
+        let mut more = false;
+        let mut after: Option<String> = search.after.map(str::to_owned);
+        let (mut allowed, mut denied) = (0u64, 0u64);
+        // Action search: the schema's actions for the two types, in id order.
+        let fixed = match search.slot {
+            Slot::Action => {
+                let principal = authz::parse_uid_in(snapshot, "subject", search.principal)?;
+                let resource = authz::parse_uid_in(snapshot, "resource", search.resource)?;
+                let mut actions: Vec<&EntityUid> = snapshot
+                    .schema
+                    .actions_for_principal_and_resource(principal.type_name(), resource.type_name())
+                    .collect();
+                actions.sort_by(|a, b| a.id().unescaped().cmp(b.id().unescaped()));
+                actions.dedup();
+                let entities = facts.entities(search.inline, &[(&principal, &resource)])?;
+                for action in actions {
+                    let name = action.id().unescaped();
+                    if after.as_deref().is_some_and(|a| name <= a) {
+                        continue;
+                    }
+                    // An action whose context the question does not fit
+                    // would be answered 400 alone, never allow: not listed.
+                    let Ok(request) = authz::build_request(
+                        snapshot,
+                        principal.clone(),
+                        action.clone(),
+                        resource.clone(),
+                        search.context,
+                        true,
+                    ) else {
+                        continue;
+                    };
+                    if authz::decide(snapshot, &request, &entities).allow {
+                        allowed += 1;
+                        if results.len() == search.limit {
+                            more = true;
+                            break;
+                        }
+                        results.push(name.to_owned());
+                    } else {
+                        denied += 1;
+                    }
+                }
+                return Ok((
+                    Page {
+                        results,
+                        more,
+                        revision: None,
+                    },
+                    (allowed, denied),
+                ));
+            }
+            Slot::Subject => ("resource", search.resource),
+            Slot::Resource => ("subject", search.principal),
+        };
+        let fixed_uid = authz::parse_uid_in(snapshot, fixed.0, fixed.1)?;
+        let searched_field = if search.slot == Slot::Subject {
+            "subject"
+        } else {
+            "resource"
+        };
+        let type_name = snapshot
+            .type_names
+            .get(search.searched_type)
+            .ok_or_else(|| {
+                InputError::new(
+                    format!("{searched_field}.type"),
+                    format!(
+                        "`{}` is not an entity type of the loaded schema",
+                        authz::clip(search.searched_type)
+                    ),
+                )
+            })?;
+        let action = action_uid(snapshot, search.action)?;
+        'pages: loop {
+            let ids = self.candidates(snapshot, type_name, after.as_deref(), CHUNK)?;
+            if ids.is_empty() {
+                break;
+            }
+            after = ids.last().cloned();
+            let uids: Vec<EntityUid> = ids
+                .iter()
+                .map(|id| {
+                    EntityUid::from_type_name_and_id(
+                        type_name.clone(),
+                        cedar_policy::EntityId::new(id),
+                    )
+                })
+                .collect();
+            let pairs: Vec<(&EntityUid, &EntityUid)> = uids
+                .iter()
+                .map(|u| match search.slot {
+                    Slot::Subject => (u, &fixed_uid),
+                    _ => (&fixed_uid, u),
+                })
+                .collect();
+            let entities = facts.entities(search.inline, &pairs)?;
+            for ((principal, resource), id) in pairs.iter().zip(&ids) {
+                let request = authz::build_request(
+                    snapshot,
+                    (*principal).clone(),
+                    action.clone(),
+                    (*resource).clone(),
+                    search.context,
+                    true,
+                )?;
+                if authz::decide(snapshot, &request, &entities).allow {
+                    allowed += 1;
+                    if results.len() == search.limit {
+                        more = true;
+                        break 'pages;
+                    }
+                    results.push(id.clone());
+                } else {
+                    denied += 1;
+                }
+            }
+            if ids.len() < CHUNK {
+                break;
+            }
+        }
+        Ok((
+            Page {
+                results,
+                more,
+                revision: None,
+            },
+            (allowed, denied),
+        ))
+    }
+
+    /// Up to `limit` ids of entities of `type_name` after `after`, in id
+    /// order: stored users or accounts, or the entity data files' entities.
+    fn candidates(
+        &self,
+        snapshot: &PolicySnapshot,
+        type_name: &cedar_policy::EntityTypeName,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, PdpError> {
+        let unavailable = |e: crate::store::StoreError| PdpError::Unavailable(e.to_string());
+        if type_name == &model::TYPES.user {
+            return self
+                .store
+                .read()
+                .and_then(|v| v.user_ids_after(after, limit))
+                .map_err(unavailable);
+        }
+        if type_name == &model::TYPES.account {
+            return self
+                .store
+                .read()
+                .and_then(|v| v.account_ids_after(after, limit))
+                .map_err(unavailable);
+        }
+        let Some(ids) = snapshot.data.by_type.get(&type_name.to_string()) else {
+            return Ok(Vec::new());
+        };
+        let start = match after {
+            Some(a) => ids.partition_point(|id| id.as_str() <= a),
+            None => 0,
+        };
+        Ok(ids[start..].iter().take(limit).cloned().collect())
+    }
+
     /// Asks the live policies whether the stored user `actor` may do the
     /// management `action` on `account`: a denial is [`PdpError::Denied`]
     /// with the deciding policies. `context` is the action's context.
@@ -354,7 +719,7 @@ impl Pdp {
         }];
         let query = [Query {
             principal: &Value::Null,
-            action: &action_ref,
+            action: ActionRef::Uid(&action_ref),
             resource: &Value::Null,
             context,
         }];
@@ -391,8 +756,6 @@ impl Pdp {
         elapsed: std::time::Duration,
     ) {
         let endpoint = caller.endpoint;
-        metrics::histogram!("cedard_decision_duration_seconds", "endpoint" => endpoint)
-            .record(elapsed.as_secs_f64());
         let mut allowed = 0u64;
         let mut errors = 0u64;
         for d in decisions {
@@ -400,18 +763,7 @@ impl Pdp {
             errors += d.errors.len() as u64;
         }
         let denied = decisions.len() as u64 - allowed;
-        if allowed > 0 {
-            metrics::counter!("cedard_decisions_total", "endpoint" => endpoint, "decision" => "allow")
-                .increment(allowed);
-        }
-        if denied > 0 {
-            metrics::counter!("cedard_decisions_total", "endpoint" => endpoint, "decision" => "deny")
-                .increment(denied);
-        }
-        if errors > 0 {
-            metrics::counter!("cedard_evaluation_errors_total", "endpoint" => endpoint)
-                .increment(errors);
-        }
+        count(endpoint, allowed, denied, errors, elapsed);
         if !self.log.is_enabled() {
             return;
         }
@@ -457,6 +809,30 @@ impl Pdp {
     }
 }
 
+/// Counts one call's decisions and its time.
+fn count(
+    endpoint: &'static str,
+    allowed: u64,
+    denied: u64,
+    errors: u64,
+    elapsed: std::time::Duration,
+) {
+    metrics::histogram!("cedard_decision_duration_seconds", "endpoint" => endpoint)
+        .record(elapsed.as_secs_f64());
+    if allowed > 0 {
+        metrics::counter!("cedard_decisions_total", "endpoint" => endpoint, "decision" => "allow")
+            .increment(allowed);
+    }
+    if denied > 0 {
+        metrics::counter!("cedard_decisions_total", "endpoint" => endpoint, "decision" => "deny")
+            .increment(denied);
+    }
+    if errors > 0 {
+        metrics::counter!("cedard_evaluation_errors_total", "endpoint" => endpoint)
+            .increment(errors);
+    }
+}
+
 /// Counts a call that got no decision.
 fn failed(caller: &Caller, e: &PdpError) {
     let kind = match e {
@@ -478,7 +854,7 @@ struct Resolved {
 
 fn resolve(snapshot: &PolicySnapshot, q: &Query<'_>) -> Result<Resolved, InputError> {
     let principal = authz::parse_uid_in(snapshot, "principal", q.principal)?;
-    let action = authz::parse_uid_in(snapshot, "action", q.action)?;
+    let action = action_uid(snapshot, q.action)?;
     let resource = authz::parse_uid_in(snapshot, "resource", q.resource)?;
     let request = authz::build_request(
         snapshot,
@@ -493,4 +869,33 @@ fn resolve(snapshot: &PolicySnapshot, q: &Query<'_>) -> Result<Resolved, InputEr
         resource,
         request,
     })
+}
+
+/// The action a question names, as an entity of the snapshot's schema.
+fn action_uid(snapshot: &PolicySnapshot, action: ActionRef<'_>) -> Result<EntityUid, InputError> {
+    match action {
+        ActionRef::Uid(v) => authz::parse_uid_in(snapshot, "action", v),
+        ActionRef::Name(name) => match snapshot.actions_by_name.get(name).map(Vec::as_slice) {
+            Some([only]) => Ok(only.clone()),
+            Some(several) => Err(InputError::new(
+                "action.name",
+                format!(
+                    "`{name}` names {} actions of the loaded schema ({}); cedard cannot tell which",
+                    several.len(),
+                    several
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )),
+            None => Err(InputError::new(
+                "action.name",
+                format!(
+                    "`{}` is not an action of the loaded schema",
+                    authz::clip(name)
+                ),
+            )),
+        },
+    }
 }

@@ -121,6 +121,8 @@ fn allowed_hosts(options: &Options) -> AllowedHosts {
     }
     if let Some(host) = options
         .public_url
+        .as_deref()
+        .unwrap_or_default()
         .split("://")
         .nth(1)
         .and_then(|rest| rest.split(['/', '?']).next())
@@ -170,6 +172,10 @@ pub async fn run(
         )),
         (None, None) => None,
         _ => return Err(Error::Config("--tls-cert and --tls-key go together".into())),
+    };
+    let public_url = match &options.public_url {
+        Some(url) => url.clone(),
+        None => format!("{}://{addr}", if tls.is_some() { "https" } else { "http" }),
     };
     // The store opens next: a data file held by another daemon or written
     // by a newer cedard stops the start before anything else happens.
@@ -228,7 +234,7 @@ pub async fn run(
         pdp.clone(),
         keys.clone(),
         config.clock.clone(),
-        &options.public_url,
+        &public_url,
     ));
     tasks.push(tokio::spawn(refresh_keys(accounts.clone())));
     let state = AppState {

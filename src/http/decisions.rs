@@ -16,7 +16,7 @@ use super::extract::CallerInfo;
 use super::state::AppState;
 use crate::authz::{Decision, InputError};
 use crate::facts::Inline;
-use crate::pdp::Query;
+use crate::pdp::{ActionRef, Query};
 use crate::policy::Revision;
 
 /// The decision routes.
@@ -148,7 +148,7 @@ async fn is_authorized(
         };
         let query = Query {
             principal: &body.principal,
-            action: &body.action,
+            action: ActionRef::Uid(&body.action),
             resource: &body.resource,
             context: body.context.as_ref(),
         };
@@ -218,7 +218,7 @@ async fn is_authorized_batch(
             .iter()
             .map(|item| Query {
                 principal: &item.principal,
-                action: &item.action,
+                action: ActionRef::Uid(&item.action),
                 resource: &item.resource,
                 context: item.context.as_ref(),
             })

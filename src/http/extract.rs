@@ -206,17 +206,7 @@ pub fn bad(field: &str, message: impl Into<String>) -> ApiError {
     ApiError::BadRequest(InputError::new(field, message))
 }
 
-/// The longest piece of a caller's input an error message quotes.
-const MAX_QUOTED: usize = 64;
-
-/// `text` cut to [`MAX_QUOTED`] characters (marked with `…`), so that an
-/// error message never echoes a caller's megabyte back.
-pub fn clip(text: &str) -> String {
-    match text.char_indices().nth(MAX_QUOTED) {
-        Some((i, _)) => format!("{}…", &text[..i]),
-        None => text.to_owned(),
-    }
-}
+pub use crate::authz::clip;
 
 /// A JSON value as an error message quotes it: compact and clipped.
 fn shown(value: &Value) -> String {

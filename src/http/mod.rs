@@ -15,6 +15,7 @@
 
 pub mod accounts;
 pub mod admin;
+pub mod authzen;
 pub mod decisions;
 pub mod error;
 pub mod extract;
@@ -50,12 +51,13 @@ use crate::keys::Scope;
 #[openapi(
     info(
         title = "cedard",
-        description = "Cedar policies from files, hot-reloaded, answered over HTTP; accounts, members and invites. Every route but /healthz and /readyz takes `Authorization: Bearer <key>` once any caller key exists; each route names the scope its key needs.",
+        description = "Cedar policies from files, hot-reloaded, answered over HTTP; accounts, members and invites. Every route but /healthz, /readyz and the AuthZEN metadata document takes `Authorization: Bearer <key>` once any caller key exists; each route names the scope its key needs.",
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail, crate::authz::Effect)),
     modifiers(&BearerScheme),
     tags(
         (name = "decisions", description = "Allow or deny (`decide` scope)"),
+        (name = "authzen", description = "The OpenID AuthZEN Authorization API 1.0: evaluation, evaluations, subject/resource/action search (`decide` scope); the metadata document needs no key"),
         (name = "management", description = "Accounts, members, invites (`manage` scope; the acting user in `X-Actor`)"),
         (name = "admin", description = "Policies, matrix, keys, metrics (`admin` scope)"),
         (name = "health", description = "Probes; no key needed"),
@@ -88,6 +90,8 @@ fn routes(state: Option<&AppState>) -> OpenApiRouter<AppState> {
     };
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(guarded(decisions::routes(), Need::Scope(Scope::Decide)))
+        .merge(guarded(authzen::routes(), Need::Scope(Scope::Decide)))
+        .merge(authzen::discovery())
         .merge(guarded(accounts::routes(), Need::Scope(Scope::Manage)))
         .merge(guarded(admin::routes(), Need::Scope(Scope::Admin)))
 }

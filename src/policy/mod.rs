@@ -7,6 +7,7 @@
 //! and swaps it in whole. This module knows nothing about HTTP, redb or the
 //! test runner.
 
+pub mod data;
 pub mod memo;
 pub mod watch;
 
@@ -133,6 +134,15 @@ pub struct PolicySnapshot {
     /// canonical name, so that entity references naming them need not go
     /// through Cedar's name parser on every request.
     pub type_names: HashMap<String, EntityTypeName>,
+    /// The entities of the entity data files (`--entities`).
+    pub data: data::DataEntities,
+    /// What every decision's entities start from: the schema's action
+    /// entities and the data files' entities, hierarchy computed once per
+    /// load.
+    pub base_entities: Entities,
+    /// The schema's actions by their id (`"startPod"` →
+    /// `Action::"startPod"`), for APIs that name an action by its id alone.
+    pub actions_by_name: HashMap<String, Vec<cedar_policy::EntityUid>>,
 }
 
 impl PolicySnapshot {
@@ -224,6 +234,7 @@ impl PolicySnapshot {
         if !errors.is_empty() {
             return Err(PolicyError(errors));
         }
+        let base_entities = action_entities.clone();
         Ok(Self {
             policies,
             meta,
@@ -234,6 +245,9 @@ impl PolicySnapshot {
             warnings: Vec::new(),
             entity_cache: memo::InlineMemo::default(),
             type_names: schema_type_names(&schema),
+            data: data::DataEntities::default(),
+            base_entities,
+            actions_by_name: actions_by_name(&schema),
             schema,
             schema_files: Vec::new(),
         })
@@ -296,6 +310,18 @@ fn schema_type_names(schema: &Schema) -> HashMap<String, EntityTypeName> {
         .chain(schema.actions().map(|a| a.type_name().clone()))
         .map(|t| (t.to_string(), t))
         .collect()
+}
+
+/// The schema's actions by id, each id with every action type that has it
+/// (one, unless namespaces repeat an id).
+fn actions_by_name(schema: &Schema) -> HashMap<String, Vec<cedar_policy::EntityUid>> {
+    let mut out: HashMap<String, Vec<cedar_policy::EntityUid>> = HashMap::new();
+    for action in schema.actions() {
+        out.entry(action.id().unescaped().to_owned())
+            .or_default()
+            .push(action.clone());
+    }
+    out
 }
 
 /// A parsed policy or template with its position in the file.
@@ -431,6 +457,17 @@ fn first_offset(diag: &dyn Diagnostic) -> Option<usize> {
 /// A one-line description of a Cedar diagnostic: its message, then its help.
 pub fn describe(diag: &dyn Diagnostic) -> String {
     let mut message = diag.to_string();
+    // Some Cedar errors say only what failed ("entity does not conform to
+    // the schema") and keep why in their source.
+    let mut source = diag.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !text.is_empty() && !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
     if let Some(help) = diag.help() {
         message.push_str(": ");
         message.push_str(&help.to_string());
@@ -472,7 +509,7 @@ fn diagnostic_errors(file: &str, text: &str, diag: &dyn Diagnostic) -> Vec<LoadE
 }
 
 /// Where a policy set lives on disk.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Sources {
     /// The folder of `*.cedar` files (searched recursively).
     pub policies: PathBuf,
@@ -480,6 +517,11 @@ pub struct Sources {
     pub schema: PathBuf,
     /// The bounds a load is held to.
     pub limits: Limits,
+    /// An entity data file, or a folder of `*.json` entity files (searched
+    /// recursively): entities the policies need that cedard does not store.
+    pub entities: Option<PathBuf>,
+    /// Entity types a data file may not define (the types cedard stores).
+    pub reserved_types: Vec<String>,
 }
 
 /// The largest policy or schema file read, by default: 16 MiB.
@@ -515,6 +557,10 @@ pub struct Files {
     pub policies: Vec<SourceFile>,
     /// Schema files, sorted by name.
     pub schemas: Vec<SourceFile>,
+    /// Entity data files, sorted by relative path.
+    pub entities: Vec<SourceFile>,
+    /// The types data files may not define.
+    pub reserved_types: Vec<String>,
     /// SHA-256 of all of the above.
     pub sha256: String,
     /// The bounds the files were read under (the policy count is checked
@@ -549,6 +595,7 @@ impl Files {
             f.policies
                 .iter()
                 .chain(&f.schemas)
+                .chain(&f.entities)
                 .map(|s| (s.name.clone(), s.text.clone()))
                 .collect::<BTreeMap<_, _>>()
         };
@@ -631,14 +678,23 @@ impl Sources {
                 }),
             }
         }
+        let mut entities = Vec::new();
+        if let Some(path) = &self.entities {
+            self.read_entities(path, &mut entities, &mut stamps, &mut errors);
+        }
         if !errors.is_empty() {
             return Err(PolicyError(errors));
         }
         policies.sort_by(|a, b| a.name.cmp(&b.name));
         schemas.sort_by(|a, b| a.name.cmp(&b.name));
+        entities.sort_by(|a, b| a.name.cmp(&b.name));
         stamps.sort_by(|a, b| a.path.cmp(&b.path));
         let mut hasher = Sha256::new();
-        for (kind, list) in [("policy", &policies), ("schema", &schemas)] {
+        for (kind, list) in [
+            ("policy", &policies),
+            ("schema", &schemas),
+            ("entities", &entities),
+        ] {
             for f in list {
                 hasher.update(kind.as_bytes());
                 hasher.update([0]);
@@ -651,10 +707,60 @@ impl Sources {
         Ok(Files {
             policies,
             schemas,
+            entities,
+            reserved_types: self.reserved_types.clone(),
             sha256: hex::encode(hasher.finalize()),
             limits: self.limits,
             stamps,
         })
+    }
+}
+
+impl Sources {
+    /// Reads the entity data file, or every `*.json` file below the folder.
+    fn read_entities(
+        &self,
+        path: &Path,
+        out: &mut Vec<SourceFile>,
+        stamps: &mut Vec<Stamp>,
+        errors: &mut Vec<LoadError>,
+    ) {
+        if path.is_dir() {
+            let mut found = Vec::new();
+            collect(
+                path,
+                path,
+                &mut found,
+                stamps,
+                errors,
+                Wanted {
+                    name: is_entity_file,
+                    max_bytes: self.limits.max_file_bytes,
+                },
+            );
+            // Named with the folder, so that an error names a path a user
+            // can open (policy files are named relative to their folder).
+            out.extend(found.into_iter().map(|f| SourceFile {
+                name: path.join(&f.name).display().to_string(),
+                text: f.text,
+            }));
+            return;
+        }
+        match read_capped(path, self.limits.max_file_bytes) {
+            Ok((text, stamp)) => {
+                stamps.push(stamp);
+                out.push(SourceFile {
+                    name: path.display().to_string(),
+                    text,
+                });
+            }
+            Err(e) => errors.push(LoadError {
+                file: path.display().to_string(),
+                line: None,
+                column: None,
+                message: format!("cannot read the entity data: {e}"),
+            }),
+        }
     }
 }
 
@@ -734,11 +840,37 @@ pub fn load_files(files: &Files, generation: u64) -> Result<Arc<PolicySnapshot>,
     if !errors.is_empty() {
         return Err(PolicyError(errors));
     }
+    if !files.entities.is_empty() {
+        let data = data::parse(&files.entities, &snapshot.schema, &files.reserved_types)
+            .map_err(PolicyError)?;
+        snapshot.base_entities = snapshot
+            .action_entities
+            .clone()
+            .add_entities(data.entities.iter().cloned(), None)
+            .map_err(|e| {
+                PolicyError(vec![LoadError {
+                    file: files
+                        .entities
+                        .iter()
+                        .map(|f| f.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    line: None,
+                    column: None,
+                    message: describe(&e),
+                }])
+            })?;
+        snapshot.data = data;
+    }
     Ok(Arc::new(snapshot))
 }
 
 fn is_policy_file(name: &str) -> bool {
     name.ends_with(".cedar")
+}
+
+fn is_entity_file(name: &str) -> bool {
+    name.ends_with(".json")
 }
 
 fn is_schema_file(name: &str) -> bool {

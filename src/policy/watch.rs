@@ -314,7 +314,8 @@ pub struct WatchGuard {
     _debouncer: Box<dyn std::any::Any + Send>,
 }
 
-/// Watches the policy folder and the schema path and reloads on changes.
+/// Watches the policy folder, the schema path and the entity data path, and
+/// reloads on changes.
 ///
 /// Folders are watched rather than files, because editors save by writing a
 /// temporary file and renaming it over the original. Bursts of events are
@@ -354,8 +355,20 @@ pub fn watch(live: Arc<LivePolicies>, debounce: Duration) -> Result<WatchGuard, 
     } else {
         sources.schema.parent().unwrap_or(Path::new("."))
     };
-    if schema_dir != sources.policies.as_path() {
+    let mut watched: Vec<&Path> = vec![sources.policies.as_path()];
+    if !watched.iter().any(|w| schema_dir.starts_with(w)) {
         debouncer.watch(schema_dir, RecursiveMode::Recursive)?;
+        watched.push(schema_dir);
+    }
+    if let Some(entities) = &sources.entities {
+        let entities_dir: &Path = if entities.is_dir() {
+            entities
+        } else {
+            entities.parent().unwrap_or(Path::new("."))
+        };
+        if !watched.iter().any(|w| entities_dir.starts_with(w)) {
+            debouncer.watch(entities_dir, RecursiveMode::Recursive)?;
+        }
     }
     Ok(WatchGuard {
         _debouncer: Box::new(debouncer),

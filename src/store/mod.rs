@@ -458,6 +458,25 @@ fn decode<T: DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<T> {
     })
 }
 
+/// The keys of `table` after `after`, at most `limit`, in order.
+fn ids_after(
+    table: &ReadOnlyTable<&'static str, &'static [u8]>,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<String>> {
+    use std::ops::Bound;
+    let range = match after {
+        Some(a) => table.range::<&str>((Bound::Excluded(a), Bound::Unbounded))?,
+        None => table.range::<&str>(..)?,
+    };
+    let mut out = Vec::with_capacity(limit.min(4096));
+    for item in range.take(limit) {
+        let (k, _) = item?;
+        out.push(k.value().to_owned());
+    }
+    Ok(out)
+}
+
 /// A read transaction with the tables decisions need already open.
 pub struct ReadView {
     users: ReadOnlyTable<&'static str, &'static [u8]>,
@@ -567,6 +586,17 @@ impl ReadView {
             f(user, roles);
         }
         Ok(())
+    }
+
+    /// Up to `limit` user ids after `after` (from the first when `None`), in
+    /// id order: the candidates of a subject search, a page at a time.
+    pub fn user_ids_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
+        ids_after(&self.users, after, limit)
+    }
+
+    /// Up to `limit` account ids after `after`, in id order.
+    pub fn account_ids_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
+        ids_after(&self.accounts, after, limit)
     }
 
     /// Calls `f` with every stored account, in id order.

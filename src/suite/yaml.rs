@@ -186,7 +186,7 @@ fn sources_for(dir: &Path, suite: &SuiteFile) -> Result<Sources, SuiteError> {
     Ok(Sources {
         policies: pick(&suite.policies, "policies")?,
         schema: pick(&suite.schema, "schema")?,
-        limits: Default::default(),
+        ..Default::default()
     })
 }
 

@@ -16,7 +16,7 @@ const DEADLINE: Duration = Duration::from_secs(20);
 
 /// Sends `method path` as `actor` (the `X-Actor` header) with an optional
 /// JSON body; returns the status and the JSON body (`null` when empty).
-async fn call(
+pub(crate) async fn call(
     app: &TestApp,
     method: Method,
     path: &str,
@@ -38,7 +38,7 @@ async fn call(
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
-async fn sign_up(app: &TestApp, id: &str) -> (u16, Value) {
+pub(crate) async fn sign_up(app: &TestApp, id: &str) -> (u16, Value) {
     call(
         app,
         Method::POST,
@@ -49,7 +49,7 @@ async fn sign_up(app: &TestApp, id: &str) -> (u16, Value) {
     .await
 }
 
-async fn convert(app: &TestApp, actor: &str, account: &str, name: &str) -> (u16, Value) {
+pub(crate) async fn convert(app: &TestApp, actor: &str, account: &str, name: &str) -> (u16, Value) {
     call(
         app,
         Method::POST,
@@ -60,7 +60,7 @@ async fn convert(app: &TestApp, actor: &str, account: &str, name: &str) -> (u16,
     .await
 }
 
-async fn invite(app: &TestApp, actor: &str, account: &str, body: Value) -> (u16, Value) {
+pub(crate) async fn invite(app: &TestApp, actor: &str, account: &str, body: Value) -> (u16, Value) {
     call(
         app,
         Method::POST,
@@ -71,7 +71,7 @@ async fn invite(app: &TestApp, actor: &str, account: &str, body: Value) -> (u16,
     .await
 }
 
-async fn accept(app: &TestApp, actor: &str, token: &str) -> (u16, Value) {
+pub(crate) async fn accept(app: &TestApp, actor: &str, token: &str) -> (u16, Value) {
     call(
         app,
         Method::POST,
@@ -110,7 +110,7 @@ fn token_of(body: &Value) -> String {
 
 /// Signs up `owner`, converts their account into a team named "Acme", and
 /// returns the team's id (the owner's personal account id).
-async fn team(app: &TestApp, owner: &str) -> String {
+pub(crate) async fn team(app: &TestApp, owner: &str) -> String {
     assert_eq!(sign_up(app, owner).await.0, 201);
     let (status, body) = convert(app, owner, owner, "Acme").await;
     assert_eq!(status, 200, "{body}");
@@ -118,7 +118,7 @@ async fn team(app: &TestApp, owner: &str) -> String {
 }
 
 /// Invites `user` (signing them up) with `role` and accepts.
-async fn join(app: &TestApp, admin: &str, account: &str, user: &str, role: &str) {
+pub(crate) async fn join(app: &TestApp, admin: &str, account: &str, user: &str, role: &str) {
     let (status, body) = sign_up(app, user).await;
     assert_eq!(status, 201, "{body}");
     let (status, body) = invite(app, admin, account, json!({"role": role})).await;
@@ -137,7 +137,7 @@ fn pod(id: &str, account: &str) -> Value {
 
 /// Asks `/v1/is_authorized` whether `user` may `action` on pod `p1` of
 /// `account` (Pod actions) or on the account, sending only the Pod entity.
-async fn decide(app: &TestApp, user: &str, action: &str, account: &str) -> Value {
+pub(crate) async fn decide(app: &TestApp, user: &str, action: &str, account: &str) -> Value {
     let resource = if matches!(action, "connectPod" | "startPod" | "stopPod") {
         json!({"type": "Pod", "id": format!("{account}-p1")})
     } else {
@@ -585,7 +585,7 @@ async fn convert_rules() {
 #[tokio::test]
 async fn invite_rules() {
     let app = spawn_app_in(copy_pack(), |c| {
-        c.options.public_url = "https://cedard.example.com/".into()
+        c.options.public_url = Some("https://cedard.example.com/".into())
     })
     .await;
     assert_eq!(sign_up(&app, "alice").await.0, 201);

@@ -160,7 +160,9 @@ fn need_of(path: &str) -> Option<Need> {
     Some(match path {
         "/healthz" | "/readyz" => Need::Nothing,
         "/openapi.json" => Need::AnyKey,
+        "/.well-known/authzen-configuration" => Need::Nothing,
         "/v1/is_authorized" | "/v1/is_authorized/batch" => Need::Scope(Scope::Decide),
+        p if p.starts_with("/access/v1/") => Need::Scope(Scope::Decide),
         "/v1/invites/accept" | "/invites/{token}" => Need::Scope(Scope::Manage),
         p if p.starts_with("/v1/users") || p.starts_with("/v1/accounts/") => {
             Need::Scope(Scope::Manage)

@@ -3,6 +3,7 @@
 
 mod accounts;
 mod auth;
+mod authzen;
 mod conformance;
 mod crash;
 mod decisions;

@@ -1040,8 +1040,14 @@ async fn request_ids_are_echoed_generated_or_replaced() {
 }
 
 /// Every (method, path) cedard serves.
-const ROUTES: [(&str, &str); 25] = [
+const ROUTES: [(&str, &str); 31] = [
     ("GET", "/healthz"),
+    ("GET", "/.well-known/authzen-configuration"),
+    ("POST", "/access/v1/evaluation"),
+    ("POST", "/access/v1/evaluations"),
+    ("POST", "/access/v1/search/subject"),
+    ("POST", "/access/v1/search/resource"),
+    ("POST", "/access/v1/search/action"),
     ("GET", "/readyz"),
     ("GET", "/openapi.json"),
     ("GET", "/metrics"),
@@ -1386,6 +1392,93 @@ async fn the_openapi_document_describes_every_route_and_the_real_answers() {
         403,
     )
     .await;
+    // The AuthZEN routes over the same store: alice administers the team.
+    let meta = w
+        .call(
+            get,
+            "/.well-known/authzen-configuration",
+            "/.well-known/authzen-configuration",
+            None,
+            None,
+            200,
+        )
+        .await;
+    assert!(
+        meta["access_evaluation_endpoint"]
+            .as_str()
+            .is_some_and(|u| u.ends_with("/access/v1/evaluation")),
+        "{meta}"
+    );
+    let (ev, evs) = ("/access/v1/evaluation", "/access/v1/evaluations");
+    let question = json!({"subject": {"type": "User", "id": "alice"},
+                          "action": {"name": "viewBilling"},
+                          "resource": {"type": "Account", "id": "alice"}});
+    let answer = w
+        .call(post, ev, ev, None, Some(question.clone()), 200)
+        .await;
+    assert_eq!(answer, json!({"decision": true}));
+    w.call(
+        post,
+        ev,
+        ev,
+        None,
+        Some(json!({"subject": {"type": "User"}})),
+        400,
+    )
+    .await;
+    let answers = w
+        .call(
+            post,
+            evs,
+            evs,
+            None,
+            Some(json!({"subject": {"type": "User", "id": "alice"},
+                        "resource": {"type": "Account", "id": "alice"},
+                        "evaluations": [{"action": {"name": "useAccount"}},
+                                        {"action": {"name": "noSuchAction"}}]})),
+            200,
+        )
+        .await;
+    assert_eq!(answers["evaluations"][0], json!({"decision": true}));
+    assert_eq!(answers["evaluations"][1]["context"]["error"]["status"], 400);
+    w.call(
+        post,
+        evs,
+        evs,
+        None,
+        Some(json!({"evaluations": [{}]})),
+        400,
+    )
+    .await;
+    for (path, body, found) in [
+        (
+            "/access/v1/search/subject",
+            json!({"subject": {"type": "User"}, "action": {"name": "updateSettings"},
+                   "resource": {"type": "Account", "id": "alice"}}),
+            json!([{"type": "User", "id": "alice"}]),
+        ),
+        (
+            "/access/v1/search/resource",
+            json!({"subject": {"type": "User", "id": "alice"}, "action": {"name": "updateSettings"},
+                   "resource": {"type": "Account"}}),
+            json!([{"type": "Account", "id": "alice"}]),
+        ),
+        (
+            "/access/v1/search/action",
+            json!({"subject": {"type": "User", "id": "bob"},
+                   "resource": {"type": "Account", "id": "alice"}}),
+            json!([]),
+        ),
+    ] {
+        let page = w
+            .call(post, path, path, None, Some(body.clone()), 200)
+            .await;
+        assert_eq!(page["results"], found, "{path}");
+        let mut bad = body;
+        bad["page"] = json!({"limit": 0});
+        w.call(post, path, path, None, Some(bad), 400).await;
+    }
+
     let invite = w
         .call(
             post,

@@ -66,7 +66,7 @@ pub(crate) fn disk_sha(app: &TestApp) -> String {
     cedard::policy::Sources {
         policies: app.policies(),
         schema: app.dir.path().join("schema"),
-        limits: Default::default(),
+        ..Default::default()
     }
     .read()
     .expect("files readable")

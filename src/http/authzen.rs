@@ -1,0 +1,813 @@
+//! The OpenID AuthZEN Authorization API 1.0: the metadata document, access
+//! evaluation (single and boxcarred) and subject, resource and action search.
+//!
+//! Only wire shapes live here. An AuthZEN question becomes a pipeline
+//! question as follows: `subject {type, id}` is the principal `<type>::"<id>"`,
+//! `action {name}` the schema's action with that id, `resource {type, id}` the
+//! resource, `context` the Cedar context. `properties` of a subject or
+//! resource make it an inline entity with those attributes (no parents),
+//! read against the schema, so a resource the PDP does not know (a todo, a
+//! pod) can be described by the caller; a subject or resource that cedard
+//! stores or an entity data file defines is refused with properties, as any
+//! inline entity of those is. The answers are exactly the spec's shapes:
+//! `{"decision": true}` unless the caller asks for an explanation with
+//! `"options": {"explain": true}`.
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::error::{ApiError, ErrorBody};
+use super::extract::CallerInfo;
+use super::state::AppState;
+use crate::authz::{Decision, InputError};
+use crate::facts::Inline;
+use crate::pdp::{ActionRef, Item, Query, Search, Slot, Until};
+
+/// The most results one search page holds, and the page size when the
+/// caller names none.
+pub const MAX_PAGE: usize = 1000;
+
+/// The AuthZEN routes that need a `decide` key.
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(evaluation))
+        .routes(routes!(evaluations))
+        .routes(routes!(search_subject))
+        .routes(routes!(search_resource))
+        .routes(routes!(search_action))
+}
+
+/// The metadata document, which needs no key: it tells only where the
+/// endpoints are, like any `.well-known` document.
+pub fn discovery() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(configuration))
+}
+
+/// A subject or resource: `{type, id, properties?}`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Entity {
+    /// The entity type, as the schema names it (`user`, `Account`).
+    #[serde(rename = "type")]
+    kind: String,
+    /// The entity id (left out, or ignored, for the searched part).
+    #[serde(default)]
+    id: Option<String>,
+    /// Attributes of an entity the PDP does not know, read against the
+    /// schema's declaration of the type.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    properties: Option<Map<String, Value>>,
+}
+
+/// An action: `{name, properties?}`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Action {
+    /// The id of one of the schema's actions.
+    name: String,
+    /// Refused when not empty: Cedar actions have no attributes a request
+    /// can set (send such facts in `context`).
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    properties: Option<Map<String, Value>>,
+}
+
+/// Options of an evaluation call.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Options {
+    /// `execute_all` (default), `deny_on_first_deny` or
+    /// `permit_on_first_permit`.
+    #[serde(default)]
+    evaluations_semantic: Option<String>,
+    /// Answer with a `context` naming the deciding policies, the evaluation
+    /// errors and the policy revision.
+    #[serde(default)]
+    explain: bool,
+}
+
+/// One access evaluation request.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluationBody {
+    subject: Entity,
+    action: Action,
+    resource: Entity,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    context: Option<Value>,
+    #[serde(default)]
+    options: Option<Options>,
+}
+
+/// One item of an evaluations call: each part overrides the top-level one.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluationItem {
+    #[serde(default)]
+    subject: Option<Entity>,
+    #[serde(default)]
+    action: Option<Action>,
+    #[serde(default)]
+    resource: Option<Entity>,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    context: Option<Value>,
+}
+
+/// Several evaluations with top-level defaults.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluationsBody {
+    #[serde(default)]
+    subject: Option<Entity>,
+    #[serde(default)]
+    action: Option<Action>,
+    #[serde(default)]
+    resource: Option<Entity>,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    context: Option<Value>,
+    #[serde(default)]
+    evaluations: Option<Vec<EvaluationItem>>,
+    #[serde(default)]
+    options: Option<Options>,
+}
+
+/// A page request: the token of the previous page, and a size.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PageRequest {
+    /// `page.next_token` of the previous answer.
+    #[serde(default)]
+    token: Option<String>,
+    /// The same, under the name the drafts used.
+    #[serde(default)]
+    next_token: Option<String>,
+    /// The most results to return (1 to 1000; 1000 when left out).
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+/// A search request; the searched part names only its type.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SearchBody {
+    subject: Entity,
+    #[serde(default)]
+    action: Option<Action>,
+    resource: Entity,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    context: Option<Value>,
+    #[serde(default)]
+    page: Option<PageRequest>,
+}
+
+/// A decision, as the spec shapes it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DecisionBody {
+    /// Allow (`true`) or deny.
+    decision: bool,
+    /// Present on request (`options.explain`), on a per-item error, and on
+    /// the item that stopped a short-circuiting call.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    context: Option<Value>,
+}
+
+/// The answers of an evaluations call, in order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EvaluationsResponse {
+    evaluations: Vec<DecisionBody>,
+}
+
+/// One page of search results.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SearchResponse {
+    /// `{type, id}` for subject and resource search, `{name}` for actions.
+    #[schema(value_type = Vec<Object>)]
+    results: Vec<Value>,
+    /// `next_token`: empty on the last page.
+    #[schema(value_type = Object)]
+    page: Value,
+}
+
+/// The AuthZEN metadata document.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Configuration {
+    policy_decision_point: String,
+    access_evaluation_endpoint: String,
+    access_evaluations_endpoint: String,
+    search_subject_endpoint: String,
+    search_resource_endpoint: String,
+    search_action_endpoint: String,
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadJson(format!("invalid request body: {e}")))
+}
+
+/// An entity reference for the pipeline.
+fn reference(entity: &Entity, id: &str) -> Value {
+    json!({"type": entity.kind, "id": id})
+}
+
+/// The id of a part that must name one (`field` names it in errors).
+fn id_of<'a>(entity: &'a Entity, field: &str) -> Result<&'a str, InputError> {
+    entity
+        .id
+        .as_deref()
+        .ok_or_else(|| InputError::new(format!("{field}.id"), "required"))
+}
+
+/// Refuses action properties: Cedar cannot give an action request-time
+/// attributes, and ignoring them could change what the caller meant.
+fn check_action(action: &Action, field: &str) -> Result<(), InputError> {
+    match &action.properties {
+        Some(p) if !p.is_empty() => Err(InputError::new(
+            format!("{field}.properties"),
+            "Cedar actions have no request-time attributes; send these facts in `context`",
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The inline entities the properties of `parts` describe, as the text of
+/// a Cedar JSON array (so that the snapshot's memo of decoded entities
+/// serves repeated properties, as it does `/v1`'s entities), with the name
+/// of each one's `properties` field (`subject.properties`).
+fn inline_entities(
+    parts: &[(&Entity, &str, &'static str)],
+) -> (Option<Box<RawValue>>, Vec<&'static str>) {
+    let mut names = Vec::new();
+    let items: Vec<Value> = parts
+        .iter()
+        .filter_map(|(entity, id, name)| {
+            let properties = entity.properties.as_ref().filter(|p| !p.is_empty())?;
+            names.push(*name);
+            Some(json!({
+                "uid": {"type": entity.kind, "id": id},
+                "attrs": properties,
+                "parents": [],
+            }))
+        })
+        .collect();
+    let raw = (!items.is_empty())
+        .then(|| RawValue::from_string(Value::Array(items).to_string()).ok())
+        .flatten();
+    (raw, names)
+}
+
+/// Names a pipeline error's field as the AuthZEN request spelled it:
+/// `principal` is `subject`, `entities[i]` the `properties` of the part that
+/// became inline entity `i` (`inline` names them), under `prefix`.
+fn renamed(e: InputError, inline: &[&str], prefix: &str) -> InputError {
+    let field = e.field.as_str();
+    let spelled = if let Some(rest) = field.strip_prefix("principal") {
+        format!("subject{rest}")
+    } else if field == "action" {
+        "action.name".to_owned()
+    } else if let Some(rest) = field.strip_prefix("entities[") {
+        match rest.split_once(']') {
+            Some((i, tail)) => match i.parse::<usize>().ok().and_then(|i| inline.get(i)) {
+                Some(name) => format!("{name}{tail}"),
+                None => field.to_owned(),
+            },
+            None => field.to_owned(),
+        }
+    } else if field == "entities" {
+        "properties".to_owned()
+    } else {
+        field.to_owned()
+    };
+    let field = match (prefix.is_empty(), spelled.is_empty()) {
+        (true, _) => spelled,
+        (false, true) => prefix.to_owned(),
+        (false, false) => format!("{prefix}.{spelled}"),
+    };
+    InputError::new(field, e.message)
+}
+
+/// One evaluation, assembled: references, context and inline entities.
+struct Asked {
+    principal: Value,
+    action: String,
+    resource: Value,
+    context: Option<Value>,
+    inline: Option<Box<RawValue>>,
+    /// The request fields the inline entities came from, in order.
+    inline_names: Vec<&'static str>,
+    /// Where the question sits in the request (`evaluations[2]`).
+    prefix: String,
+}
+
+impl Asked {
+    fn new(
+        subject: &Entity,
+        action: &Action,
+        resource: &Entity,
+        context: Option<&Value>,
+        prefix: &str,
+    ) -> Result<Self, InputError> {
+        let at = |f: &str| {
+            if prefix.is_empty() {
+                f.to_owned()
+            } else {
+                format!("{prefix}.{f}")
+            }
+        };
+        let subject_id = id_of(subject, &at("subject"))?;
+        let resource_id = id_of(resource, &at("resource"))?;
+        check_action(action, &at("action"))?;
+        let (inline, inline_names) = inline_entities(&[
+            (subject, subject_id, "subject.properties"),
+            (resource, resource_id, "resource.properties"),
+        ]);
+        Ok(Self {
+            principal: reference(subject, subject_id),
+            action: action.name.clone(),
+            resource: reference(resource, resource_id),
+            context: context.cloned(),
+            inline,
+            inline_names,
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    /// A pipeline error about this question, named as the request spells it.
+    fn error(&self, e: InputError) -> InputError {
+        renamed(e, &self.inline_names, &self.prefix)
+    }
+
+    fn item(&self) -> Item<'_> {
+        Item {
+            query: Query {
+                principal: &self.principal,
+                action: ActionRef::Name(&self.action),
+                resource: &self.resource,
+                context: self.context.as_ref(),
+            },
+            inline: match &self.inline {
+                Some(raw) => Inline::Raw(raw),
+                None => Inline::None,
+            },
+        }
+    }
+}
+
+/// A decision as the spec shapes it; with `explain`, the deciding policies,
+/// the evaluation errors and the revision in `context`.
+fn shaped(decision: &Decision, explain: bool, revision: &crate::policy::Revision) -> DecisionBody {
+    DecisionBody {
+        decision: decision.allow,
+        context: explain.then(|| {
+            json!({
+                "reasons": decision.reasons.iter().map(|r| r.policy_id.clone()).collect::<Vec<_>>(),
+                "errors": decision.errors,
+                "revision": revision,
+            })
+        }),
+    }
+}
+
+/// A per-item error, as the spec shapes one: a deny with the reason.
+fn item_error(e: &InputError) -> DecisionBody {
+    DecisionBody {
+        decision: false,
+        context: Some(json!({"error": {"status": 400, "message": e.to_string()}})),
+    }
+}
+
+/// May this subject do this action on this resource? (AuthZEN)
+#[utoipa::path(
+    post,
+    path = "/access/v1/evaluation",
+    tag = "authzen",
+    request_body = EvaluationBody,
+    responses(
+        (status = 200, description = "The decision: `{\"decision\": true|false}`", body = DecisionBody),
+        (status = 400, description = "Malformed or invalid question; the message names the field", body = ErrorBody),
+        (status = 401, description = "No valid caller key", body = ErrorBody),
+        (status = 403, description = "The key lacks the `decide` scope", body = ErrorBody),
+    ),
+    security(("bearer" = ["decide"]))
+)]
+async fn evaluation(
+    State(state): State<AppState>,
+    caller: CallerInfo,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let body: EvaluationBody = parse(&body)?;
+    let explain = body.options.as_ref().is_some_and(|o| o.explain);
+    if let Some(o) = &body.options {
+        if o.evaluations_semantic.is_some() {
+            return Err(InputError::new(
+                "options.evaluations_semantic",
+                "applies to `/access/v1/evaluations` only",
+            )
+            .into());
+        }
+    }
+    let asked = Asked::new(
+        &body.subject,
+        &body.action,
+        &body.resource,
+        body.context.as_ref(),
+        "",
+    )?;
+    let mut evaluated = state.pdp.evaluate(
+        &caller.caller("/access/v1/evaluation"),
+        &[Ok(asked.item())],
+        Until::All,
+    )?;
+    match evaluated.outcomes.pop() {
+        Some(Ok(d)) => Ok(Json(shaped(&d, explain, &evaluated.revision)).into_response()),
+        Some(Err(e)) => Err(asked.error(e).into()),
+        None => Err(ApiError::Internal(
+            "the pipeline answered no decision for one question".into(),
+        )),
+    }
+}
+
+/// Several evaluations in one call, with top-level defaults (AuthZEN).
+#[utoipa::path(
+    post,
+    path = "/access/v1/evaluations",
+    tag = "authzen",
+    request_body = EvaluationsBody,
+    responses(
+        (status = 200, description = "`{\"evaluations\": [...]}` in request order (cut short by `deny_on_first_deny` or `permit_on_first_permit`); without `evaluations`, one `{\"decision\"}`. A bad item is `{\"decision\": false, \"context\": {\"error\": ...}}`", body = EvaluationsResponse),
+        (status = 400, description = "The payload is malformed (an item lacks a part with no default, too many items)", body = ErrorBody),
+        (status = 401, description = "No valid caller key", body = ErrorBody),
+        (status = 403, description = "The key lacks the `decide` scope", body = ErrorBody),
+    ),
+    security(("bearer" = ["decide"]))
+)]
+async fn evaluations(
+    State(state): State<AppState>,
+    caller: CallerInfo,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    tokio::task::spawn_blocking(move || {
+        let body: EvaluationsBody = parse(&body)?;
+        let options = body.options.clone().unwrap_or_default();
+        let until = match options.evaluations_semantic.as_deref() {
+            None | Some("execute_all") => Until::All,
+            Some("deny_on_first_deny") => Until::FirstDeny,
+            Some("permit_on_first_permit") => Until::FirstPermit,
+            Some(other) => {
+                return Err(InputError::new(
+                    "options.evaluations_semantic",
+                    format!(
+                        "`{}` is not one of `execute_all`, `deny_on_first_deny`, `permit_on_first_permit`",
+                        crate::authz::clip(other)
+                    ),
+                )
+                .into())
+            }
+        };
+        let items = match body.evaluations.as_deref() {
+            // Without items the call is one evaluation, answered as one.
+            None | Some([]) => None,
+            Some(items) => Some(items),
+        };
+        let Some(items) = items else {
+            let (Some(subject), Some(action), Some(resource)) =
+                (&body.subject, &body.action, &body.resource)
+            else {
+                return Err(InputError::new(
+                    "evaluations",
+                    "without `evaluations`, `subject`, `action` and `resource` are required",
+                )
+                .into());
+            };
+            let asked = Asked::new(subject, action, resource, body.context.as_ref(), "")?;
+            let mut evaluated = state.pdp.evaluate(
+                &caller.caller("/access/v1/evaluations"),
+                &[Ok(asked.item())],
+                Until::All,
+            )?;
+            return match evaluated.outcomes.pop() {
+                Some(Ok(d)) => {
+                    Ok(Json(shaped(&d, options.explain, &evaluated.revision)).into_response())
+                }
+                Some(Err(e)) => Err(asked.error(e).into()),
+                None => Err(ApiError::Internal(
+                    "the pipeline answered no decision for one question".into(),
+                )),
+            };
+        };
+        let limit = state.limits.batch_limit;
+        if items.len() > limit {
+            return Err(InputError::new(
+                "evaluations",
+                format!(
+                    "at most {limit} evaluations are accepted in one call, this one has {}",
+                    items.len()
+                ),
+            )
+            .into());
+        }
+        // Each item with the defaults filled in; an item that lacks a part
+        // the call gives no default for is a malformed payload.
+        let mut asked: Vec<Result<Asked, InputError>> = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let field = format!("evaluations[{i}]");
+            let missing = |part: &str| {
+                InputError::new(
+                    format!("{field}.{part}"),
+                    format!("required: the item has no `{part}` and the call gives no default"),
+                )
+            };
+            let subject = item
+                .subject
+                .as_ref()
+                .or(body.subject.as_ref())
+                .ok_or_else(|| missing("subject"))?;
+            let action = item
+                .action
+                .as_ref()
+                .or(body.action.as_ref())
+                .ok_or_else(|| missing("action"))?;
+            let resource = item
+                .resource
+                .as_ref()
+                .or(body.resource.as_ref())
+                .ok_or_else(|| missing("resource"))?;
+            let context = item.context.as_ref().or(body.context.as_ref());
+            asked.push(Asked::new(subject, action, resource, context, &field));
+        }
+        let items: Vec<Result<Item<'_>, InputError>> = asked
+            .iter()
+            .map(|a| a.as_ref().map(Asked::item).map_err(Clone::clone))
+            .collect();
+        let evaluated =
+            state
+                .pdp
+                .evaluate(&caller.caller("/access/v1/evaluations"), &items, until)?;
+        let mut answers: Vec<DecisionBody> = Vec::with_capacity(items.len());
+        for (outcome, asked) in evaluated.outcomes.into_iter().zip(&asked) {
+            answers.push(match (outcome, asked) {
+                (Ok(d), _) => shaped(&d, options.explain, &evaluated.revision),
+                (Err(e), Ok(asked)) => item_error(&asked.error(e)),
+                (Err(e), Err(_)) => item_error(&e),
+            });
+        }
+        mark_stop(&mut answers, until);
+        Ok(Json(EvaluationsResponse {
+            evaluations: answers,
+        })
+        .into_response())
+    })
+    .await?
+}
+
+/// Marks the deny that stopped a `deny_on_first_deny` call, as the spec's
+/// example does (`"reason": "deny_on_first_deny"`); an item error keeps its
+/// own context.
+fn mark_stop(answers: &mut [DecisionBody], until: Until) {
+    if until != Until::FirstDeny {
+        return;
+    }
+    if let Some(last) = answers.last_mut() {
+        if !last.decision && last.context.is_none() {
+            last.context = Some(json!({"code": "200", "reason": "deny_on_first_deny"}));
+        }
+    }
+}
+
+/// Which subjects may do this action on this resource? (AuthZEN)
+#[utoipa::path(
+    post,
+    path = "/access/v1/search/subject",
+    tag = "authzen",
+    request_body = SearchBody,
+    responses(
+        (status = 200, description = "The subjects of `subject.type` for which the evaluation would answer true, in id order; `page.next_token` is empty on the last page", body = SearchResponse),
+        (status = 400, description = "Malformed or invalid search; the message names the field", body = ErrorBody),
+        (status = 401, description = "No valid caller key", body = ErrorBody),
+        (status = 403, description = "The key lacks the `decide` scope", body = ErrorBody),
+    ),
+    security(("bearer" = ["decide"]))
+)]
+async fn search_subject(
+    State(state): State<AppState>,
+    caller: CallerInfo,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    search(state, caller, body, Slot::Subject).await
+}
+
+/// Which resources may this subject do this action on? (AuthZEN)
+#[utoipa::path(
+    post,
+    path = "/access/v1/search/resource",
+    tag = "authzen",
+    request_body = SearchBody,
+    responses(
+        (status = 200, description = "The resources of `resource.type` for which the evaluation would answer true, in id order; `page.next_token` is empty on the last page", body = SearchResponse),
+        (status = 400, description = "Malformed or invalid search; the message names the field", body = ErrorBody),
+        (status = 401, description = "No valid caller key", body = ErrorBody),
+        (status = 403, description = "The key lacks the `decide` scope", body = ErrorBody),
+    ),
+    security(("bearer" = ["decide"]))
+)]
+async fn search_resource(
+    State(state): State<AppState>,
+    caller: CallerInfo,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    search(state, caller, body, Slot::Resource).await
+}
+
+/// What may this subject do on this resource? (AuthZEN)
+#[utoipa::path(
+    post,
+    path = "/access/v1/search/action",
+    tag = "authzen",
+    request_body = SearchBody,
+    responses(
+        (status = 200, description = "The schema's actions for the two types for which the evaluation would answer true, as `{name}`, in name order", body = SearchResponse),
+        (status = 400, description = "Malformed or invalid search; the message names the field", body = ErrorBody),
+        (status = 401, description = "No valid caller key", body = ErrorBody),
+        (status = 403, description = "The key lacks the `decide` scope", body = ErrorBody),
+    ),
+    security(("bearer" = ["decide"]))
+)]
+async fn search_action(
+    State(state): State<AppState>,
+    caller: CallerInfo,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    search(state, caller, body, Slot::Action).await
+}
+
+/// The page token: the search it belongs to (a digest of the request
+/// without its page) and the last result given, so that a token is refused
+/// on another search and a page continues after the last result whatever
+/// was written in between.
+fn token(binding: &str, last: &str) -> String {
+    format!("{binding}.{}", hex::encode(last))
+}
+
+fn binding(body: &[u8]) -> Result<String, ApiError> {
+    let mut value: Value = parse(body)?;
+    if let Value::Object(map) = &mut value {
+        map.remove("page");
+    }
+    let digest = Sha256::digest(value.to_string().as_bytes());
+    Ok(hex::encode(&digest[..8]))
+}
+
+fn after_token(binding: &str, token: &str) -> Result<String, InputError> {
+    let bad = || {
+        InputError::new(
+            "page.token",
+            "not a token this search gave (tokens belong to the search that returned them)",
+        )
+    };
+    let (b, last) = token.split_once('.').ok_or_else(bad)?;
+    if b != binding {
+        return Err(bad());
+    }
+    hex::decode(last)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .ok_or_else(bad)
+}
+
+async fn search(
+    state: AppState,
+    caller: CallerInfo,
+    body: Bytes,
+    slot: Slot,
+) -> Result<Response, ApiError> {
+    // A search may decide thousands of candidates: off the async workers.
+    tokio::task::spawn_blocking(move || {
+        let parsed: SearchBody = parse(&body)?;
+        let page = parsed.page.as_ref();
+        let limit = page.and_then(|p| p.limit).unwrap_or(MAX_PAGE);
+        if !(1..=MAX_PAGE).contains(&limit) {
+            return Err(
+                InputError::new("page.limit", format!("must be between 1 and {MAX_PAGE}")).into(),
+            );
+        }
+        let binding = binding(&body)?;
+        let after = match page.and_then(|p| p.token.as_deref().or(p.next_token.as_deref())) {
+            Some("") | None => None,
+            Some(t) => Some(after_token(&binding, t)?),
+        };
+        // The searched part's id is ignored, as the spec says.
+        let subject_id = match slot {
+            Slot::Subject => "",
+            _ => id_of(&parsed.subject, "subject")?,
+        };
+        let resource_id = match slot {
+            Slot::Resource => "",
+            _ => id_of(&parsed.resource, "resource")?,
+        };
+        let action_name = match (slot, &parsed.action) {
+            (Slot::Action, _) => "",
+            (_, Some(a)) => {
+                check_action(a, "action")?;
+                a.name.as_str()
+            }
+            (_, None) => return Err(InputError::new("action", "required").into()),
+        };
+        let principal = reference(&parsed.subject, subject_id);
+        let resource = reference(&parsed.resource, resource_id);
+        let subject_part = (&parsed.subject, subject_id, "subject.properties");
+        let resource_part = (&parsed.resource, resource_id, "resource.properties");
+        let fixed = match slot {
+            Slot::Subject => vec![resource_part],
+            Slot::Resource => vec![subject_part],
+            Slot::Action => vec![subject_part, resource_part],
+        };
+        let (inline, inline_names) = inline_entities(&fixed);
+        let searched_type = match slot {
+            Slot::Subject => parsed.subject.kind.as_str(),
+            Slot::Resource => parsed.resource.kind.as_str(),
+            Slot::Action => "",
+        };
+        let endpoint = match slot {
+            Slot::Subject => "/access/v1/search/subject",
+            Slot::Resource => "/access/v1/search/resource",
+            Slot::Action => "/access/v1/search/action",
+        };
+        let found = state.pdp.search(
+            &caller.caller(endpoint),
+            &Search {
+                slot,
+                principal: &principal,
+                action: ActionRef::Name(action_name),
+                resource: &resource,
+                searched_type,
+                context: parsed.context.as_ref(),
+                inline: match &inline {
+                    Some(raw) => Inline::Raw(raw),
+                    None => Inline::None,
+                },
+                after: after.as_deref(),
+                limit,
+            },
+        );
+        let found = match found {
+            Err(crate::pdp::PdpError::Input(e)) => return Err(renamed(e, &inline_names, "").into()),
+            other => other?,
+        };
+        let next = match (found.more, found.results.last()) {
+            (true, Some(last)) => token(&binding, last),
+            _ => String::new(),
+        };
+        let results = found
+            .results
+            .iter()
+            .map(|id| match slot {
+                Slot::Subject => json!({"type": parsed.subject.kind, "id": id}),
+                Slot::Resource => json!({"type": parsed.resource.kind, "id": id}),
+                Slot::Action => json!({"name": id}),
+            })
+            .collect();
+        Ok(Json(SearchResponse {
+            results,
+            page: json!({"next_token": next}),
+        })
+        .into_response())
+    })
+    .await?
+}
+
+/// The AuthZEN metadata document: where each endpoint is, under
+/// `--public-url`.
+#[utoipa::path(
+    get,
+    path = "/.well-known/authzen-configuration",
+    tag = "authzen",
+    responses(
+        (status = 200, description = "The PDP's AuthZEN metadata", body = Configuration),
+    )
+)]
+async fn configuration(State(state): State<AppState>) -> Json<Configuration> {
+    let base = state.accounts.public_url().to_owned();
+    let at = |path: &str| format!("{base}{path}");
+    Json(Configuration {
+        access_evaluation_endpoint: at("/access/v1/evaluation"),
+        access_evaluations_endpoint: at("/access/v1/evaluations"),
+        search_subject_endpoint: at("/access/v1/search/subject"),
+        search_resource_endpoint: at("/access/v1/search/resource"),
+        search_action_endpoint: at("/access/v1/search/action"),
+        policy_decision_point: base,
+    })
+}
