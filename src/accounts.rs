@@ -493,7 +493,7 @@ impl Accounts {
                     Some(current) => json!({"role": role, "current_role": current}),
                     None => json!({"role": role}),
                 };
-                ctx.authorize_in_write(actor, "changeMemberRole", id, &context)?;
+                ctx.authorize_in_write(w, actor, "changeMemberRole", id, &context)?;
                 Ok(w.set_role(id, user, role, admin)?)
             })
         })
@@ -714,6 +714,7 @@ impl Accounts {
                 }
                 let context = json!({"role": invite.role});
                 match ctx.authorize_in_write(
+                    w,
                     &invite.created_by,
                     "inviteMember",
                     &invite.account,
@@ -889,6 +890,7 @@ impl Ctx<'_> {
     /// read afresh, so the answer holds for the state the write commits over.
     fn authorize_in_write(
         &self,
+        within: &Writer<'_>,
         actor: &str,
         action: &str,
         account: &str,
@@ -901,6 +903,7 @@ impl Ctx<'_> {
         Ok(self.accounts.pdp.authorize_fresh(
             &caller,
             self.snapshot,
+            within,
             actor,
             action,
             account,
@@ -933,7 +936,7 @@ impl Ctx<'_> {
     fn write<T>(
         &self,
         operation: &'static str,
-        f: impl FnOnce(&mut Writer<'_>) -> Result<T, StoreError>,
+        mut f: impl FnMut(&mut Writer<'_>) -> Result<T, StoreError>,
     ) -> Result<T, AccountsError> {
         self.write_with(operation, |w| Ok(f(w)?))
     }
@@ -943,7 +946,7 @@ impl Ctx<'_> {
     fn write_with<T>(
         &self,
         operation: &'static str,
-        f: impl FnOnce(&mut Writer<'_>) -> Result<T, AccountsError>,
+        f: impl FnMut(&mut Writer<'_>) -> Result<T, AccountsError>,
     ) -> Result<T, AccountsError> {
         let started = Instant::now();
         let out = self.accounts.pdp.store().write_with(f);

@@ -38,6 +38,9 @@ pub enum Command {
     Openapi,
     /// Replay AuthZEN interop suites against a running PDP.
     Interop(InteropArgs),
+    /// Operations on a whole directory (copy a redb file to PostgreSQL).
+    #[command(subcommand)]
+    Store(crate::cli_store::StoreCommand),
 }
 
 /// Options of `cedard interop`.
@@ -80,6 +83,7 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve(*args),
         Command::Keys(command) => Ok(crate::cli_keys::run(command)),
         Command::Interop(args) => interop(&args),
+        Command::Store(command) => Ok(crate::cli_store::run(command)),
         Command::Openapi => {
             print_out(&format!(
                 "{}\n",

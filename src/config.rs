@@ -92,6 +92,15 @@ pub struct Options {
     /// keys (its folder is created if missing).
     #[arg(long, env = "CEDARD_DATA", default_value = "data/cedard.redb")]
     pub data: PathBuf,
+    /// A PostgreSQL URL (`postgres://user:password@host/db`): keep the
+    /// directory there instead of in `--data`, shared by several replicas.
+    #[arg(long, env = "CEDARD_STORE")]
+    pub store: Option<String>,
+    /// With `--store`: milliseconds between checks of the store revision
+    /// when no notification of another replica's write arrived; the most a
+    /// replica is stale when a caller asks for no consistency.
+    #[arg(long, env = "CEDARD_STORE_POLL_MS", default_value_t = 100)]
+    pub store_poll_ms: u64,
     /// The base URL callers reach cedard at: the AuthZEN
     /// `policy_decision_point`, and the start of invite links
     /// (`<public-url>/invites/<token>`). Its host is also accepted in `Host`

@@ -24,7 +24,7 @@ use crate::authz::{self, InputError};
 use crate::model::{account_entity, account_uid, user_entity, ModelError, RoleCatalog, TYPES};
 use crate::policy::memo::Assembled;
 use crate::policy::{describe, PolicySnapshot};
-use crate::store::{ReadView, Store, StoreError};
+use crate::store::{ReadView, Reads, Store, StoreError};
 
 /// Why the store's entities could not be contributed.
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +126,9 @@ pub struct Facts<'a> {
     /// Read every stored entity afresh, never from the memo (checks made
     /// inside a write transaction).
     fresh: bool,
+    /// Read through this instead of a read view of our own: a write
+    /// transaction, whose own view a check made inside it must see.
+    through: Option<&'a dyn Reads>,
 }
 
 impl<'a> Facts<'a> {
@@ -146,7 +149,13 @@ impl<'a> Facts<'a> {
             view: OnceCell::new(),
             max_inline,
             fresh: false,
+            through: None,
         }
+    }
+
+    /// The store revision these facts are at least as new as.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The same facts, read from the store afresh: the memo is neither read
@@ -155,6 +164,15 @@ impl<'a> Facts<'a> {
     /// otherwise be older than the state the transaction sees.
     pub fn fresh(mut self) -> Self {
         self.fresh = true;
+        self
+    }
+
+    /// The same facts, read fresh through `reads` (a write transaction):
+    /// the check sees exactly the state the transaction commits over, and
+    /// takes no second connection or transaction.
+    pub fn through(mut self, reads: &'a dyn Reads) -> Self {
+        self.fresh = true;
+        self.through = Some(reads);
         self
     }
 
@@ -192,12 +210,15 @@ impl<'a> Facts<'a> {
     }
 
     /// One read transaction for the whole request, opened on first use.
-    fn view(&self) -> Result<&ReadView, StoreError> {
+    fn view(&self) -> Result<&dyn Reads, StoreError> {
+        if let Some(reads) = self.through {
+            return Ok(reads);
+        }
         if let Some(v) = self.view.get() {
-            return Ok(v);
+            return Ok(v.as_ref());
         }
         let v = self.store.read()?;
-        Ok(self.view.get_or_init(|| v))
+        Ok(self.view.get_or_init(|| v).as_ref())
     }
 
     fn remembered(&self, uid: &EntityUid) -> Option<Entity> {

@@ -48,7 +48,8 @@ pub fn check(store: &Store, snapshot: &PolicySnapshot, now: i64) -> Result<(), V
     let view = store.read().map_err(fault)?;
     let census = view.role_census(now).map_err(fault)?;
     let mut accounts = Vec::new();
-    view.each_account(|a| accounts.push(a)).map_err(fault)?;
+    view.each_account(&mut |a| accounts.push(a))
+        .map_err(fault)?;
     if census.is_empty() && accounts.is_empty() {
         return Ok(());
     }
@@ -86,7 +87,7 @@ pub fn check(store: &Store, snapshot: &PolicySnapshot, now: i64) -> Result<(), V
     }
     let mut users = Misfits::new("user", "users");
     let mut batch = Vec::with_capacity(BATCH);
-    view.each_user(|user, held| {
+    view.each_user(&mut |user, held| {
         match user_entity(&user, &held) {
             Ok(e) => batch.push(e),
             Err(e) => users.add(1, &format!("`User::\"{}\"`: {e}", user.id)),

@@ -10,6 +10,7 @@ pub mod audit;
 pub mod authz;
 pub mod cli;
 pub mod cli_keys;
+pub mod cli_store;
 pub mod clock;
 pub mod config;
 pub mod facts;

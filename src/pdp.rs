@@ -26,9 +26,10 @@ use crate::facts::{EntityError, EntityMemo, Facts, Inline};
 use crate::model::{self, RoleCatalog};
 use crate::policy::watch::LivePolicies;
 use crate::policy::{PolicySnapshot, Revision};
-use crate::store::Store;
+use crate::store::{Reads, Store, StoreError};
 
-/// Who asks, for the record: the caller's key and request, and the route.
+/// Who asks, for the record (the caller's key and request, and the route),
+/// and how fresh the stored facts of the answer must be.
 #[derive(Debug, Clone, Default)]
 pub struct Caller {
     /// The id of the key that authenticated the call, if keys are in use.
@@ -38,6 +39,25 @@ pub struct Caller {
     /// Which door the question came in by, as metrics and the log name it
     /// (`/v1/is_authorized`, `management`, …).
     pub endpoint: &'static str,
+    /// How fresh the stored facts must be.
+    pub consistency: Consistency,
+}
+
+/// How fresh the stored facts of an answer must be, as the caller asks.
+/// Like SpiceDB's consistency levels: the default answers fastest from what
+/// this replica knows (at most `--store-poll-ms` behind another replica's
+/// write); `AtLeast` a store revision a write returned makes
+/// write-then-check never stale, on any replica; `Full` reads the store for
+/// everything.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Consistency {
+    /// Whatever this replica knows now (entities may come from its memo).
+    #[default]
+    MinimizeLatency,
+    /// A view at least as new as this store revision.
+    AtLeast(u64),
+    /// Every stored fact read from the store now, never from a memo.
+    Full,
 }
 
 /// How a question names its action.
@@ -73,6 +93,8 @@ pub struct Checked {
     pub decisions: Vec<Decision>,
     /// The revision of the snapshot every decision was made against.
     pub revision: Revision,
+    /// The store revision the stored facts are at least as new as.
+    pub store_revision: u64,
 }
 
 /// Why no decision was made. None of these is an allow.
@@ -134,6 +156,8 @@ pub struct Evaluated {
     pub outcomes: Vec<Result<Decision, InputError>>,
     /// The revision every decision was made against.
     pub revision: Revision,
+    /// The store revision the stored facts are at least as new as.
+    pub store_revision: u64,
 }
 
 /// Which part of the question a search leaves open.
@@ -265,6 +289,34 @@ impl Pdp {
         )
     }
 
+    /// The facts of one call, as fresh as `caller` asks: for `AtLeast`, once
+    /// this replica knows that revision (a revision the store never
+    /// committed is the caller's error); for `Full`, read afresh.
+    fn facts_for<'a>(
+        &'a self,
+        caller: &Caller,
+        snapshot: &'a PolicySnapshot,
+    ) -> Result<Facts<'a>, PdpError> {
+        match caller.consistency {
+            Consistency::MinimizeLatency => {}
+            Consistency::AtLeast(wanted) => {
+                self.store.at_least(wanted).map_err(|e| match e {
+                    StoreError::UnknownRevision { .. } => {
+                        PdpError::Input(InputError::new("consistency.at_least", e.to_string()))
+                    }
+                    e => PdpError::Unavailable(e.to_string()),
+                })?;
+            }
+            Consistency::Full => {
+                self.store
+                    .refresh_revision()
+                    .map_err(|e| PdpError::Unavailable(e.to_string()))?;
+                return Ok(self.facts(snapshot).fresh());
+            }
+        }
+        Ok(self.facts(snapshot))
+    }
+
     /// Answers `queries` against one snapshot. `batch` names the questions
     /// `requests[i]` in errors. Any bad question fails the whole call (a
     /// client sending a malformed batch gets no partial answers to misread).
@@ -277,27 +329,31 @@ impl Pdp {
     ) -> Result<Checked, PdpError> {
         let started = Instant::now();
         let snapshot = self.live.snapshot();
-        let outcome = self.check_in(&snapshot, queries, inline, batch);
+        let outcome = self
+            .facts_for(caller, &snapshot)
+            .and_then(|facts| self.check_in(&facts, &snapshot, queries, inline, batch));
         let elapsed = started.elapsed();
         match &outcome {
-            Ok((requests, decisions)) => {
+            Ok((requests, decisions, _)) => {
                 self.record(caller, &snapshot, requests, queries, decisions, elapsed)
             }
             Err(e) => failed(caller, e),
         }
-        outcome.map(|(_, decisions)| Checked {
+        outcome.map(|(_, decisions, store_revision)| Checked {
             decisions,
             revision: snapshot.revision.clone(),
+            store_revision,
         })
     }
 
     fn check_in(
         &self,
+        facts: &Facts<'_>,
         snapshot: &PolicySnapshot,
         queries: &[Query<'_>],
         inline: Inline<'_>,
         batch: bool,
-    ) -> Result<(Vec<Resolved>, Vec<Decision>), PdpError> {
+    ) -> Result<(Vec<Resolved>, Vec<Decision>, u64), PdpError> {
         let mut resolved = Vec::with_capacity(queries.len());
         for (i, q) in queries.iter().enumerate() {
             let r = resolve(snapshot, q).map_err(|e| {
@@ -313,12 +369,12 @@ impl Pdp {
             .iter()
             .map(|r| (&r.principal, &r.resource))
             .collect();
-        let entities = self.facts(snapshot).entities(inline, &pairs)?;
+        let entities = facts.entities(inline, &pairs)?;
         let decisions = resolved
             .iter()
             .map(|r| authz::decide(snapshot, &r.request, &entities))
             .collect();
-        Ok((resolved, decisions))
+        Ok((resolved, decisions, facts.generation()))
     }
 
     /// Answers each of `items` on its own, against one snapshot: an item
@@ -336,7 +392,9 @@ impl Pdp {
     ) -> Result<Evaluated, PdpError> {
         let started = Instant::now();
         let snapshot = self.live.snapshot();
-        let facts = self.facts(&snapshot);
+        let facts = self
+            .facts_for(caller, &snapshot)
+            .inspect_err(|e| failed(caller, e))?;
         let mut outcomes = Vec::with_capacity(items.len());
         let mut decided: Vec<(Resolved, Query<'_>, Decision)> = Vec::with_capacity(items.len());
         for item in items {
@@ -399,6 +457,7 @@ impl Pdp {
         Ok(Evaluated {
             outcomes,
             revision: snapshot.revision.clone(),
+            store_revision: facts.generation(),
         })
     }
 
@@ -414,7 +473,9 @@ impl Pdp {
     pub fn search(&self, caller: &Caller, search: &Search<'_>) -> Result<Page, PdpError> {
         let started = Instant::now();
         let snapshot = self.live.snapshot();
-        let outcome = self.search_in(&snapshot, search);
+        let outcome = self
+            .facts_for(caller, &snapshot)
+            .and_then(|facts| self.search_in(&facts, &snapshot, search));
         match &outcome {
             Ok((_, (allowed, denied))) => {
                 count(caller.endpoint, *allowed, *denied, 0, started.elapsed())
@@ -429,11 +490,11 @@ impl Pdp {
 
     fn search_in(
         &self,
+        facts: &Facts<'_>,
         snapshot: &PolicySnapshot,
         search: &Search<'_>,
     ) -> Result<(Page, (u64, u64)), PdpError> {
         const CHUNK: usize = 256;
-        let facts = self.facts(snapshot);
         let mut results: Vec<String> = Vec::new();
         let mut more = false;
         let mut after: Option<String> = search.after.map(str::to_owned);
@@ -619,19 +680,20 @@ impl Pdp {
             action,
             account,
             context,
-            false,
+            None,
         )
     }
 
     /// [`Pdp::authorize`] for a check made inside a store write
-    /// transaction: the stored facts are read afresh (never from the entity
-    /// memo), so the answer is about exactly the state the transaction
-    /// commits over (redb admits one writer, so no other write can land in
-    /// between).
+    /// transaction: the stored facts are read afresh through the
+    /// transaction itself (`within`, never from the entity memo), so the
+    /// answer is about exactly the state the transaction commits over.
+    #[allow(clippy::too_many_arguments)]
     pub fn authorize_fresh(
         &self,
         caller: &Caller,
         snapshot: &PolicySnapshot,
+        within: &dyn Reads,
         actor: &str,
         action: &str,
         account: &str,
@@ -644,7 +706,7 @@ impl Pdp {
             action,
             account,
             context,
-            true,
+            Some(within),
         )
     }
 
@@ -659,15 +721,15 @@ impl Pdp {
         account: &str,
         context: Option<&Value>,
     ) -> Result<bool, PdpError> {
-        match self.management(None, snapshot, actor, action, account, context, false) {
+        match self.management(None, snapshot, actor, action, account, context, None) {
             Ok(()) => Ok(true),
             Err(PdpError::Denied { .. }) => Ok(false),
             Err(e) => Err(e),
         }
     }
 
-    /// One management decision; recorded when `caller` is given, read from
-    /// the store afresh when `fresh`.
+    /// One management decision; recorded when `caller` is given, read
+    /// afresh through `within` (a write transaction) when given.
     #[allow(clippy::too_many_arguments)]
     fn management(
         &self,
@@ -677,7 +739,7 @@ impl Pdp {
         action: &str,
         account: &str,
         context: Option<&Value>,
-        fresh: bool,
+        within: Option<&dyn Reads>,
     ) -> Result<(), PdpError> {
         let started = Instant::now();
         let principal = model::user_uid(actor);
@@ -705,8 +767,8 @@ impl Pdp {
             }
         };
         let mut facts = self.facts(snapshot);
-        if fresh {
-            facts = facts.fresh();
+        if let Some(reads) = within {
+            facts = facts.through(reads);
         }
         let entities = facts
             .entities(Inline::None, &[(&principal, &resource)])

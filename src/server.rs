@@ -179,9 +179,23 @@ pub async fn run(
     };
     // The store opens next: a data file held by another daemon or written
     // by a newer cedard stops the start before anything else happens.
-    let data = options.data.clone();
-    let store = Arc::new(blocking(move || Store::open(&data)).await??);
-    tracing::info!(path = %options.data.display(), "data file open");
+    let store = match options.store.clone() {
+        Some(url) => {
+            let pg = crate::store::pg::Options {
+                poll: Duration::from_millis(options.store_poll_ms.max(1)),
+                ..Default::default()
+            };
+            let store = Arc::new(blocking(move || Store::connect(&url, &pg)).await??);
+            tracing::info!(store = %store.describe(), revision = store.revision(), "directory on PostgreSQL");
+            store
+        }
+        None => {
+            let data = options.data.clone();
+            let store = Arc::new(blocking(move || Store::open(&data)).await??);
+            tracing::info!(path = %options.data.display(), revision = store.revision(), "data file open");
+            store
+        }
+    };
     let keys = {
         let store = store.clone();
         let records = blocking(move || store.read().and_then(|v| v.keys())).await??;

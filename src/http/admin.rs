@@ -47,6 +47,12 @@ pub struct Health {
     /// The serving policy set (readiness only).
     #[serde(skip_serializing_if = "Option::is_none")]
     revision: Option<Revision>,
+    /// The store revision this replica knows (readiness only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    store_revision: Option<u64>,
+    /// Why the daemon is not ready.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
 }
 
 /// The process is alive.
@@ -55,19 +61,51 @@ async fn healthz() -> Json<Health> {
     Json(Health {
         status: "ok".into(),
         revision: None,
+        store_revision: None,
+        reason: None,
     })
 }
 
-/// Ready once a valid policy set is serving. The daemon refuses to start on
-/// an invalid set, so a running daemon is always ready; the revision says
-/// which set.
-#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, body = Health)))]
-async fn readyz(State(state): State<AppState>) -> Json<Health> {
+/// Ready when a valid policy set is serving (the daemon refuses to start
+/// on an invalid set) and the store answers: a shared database that cannot
+/// be reached within a second makes the replica not ready (503), so that a
+/// load balancer sends its callers elsewhere.
+#[utoipa::path(get, path = "/readyz", tag = "health", responses(
+    (status = 200, body = Health),
+    (status = 503, description = "The store cannot be reached; `reason` says why", body = Health)))]
+async fn readyz(State(state): State<AppState>) -> Response {
     let snapshot = state.pdp.live().snapshot();
-    Json(Health {
-        status: "ready".into(),
-        revision: Some(snapshot.revision.clone()),
-    })
+    let store = state.pdp.store().clone();
+    let checked = if store.is_remote() {
+        let probe = tokio::task::spawn_blocking(move || store.refresh_revision());
+        match tokio::time::timeout(std::time::Duration::from_secs(1), probe).await {
+            Ok(Ok(Ok(revision))) => Ok(revision),
+            Ok(Ok(Err(e))) => Err(e.to_string()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("the store did not answer within a second".to_owned()),
+        }
+    } else {
+        Ok(store.revision())
+    };
+    match checked {
+        Ok(revision) => Json(Health {
+            status: "ready".into(),
+            revision: Some(snapshot.revision.clone()),
+            store_revision: Some(revision),
+            reason: None,
+        })
+        .into_response(),
+        Err(reason) => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            Json(Health {
+                status: "not ready".into(),
+                revision: Some(snapshot.revision.clone()),
+                store_revision: None,
+                reason: Some(reason),
+            }),
+        )
+            .into_response(),
+    }
 }
 
 /// The serving policy set.

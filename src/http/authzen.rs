@@ -26,7 +26,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::CallerInfo;
+use super::extract::{CallerInfo, ConsistencyBody};
 use super::state::AppState;
 use crate::authz::{Decision, InputError};
 use crate::facts::Inline;
@@ -94,6 +94,16 @@ pub struct Options {
     /// errors and the policy revision.
     #[serde(default)]
     explain: bool,
+    /// How fresh the stored facts must be: `"minimize_latency"` (default),
+    /// `"full"`, or `{"at_least": <store_revision of a write>}`.
+    #[serde(default)]
+    consistency: Option<ConsistencyBody>,
+}
+
+impl Options {
+    fn consistency(&self) -> crate::pdp::Consistency {
+        self.consistency.map(Into::into).unwrap_or_default()
+    }
 }
 
 /// One access evaluation request.
@@ -172,6 +182,9 @@ pub struct SearchBody {
     context: Option<Value>,
     #[serde(default)]
     page: Option<PageRequest>,
+    /// `consistency`, as for an evaluation (`explain` does not apply).
+    #[serde(default)]
+    options: Option<Options>,
 }
 
 /// A decision, as the spec shapes it.
@@ -409,7 +422,16 @@ async fn evaluation(
     caller: CallerInfo,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let body: EvaluationBody = parse(&body)?;
+    // A remote store's reads block: they run off the async workers.
+    if state.pdp.store().is_remote() {
+        tokio::task::spawn_blocking(move || evaluate_one(&state, &caller, &body)).await?
+    } else {
+        evaluate_one(&state, &caller, &body)
+    }
+}
+
+fn evaluate_one(state: &AppState, caller: &CallerInfo, body: &[u8]) -> Result<Response, ApiError> {
+    let body: EvaluationBody = parse(body)?;
     let explain = body.options.as_ref().is_some_and(|o| o.explain);
     if let Some(o) = &body.options {
         if o.evaluations_semantic.is_some() {
@@ -427,11 +449,13 @@ async fn evaluation(
         body.context.as_ref(),
         "",
     )?;
-    let mut evaluated = state.pdp.evaluate(
-        &caller.caller("/access/v1/evaluation"),
-        &[Ok(asked.item())],
-        Until::All,
-    )?;
+    let mut who = caller.caller("/access/v1/evaluation");
+    who.consistency = body
+        .options
+        .as_ref()
+        .map(Options::consistency)
+        .unwrap_or_default();
+    let mut evaluated = state.pdp.evaluate(&who, &[Ok(asked.item())], Until::All)?;
     match evaluated.outcomes.pop() {
         Some(Ok(d)) => Ok(Json(shaped(&d, explain, &evaluated.revision)).into_response()),
         Some(Err(e)) => Err(asked.error(e).into()),
@@ -463,6 +487,8 @@ async fn evaluations(
     tokio::task::spawn_blocking(move || {
         let body: EvaluationsBody = parse(&body)?;
         let options = body.options.clone().unwrap_or_default();
+        let mut who = caller.caller("/access/v1/evaluations");
+        who.consistency = options.consistency();
         let until = match options.evaluations_semantic.as_deref() {
             None | Some("execute_all") => Until::All,
             Some("deny_on_first_deny") => Until::FirstDeny,
@@ -494,11 +520,7 @@ async fn evaluations(
                 .into());
             };
             let asked = Asked::new(subject, action, resource, body.context.as_ref(), "")?;
-            let mut evaluated = state.pdp.evaluate(
-                &caller.caller("/access/v1/evaluations"),
-                &[Ok(asked.item())],
-                Until::All,
-            )?;
+            let mut evaluated = state.pdp.evaluate(&who, &[Ok(asked.item())], Until::All)?;
             return match evaluated.outcomes.pop() {
                 Some(Ok(d)) => {
                     Ok(Json(shaped(&d, options.explain, &evaluated.revision)).into_response())
@@ -553,10 +575,7 @@ async fn evaluations(
             .iter()
             .map(|a| a.as_ref().map(Asked::item).map_err(Clone::clone))
             .collect();
-        let evaluated =
-            state
-                .pdp
-                .evaluate(&caller.caller("/access/v1/evaluations"), &items, until)?;
+        let evaluated = state.pdp.evaluate(&who, &items, until)?;
         let mut answers: Vec<DecisionBody> = Vec::with_capacity(items.len());
         for (outcome, asked) in evaluated.outcomes.into_iter().zip(&asked) {
             answers.push(match (outcome, asked) {
@@ -746,8 +765,14 @@ async fn search(
             Slot::Resource => "/access/v1/search/resource",
             Slot::Action => "/access/v1/search/action",
         };
+        let mut who = caller.caller(endpoint);
+        who.consistency = parsed
+            .options
+            .as_ref()
+            .map(Options::consistency)
+            .unwrap_or_default();
         let found = state.pdp.search(
-            &caller.caller(endpoint),
+            &who,
             &Search {
                 slot,
                 principal: &principal,

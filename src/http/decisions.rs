@@ -12,7 +12,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::CallerInfo;
+use super::extract::{CallerInfo, ConsistencyBody};
 use super::state::AppState;
 use crate::authz::{Decision, InputError};
 use crate::facts::Inline;
@@ -48,6 +48,10 @@ pub struct CheckBody {
     #[serde(default)]
     #[schema(value_type = Option<Vec<Object>>)]
     entities: Option<Box<serde_json::value::RawValue>>,
+    /// How fresh the stored facts must be: `"minimize_latency"` (default),
+    /// `"full"`, or `{"at_least": <store_revision of a write>}`.
+    #[serde(default)]
+    consistency: Option<ConsistencyBody>,
 }
 
 /// One question inside a batch; entities are shared by the batch.
@@ -80,6 +84,9 @@ pub struct BatchBody {
     #[serde(default)]
     #[schema(value_type = Option<Vec<Object>>)]
     entities: Option<Value>,
+    /// How fresh the stored facts must be, as for one question.
+    #[serde(default)]
+    consistency: Option<ConsistencyBody>,
 }
 
 /// The answer to one question.
@@ -89,6 +96,8 @@ pub struct CheckResponse {
     decision: Decision,
     /// The policy set that answered.
     revision: Revision,
+    /// The store revision the stored facts were at least as new as.
+    store_revision: u64,
 }
 
 /// The answers to a batch, in order.
@@ -98,6 +107,8 @@ pub struct BatchResponse {
     results: Vec<Decision>,
     /// The policy set that answered every question.
     revision: Revision,
+    /// The store revision the stored facts were at least as new as.
+    store_revision: u64,
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
@@ -139,7 +150,8 @@ async fn is_authorized(
     caller: CallerInfo,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let heavy = body.len() > state.limits.blocking_threshold;
+    // A remote store's reads block: they run off the async workers too.
+    let heavy = body.len() > state.limits.blocking_threshold || state.pdp.store().is_remote();
     off_worker_if(heavy, move || {
         let body: CheckBody = parse_json(&body)?;
         let inline = match body.entities.as_deref() {
@@ -157,16 +169,16 @@ async fn is_authorized(
         // transaction (MVCC, so it never waits for a writer) with at most
         // three point lookups and one range over one user's roles, a few
         // microseconds from the page cache (benches/store.rs measures it).
-        let mut checked =
-            state
-                .pdp
-                .check(&caller.caller("/v1/is_authorized"), &[query], inline, false)?;
+        let mut caller = caller.caller("/v1/is_authorized");
+        caller.consistency = body.consistency.map(Into::into).unwrap_or_default();
+        let mut checked = state.pdp.check(&caller, &[query], inline, false)?;
         let decision = checked.decisions.pop().ok_or_else(|| {
             ApiError::Internal("the pipeline answered no decision for one question".into())
         })?;
         Ok(Json(CheckResponse {
             decision,
             revision: checked.revision,
+            store_revision: checked.store_revision,
         })
         .into_response())
     })
@@ -227,15 +239,13 @@ async fn is_authorized_batch(
             Some(Value::Null) | None => Inline::None,
             Some(v) => Inline::Json(v),
         };
-        let checked = state.pdp.check(
-            &caller.caller("/v1/is_authorized/batch"),
-            &queries,
-            inline,
-            true,
-        )?;
+        let mut caller = caller.caller("/v1/is_authorized/batch");
+        caller.consistency = body.consistency.map(Into::into).unwrap_or_default();
+        let checked = state.pdp.check(&caller, &queries, inline, true)?;
         Ok(Json(BatchResponse {
             results: checked.decisions,
             revision: checked.revision,
+            store_revision: checked.store_revision,
         })
         .into_response())
     })

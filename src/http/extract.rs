@@ -28,6 +28,7 @@ impl CallerInfo {
             key: self.key.as_ref().map(|k| k.id.clone()),
             request_id: self.request_id.clone(),
             endpoint,
+            consistency: Default::default(),
         }
     }
 }
@@ -285,5 +286,40 @@ impl<'de> serde::de::Visitor<'de> for StrictVisitor {
             out.insert(key, value);
         }
         Ok(Value::Object(out))
+    }
+}
+
+/// How fresh a decision's stored facts must be, as a request states it:
+/// `"minimize_latency"` (the default), `"full"`, or `{"at_least": <store
+/// revision>}` (the `store_revision` a write answered).
+#[derive(Debug, Clone, Copy, serde::Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum ConsistencyBody {
+    /// `"minimize_latency"` or `"full"`.
+    Level(ConsistencyLevel),
+    /// At least this store revision.
+    AtLeast {
+        /// A store revision a write answered.
+        at_least: u64,
+    },
+}
+
+/// The consistency levels named by a word.
+#[derive(Debug, Clone, Copy, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ConsistencyLevel {
+    /// Whatever this replica knows now.
+    MinimizeLatency,
+    /// Read every stored fact now.
+    Full,
+}
+
+impl From<ConsistencyBody> for crate::pdp::Consistency {
+    fn from(c: ConsistencyBody) -> Self {
+        match c {
+            ConsistencyBody::Level(ConsistencyLevel::MinimizeLatency) => Self::MinimizeLatency,
+            ConsistencyBody::Level(ConsistencyLevel::Full) => Self::Full,
+            ConsistencyBody::AtLeast { at_least } => Self::AtLeast(at_least),
+        }
     }
 }

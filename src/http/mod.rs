@@ -88,12 +88,66 @@ fn routes(state: Option<&AppState>) -> OpenApiRouter<AppState> {
         )),
         None => router,
     };
+    let stamped = |router: OpenApiRouter<AppState>| match state {
+        Some(state) => router.layer(from_fn_with_state(state.clone(), stamp_store_revision)),
+        None => router,
+    };
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(guarded(decisions::routes(), Need::Scope(Scope::Decide)))
         .merge(guarded(authzen::routes(), Need::Scope(Scope::Decide)))
         .merge(authzen::discovery())
-        .merge(guarded(accounts::routes(), Need::Scope(Scope::Manage)))
+        .merge(stamped(guarded(
+            accounts::routes(),
+            Need::Scope(Scope::Manage),
+        )))
         .merge(guarded(admin::routes(), Need::Scope(Scope::Admin)))
+}
+
+/// Gives every successful write of the management API the store revision
+/// it committed (or a newer one): a `Cedard-Store-Revision` header and, in a
+/// JSON object body, a `store_revision` field. A caller passes it back as
+/// `"consistency": {"at_least": …}` so that a check on any replica sees the
+/// write.
+async fn stamp_store_revision(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let writes = !matches!(
+        *request.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS
+    );
+    let response = next.run(request).await;
+    if !writes || !response.status().is_success() {
+        return response;
+    }
+    // Read after the write returned: at least the revision it committed.
+    let revision = state.pdp.store().revision();
+    let (mut parts, body) = response.into_parts();
+    parts.headers.insert(
+        "cedard-store-revision",
+        axum::http::HeaderValue::from(revision),
+    );
+    let is_json = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !is_json {
+        return Response::from_parts(parts, body);
+    }
+    let bytes = match axum::body::to_bytes(body, usize::MAX).await {
+        Ok(b) => b,
+        Err(_) => return Response::from_parts(parts, axum::body::Body::empty()),
+    };
+    let body = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(serde_json::Value::Object(mut map)) => {
+            map.insert("store_revision".into(), revision.into());
+            parts.headers.remove(header::CONTENT_LENGTH);
+            axum::body::Body::from(serde_json::Value::Object(map).to_string())
+        }
+        _ => axum::body::Body::from(bytes),
+    };
+    Response::from_parts(parts, body)
 }
 
 /// The API description: every route, body, answer and error shape, and the

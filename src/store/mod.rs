@@ -1,64 +1,31 @@
-//! The store: users, accounts, memberships and invites in one redb file.
+//! The store: users, accounts, memberships, invites and caller keys, behind
+//! one seam with two backends: an embedded redb file (`redb.rs`, the
+//! default) and a PostgreSQL database shared by several replicas (`pg.rs`).
 //!
-//! Every write is one redb write transaction committed with
-//! [`Durability::Immediate`], so a write acknowledged to a client is on disk,
-//! and an operation either happens whole or not at all (accepting an invite
-//! marks it used and adds the member in the same transaction). The rules that
-//! must hold atomically (a taken id, an invite accepted once, the last admin of
-//! an account) are checked inside that transaction. This module knows nothing
-//! about HTTP or Cedar: it stores records and the indexes point lookups need,
-//! and the role names it is handed are opaque strings.
+//! A backend provides reads ([`Reads`], [`View`]) and the primitives of one
+//! write transaction ([`Tx`]); the rules (a taken id, one accept per invite,
+//! the last admin, …) are [`Writer`]'s, written once over those primitives
+//! and checked inside the transaction, so both backends enforce exactly the
+//! same contract. Every committed write advances the store revision (a
+//! number kept by the backend, in the same transaction), which answers and
+//! caches are tagged with. Business refusals ([`StoreError`]'s rule
+//! variants) are told apart from faults ([`StoreError::is_fault`]): a fault
+//! is a 503, never a refusal and never an allow. This module knows nothing
+//! about HTTP or Cedar; the role names it is handed are opaque strings.
 
+pub mod pg;
 mod records;
+pub mod redb;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use redb::{
-    Database, DatabaseError, Durability, ReadOnlyTable, ReadTransaction, ReadableTable,
-    TableDefinition, WriteTransaction,
-};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+pub use self::redb::FORMAT_VERSION;
 pub use records::{Account, AccountKind, ApiKey, Invite, InviteState, Membership, User};
-
-/// The data format this build reads and writes. A file with a higher number
-/// was written by a newer cedard and is refused, never overwritten.
-///
-/// Format 2 added caller keys. A format-1 file is upgraded in place at open
-/// (the `keys` table is created and the version raised in one transaction),
-/// so that an older cedard, which would not enforce the keys, refuses it.
-///
-/// Format 3 added the email index (emails are unique) and
-/// `User.email_verified`. An older file is upgraded at open in the same way:
-/// stored emails are normalised and indexed; where two users share an
-/// address, the first by id holds it in the index.
-pub const FORMAT_VERSION: u64 = 3;
-
-/// `format` → the data format version of the file.
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-/// User id → [`User`] (JSON).
-const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
-/// Account id → [`Account`] (JSON).
-const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");
-/// (account id, user id) → [`Membership`] (JSON): who belongs to an account.
-const MEMBERS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("memberships");
-/// (user id, account id) → role: the index a decision reads to find a user's
-/// roles without scanning the memberships.
-const USER_ACCOUNTS: TableDefinition<(&str, &str), &str> = TableDefinition::new("user_accounts");
-/// Invite id → [`Invite`] (JSON).
-const INVITES: TableDefinition<&str, &[u8]> = TableDefinition::new("invites");
-/// SHA-256 of a live invite token → invite id. Only pending invites have an
-/// entry; the token itself is never stored.
-const INVITE_TOKENS: TableDefinition<&[u8], &str> = TableDefinition::new("invite_tokens");
-/// (account id, invite id) → (): the invites of an account, for listing.
-const ACCOUNT_INVITES: TableDefinition<(&str, &str), ()> = TableDefinition::new("account_invites");
-/// Key id → [`ApiKey`] (JSON): the caller keys, hashed.
-const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
-/// Normalised email → user id: one user per address.
-const EMAILS: TableDefinition<&str, &str> = TableDefinition::new("emails");
 
 /// An email as stored and compared: trimmed and lowercase.
 pub fn normalize_email(email: &str) -> String {
@@ -104,11 +71,11 @@ pub enum StoreError {
         /// The file.
         path: PathBuf,
         /// redb's reason.
-        source: Box<DatabaseError>,
+        source: Box<::redb::DatabaseError>,
     },
     /// A storage fault while reading or writing.
     #[error("storage error: {0}")]
-    Db(Box<redb::Error>),
+    Db(Box<::redb::Error>),
     /// A record that does not encode.
     #[error("cannot encode a record for table `{table}`: {message}")]
     Encode {
@@ -189,6 +156,18 @@ pub enum StoreError {
     /// The invite is bound to another email address.
     #[error("this invite is for another email address")]
     EmailMismatch,
+    /// The shared database cannot be reached or failed (a fault: 503).
+    #[error("{0}")]
+    Unavailable(String),
+    /// A consistency requirement this store cannot meet: a revision it has
+    /// never committed.
+    #[error("the store has not committed revision {wanted} (its newest is {newest})")]
+    UnknownRevision {
+        /// The revision asked for.
+        wanted: u64,
+        /// The newest the store has.
+        newest: u64,
+    },
     /// The invite is bound to the user's email, which is not verified.
     #[error("this invite is bound to an email address; it can be accepted only once that address is verified")]
     EmailUnverified,
@@ -210,6 +189,7 @@ impl StoreError {
                 | StoreError::Db(_)
                 | StoreError::Encode { .. }
                 | StoreError::Corrupt { .. }
+                | StoreError::Unavailable(_)
         )
     }
 }
@@ -229,217 +209,8 @@ pub enum GoneReason {
     RoleNotInSchema,
 }
 
-macro_rules! redb_errors {
-    ($($t:ty),*) => {$(
-        impl From<$t> for StoreError {
-            fn from(e: $t) -> Self {
-                StoreError::Db(Box::new(e.into()))
-            }
-        }
-    )*};
-}
-redb_errors!(
-    redb::Error,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
-
 /// Shorthand for store results.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
-
-/// The open data file. Cheap to share behind an `Arc`; redb serialises write
-/// transactions and lets reads run alongside them (MVCC).
-#[derive(Debug)]
-pub struct Store {
-    db: Database,
-    path: PathBuf,
-    /// Counts committed writes since the file was opened. Bumped after each
-    /// commit, so a reader that sees generation `g` and then opens a read
-    /// transaction reads a state at least as new as `g`; caches of what was
-    /// read are tagged with it.
-    generation: AtomicU64,
-}
-
-impl Store {
-    /// Opens (or creates) the data file at `path`, creating its folder. A
-    /// file held by another process, written by a newer cedard, or not a
-    /// cedard file is refused with a message that says so.
-    pub fn open(path: &Path) -> Result<Self> {
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|source| StoreError::CreateDir {
-                path: parent.to_path_buf(),
-                source,
-            })?;
-        }
-        let db = match Database::create(path) {
-            Ok(db) => db,
-            Err(DatabaseError::DatabaseAlreadyOpen) => {
-                return Err(StoreError::Locked(path.to_path_buf()))
-            }
-            Err(source) => {
-                return Err(StoreError::Open {
-                    path: path.to_path_buf(),
-                    source: Box::new(source),
-                })
-            }
-        };
-        let store = Self {
-            db,
-            path: path.to_path_buf(),
-            generation: AtomicU64::new(0),
-        };
-        store.check_format()?;
-        Ok(store)
-    }
-
-    /// The number of writes committed since the file was opened.
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
-    }
-
-    /// The file this store lives in.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Reads the format version with a read transaction first, so that a
-    /// newer file is refused before anything is written to it; a fresh file
-    /// gets the current version and every table.
-    fn check_format(&self) -> Result<()> {
-        let read = self.db.begin_read()?;
-        let found = match read.open_table(META) {
-            Ok(meta) => meta.get("format")?.map(|v| v.value()),
-            Err(redb::TableError::TableDoesNotExist(_)) => None,
-            Err(e) => {
-                return Err(StoreError::Foreign {
-                    path: self.path.clone(),
-                    message: e.to_string(),
-                })
-            }
-        };
-        drop(read);
-        match found {
-            Some(v) if v > FORMAT_VERSION => Err(StoreError::NewerFormat {
-                path: self.path.clone(),
-                found: v,
-                supported: FORMAT_VERSION,
-            }),
-            Some(v) if v == FORMAT_VERSION => Ok(()),
-            Some(v) => {
-                // Format 1 and 2: add what they lack (the keys table, the
-                // email index) and raise the version, all in one transaction.
-                let mut txn = self.db.begin_write()?;
-                txn.set_durability(Durability::Immediate);
-                create_tables(&txn)?;
-                if v < 3 {
-                    index_emails(&txn)?;
-                }
-                {
-                    let mut meta = txn.open_table(META)?;
-                    meta.insert("format", FORMAT_VERSION)?;
-                }
-                txn.commit()?;
-                Ok(())
-            }
-            None => {
-                let mut txn = self.db.begin_write()?;
-                txn.set_durability(Durability::Immediate);
-                {
-                    let mut meta = txn.open_table(META)?;
-                    meta.insert("format", FORMAT_VERSION)?;
-                }
-                create_tables(&txn)?;
-                txn.commit()?;
-                Ok(())
-            }
-        }
-    }
-
-    /// A consistent read view: everything read through it comes from one
-    /// committed state of the file.
-    pub fn read(&self) -> Result<ReadView> {
-        let txn = self.db.begin_read()?;
-        Ok(ReadView {
-            users: txn.open_table(USERS)?,
-            accounts: txn.open_table(ACCOUNTS)?,
-            user_accounts: txn.open_table(USER_ACCOUNTS)?,
-            txn,
-        })
-    }
-
-    /// Runs `f` in one write transaction and commits it durably
-    /// ([`Durability::Immediate`]) when `f` succeeds; when `f` fails nothing
-    /// is written. Each API operation is exactly one call of this.
-    pub fn write<T>(&self, f: impl FnOnce(&mut Writer<'_>) -> Result<T>) -> Result<T> {
-        self.write_with(f)
-    }
-
-    /// [`Store::write`] whose `f` may fail with its caller's own error type
-    /// (a policy check made inside the transaction, say); store errors
-    /// convert into it.
-    pub fn write_with<T, E: From<StoreError>>(
-        &self,
-        f: impl FnOnce(&mut Writer<'_>) -> Result<T, E>,
-    ) -> Result<T, E> {
-        let mut txn = self.db.begin_write().map_err(StoreError::from)?;
-        txn.set_durability(Durability::Immediate);
-        let out = {
-            let mut w = Writer { txn: &txn };
-            f(&mut w)
-        };
-        match out {
-            Ok(v) => {
-                txn.commit().map_err(StoreError::from)?;
-                self.generation.fetch_add(1, Ordering::AcqRel);
-                Ok(v)
-            }
-            Err(e) => {
-                txn.abort().map_err(StoreError::from)?;
-                Err(e)
-            }
-        }
-    }
-}
-
-/// Creates every table the current format has (opening one creates it).
-fn create_tables(txn: &WriteTransaction) -> Result<()> {
-    txn.open_table(USERS)?;
-    txn.open_table(ACCOUNTS)?;
-    txn.open_table(MEMBERS)?;
-    txn.open_table(USER_ACCOUNTS)?;
-    txn.open_table(INVITES)?;
-    txn.open_table(INVITE_TOKENS)?;
-    txn.open_table(ACCOUNT_INVITES)?;
-    txn.open_table(KEYS)?;
-    txn.open_table(EMAILS)?;
-    Ok(())
-}
-
-/// The format-3 upgrade: normalises every stored email and indexes it; of
-/// users sharing an address, the first by id holds it in the index.
-fn index_emails(txn: &WriteTransaction) -> Result<()> {
-    let mut users = txn.open_table(USERS)?;
-    let mut emails = txn.open_table(EMAILS)?;
-    let mut changed: Vec<User> = Vec::new();
-    for item in users.iter()? {
-        let (_, v) = item?;
-        let mut user: User = decode("users", v.value())?;
-        let email = normalize_email(&user.email);
-        if emails.get(email.as_str())?.is_none() {
-            emails.insert(email.as_str(), user.id.as_str())?;
-        }
-        if email != user.email {
-            user.email = email;
-            changed.push(user);
-        }
-    }
-    for user in changed {
-        users.insert(user.id.as_str(), encode("users", &user)?.as_slice())?;
-    }
-    Ok(())
-}
 
 /// Serialises a record. Plain structs of strings and integers do not fail to
 /// serialise, but if one ever did, the write fails whole rather than storing
@@ -458,303 +229,299 @@ fn decode<T: DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<T> {
     })
 }
 
-/// The keys of `table` after `after`, at most `limit`, in order.
-fn ids_after(
-    table: &ReadOnlyTable<&'static str, &'static [u8]>,
-    after: Option<&str>,
-    limit: usize,
-) -> Result<Vec<String>> {
-    use std::ops::Bound;
-    let range = match after {
-        Some(a) => table.range::<&str>((Bound::Excluded(a), Bound::Unbounded))?,
-        None => table.range::<&str>(..)?,
-    };
-    let mut out = Vec::with_capacity(limit.min(4096));
-    for item in range.take(limit) {
-        let (k, _) = item?;
-        out.push(k.value().to_owned());
-    }
-    Ok(out)
-}
-
-/// A read transaction with the tables decisions need already open.
-pub struct ReadView {
-    users: ReadOnlyTable<&'static str, &'static [u8]>,
-    accounts: ReadOnlyTable<&'static str, &'static [u8]>,
-    user_accounts: ReadOnlyTable<(&'static str, &'static str), &'static str>,
-    txn: ReadTransaction,
-}
-
-impl ReadView {
+/// The point lookups a decision needs: in a read view, and inside a write
+/// transaction (so that a policy check made while writing reads exactly the
+/// state the write commits over).
+pub trait Reads {
     /// The user `id`, if stored.
-    pub fn user(&self, id: &str) -> Result<Option<User>> {
-        match self.users.get(id)? {
-            Some(v) => Ok(Some(decode("users", v.value())?)),
-            None => Ok(None),
-        }
-    }
-
+    fn user(&self, id: &str) -> Result<Option<User>>;
     /// Whether the user `id` is stored.
-    pub fn has_user(&self, id: &str) -> Result<bool> {
-        Ok(self.users.get(id)?.is_some())
+    fn has_user(&self, id: &str) -> Result<bool> {
+        Ok(self.user(id)?.is_some())
     }
-
     /// The account `id`, if stored.
-    pub fn account(&self, id: &str) -> Result<Option<Account>> {
-        match self.accounts.get(id)? {
-            Some(v) => Ok(Some(decode("accounts", v.value())?)),
-            None => Ok(None),
-        }
-    }
-
+    fn account(&self, id: &str) -> Result<Option<Account>>;
     /// Whether the account `id` is stored.
-    pub fn has_account(&self, id: &str) -> Result<bool> {
-        Ok(self.accounts.get(id)?.is_some())
+    fn has_account(&self, id: &str) -> Result<bool> {
+        Ok(self.account(id)?.is_some())
     }
+    /// The `(account, role)` pairs of a user, ordered by account: from an
+    /// index, never a scan.
+    fn roles_of(&self, user: &str) -> Result<Vec<(String, String)>>;
+}
 
-    /// The `(account, role)` pairs of a user, from the per-user index: a
-    /// range over this one user's keys, never a scan.
-    pub fn roles_of(&self, user: &str) -> Result<Vec<(String, String)>> {
-        let mut out = Vec::new();
-        for item in self.user_accounts.range((user, "")..)? {
-            let (k, v) = item?;
-            let (u, account) = k.value();
-            if u != user {
-                break;
-            }
-            out.push((account.to_owned(), v.value().to_owned()));
-        }
-        Ok(out)
-    }
-
+/// A read view: lookups, listings and scans.
+pub trait View: Reads {
     /// The members of an account with their roles, ordered by user id.
-    pub fn members(&self, account: &str) -> Result<Vec<(String, Membership)>> {
-        let table = self.txn.open_table(MEMBERS)?;
-        members_in(&table, account)
-    }
-
+    fn members(&self, account: &str) -> Result<Vec<(String, Membership)>>;
     /// How many memberships and invites pending at `now` hold each role: a
     /// scan, for checking a new schema against what is stored.
-    pub fn role_census(&self, now: i64) -> Result<BTreeMap<String, (usize, usize)>> {
-        let mut out: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-        for item in self.user_accounts.iter()? {
-            let (_, v) = item?;
-            out.entry(v.value().to_owned()).or_default().0 += 1;
-        }
-        let invites = self.txn.open_table(INVITES)?;
-        for item in invites.iter()? {
-            let (_, v) = item?;
-            let invite: Invite = decode("invites", v.value())?;
-            if invite.is_pending(now) {
-                out.entry(invite.role).or_default().1 += 1;
-            }
-        }
-        Ok(out)
-    }
-
+    fn role_census(&self, now: i64) -> Result<BTreeMap<String, (usize, usize)>>;
     /// Calls `f` with every stored user and its `(account, role)` pairs, in
-    /// id order: one pass over the users and the per-user index together.
-    pub fn each_user(&self, mut f: impl FnMut(User, Vec<(String, String)>)) -> Result<()> {
-        let mut index = self.user_accounts.iter()?.peekable();
-        for item in self.users.iter()? {
-            let (_, v) = item?;
-            let user: User = decode("users", v.value())?;
-            let mut roles = Vec::new();
-            loop {
-                let next = match index.peek() {
-                    Some(Ok((k, _))) => k.value().0.cmp(user.id.as_str()),
-                    Some(Err(_)) => {
-                        if let Some(Err(e)) = index.next() {
-                            return Err(e.into());
-                        }
-                        continue;
-                    }
-                    None => break,
-                };
-                match next {
-                    std::cmp::Ordering::Less => {
-                        index.next();
-                    }
-                    std::cmp::Ordering::Equal => {
-                        if let Some(Ok((k, v))) = index.next() {
-                            roles.push((k.value().1.to_owned(), v.value().to_owned()));
-                        }
-                    }
-                    std::cmp::Ordering::Greater => break,
-                }
-            }
-            f(user, roles);
-        }
-        Ok(())
-    }
-
+    /// id order.
+    fn each_user(&self, f: &mut dyn FnMut(User, Vec<(String, String)>)) -> Result<()>;
+    /// Calls `f` with every stored account, in id order.
+    fn each_account(&self, f: &mut dyn FnMut(Account)) -> Result<()>;
     /// Up to `limit` user ids after `after` (from the first when `None`), in
     /// id order: the candidates of a subject search, a page at a time.
-    pub fn user_ids_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
-        ids_after(&self.users, after, limit)
-    }
-
+    fn user_ids_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>>;
     /// Up to `limit` account ids after `after`, in id order.
-    pub fn account_ids_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
-        ids_after(&self.accounts, after, limit)
-    }
-
-    /// Calls `f` with every stored account, in id order.
-    pub fn each_account(&self, mut f: impl FnMut(Account)) -> Result<()> {
-        for item in self.accounts.iter()? {
-            let (_, v) = item?;
-            f(decode("accounts", v.value())?);
-        }
-        Ok(())
-    }
-
+    fn account_ids_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>>;
     /// Every caller key, revoked ones included, ordered by id.
-    pub fn keys(&self) -> Result<Vec<ApiKey>> {
-        let table = self.txn.open_table(KEYS)?;
-        let mut out = Vec::new();
-        for item in table.iter()? {
-            let (_, v) = item?;
-            out.push(decode("keys", v.value())?);
-        }
-        Ok(out)
-    }
-
+    fn keys(&self) -> Result<Vec<ApiKey>>;
     /// The invites of an account, pending or not, ordered by id.
-    pub fn invites(&self, account: &str) -> Result<Vec<Invite>> {
-        let index = self.txn.open_table(ACCOUNT_INVITES)?;
-        let invites = self.txn.open_table(INVITES)?;
-        let mut out = Vec::new();
-        for item in index.range((account, "")..)? {
-            let (k, _) = item?;
-            let (a, id) = k.value();
-            if a != account {
-                break;
-            }
-            if let Some(v) = invites.get(id)? {
-                out.push(decode("invites", v.value())?);
-            }
-        }
-        Ok(out)
+    fn invites(&self, account: &str) -> Result<Vec<Invite>>;
+    /// The invite a live token (by its SHA-256) belongs to.
+    fn invite_by_token(&self, sha256: &str) -> Result<Option<Invite>>;
+}
+
+/// A read view of either backend.
+pub type ReadView = Box<dyn View>;
+
+/// The primitives of one write transaction, which a backend provides; the
+/// rules over them are [`Writer`]'s.
+pub trait Tx: Reads {
+    /// `user`'s membership of `account`.
+    fn membership(&self, account: &str, user: &str) -> Result<Option<Membership>>;
+    /// The members of `account`, ordered by user id.
+    fn members(&self, account: &str) -> Result<Vec<(String, Membership)>>;
+    /// The user holding a (normalised) email address.
+    fn email_holder(&self, email: &str) -> Result<Option<String>>;
+    /// Stores a user, and indexes its email.
+    fn put_user(&mut self, user: &User) -> Result<()>;
+    /// Stores an account.
+    fn put_account(&mut self, account: &Account) -> Result<()>;
+    /// Stores a membership (and the per-user index).
+    fn put_membership(&mut self, account: &str, user: &str, m: &Membership) -> Result<()>;
+    /// Removes a membership.
+    fn delete_membership(&mut self, account: &str, user: &str) -> Result<()>;
+    /// The caller key `id`.
+    fn key(&self, id: &str) -> Result<Option<ApiKey>>;
+    /// Stores a caller key.
+    fn put_key(&mut self, key: &ApiKey) -> Result<()>;
+    /// The invite `id`.
+    fn invite(&self, id: &str) -> Result<Option<Invite>>;
+    /// Stores an invite (and indexes it under its account).
+    fn put_invite(&mut self, invite: &Invite) -> Result<()>;
+    /// The invite a live token (by its SHA-256) belongs to.
+    fn token_invite(&self, sha256: &str) -> Result<Option<String>>;
+    /// Makes a token live for an invite.
+    fn set_token(&mut self, sha256: &str, invite: &str) -> Result<()>;
+    /// Ends a token: it matches nothing from now on.
+    fn clear_token(&mut self, sha256: &str) -> Result<()>;
+}
+
+/// Which backend holds the directory.
+#[derive(Debug)]
+enum Backend {
+    Redb(self::redb::RedbStore),
+    Postgres(pg::PgStore),
+}
+
+/// The directory: either backend behind one API. Cheap to share behind an
+/// `Arc`.
+#[derive(Debug)]
+pub struct Store {
+    backend: Backend,
+    /// The newest revision this process committed or learned of: caches of
+    /// what was read are tagged with it. For redb it is exact (one process
+    /// holds the file); for PostgreSQL, other replicas' writes raise it
+    /// through `LISTEN/NOTIFY` and the poll.
+    revision: AtomicU64,
+}
+
+impl Store {
+    /// Opens (or creates) the redb data file at `path`, creating its folder.
+    /// A file held by another process, written by a newer cedard, or not a
+    /// cedard file is refused with a message that says so.
+    pub fn open(path: &Path) -> Result<Self> {
+        let db = self::redb::RedbStore::open(path)?;
+        let revision = db.revision()?;
+        Ok(Self {
+            backend: Backend::Redb(db),
+            revision: AtomicU64::new(revision),
+        })
     }
 
-    /// The invite whose token hashes to `sha256`, whatever its state.
-    pub fn invite_by_token(&self, sha256: &str) -> Result<Option<Invite>> {
-        let tokens = self.txn.open_table(INVITE_TOKENS)?;
-        let Some(id) = tokens.get(hash_key(sha256).as_slice())? else {
-            return Ok(None);
+    /// Connects to the PostgreSQL database at `url`, creating or checking
+    /// cedard's tables (a newer schema is refused).
+    pub fn connect(url: &str, options: &pg::Options) -> Result<Self> {
+        let db = pg::PgStore::connect(url, options)?;
+        let revision = db.revision();
+        Ok(Self {
+            backend: Backend::Postgres(db),
+            revision: AtomicU64::new(revision),
+        })
+    }
+
+    /// The newest store revision this process knows committed.
+    pub fn revision(&self) -> u64 {
+        match &self.backend {
+            Backend::Redb(_) => self.revision.load(Ordering::Acquire),
+            Backend::Postgres(db) => db.revision(),
+        }
+    }
+
+    /// The revision caches are tagged with: see [`Store::revision`].
+    pub fn generation(&self) -> u64 {
+        self.revision()
+    }
+
+    /// Reads the backend's revision now: for PostgreSQL, a query that also
+    /// catches up with writes not yet notified.
+    pub fn refresh_revision(&self) -> Result<u64> {
+        match &self.backend {
+            Backend::Redb(_) => Ok(self.revision()),
+            Backend::Postgres(db) => db.refresh(),
+        }
+    }
+
+    /// Waits until this process knows revision `wanted` (reading the
+    /// backend's revision once if it does not yet): a decision that must be
+    /// at least that fresh. A revision the store never committed is an
+    /// error, not a wait.
+    pub fn at_least(&self, wanted: u64) -> Result<u64> {
+        let known = self.revision();
+        if known >= wanted {
+            return Ok(known);
+        }
+        let newest = self.refresh_revision()?;
+        if newest >= wanted {
+            Ok(newest)
+        } else {
+            Err(StoreError::UnknownRevision { wanted, newest })
+        }
+    }
+
+    /// Whether reads cross a network (a blocking call, kept off the async
+    /// workers).
+    pub fn is_remote(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
+    /// The data file, for the embedded backend.
+    pub fn path(&self) -> Option<&Path> {
+        match &self.backend {
+            Backend::Redb(db) => Some(db.path()),
+            Backend::Postgres(_) => None,
+        }
+    }
+
+    /// Where the directory lives, for messages: the file, or the URL
+    /// without its password.
+    pub fn describe(&self) -> String {
+        match &self.backend {
+            Backend::Redb(db) => db.path().display().to_string(),
+            Backend::Postgres(db) => db.shown().to_owned(),
+        }
+    }
+
+    /// A read view. On redb, everything read through it comes from one
+    /// committed state; on PostgreSQL, each read sees what is committed when
+    /// it runs.
+    pub fn read(&self) -> Result<ReadView> {
+        Ok(match &self.backend {
+            Backend::Redb(db) => Box::new(db.read()?),
+            Backend::Postgres(db) => Box::new(db.read()?),
+        })
+    }
+
+    /// Runs `f` in one write transaction and commits it durably when `f`
+    /// succeeds; when `f` fails nothing is written. Each API operation is
+    /// exactly one call of this. `f` may run more than once on PostgreSQL
+    /// (a transaction that failed to serialize is retried), so it must not
+    /// have effects outside the transaction.
+    pub fn write<T>(&self, f: impl FnMut(&mut Writer<'_>) -> Result<T>) -> Result<T> {
+        self.write_with(f)
+    }
+
+    /// [`Store::write`] whose `f` may fail with its caller's own error type
+    /// (a policy check made inside the transaction, say); store errors
+    /// convert into it.
+    pub fn write_with<T, E: From<StoreError>>(
+        &self,
+        f: impl FnMut(&mut Writer<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        self.write_revision(f).map(|(v, _)| v)
+    }
+
+    /// [`Store::write_with`], also returning the revision the write
+    /// committed.
+    pub fn write_revision<T, E: From<StoreError>>(
+        &self,
+        mut f: impl FnMut(&mut Writer<'_>) -> Result<T, E>,
+    ) -> Result<(T, u64), E> {
+        let mut run = |tx: &mut dyn Tx| f(&mut Writer { tx });
+        let (value, revision) = match &self.backend {
+            Backend::Redb(db) => db.write(&mut run)?,
+            Backend::Postgres(db) => db.write(&mut run)?,
         };
-        let invites = self.txn.open_table(INVITES)?;
-        let found = invites.get(id.value())?;
-        match found {
-            Some(v) => Ok(Some(decode("invites", v.value())?)),
-            None => Ok(None),
-        }
+        self.revision.fetch_max(revision, Ordering::AcqRel);
+        Ok((value, revision))
     }
 }
 
-fn members_in(
-    table: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
-    account: &str,
-) -> Result<Vec<(String, Membership)>> {
-    let mut out = Vec::new();
-    for item in table.range((account, "")..)? {
-        let (k, v) = item?;
-        let (a, user) = k.value();
-        if a != account {
-            break;
-        }
-        out.push((user.to_owned(), decode("memberships", v.value())?));
-    }
-    Ok(out)
-}
-
-/// The operations of one write transaction. Each method checks its rules
-/// against the transaction's own view, so concurrent operations cannot both
-/// pass a check that only one may pass.
+/// The operations of one write transaction: the rules of the directory,
+/// checked against the transaction's own view, so concurrent operations
+/// cannot both pass a check that only one may pass.
 pub struct Writer<'t> {
-    txn: &'t WriteTransaction,
+    tx: &'t mut dyn Tx,
+}
+
+impl Reads for Writer<'_> {
+    fn user(&self, id: &str) -> Result<Option<User>> {
+        self.tx.user(id)
+    }
+
+    fn account(&self, id: &str) -> Result<Option<Account>> {
+        self.tx.account(id)
+    }
+
+    fn roles_of(&self, user: &str) -> Result<Vec<(String, String)>> {
+        self.tx.roles_of(user)
+    }
 }
 
 impl Writer<'_> {
     /// The user `id`, if stored.
     pub fn user(&self, id: &str) -> Result<Option<User>> {
-        let table = self.txn.open_table(USERS)?;
-        let found = table.get(id)?;
-        match found {
-            Some(v) => Ok(Some(decode("users", v.value())?)),
-            None => Ok(None),
-        }
+        self.tx.user(id)
     }
 
     /// The account `id`, if stored.
     pub fn account(&self, id: &str) -> Result<Option<Account>> {
-        let table = self.txn.open_table(ACCOUNTS)?;
-        let found = table.get(id)?;
-        match found {
-            Some(v) => Ok(Some(decode("accounts", v.value())?)),
-            None => Ok(None),
-        }
-    }
-
-    fn put_account(&mut self, account: &Account) -> Result<()> {
-        let mut table = self.txn.open_table(ACCOUNTS)?;
-        table.insert(account.id.as_str(), encode("accounts", account)?.as_slice())?;
-        Ok(())
+        self.tx.account(id)
     }
 
     /// The role `user` holds in `account`, if a member.
     pub fn role_in(&self, account: &str, user: &str) -> Result<Option<String>> {
-        Ok(self.membership(account, user)?.map(|m| m.role))
-    }
-
-    fn membership(&self, account: &str, user: &str) -> Result<Option<Membership>> {
-        let table = self.txn.open_table(MEMBERS)?;
-        let found = table.get((account, user))?;
-        match found {
-            Some(v) => Ok(Some(decode("memberships", v.value())?)),
-            None => Ok(None),
-        }
-    }
-
-    fn put_membership(&mut self, account: &str, user: &str, m: &Membership) -> Result<()> {
-        let mut members = self.txn.open_table(MEMBERS)?;
-        members.insert((account, user), encode("memberships", m)?.as_slice())?;
-        let mut index = self.txn.open_table(USER_ACCOUNTS)?;
-        index.insert((user, account), m.role.as_str())?;
-        Ok(())
+        Ok(self.tx.membership(account, user)?.map(|m| m.role))
     }
 
     /// Stores a new caller key. Ids are random; a clash is refused rather
     /// than overwriting a key.
     pub fn create_key(&mut self, key: &ApiKey) -> Result<()> {
-        let mut table = self.txn.open_table(KEYS)?;
-        if table.get(key.id.as_str())?.is_some() {
+        if self.tx.key(&key.id)?.is_some() {
             return Err(StoreError::IdTaken(key.id.clone()));
         }
-        table.insert(key.id.as_str(), encode("keys", key)?.as_slice())?;
-        Ok(())
+        self.tx.put_key(key)
     }
 
     /// Revokes the key `id` at `now` (revoking a revoked key keeps the first
     /// time). An unknown id is `NoKey`.
     pub fn revoke_key(&mut self, id: &str, now: i64) -> Result<ApiKey> {
-        let mut table = self.txn.open_table(KEYS)?;
-        let found: Option<ApiKey> = match table.get(id)? {
-            Some(v) => Some(decode("keys", v.value())?),
-            None => None,
-        };
-        let Some(mut key) = found else {
+        let Some(mut key) = self.tx.key(id)? else {
             return Err(StoreError::NoKey(id.to_owned()));
         };
         key.revoked_at.get_or_insert(now);
-        table.insert(id, encode("keys", &key)?.as_slice())?;
+        self.tx.put_key(&key)?;
         Ok(key)
     }
 
     /// Signs a user up: stores the user and their personal account (whose id
     /// is the user's id) with the user holding `owner_role` in it.
     pub fn sign_up(&mut self, user: &User, owner_role: &str) -> Result<Account> {
-        if self.user(&user.id)?.is_some() || self.account(&user.id)?.is_some() {
+        if self.tx.user(&user.id)?.is_some() || self.tx.account(&user.id)?.is_some() {
             return Err(StoreError::IdTaken(user.id.clone()));
         }
         self.import_user(user)?;
@@ -765,8 +532,8 @@ impl Writer<'_> {
             owner: user.id.clone(),
             created_at: user.created_at,
         };
-        self.put_account(&account)?;
-        self.put_membership(
+        self.tx.put_account(&account)?;
+        self.tx.put_membership(
             &account.id,
             &user.id,
             &Membership {
@@ -781,6 +548,7 @@ impl Writer<'_> {
     /// owner keeps the role they hold.
     pub fn convert(&mut self, account: &str, name: &str) -> Result<Account> {
         let mut acc = self
+            .tx
             .account(account)?
             .ok_or_else(|| StoreError::NoAccount(account.to_owned()))?;
         if acc.kind != AccountKind::Personal {
@@ -788,16 +556,26 @@ impl Writer<'_> {
         }
         acc.kind = AccountKind::Team;
         acc.name = name.to_owned();
-        self.put_account(&acc)?;
+        self.tx.put_account(&acc)?;
         Ok(acc)
     }
 
     fn admins(&self, account: &str, admin_role: &str) -> Result<usize> {
-        let table = self.txn.open_table(MEMBERS)?;
-        Ok(members_in(&table, account)?
+        Ok(self
+            .tx
+            .members(account)?
             .iter()
             .filter(|(_, m)| m.role == admin_role)
             .count())
+    }
+
+    fn member(&self, account: &str, user: &str) -> Result<Membership> {
+        self.tx
+            .membership(account, user)?
+            .ok_or_else(|| StoreError::NotMember {
+                account: account.to_owned(),
+                user: user.to_owned(),
+            })
     }
 
     /// Gives a member a new role. Demoting the last holder of `admin_role`
@@ -809,12 +587,7 @@ impl Writer<'_> {
         role: &str,
         admin_role: &str,
     ) -> Result<Membership> {
-        let mut m = self
-            .membership(account, user)?
-            .ok_or_else(|| StoreError::NotMember {
-                account: account.to_owned(),
-                user: user.to_owned(),
-            })?;
+        let mut m = self.member(account, user)?;
         if m.role == admin_role && role != admin_role && self.admins(account, admin_role)? <= 1 {
             return Err(StoreError::LastAdmin {
                 account: account.to_owned(),
@@ -823,18 +596,13 @@ impl Writer<'_> {
             });
         }
         m.role = role.to_owned();
-        self.put_membership(account, user, &m)?;
+        self.tx.put_membership(account, user, &m)?;
         Ok(m)
     }
 
     /// Removes a member. Removing the last holder of `admin_role` is refused.
     pub fn remove_member(&mut self, account: &str, user: &str, admin_role: &str) -> Result<()> {
-        let m = self
-            .membership(account, user)?
-            .ok_or_else(|| StoreError::NotMember {
-                account: account.to_owned(),
-                user: user.to_owned(),
-            })?;
+        let m = self.member(account, user)?;
         if m.role == admin_role && self.admins(account, admin_role)? <= 1 {
             return Err(StoreError::LastAdmin {
                 account: account.to_owned(),
@@ -842,59 +610,45 @@ impl Writer<'_> {
                 role: admin_role.to_owned(),
             });
         }
-        let mut members = self.txn.open_table(MEMBERS)?;
-        members.remove((account, user))?;
-        let mut index = self.txn.open_table(USER_ACCOUNTS)?;
-        index.remove((user, account))?;
-        Ok(())
+        self.tx.delete_membership(account, user)
     }
 
     /// Stores a user as given, without the personal account sign-up
     /// creates (for imports, seeding and benchmarks).
     /// Its email must be free (normalised by the caller); it is indexed.
     pub fn import_user(&mut self, user: &User) -> Result<()> {
-        let mut emails = self.txn.open_table(EMAILS)?;
-        let holder = emails
-            .get(user.email.as_str())?
-            .map(|v| v.value().to_owned());
-        match holder {
-            Some(id) if id != user.id => return Err(StoreError::EmailTaken(user.email.clone())),
-            Some(_) => {}
-            None => {
-                emails.insert(user.email.as_str(), user.id.as_str())?;
-            }
+        match self.tx.email_holder(&user.email)? {
+            Some(id) if id != user.id => Err(StoreError::EmailTaken(user.email.clone())),
+            _ => self.tx.put_user(user),
         }
-        let mut users = self.txn.open_table(USERS)?;
-        users.insert(user.id.as_str(), encode("users", user)?.as_slice())?;
-        Ok(())
     }
 
     /// Records whether the user's email is verified.
     pub fn set_email_verified(&mut self, id: &str, verified: bool) -> Result<User> {
         let mut user = self
+            .tx
             .user(id)?
             .ok_or_else(|| StoreError::NoUser(id.to_owned()))?;
         user.email_verified = verified;
-        let mut users = self.txn.open_table(USERS)?;
-        users.insert(user.id.as_str(), encode("users", &user)?.as_slice())?;
+        self.tx.put_user(&user)?;
         Ok(user)
     }
 
     /// Stores an account as given (for imports, seeding and benchmarks).
     pub fn import_account(&mut self, account: &Account) -> Result<()> {
-        self.put_account(account)
+        self.tx.put_account(account)
     }
 
     /// Adds a member directly, without an invite (for imports, seeding and
     /// benchmarks; the API adds members only through invites).
     pub fn add_member(&mut self, account: &str, user: &str, role: &str, since: i64) -> Result<()> {
-        if self.membership(account, user)?.is_some() {
+        if self.tx.membership(account, user)?.is_some() {
             return Err(StoreError::AlreadyMember {
                 account: account.to_owned(),
                 user: user.to_owned(),
             });
         }
-        self.put_membership(
+        self.tx.put_membership(
             account,
             user,
             &Membership {
@@ -904,41 +658,38 @@ impl Writer<'_> {
         )
     }
 
+    /// Stores an invite as given, its token live if it is pending (for
+    /// copying a directory between backends).
+    pub fn import_invite(&mut self, invite: &Invite) -> Result<()> {
+        self.tx.put_invite(invite)?;
+        if matches!(invite.state, InviteState::Pending) {
+            self.tx.set_token(&invite.token_sha256, &invite.id)?;
+        }
+        Ok(())
+    }
+
+    /// Stores a caller key as given (for copying a directory).
+    pub fn import_key(&mut self, key: &ApiKey) -> Result<()> {
+        self.tx.put_key(key)
+    }
+
     /// Stores a new invite whose token hashes to `invite.token_sha256`. The
     /// account must be a team account.
     pub fn create_invite(&mut self, invite: &Invite) -> Result<()> {
         let acc = self
+            .tx
             .account(&invite.account)?
             .ok_or_else(|| StoreError::NoAccount(invite.account.clone()))?;
         if acc.kind != AccountKind::Team {
             return Err(StoreError::NotTeam(acc.id));
         }
-        self.put_invite(invite)?;
-        let mut tokens = self.txn.open_table(INVITE_TOKENS)?;
-        tokens.insert(
-            hash_key(&invite.token_sha256).as_slice(),
-            invite.id.as_str(),
-        )?;
-        let mut index = self.txn.open_table(ACCOUNT_INVITES)?;
-        index.insert((invite.account.as_str(), invite.id.as_str()), ())?;
-        Ok(())
-    }
-
-    fn put_invite(&mut self, invite: &Invite) -> Result<()> {
-        let mut invites = self.txn.open_table(INVITES)?;
-        invites.insert(invite.id.as_str(), encode("invites", invite)?.as_slice())?;
-        Ok(())
+        self.tx.put_invite(invite)?;
+        self.tx.set_token(&invite.token_sha256, &invite.id)
     }
 
     /// The invite `id` of `account` if it is still pending at `now`.
     fn pending_invite(&self, account: &str, id: &str, now: i64) -> Result<Invite> {
-        let invites = self.txn.open_table(INVITES)?;
-        let found = invites.get(id)?;
-        let invite: Option<Invite> = match found {
-            Some(v) => Some(decode("invites", v.value())?),
-            None => None,
-        };
-        match invite {
+        match self.tx.invite(id)? {
             Some(i) if i.account == account && i.is_pending(now) => Ok(i),
             _ => Err(StoreError::NoInvite {
                 account: account.to_owned(),
@@ -947,8 +698,8 @@ impl Writer<'_> {
         }
     }
 
-    /// Gives a pending invite a new token: the old token's entry is removed,
-    /// so the old link stops working in the same commit.
+    /// Gives a pending invite a new token: the old token stops working in
+    /// the same commit.
     pub fn relink(
         &mut self,
         account: &str,
@@ -957,23 +708,19 @@ impl Writer<'_> {
         now: i64,
     ) -> Result<Invite> {
         let mut invite = self.pending_invite(account, id, now)?;
-        let mut tokens = self.txn.open_table(INVITE_TOKENS)?;
-        tokens.remove(hash_key(&invite.token_sha256).as_slice())?;
+        self.tx.clear_token(&invite.token_sha256)?;
         invite.token_sha256 = new_sha256.to_owned();
-        tokens.insert(hash_key(new_sha256).as_slice(), invite.id.as_str())?;
-        drop(tokens);
-        self.put_invite(&invite)?;
+        self.tx.put_invite(&invite)?;
+        self.tx.set_token(new_sha256, &invite.id)?;
         Ok(invite)
     }
 
     /// Revokes a pending invite; its token stops working.
     pub fn revoke(&mut self, account: &str, id: &str, now: i64) -> Result<Invite> {
         let mut invite = self.pending_invite(account, id, now)?;
-        let mut tokens = self.txn.open_table(INVITE_TOKENS)?;
-        tokens.remove(hash_key(&invite.token_sha256).as_slice())?;
-        drop(tokens);
+        self.tx.clear_token(&invite.token_sha256)?;
         invite.state = InviteState::Revoked { at: now };
-        self.put_invite(&invite)?;
+        self.tx.put_invite(&invite)?;
         Ok(invite)
     }
 
@@ -984,6 +731,7 @@ impl Writer<'_> {
     pub fn accept(&mut self, sha256: &str, user: &str, now: i64) -> Result<Invite> {
         let mut invite = self.live_invite(sha256, now)?;
         let joining = self
+            .tx
             .user(user)?
             .ok_or_else(|| StoreError::NoUser(user.to_owned()))?;
         if let Some(bound) = &invite.email {
@@ -994,22 +742,21 @@ impl Writer<'_> {
                 return Err(StoreError::EmailUnverified);
             }
         }
-        if self.membership(&invite.account, user)?.is_some() {
+        if self.tx.membership(&invite.account, user)?.is_some() {
             return Err(StoreError::AlreadyMember {
                 account: invite.account.clone(),
                 user: user.to_owned(),
             });
         }
-        let mut tokens = self.txn.open_table(INVITE_TOKENS)?;
-        tokens.remove(hash_key(sha256).as_slice())?;
-        drop(tokens);
+        self.tx.clear_token(sha256)?;
         invite.state = InviteState::Used {
             by: user.to_owned(),
             at: now,
         };
-        self.put_invite(&invite)?;
+        self.tx.put_invite(&invite)?;
         let role = invite.role.clone();
-        self.put_membership(&invite.account, user, &Membership { role, since: now })?;
+        self.tx
+            .put_membership(&invite.account, user, &Membership { role, since: now })?;
         Ok(invite)
     }
 
@@ -1017,21 +764,11 @@ impl Writer<'_> {
     /// transaction sees it. Unknown, expired, revoked and used tokens all
     /// fail with [`StoreError::InviteGone`].
     pub fn live_invite(&self, sha256: &str, now: i64) -> Result<Invite> {
-        let id = {
-            let tokens = self.txn.open_table(INVITE_TOKENS)?;
-            let found = tokens.get(hash_key(sha256).as_slice())?;
-            match found {
-                Some(v) => v.value().to_owned(),
-                None => return Err(StoreError::InviteGone(GoneReason::Unknown)),
-            }
+        let Some(id) = self.tx.token_invite(sha256)? else {
+            return Err(StoreError::InviteGone(GoneReason::Unknown));
         };
-        let invite: Invite = {
-            let invites = self.txn.open_table(INVITES)?;
-            let found = invites.get(id.as_str())?;
-            match found {
-                Some(v) => decode("invites", v.value())?,
-                None => return Err(StoreError::InviteGone(GoneReason::Unknown)),
-            }
+        let Some(invite) = self.tx.invite(&id)? else {
+            return Err(StoreError::InviteGone(GoneReason::Unknown));
         };
         if !invite.is_pending(now) || invite.token_sha256 != sha256 {
             let expired = matches!(invite.state, InviteState::Pending) && now >= invite.expires_at;
@@ -1043,10 +780,4 @@ impl Writer<'_> {
         }
         Ok(invite)
     }
-}
-
-/// The token index's key: the SHA-256 as raw bytes (hex decoding of our own
-/// encoding; a malformed value maps to its bytes, which match nothing).
-fn hash_key(sha256_hex: &str) -> Vec<u8> {
-    hex::decode(sha256_hex).unwrap_or_else(|_| sha256_hex.as_bytes().to_vec())
 }

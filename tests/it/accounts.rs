@@ -194,6 +194,14 @@ async fn the_seed_story_end_to_end() {
         assert_eq!(body["role"], role);
         let (status, body) = accept(&app, user, &token_of(&body)).await;
         assert_eq!(status, 200, "{body}");
+        let mut body = body;
+        let revision = body
+            .as_object_mut()
+            .and_then(|m| m.remove("store_revision"));
+        assert!(
+            revision.is_some_and(|r| r.is_u64()),
+            "a write answers its store revision"
+        );
         assert_eq!(body, json!({"account": "alice", "role": role}));
     }
     assert_eq!(sign_up(&app, "mallory").await.0, 201);

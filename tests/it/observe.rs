@@ -203,6 +203,12 @@ impl Api {
             )
             .await;
         assert_eq!(s, 200, "{b}");
+        let mut b = b;
+        let revision = b.as_object_mut().and_then(|m| m.remove("store_revision"));
+        assert!(
+            revision.is_some_and(|r| r.is_u64()),
+            "a write answers its store revision"
+        );
         assert_eq!(b, json!({"account": "alice", "role": "dev"}));
     }
 }
@@ -1576,6 +1582,11 @@ async fn the_openapi_document_describes_every_route_and_the_real_answers() {
             200,
         )
         .await;
+    let mut accepted = accepted;
+    let revision = accepted
+        .as_object_mut()
+        .and_then(|m| m.remove("store_revision"));
+    assert!(revision.is_some_and(|r| r.is_u64()), "{accepted}");
     assert_eq!(accepted, json!({"account": "alice", "role": "dev"}));
     let members = w
         .call(

@@ -233,7 +233,11 @@ pub async fn spawn_binary(cwd: &Path, args: &[&str]) -> Binary {
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(if std::env::var_os("CEDARD_TEST_DAEMON_LOG").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
         .spawn()
         .expect("spawn cedard");
     let bin = Binary { child, addr };

@@ -1,0 +1,631 @@
+//! The embedded backend: the directory in one redb file.
+//!
+//! Every write is one redb write transaction committed with
+//! [`Durability::Immediate`], so a write acknowledged to a client is on disk.
+//! redb admits one writer at a time and lets reads run alongside (MVCC); the
+//! store revision is kept in the `meta` table and raised in every write
+//! transaction, so it survives restarts. Records are JSON; the tables below
+//! hold the indexes point lookups need.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use redb::{
+    Database, DatabaseError, Durability, ReadOnlyTable, ReadTransaction, ReadableTable,
+    TableDefinition, WriteTransaction,
+};
+
+use super::{
+    decode, encode, normalize_email, Account, ApiKey, Invite, Membership, Reads, Result,
+    StoreError, Tx, User, View,
+};
+
+/// The data format this build reads and writes. A file with a higher number
+/// was written by a newer cedard and is refused, never overwritten.
+///
+/// Format 2 added caller keys. A format-1 file is upgraded in place at open
+/// (the `keys` table is created and the version raised in one transaction),
+/// so that an older cedard, which would not enforce the keys, refuses it.
+///
+/// Format 3 added the email index (emails are unique) and
+/// `User.email_verified`. An older file is upgraded at open in the same way:
+/// stored emails are normalised and indexed; where two users share an
+/// address, the first by id holds it in the index.
+pub const FORMAT_VERSION: u64 = 3;
+
+/// `format` → the data format version of the file.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// User id → [`User`] (JSON).
+const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
+/// Account id → [`Account`] (JSON).
+const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");
+/// (account id, user id) → [`Membership`] (JSON): who belongs to an account.
+const MEMBERS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("memberships");
+/// (user id, account id) → role: the index a decision reads to find a user's
+/// roles without scanning the memberships.
+const USER_ACCOUNTS: TableDefinition<(&str, &str), &str> = TableDefinition::new("user_accounts");
+/// Invite id → [`Invite`] (JSON).
+const INVITES: TableDefinition<&str, &[u8]> = TableDefinition::new("invites");
+/// SHA-256 of a live invite token → invite id. Only pending invites have an
+/// entry; the token itself is never stored.
+const INVITE_TOKENS: TableDefinition<&[u8], &str> = TableDefinition::new("invite_tokens");
+/// (account id, invite id) → (): the invites of an account, for listing.
+const ACCOUNT_INVITES: TableDefinition<(&str, &str), ()> = TableDefinition::new("account_invites");
+/// Key id → [`ApiKey`] (JSON): the caller keys, hashed.
+const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
+/// Normalised email → user id: one user per address.
+const EMAILS: TableDefinition<&str, &str> = TableDefinition::new("emails");
+
+macro_rules! redb_errors {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Db(Box::new(e.into()))
+            }
+        }
+    )*};
+}
+redb_errors!(
+    redb::Error,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// The open data file.
+#[derive(Debug)]
+pub struct RedbStore {
+    db: Database,
+    path: PathBuf,
+}
+
+impl RedbStore {
+    /// Opens (or creates) the data file at `path`, creating its folder. A
+    /// file held by another process, written by a newer cedard, or not a
+    /// cedard file is refused with a message that says so.
+    pub fn open(path: &Path) -> Result<Self> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|source| StoreError::CreateDir {
+                path: parent.to_path_buf(),
+                source,
+            })?;
+        }
+        let db = match Database::create(path) {
+            Ok(db) => db,
+            Err(DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(StoreError::Locked(path.to_path_buf()))
+            }
+            Err(source) => {
+                return Err(StoreError::Open {
+                    path: path.to_path_buf(),
+                    source: Box::new(source),
+                })
+            }
+        };
+        let store = Self {
+            db,
+            path: path.to_path_buf(),
+        };
+        store.check_format()?;
+        Ok(store)
+    }
+
+    /// The file this store lives in.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The revision of the last committed write.
+    pub fn revision(&self) -> Result<u64> {
+        let read = self.db.begin_read()?;
+        let meta = read.open_table(META)?;
+        Ok(meta.get("revision")?.map(|v| v.value()).unwrap_or(0))
+    }
+
+    /// Reads the format version with a read transaction first, so that a
+    /// newer file is refused before anything is written to it; a fresh file
+    /// gets the current version and every table.
+    fn check_format(&self) -> Result<()> {
+        let read = self.db.begin_read()?;
+        let found = match read.open_table(META) {
+            Ok(meta) => meta.get("format")?.map(|v| v.value()),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => {
+                return Err(StoreError::Foreign {
+                    path: self.path.clone(),
+                    message: e.to_string(),
+                })
+            }
+        };
+        drop(read);
+        match found {
+            Some(v) if v > FORMAT_VERSION => Err(StoreError::NewerFormat {
+                path: self.path.clone(),
+                found: v,
+                supported: FORMAT_VERSION,
+            }),
+            Some(v) if v == FORMAT_VERSION => Ok(()),
+            Some(v) => {
+                // Format 1 and 2: add what they lack (the keys table, the
+                // email index) and raise the version, all in one transaction.
+                let mut txn = self.db.begin_write()?;
+                txn.set_durability(Durability::Immediate);
+                create_tables(&txn)?;
+                if v < 3 {
+                    index_emails(&txn)?;
+                }
+                {
+                    let mut meta = txn.open_table(META)?;
+                    meta.insert("format", FORMAT_VERSION)?;
+                }
+                txn.commit()?;
+                Ok(())
+            }
+            None => {
+                let mut txn = self.db.begin_write()?;
+                txn.set_durability(Durability::Immediate);
+                {
+                    let mut meta = txn.open_table(META)?;
+                    meta.insert("format", FORMAT_VERSION)?;
+                }
+                create_tables(&txn)?;
+                txn.commit()?;
+                Ok(())
+            }
+        }
+    }
+
+    /// A consistent read view: everything read through it comes from one
+    /// committed state of the file.
+    pub fn read(&self) -> Result<RedbView> {
+        let txn = self.db.begin_read()?;
+        Ok(RedbView {
+            users: txn.open_table(USERS)?,
+            accounts: txn.open_table(ACCOUNTS)?,
+            user_accounts: txn.open_table(USER_ACCOUNTS)?,
+            txn,
+        })
+    }
+
+    /// Runs `f` in one write transaction that also raises the revision, and
+    /// commits it durably ([`Durability::Immediate`]) when `f` succeeds;
+    /// when `f` fails nothing is written. Returns `f`'s value and the
+    /// revision the write committed.
+    pub fn write<T, E: From<StoreError>>(
+        &self,
+        mut f: impl FnMut(&mut dyn Tx) -> Result<T, E>,
+    ) -> Result<(T, u64), E> {
+        let mut txn = self.db.begin_write().map_err(StoreError::from)?;
+        txn.set_durability(Durability::Immediate);
+        let out = {
+            let mut w = RedbTx { txn: &txn };
+            f(&mut w)
+        };
+        match out {
+            Ok(v) => {
+                let revision = {
+                    let mut meta = txn.open_table(META).map_err(StoreError::from)?;
+                    let next = meta
+                        .get("revision")
+                        .map_err(StoreError::from)?
+                        .map(|v| v.value())
+                        .unwrap_or(0)
+                        + 1;
+                    meta.insert("revision", next).map_err(StoreError::from)?;
+                    next
+                };
+                txn.commit().map_err(StoreError::from)?;
+                Ok((v, revision))
+            }
+            Err(e) => {
+                txn.abort().map_err(StoreError::from)?;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Creates every table the current format has (opening one creates it).
+fn create_tables(txn: &WriteTransaction) -> Result<()> {
+    txn.open_table(USERS)?;
+    txn.open_table(ACCOUNTS)?;
+    txn.open_table(MEMBERS)?;
+    txn.open_table(USER_ACCOUNTS)?;
+    txn.open_table(INVITES)?;
+    txn.open_table(INVITE_TOKENS)?;
+    txn.open_table(ACCOUNT_INVITES)?;
+    txn.open_table(KEYS)?;
+    txn.open_table(EMAILS)?;
+    Ok(())
+}
+
+/// The format-3 upgrade: normalises every stored email and indexes it; of
+/// users sharing an address, the first by id holds it in the index.
+fn index_emails(txn: &WriteTransaction) -> Result<()> {
+    let mut users = txn.open_table(USERS)?;
+    let mut emails = txn.open_table(EMAILS)?;
+    let mut changed: Vec<User> = Vec::new();
+    for item in users.iter()? {
+        let (_, v) = item?;
+        let mut user: User = decode("users", v.value())?;
+        let email = normalize_email(&user.email);
+        if emails.get(email.as_str())?.is_none() {
+            emails.insert(email.as_str(), user.id.as_str())?;
+        }
+        if email != user.email {
+            user.email = email;
+            changed.push(user);
+        }
+    }
+    for user in changed {
+        users.insert(user.id.as_str(), encode("users", &user)?.as_slice())?;
+    }
+    Ok(())
+}
+
+/// The keys of `table` after `after`, at most `limit`, in order.
+fn ids_after(
+    table: &ReadOnlyTable<&'static str, &'static [u8]>,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<String>> {
+    use std::ops::Bound;
+    let range = match after {
+        Some(a) => table.range::<&str>((Bound::Excluded(a), Bound::Unbounded))?,
+        None => table.range::<&str>(..)?,
+    };
+    let mut out = Vec::with_capacity(limit.min(4096));
+    for item in range.take(limit) {
+        let (k, _) = item?;
+        out.push(k.value().to_owned());
+    }
+    Ok(out)
+}
+
+/// A read transaction with the tables decisions need already open.
+pub struct RedbView {
+    users: ReadOnlyTable<&'static str, &'static [u8]>,
+    accounts: ReadOnlyTable<&'static str, &'static [u8]>,
+    user_accounts: ReadOnlyTable<(&'static str, &'static str), &'static str>,
+    txn: ReadTransaction,
+}
+
+impl Reads for RedbView {
+    /// The user `id`, if stored.
+    fn user(&self, id: &str) -> Result<Option<User>> {
+        match self.users.get(id)? {
+            Some(v) => Ok(Some(decode("users", v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether the user `id` is stored.
+    fn has_user(&self, id: &str) -> Result<bool> {
+        Ok(self.users.get(id)?.is_some())
+    }
+
+    /// The account `id`, if stored.
+    fn account(&self, id: &str) -> Result<Option<Account>> {
+        match self.accounts.get(id)? {
+            Some(v) => Ok(Some(decode("accounts", v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether the account `id` is stored.
+    fn has_account(&self, id: &str) -> Result<bool> {
+        Ok(self.accounts.get(id)?.is_some())
+    }
+
+    /// The `(account, role)` pairs of a user, from the per-user index: a
+    /// range over this one user's keys, never a scan.
+    fn roles_of(&self, user: &str) -> Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        for item in self.user_accounts.range((user, "")..)? {
+            let (k, v) = item?;
+            let (u, account) = k.value();
+            if u != user {
+                break;
+            }
+            out.push((account.to_owned(), v.value().to_owned()));
+        }
+        Ok(out)
+    }
+}
+
+impl View for RedbView {
+    /// The members of an account with their roles, ordered by user id.
+    fn members(&self, account: &str) -> Result<Vec<(String, Membership)>> {
+        let table = self.txn.open_table(MEMBERS)?;
+        members_in(&table, account)
+    }
+
+    /// How many memberships and invites pending at `now` hold each role: a
+    /// scan, for checking a new schema against what is stored.
+    fn role_census(&self, now: i64) -> Result<BTreeMap<String, (usize, usize)>> {
+        let mut out: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+        for item in self.user_accounts.iter()? {
+            let (_, v) = item?;
+            out.entry(v.value().to_owned()).or_default().0 += 1;
+        }
+        let invites = self.txn.open_table(INVITES)?;
+        for item in invites.iter()? {
+            let (_, v) = item?;
+            let invite: Invite = decode("invites", v.value())?;
+            if invite.is_pending(now) {
+                out.entry(invite.role).or_default().1 += 1;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Calls `f` with every stored user and its `(account, role)` pairs, in
+    /// id order: one pass over the users and the per-user index together.
+    fn each_user(&self, f: &mut dyn FnMut(User, Vec<(String, String)>)) -> Result<()> {
+        let mut index = self.user_accounts.iter()?.peekable();
+        for item in self.users.iter()? {
+            let (_, v) = item?;
+            let user: User = decode("users", v.value())?;
+            let mut roles = Vec::new();
+            loop {
+                let next = match index.peek() {
+                    Some(Ok((k, _))) => k.value().0.cmp(user.id.as_str()),
+                    Some(Err(_)) => {
+                        if let Some(Err(e)) = index.next() {
+                            return Err(e.into());
+                        }
+                        continue;
+                    }
+                    None => break,
+                };
+                match next {
+                    std::cmp::Ordering::Less => {
+                        index.next();
+                    }
+                    std::cmp::Ordering::Equal => {
+                        if let Some(Ok((k, v))) = index.next() {
+                            roles.push((k.value().1.to_owned(), v.value().to_owned()));
+                        }
+                    }
+                    std::cmp::Ordering::Greater => break,
+                }
+            }
+            f(user, roles);
+        }
+        Ok(())
+    }
+
+    /// Up to `limit` user ids after `after` (from the first when `None`), in
+    /// id order: the candidates of a subject search, a page at a time.
+    fn user_ids_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
+        ids_after(&self.users, after, limit)
+    }
+
+    /// Up to `limit` account ids after `after`, in id order.
+    fn account_ids_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
+        ids_after(&self.accounts, after, limit)
+    }
+
+    /// Calls `f` with every stored account, in id order.
+    fn each_account(&self, f: &mut dyn FnMut(Account)) -> Result<()> {
+        for item in self.accounts.iter()? {
+            let (_, v) = item?;
+            f(decode("accounts", v.value())?);
+        }
+        Ok(())
+    }
+
+    /// Every caller key, revoked ones included, ordered by id.
+    fn keys(&self) -> Result<Vec<ApiKey>> {
+        let table = self.txn.open_table(KEYS)?;
+        let mut out = Vec::new();
+        for item in table.iter()? {
+            let (_, v) = item?;
+            out.push(decode("keys", v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// The invites of an account, pending or not, ordered by id.
+    fn invites(&self, account: &str) -> Result<Vec<Invite>> {
+        let index = self.txn.open_table(ACCOUNT_INVITES)?;
+        let invites = self.txn.open_table(INVITES)?;
+        let mut out = Vec::new();
+        for item in index.range((account, "")..)? {
+            let (k, _) = item?;
+            let (a, id) = k.value();
+            if a != account {
+                break;
+            }
+            if let Some(v) = invites.get(id)? {
+                out.push(decode("invites", v.value())?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The invite whose token hashes to `sha256`, whatever its state.
+    fn invite_by_token(&self, sha256: &str) -> Result<Option<Invite>> {
+        let tokens = self.txn.open_table(INVITE_TOKENS)?;
+        let Some(id) = tokens.get(hash_key(sha256).as_slice())? else {
+            return Ok(None);
+        };
+        let invites = self.txn.open_table(INVITES)?;
+        let found = invites.get(id.value())?;
+        match found {
+            Some(v) => Ok(Some(decode("invites", v.value())?)),
+            None => Ok(None),
+        }
+    }
+}
+
+fn members_in(
+    table: &impl ReadableTable<(&'static str, &'static str), &'static [u8]>,
+    account: &str,
+) -> Result<Vec<(String, Membership)>> {
+    let mut out = Vec::new();
+    for item in table.range((account, "")..)? {
+        let (k, v) = item?;
+        let (a, user) = k.value();
+        if a != account {
+            break;
+        }
+        out.push((user.to_owned(), decode("memberships", v.value())?));
+    }
+    Ok(out)
+}
+
+/// One write transaction's primitives; the rules over them are
+/// [`super::Writer`]'s.
+struct RedbTx<'t> {
+    txn: &'t WriteTransaction,
+}
+
+impl RedbTx<'_> {
+    fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        def: TableDefinition<&str, &[u8]>,
+        table: &'static str,
+        id: &str,
+    ) -> Result<Option<T>> {
+        let t = self.txn.open_table(def)?;
+        let found = t.get(id)?;
+        match found {
+            Some(v) => Ok(Some(decode(table, v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn put<T: serde::Serialize>(
+        &self,
+        def: TableDefinition<&str, &[u8]>,
+        table: &'static str,
+        id: &str,
+        value: &T,
+    ) -> Result<()> {
+        let mut t = self.txn.open_table(def)?;
+        t.insert(id, encode(table, value)?.as_slice())?;
+        Ok(())
+    }
+}
+
+impl Reads for RedbTx<'_> {
+    fn user(&self, id: &str) -> Result<Option<User>> {
+        self.get(USERS, "users", id)
+    }
+
+    fn account(&self, id: &str) -> Result<Option<Account>> {
+        self.get(ACCOUNTS, "accounts", id)
+    }
+
+    fn roles_of(&self, user: &str) -> Result<Vec<(String, String)>> {
+        let index = self.txn.open_table(USER_ACCOUNTS)?;
+        let mut out = Vec::new();
+        for item in index.range((user, "")..)? {
+            let (k, v) = item?;
+            let (u, account) = k.value();
+            if u != user {
+                break;
+            }
+            out.push((account.to_owned(), v.value().to_owned()));
+        }
+        Ok(out)
+    }
+}
+
+impl Tx for RedbTx<'_> {
+    fn membership(&self, account: &str, user: &str) -> Result<Option<Membership>> {
+        let table = self.txn.open_table(MEMBERS)?;
+        let found = table.get((account, user))?;
+        match found {
+            Some(v) => Ok(Some(decode("memberships", v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn members(&self, account: &str) -> Result<Vec<(String, Membership)>> {
+        let table = self.txn.open_table(MEMBERS)?;
+        members_in(&table, account)
+    }
+
+    fn email_holder(&self, email: &str) -> Result<Option<String>> {
+        let emails = self.txn.open_table(EMAILS)?;
+        let found = emails.get(email)?;
+        Ok(found.map(|v| v.value().to_owned()))
+    }
+
+    fn put_user(&mut self, user: &User) -> Result<()> {
+        let previous: Option<User> = self.user(&user.id)?;
+        let mut emails = self.txn.open_table(EMAILS)?;
+        if let Some(old) = previous.filter(|old| old.email != user.email) {
+            emails.remove(old.email.as_str())?;
+        }
+        emails.insert(user.email.as_str(), user.id.as_str())?;
+        drop(emails);
+        self.put(USERS, "users", &user.id, user)
+    }
+
+    fn put_account(&mut self, account: &Account) -> Result<()> {
+        self.put(ACCOUNTS, "accounts", &account.id, account)
+    }
+
+    fn put_membership(&mut self, account: &str, user: &str, m: &Membership) -> Result<()> {
+        let mut members = self.txn.open_table(MEMBERS)?;
+        members.insert((account, user), encode("memberships", m)?.as_slice())?;
+        let mut index = self.txn.open_table(USER_ACCOUNTS)?;
+        index.insert((user, account), m.role.as_str())?;
+        Ok(())
+    }
+
+    fn delete_membership(&mut self, account: &str, user: &str) -> Result<()> {
+        let mut members = self.txn.open_table(MEMBERS)?;
+        members.remove((account, user))?;
+        let mut index = self.txn.open_table(USER_ACCOUNTS)?;
+        index.remove((user, account))?;
+        Ok(())
+    }
+
+    fn key(&self, id: &str) -> Result<Option<ApiKey>> {
+        self.get(KEYS, "keys", id)
+    }
+
+    fn put_key(&mut self, key: &ApiKey) -> Result<()> {
+        self.put(KEYS, "keys", &key.id, key)
+    }
+
+    fn invite(&self, id: &str) -> Result<Option<Invite>> {
+        self.get(INVITES, "invites", id)
+    }
+
+    fn put_invite(&mut self, invite: &Invite) -> Result<()> {
+        self.put(INVITES, "invites", &invite.id, invite)?;
+        let mut index = self.txn.open_table(ACCOUNT_INVITES)?;
+        index.insert((invite.account.as_str(), invite.id.as_str()), ())?;
+        Ok(())
+    }
+
+    fn token_invite(&self, sha256: &str) -> Result<Option<String>> {
+        let tokens = self.txn.open_table(INVITE_TOKENS)?;
+        let found = tokens.get(hash_key(sha256).as_slice())?;
+        Ok(found.map(|v| v.value().to_owned()))
+    }
+
+    fn set_token(&mut self, sha256: &str, invite: &str) -> Result<()> {
+        let mut tokens = self.txn.open_table(INVITE_TOKENS)?;
+        tokens.insert(hash_key(sha256).as_slice(), invite)?;
+        Ok(())
+    }
+
+    fn clear_token(&mut self, sha256: &str) -> Result<()> {
+        let mut tokens = self.txn.open_table(INVITE_TOKENS)?;
+        tokens.remove(hash_key(sha256).as_slice())?;
+        Ok(())
+    }
+}
+
+/// The token index's key: the SHA-256 as raw bytes (hex decoding of our own
+/// encoding; a malformed value maps to its bytes, which match nothing).
+fn hash_key(sha256_hex: &str) -> Vec<u8> {
+    hex::decode(sha256_hex).unwrap_or_else(|_| sha256_hex.as_bytes().to_vec())
+}
