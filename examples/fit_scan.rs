@@ -1,6 +1,11 @@
-//! Times the reload guard's scan (`fit::check`) and redb's integrity check
-//! over a store of 100,000 users in 10,000 team accounts.
+//! Times the reload guard's scan (`fit::check`) and the data file's check
+//! (`store::check_file`, what `cedard store check` and every open run) over
+//! a store of 100,000 users in 10,000 team accounts.
+//!
+//! `cargo run --release --example fit_scan [PATH]` builds the file at `PATH`
+//! (kept, for `cedard store check --data PATH`) or in a temporary folder.
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use cedard::policy::{load_files, Sources};
@@ -8,7 +13,10 @@ use cedard::store::{Account, AccountKind, Store, User};
 
 fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("big.redb");
+    let path = std::env::args()
+        .nth(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| dir.path().join("big.redb"));
     let store = Store::open(&path).expect("open");
     let roles = ["basic", "billing", "dev", "admin"];
     store
@@ -36,7 +44,7 @@ fn main() {
             Ok(())
         })
         .expect("populate");
-    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let files = Sources {
         policies: root.join("policies"),
         schema: root.join("schema"),
@@ -52,11 +60,20 @@ fn main() {
         started.elapsed()
     );
     drop(store);
-    let started = Instant::now();
-    let mut db = redb::Database::open(&path).expect("reopen");
-    let clean = db.check_integrity();
+    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let report = cedard::store::check_file(&path).expect("check");
     println!(
-        "check_integrity over 100,000 users: {:?} ({clean:?})",
-        started.elapsed()
+        "store::check_file over 100,000 users ({:.1} MB): {:?} (damage: {:?}, {:?})",
+        size as f64 / 1e6,
+        report.elapsed,
+        report.damage,
+        report.counts
+    );
+    let started = Instant::now();
+    let store = Store::open(&path).expect("reopen");
+    println!(
+        "Store::open (the check included): {:?} (damage: {:?})",
+        started.elapsed(),
+        store.damage()
     );
 }

@@ -76,6 +76,15 @@ impl From<PdpError> for AccountsError {
     }
 }
 
+impl crate::store::WriteError for AccountsError {
+    fn store_error(&self) -> Option<&StoreError> {
+        match self {
+            AccountsError::Store(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
 impl AccountsError {
     /// A short name for the outcome, as the audit log and metrics record it.
     pub fn code(&self) -> &'static str {
@@ -295,7 +304,10 @@ impl Accounts {
             Err(e) => e.code(),
         };
         if let Err(e) = &out {
-            if outcome == "unavailable" {
+            // A damaged file was logged once, when it was found; each refused
+            // operation is not logged again.
+            let damaged = matches!(e, AccountsError::Store(StoreError::Damaged { .. }));
+            if outcome == "unavailable" && !damaged {
                 tracing::error!(operation = op.operation, "management operation failed: {e}");
             }
         }
@@ -807,8 +819,13 @@ impl Accounts {
         Ok(self.pdp.store().read()?.keys()?)
     }
 
-    /// Reloads the live keys from the store.
+    /// Reloads the live keys from the store. Once the file is known damaged
+    /// the keys are left as they are: those read before came from a sound
+    /// file, and a damaged one is not read.
     pub fn refresh_keys(&self) -> Result<(), AccountsError> {
+        if self.pdp.store().damage().is_some() {
+            return Ok(());
+        }
         let keys = self.list_keys()?;
         self.keys.replace(&keys);
         Ok(())

@@ -38,7 +38,8 @@ pub enum Command {
     Openapi,
     /// Replay AuthZEN interop suites against a running PDP.
     Interop(InteropArgs),
-    /// Operations on a whole directory (copy a redb file to PostgreSQL).
+    /// Operations on a whole directory: check a redb data file, copy one to
+    /// PostgreSQL.
     #[command(subcommand)]
     Store(crate::cli_store::StoreCommand),
 }

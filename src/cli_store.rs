@@ -1,17 +1,31 @@
 //! `cedard store`: operations on a directory as a whole, with no daemon
-//! running on it. `copy` moves an installation from its redb file to a
-//! PostgreSQL database, verifying the counts.
+//! running on it. `check` checks a redb data file without writing to it;
+//! `copy` moves an installation from its redb file to a PostgreSQL
+//! database, verifying the counts.
+//!
+//! `check` runs the check a daemon runs when it opens the file
+//! (`store::check_file`): redb's integrity check on a copy-on-write view of
+//! the file, then every record read and decoded. It takes the lock a daemon
+//! holds, so a file in use by a running cedard is not read (that daemon
+//! checked it when it started; its log and `/readyz` say whether it is
+//! damaged).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
-use crate::store::{pg, Account, ApiKey, Invite, Membership, Store, StoreError, User};
+use crate::store::{
+    self, pg, Account, ApiKey, CheckReport, Invite, Membership, Store, StoreError, User,
+};
 
 /// The `cedard store` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum StoreCommand {
+    /// Check a redb data file without modifying it: exit 0 when it is
+    /// sound, 1 when it is damaged (or not a data file), 2 when it cannot
+    /// be checked (missing, unreadable, in use by a running cedard).
+    Check(CheckArgs),
     /// Copy a directory from a redb file into an empty PostgreSQL database,
     /// in one transaction, and verify the counts.
     Copy(CopyArgs),
@@ -28,9 +42,18 @@ pub struct CopyArgs {
     pub to: String,
 }
 
+/// Options of `cedard store check`.
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The data file.
+    #[arg(long, env = "CEDARD_DATA", default_value = "data/cedard.redb")]
+    pub data: PathBuf,
+}
+
 /// Runs a `cedard store` subcommand.
 pub fn run(command: StoreCommand) -> ExitCode {
     match command {
+        StoreCommand::Check(args) => check(&args),
         StoreCommand::Copy(args) => match copy(&args) {
             Ok(counts) => {
                 println!(
@@ -152,4 +175,74 @@ pub fn copy(args: &CopyArgs) -> Result<Counts, StoreError> {
         )));
     }
     Ok(copied)
+}
+
+/// The exit status of a damaged file.
+const DAMAGED: u8 = 1;
+/// The exit status of a file that could not be checked.
+const NOT_CHECKED: u8 = 2;
+
+fn check(args: &CheckArgs) -> ExitCode {
+    let path = args.data.display();
+    // redb may panic on a page of garbage; the check catches the panic and
+    // reports it as damage, so the default hook's message and backtrace
+    // would only repeat it. This command runs on one thread: the hook is
+    // quiet for exactly the check.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let checked = store::check_file(&args.data);
+    std::panic::set_hook(hook);
+    match checked {
+        Ok(report) => match &report.damage {
+            None => {
+                crate::cli::print_out(&format!("ok: {path} is sound: {}\n", summary(&report)));
+                ExitCode::SUCCESS
+            }
+            Some(damage) => {
+                eprintln!(
+                    "error: {path} is damaged: {damage} (checked in {}); \
+                     cedard serving it refuses every write and every stored fact; \
+                     restore it from a backup",
+                    seconds(&report)
+                );
+                ExitCode::from(DAMAGED)
+            }
+        },
+        Err(StoreError::Locked(_)) => {
+            eprintln!(
+                "error: {path} is in use by a running cedard, which checked it when it started \
+                 (its log and /readyz say whether it is damaged); stop it to check the file here"
+            );
+            ExitCode::from(NOT_CHECKED)
+        }
+        Err(StoreError::Open { source, .. }) => {
+            // redb cannot even read the header: a damaged file, or not a
+            // data file at all. Either way it is not a sound one.
+            eprintln!(
+                "error: {path} is damaged, or not a cedard data file: redb cannot open it: {source}"
+            );
+            ExitCode::from(DAMAGED)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(NOT_CHECKED)
+        }
+    }
+}
+
+/// What a sound file holds: `format 3, 2610 users, … (checked in 0.41 s)`.
+fn summary(report: &CheckReport) -> String {
+    let c = &report.counts;
+    let what = match report.format {
+        None => "empty (a new data file)".to_owned(),
+        Some(v) => format!(
+            "format {v}, {} users, {} accounts, {} memberships, {} invites, {} keys",
+            c.users, c.accounts, c.memberships, c.invites, c.keys
+        ),
+    };
+    format!("{what} (checked in {})", seconds(report))
+}
+
+fn seconds(report: &CheckReport) -> String {
+    format!("{:.2} s", report.elapsed.as_secs_f64())
 }

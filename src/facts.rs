@@ -222,7 +222,9 @@ impl<'a> Facts<'a> {
     }
 
     fn remembered(&self, uid: &EntityUid) -> Option<Entity> {
-        if self.fresh {
+        // Once the file is known damaged, nothing read from it is used, not
+        // even what was remembered before: the read that follows is refused.
+        if self.fresh || self.store.damage().is_some() {
             return None;
         }
         self.memo

@@ -178,6 +178,9 @@ struct Entry {
 #[derive(Default)]
 pub struct KeyRing {
     live: ArcSwap<HashMap<String, Entry>>,
+    /// The keys could not be read (the data file is damaged): no caller can
+    /// be authenticated, and none may be served as if no key existed.
+    unreadable: bool,
 }
 
 impl fmt::Debug for KeyRing {
@@ -192,6 +195,21 @@ impl KeyRing {
         let ring = Self::default();
         ring.replace(records);
         ring
+    }
+
+    /// A ring for keys that cannot be read: it authenticates nobody, and it
+    /// is not empty, so the no-key mode (loopback callers served without a
+    /// key) does not apply either.
+    pub fn unreadable() -> Self {
+        Self {
+            unreadable: true,
+            ..Self::default()
+        }
+    }
+
+    /// Whether the keys could not be read (see [`KeyRing::unreadable`]).
+    pub fn is_unreadable(&self) -> bool {
+        self.unreadable
     }
 
     /// Replaces the live keys with the unrevoked keys of `records`.
@@ -223,7 +241,7 @@ impl KeyRing {
     /// Whether any key is live: once one is, every route but the health
     /// checks needs one.
     pub fn is_empty(&self) -> bool {
-        self.live.load().is_empty()
+        !self.unreadable && self.live.load().is_empty()
     }
 
     /// How many keys are live.

@@ -83,6 +83,10 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 
 /// Refuses to serve callers off loopback with no way to authenticate them.
 fn check_exposure(addr: SocketAddr, keys: &KeyRing, options: &Options) -> Result<(), Error> {
+    if keys.is_unreadable() {
+        // Nobody is served but the probes.
+        return Ok(());
+    }
     if !keys.is_empty() {
         tracing::info!(
             keys = keys.len(),
@@ -178,7 +182,10 @@ pub async fn run(
         None => format!("{}://{addr}", if tls.is_some() { "https" } else { "http" }),
     };
     // The store opens next: a data file held by another daemon or written
-    // by a newer cedard stops the start before anything else happens.
+    // by a newer cedard stops the start before anything else happens. The
+    // file is checked as it opens; a damaged one does not stop the start
+    // (the store logs it and refuses every read and write, /readyz says so).
+    let started = std::time::Instant::now();
     let store = match options.store.clone() {
         Some(url) => {
             let pg = crate::store::pg::Options {
@@ -192,11 +199,23 @@ pub async fn run(
         None => {
             let data = options.data.clone();
             let store = Arc::new(blocking(move || Store::open(&data)).await??);
-            tracing::info!(path = %options.data.display(), revision = store.revision(), "data file open");
+            if store.damage().is_none() {
+                tracing::info!(
+                    path = %options.data.display(),
+                    revision = store.revision(),
+                    checked_ms = started.elapsed().as_millis(),
+                    "data file checked and open"
+                );
+            }
             store
         }
     };
-    let keys = {
+    let keys = if store.damage().is_some() {
+        tracing::warn!(
+            "the caller keys cannot be read from the damaged data file: every route but /healthz and /readyz answers 503"
+        );
+        Arc::new(KeyRing::unreadable())
+    } else {
         let store = store.clone();
         let records = blocking(move || store.read().and_then(|v| v.keys())).await??;
         Arc::new(KeyRing::new(&records))

@@ -69,14 +69,22 @@ async fn healthz() -> Json<Health> {
 /// Ready when a valid policy set is serving (the daemon refuses to start
 /// on an invalid set) and the store answers: a shared database that cannot
 /// be reached within a second makes the replica not ready (503), so that a
-/// load balancer sends its callers elsewhere.
+/// load balancer sends its callers elsewhere. A damaged data file (found at
+/// start or since) makes the daemon not ready for good; the details are in
+/// the daemon's log, not shown to an unauthenticated probe.
 #[utoipa::path(get, path = "/readyz", tag = "health", responses(
     (status = 200, body = Health),
-    (status = 503, description = "The store cannot be reached; `reason` says why", body = Health)))]
+    (status = 503, description = "The store cannot be reached, or the data file is damaged (stored facts are not used, writes are refused); `reason` says which", body = Health)))]
 async fn readyz(State(state): State<AppState>) -> Response {
     let snapshot = state.pdp.live().snapshot();
     let store = state.pdp.store().clone();
-    let checked = if store.is_remote() {
+    let checked = if store.damage().is_some() {
+        Err(
+            "the data file is damaged: stored facts are not used and writes are refused; \
+             see the daemon's log and run `cedard store check`"
+                .to_owned(),
+        )
+    } else if store.is_remote() {
         let probe = tokio::task::spawn_blocking(move || store.refresh_revision());
         match tokio::time::timeout(std::time::Duration::from_secs(1), probe).await {
             Ok(Ok(Ok(revision))) => Ok(revision),

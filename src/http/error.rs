@@ -186,6 +186,26 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The answer to a request whose handler panicked: a fault, so a 503 in the
+/// one error shape (never a dropped connection, never a decision); the
+/// panic's message goes to the log.
+pub fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let text = if let Some(s) = panic.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.as_str()
+    } else {
+        "no message"
+    };
+    let message = text.lines().map(str::trim).collect::<Vec<_>>().join("; ");
+    tracing::error!("a request handler panicked: {message}; answered 503");
+    error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "unavailable",
+        "cedard cannot answer now; no decision was made (see the daemon's log)",
+    )
+}
+
 /// The one error body shape.
 pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
     (

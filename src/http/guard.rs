@@ -7,7 +7,8 @@
 //! unknown key is a 401 with `WWW-Authenticate`, a key without the scope a
 //! 403. With no key at all, cedard answers only callers on loopback (unless
 //! started with `--insecure-no-auth`), so revoking the last key never opens
-//! a network-facing daemon to anyone.
+//! a network-facing daemon to anyone. When the keys cannot be read (the data
+//! file is damaged), every route but the health checks is a 503.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,6 +47,14 @@ pub async fn authenticate(
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    if state.keys.is_unreadable() {
+        // Fail closed: with the keys unknown, nobody is authenticated, and
+        // nobody is served as if no key existed.
+        return ApiError::Unavailable(
+            "the caller keys cannot be read: the data file is damaged".into(),
+        )
+        .into_response();
+    }
     let key = if state.keys.is_empty() {
         let peer = request
             .extensions()

@@ -8,10 +8,10 @@
 //! (utoipa), so `/openapi.json` cannot miss a route.
 //!
 //! Layers, outermost first: request id (accepted or made, echoed), metrics,
-//! the error-shape fixer, `Host` and media-type screening, the overload cap
-//! (a fast 503 + `Retry-After`) and the time limit (not for `/healthz` and
-//! `/readyz`), the body limit, then per group of routes the key check for
-//! its scope.
+//! the error-shape fixer, a panic answered as a 503, `Host` and media-type
+//! screening, the overload cap (a fast 503 + `Retry-After`) and the time
+//! limit (not for `/healthz` and `/readyz`), the body limit, then per group
+//! of routes the key check for its scope.
 
 pub mod accounts;
 pub mod admin;
@@ -35,6 +35,7 @@ use axum::{Json, Router};
 use tokio::sync::Semaphore;
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::ServiceBuilder;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::OpenApi as OpenApiDoc;
@@ -194,6 +195,9 @@ pub fn router(state: AppState) -> Router {
         // saturated daemon is alive and ready, not dead.
         .merge(health)
         .layer(from_fn_with_state(state.clone(), guard::screen))
+        // A handler that panics is answered (a 503 in the error shape), so
+        // that the connection and the other requests on it carry on.
+        .layer(CatchPanicLayer::custom(error::panicked))
         .layer(map_response(move |r| json_errors(r, limits.max_body)))
         .layer(from_fn(guard::count))
         .layer(PropagateRequestIdLayer::x_request_id())
@@ -348,4 +352,42 @@ async fn json_errors(response: Response, max_body: usize) -> Response {
         }
     }
     fixed
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_handler_that_panics_is_answered_503_in_the_error_shape() {
+        let app: Router = Router::new()
+            .route(
+                "/boom",
+                get(|| async {
+                    if true {
+                        panic!("a page of garbage");
+                    }
+                    "unreachable"
+                }),
+            )
+            .layer(CatchPanicLayer::custom(error::panicked));
+        let response = app
+            .oneshot(Request::get("/boom").body(Body::empty()).expect("request"))
+            .await
+            .expect("an answer");
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let bytes = axum::body::to_bytes(response.into_body(), 4096)
+            .await
+            .expect("body");
+        let body: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+        assert_eq!(body["error"]["code"], "unavailable", "{body}");
+        assert!(
+            !body.to_string().contains("garbage"),
+            "the panic's message stays in the log: {body}"
+        );
+    }
 }

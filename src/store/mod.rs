@@ -12,7 +12,13 @@
 //! variants) are told apart from faults ([`StoreError::is_fault`]): a fault
 //! is a 503, never a refusal and never an allow. This module knows nothing
 //! about HTTP or Cedar; the role names it is handed are opaque strings.
+//!
+//! A damaged redb file is never written: it is checked before redb opens it
+//! (`check.rs`), and damage found then or later puts the store in a damaged
+//! state that refuses every read and write ([`StoreError::Damaged`],
+//! [`Store::damage`]).
 
+mod check;
 pub mod pg;
 mod records;
 pub mod redb;
@@ -25,6 +31,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use self::redb::FORMAT_VERSION;
+pub use check::{check_file, CheckReport, RecordCounts};
 pub use records::{Account, AccountKind, ApiKey, Invite, InviteState, Membership, User};
 
 /// An email as stored and compared: trimmed and lowercase.
@@ -44,9 +51,26 @@ pub enum StoreError {
         /// Why.
         source: std::io::Error,
     },
+    /// The data file cannot be opened or read as a file.
+    #[error("cannot open the data file `{path}`: {source}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The system's reason.
+        source: std::io::Error,
+    },
     /// Another process (another cedard) holds the file.
     #[error("the data file `{0}` is in use by another process (is another cedard running on it?)")]
     Locked(PathBuf),
+    /// The file is damaged (found at open or later): nothing is read from
+    /// it or written to it.
+    #[error("the data file `{path}` is damaged ({reason}); writes are refused; run `cedard store check --data {path}`")]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, as first found.
+        reason: String,
+    },
     /// The file was written by a newer cedard.
     #[error("the data file `{path}` was written by a newer cedard (data format {found}; this cedard reads format {supported}); refusing to open it")]
     NewerFormat {
@@ -182,7 +206,9 @@ impl StoreError {
         matches!(
             self,
             StoreError::CreateDir { .. }
+                | StoreError::File { .. }
                 | StoreError::Locked(_)
+                | StoreError::Damaged { .. }
                 | StoreError::NewerFormat { .. }
                 | StoreError::Foreign { .. }
                 | StoreError::Open { .. }
@@ -191,6 +217,35 @@ impl StoreError {
                 | StoreError::Corrupt { .. }
                 | StoreError::Unavailable(_)
         )
+    }
+
+    /// Whether this error shows the data file itself is damaged: redb
+    /// reports corruption or a poisoned lock (left by a panic inside redb),
+    /// or a record does not decode. Such an error marks a redb store
+    /// damaged.
+    pub fn is_damage(&self) -> bool {
+        match self {
+            StoreError::Corrupt { .. } | StoreError::Damaged { .. } => true,
+            StoreError::Db(e) => matches!(
+                **e,
+                ::redb::Error::Corrupted(_) | ::redb::Error::LockPoisoned(_)
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// The error a write's closure fails with: made from a store error, and
+/// saying whether it is one, so that damage met inside a write marks the
+/// store whatever error type carries it out.
+pub trait WriteError: From<StoreError> {
+    /// The store error inside, if this is one.
+    fn store_error(&self) -> Option<&StoreError>;
+}
+
+impl WriteError for StoreError {
+    fn store_error(&self) -> Option<&StoreError> {
+        Some(self)
     }
 }
 
@@ -334,9 +389,17 @@ impl Store {
     /// Opens (or creates) the redb data file at `path`, creating its folder.
     /// A file held by another process, written by a newer cedard, or not a
     /// cedard file is refused with a message that says so.
+    ///
+    /// The file is checked before redb opens it. A damaged file is not
+    /// refused: the store opens damaged ([`Store::damage`]) and refuses
+    /// every read and write.
     pub fn open(path: &Path) -> Result<Self> {
         let db = self::redb::RedbStore::open(path)?;
-        let revision = db.revision()?;
+        // A damaged file has no revision to read; nothing will be read.
+        let revision = match db.damage() {
+            Some(_) => 0,
+            None => db.revision()?,
+        };
         Ok(Self {
             backend: Backend::Redb(db),
             revision: AtomicU64::new(revision),
@@ -407,6 +470,16 @@ impl Store {
         }
     }
 
+    /// What is wrong with the data file, if it is known to be damaged (at
+    /// open, or since); a damaged store refuses every read and write. Only
+    /// the embedded backend has a file to damage.
+    pub fn damage(&self) -> Option<&str> {
+        match &self.backend {
+            Backend::Redb(db) => db.damage(),
+            Backend::Postgres(_) => None,
+        }
+    }
+
     /// Where the directory lives, for messages: the file, or the URL
     /// without its password.
     pub fn describe(&self) -> String {
@@ -438,7 +511,7 @@ impl Store {
     /// [`Store::write`] whose `f` may fail with its caller's own error type
     /// (a policy check made inside the transaction, say); store errors
     /// convert into it.
-    pub fn write_with<T, E: From<StoreError>>(
+    pub fn write_with<T, E: WriteError>(
         &self,
         f: impl FnMut(&mut Writer<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
@@ -447,7 +520,7 @@ impl Store {
 
     /// [`Store::write_with`], also returning the revision the write
     /// committed.
-    pub fn write_revision<T, E: From<StoreError>>(
+    pub fn write_revision<T, E: WriteError>(
         &self,
         mut f: impl FnMut(&mut Writer<'_>) -> Result<T, E>,
     ) -> Result<(T, u64), E> {

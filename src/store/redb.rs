@@ -6,18 +6,31 @@
 //! store revision is kept in the `meta` table and raised in every write
 //! transaction, so it survives restarts. Records are JSON; the tables below
 //! hold the indexes point lookups need.
+//!
+//! A damaged file is never written. [`RedbStore::open`] checks the file
+//! first (`check.rs`: redb's integrity check on a copy-on-write view, then
+//! every record decoded); a damaged file is not even opened by redb, which
+//! would write its header. Damage met later (redb reports corruption, a
+//! record does not decode, redb panics on a garbage page) marks the store
+//! damaged for good. A damaged store refuses every read and every write
+//! with [`StoreError::Damaged`], a fault: stored facts that may be garbage
+//! are never answered from.
 
 use std::collections::BTreeMap;
+use std::fs::File;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use redb::{
     Database, DatabaseError, Durability, ReadOnlyTable, ReadTransaction, ReadableTable,
     TableDefinition, WriteTransaction,
 };
 
+use super::check::{self, lock};
 use super::{
     decode, encode, normalize_email, Account, ApiKey, Invite, Membership, Reads, Result,
-    StoreError, Tx, User, View,
+    StoreError, Tx, User, View, WriteError,
 };
 
 /// The data format this build reads and writes. A file with a higher number
@@ -34,27 +47,31 @@ use super::{
 pub const FORMAT_VERSION: u64 = 3;
 
 /// `format` → the data format version of the file.
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// User id → [`User`] (JSON).
-const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
+pub(super) const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 /// Account id → [`Account`] (JSON).
-const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");
+pub(super) const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");
 /// (account id, user id) → [`Membership`] (JSON): who belongs to an account.
-const MEMBERS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("memberships");
+pub(super) const MEMBERS: TableDefinition<(&str, &str), &[u8]> =
+    TableDefinition::new("memberships");
 /// (user id, account id) → role: the index a decision reads to find a user's
 /// roles without scanning the memberships.
-const USER_ACCOUNTS: TableDefinition<(&str, &str), &str> = TableDefinition::new("user_accounts");
+pub(super) const USER_ACCOUNTS: TableDefinition<(&str, &str), &str> =
+    TableDefinition::new("user_accounts");
 /// Invite id → [`Invite`] (JSON).
-const INVITES: TableDefinition<&str, &[u8]> = TableDefinition::new("invites");
+pub(super) const INVITES: TableDefinition<&str, &[u8]> = TableDefinition::new("invites");
 /// SHA-256 of a live invite token → invite id. Only pending invites have an
 /// entry; the token itself is never stored.
-const INVITE_TOKENS: TableDefinition<&[u8], &str> = TableDefinition::new("invite_tokens");
+pub(super) const INVITE_TOKENS: TableDefinition<&[u8], &str> =
+    TableDefinition::new("invite_tokens");
 /// (account id, invite id) → (): the invites of an account, for listing.
-const ACCOUNT_INVITES: TableDefinition<(&str, &str), ()> = TableDefinition::new("account_invites");
+pub(super) const ACCOUNT_INVITES: TableDefinition<(&str, &str), ()> =
+    TableDefinition::new("account_invites");
 /// Key id → [`ApiKey`] (JSON): the caller keys, hashed.
-const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
+pub(super) const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
 /// Normalised email → user id: one user per address.
-const EMAILS: TableDefinition<&str, &str> = TableDefinition::new("emails");
+pub(super) const EMAILS: TableDefinition<&str, &str> = TableDefinition::new("emails");
 
 macro_rules! redb_errors {
     ($($t:ty),*) => {$(
@@ -76,14 +93,97 @@ redb_errors!(
 /// The open data file.
 #[derive(Debug)]
 pub struct RedbStore {
-    db: Database,
+    /// The database; `None` when the file was found damaged at open, so
+    /// that redb never opened (nor wrote) it.
+    db: Option<Database>,
+    /// The file, open and locked, while `db` is `None`: the lock keeps
+    /// another cedard from opening a file this one found damaged.
+    _held: Option<File>,
     path: PathBuf,
+    /// Whether the file is known to be damaged; shared with the read views.
+    health: Arc<Health>,
+}
+
+/// Whether the file is known to be damaged. Set once, never cleared: a file
+/// found damaged stays refused until an operator replaces it and restarts.
+#[derive(Debug)]
+struct Health {
+    path: PathBuf,
+    damage: OnceLock<String>,
+}
+
+impl Health {
+    /// Records the damage; the first report is logged (once), later ones
+    /// are dropped.
+    fn mark(&self, reason: String) {
+        let mut first = false;
+        self.damage.get_or_init(|| {
+            first = true;
+            reason
+        });
+        if first {
+            let reason = self.damage.get().map(String::as_str).unwrap_or_default();
+            tracing::error!(
+                path = %self.path.display(),
+                "the data file `{}` is damaged: {reason}; writes are refused and stored facts are not used; \
+                 run `cedard store check --data {}` and restore the file from a backup",
+                self.path.display(),
+                self.path.display(),
+            );
+        }
+    }
+
+    /// The error every operation on a damaged store answers.
+    fn error(&self) -> StoreError {
+        StoreError::Damaged {
+            path: self.path.clone(),
+            reason: self.damage.get().cloned().unwrap_or_default(),
+        }
+    }
+
+    /// Refuses once the file is known to be damaged.
+    fn refusal(&self) -> Result<()> {
+        match self.damage.get() {
+            None => Ok(()),
+            Some(_) => Err(self.error()),
+        }
+    }
+
+    /// Runs one read of the file: refused once the file is known damaged;
+    /// an error showing damage, or a panic inside redb (which is how redb
+    /// meets a page of garbage), marks it damaged. The panic is caught here
+    /// so that it cannot take down the request, or the connection, that
+    /// happened to read the page.
+    fn guard<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        self.refusal()?;
+        match catch_unwind(AssertUnwindSafe(f)) {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) if e.is_damage() => {
+                self.mark(e.to_string());
+                Err(e)
+            }
+            Ok(Err(e)) => Err(e),
+            Err(panic) => {
+                self.mark(format!(
+                    "redb panicked while reading it ({})",
+                    check::panic_message(panic.as_ref())
+                ));
+                Err(self.error())
+            }
+        }
+    }
 }
 
 impl RedbStore {
     /// Opens (or creates) the data file at `path`, creating its folder. A
     /// file held by another process, written by a newer cedard, or not a
     /// cedard file is refused with a message that says so.
+    ///
+    /// An existing file is checked first (what [`super::check_file`] does,
+    /// without a second open). A damaged file is not refused: the store
+    /// opens in the damaged state ([`RedbStore::damage`]), holding the
+    /// file's lock, and refuses every read and write, so that a daemon can
+    /// keep answering what needs no stored fact and say what is wrong.
     pub fn open(path: &Path) -> Result<Self> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|source| StoreError::CreateDir {
@@ -91,7 +191,33 @@ impl RedbStore {
                 source,
             })?;
         }
-        let db = match Database::create(path) {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(|source| StoreError::File {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        lock(&file, path)?;
+        let health = Arc::new(Health {
+            path: path.to_path_buf(),
+            damage: OnceLock::new(),
+        });
+        if let Some(damage) = check::check_locked(&file, path)?.damage {
+            health.mark(damage);
+            return Ok(Self {
+                db: None,
+                _held: Some(file),
+                path: path.to_path_buf(),
+                health,
+            });
+        }
+        // redb locks the file again through the same open file, which holds
+        // the lock already: no other process can slip in between.
+        let db = match Database::builder().create_file(file) {
             Ok(db) => db,
             Err(DatabaseError::DatabaseAlreadyOpen) => {
                 return Err(StoreError::Locked(path.to_path_buf()))
@@ -104,8 +230,10 @@ impl RedbStore {
             }
         };
         let store = Self {
-            db,
+            db: Some(db),
+            _held: None,
             path: path.to_path_buf(),
+            health,
         };
         store.check_format()?;
         Ok(store)
@@ -116,18 +244,34 @@ impl RedbStore {
         &self.path
     }
 
+    /// What is wrong with the file, if it is known to be damaged (at open,
+    /// or since). A damaged store refuses every read and write.
+    pub fn damage(&self) -> Option<&str> {
+        self.health.damage.get().map(String::as_str)
+    }
+
+    /// The database, unless the file is known to be damaged.
+    fn db(&self) -> Result<&Database> {
+        self.health.refusal()?;
+        self.db.as_ref().ok_or_else(|| self.health.error())
+    }
+
     /// The revision of the last committed write.
     pub fn revision(&self) -> Result<u64> {
-        let read = self.db.begin_read()?;
-        let meta = read.open_table(META)?;
-        Ok(meta.get("revision")?.map(|v| v.value()).unwrap_or(0))
+        let db = self.db()?;
+        self.health.guard(|| {
+            let read = db.begin_read()?;
+            let meta = read.open_table(META)?;
+            Ok(meta.get("revision")?.map(|v| v.value()).unwrap_or(0))
+        })
     }
 
     /// Reads the format version with a read transaction first, so that a
     /// newer file is refused before anything is written to it; a fresh file
     /// gets the current version and every table.
     fn check_format(&self) -> Result<()> {
-        let read = self.db.begin_read()?;
+        let db = self.db()?;
+        let read = db.begin_read()?;
         let found = match read.open_table(META) {
             Ok(meta) => meta.get("format")?.map(|v| v.value()),
             Err(redb::TableError::TableDoesNotExist(_)) => None,
@@ -149,7 +293,7 @@ impl RedbStore {
             Some(v) => {
                 // Format 1 and 2: add what they lack (the keys table, the
                 // email index) and raise the version, all in one transaction.
-                let mut txn = self.db.begin_write()?;
+                let mut txn = db.begin_write()?;
                 txn.set_durability(Durability::Immediate);
                 create_tables(&txn)?;
                 if v < 3 {
@@ -163,7 +307,7 @@ impl RedbStore {
                 Ok(())
             }
             None => {
-                let mut txn = self.db.begin_write()?;
+                let mut txn = db.begin_write()?;
                 txn.set_durability(Durability::Immediate);
                 {
                     let mut meta = txn.open_table(META)?;
@@ -179,12 +323,16 @@ impl RedbStore {
     /// A consistent read view: everything read through it comes from one
     /// committed state of the file.
     pub fn read(&self) -> Result<RedbView> {
-        let txn = self.db.begin_read()?;
-        Ok(RedbView {
-            users: txn.open_table(USERS)?,
-            accounts: txn.open_table(ACCOUNTS)?,
-            user_accounts: txn.open_table(USER_ACCOUNTS)?,
-            txn,
+        let db = self.db()?;
+        self.health.guard(|| {
+            let txn = db.begin_read()?;
+            Ok(RedbView {
+                users: txn.open_table(USERS)?,
+                accounts: txn.open_table(ACCOUNTS)?,
+                user_accounts: txn.open_table(USER_ACCOUNTS)?,
+                txn,
+                health: self.health.clone(),
+            })
         })
     }
 
@@ -192,35 +340,73 @@ impl RedbStore {
     /// commits it durably ([`Durability::Immediate`]) when `f` succeeds;
     /// when `f` fails nothing is written. Returns `f`'s value and the
     /// revision the write committed.
-    pub fn write<T, E: From<StoreError>>(
+    ///
+    /// A damaged store refuses before a transaction begins. Damage met
+    /// inside the transaction (an error showing it, or a panic: after one,
+    /// redb's state is unknown) aborts it and marks the store damaged, so
+    /// that nothing more is written to the file.
+    pub fn write<T, E: WriteError>(
         &self,
         mut f: impl FnMut(&mut dyn Tx) -> Result<T, E>,
     ) -> Result<(T, u64), E> {
-        let mut txn = self.db.begin_write().map_err(StoreError::from)?;
-        txn.set_durability(Durability::Immediate);
-        let out = {
-            let mut w = RedbTx { txn: &txn };
-            f(&mut w)
-        };
-        match out {
-            Ok(v) => {
-                let revision = {
-                    let mut meta = txn.open_table(META).map_err(StoreError::from)?;
-                    let next = meta
-                        .get("revision")
-                        .map_err(StoreError::from)?
-                        .map(|v| v.value())
-                        .unwrap_or(0)
-                        + 1;
-                    meta.insert("revision", next).map_err(StoreError::from)?;
-                    next
-                };
-                txn.commit().map_err(StoreError::from)?;
-                Ok((v, revision))
+        let db = self.db()?;
+        let out = catch_unwind(AssertUnwindSafe(|| {
+            let mut txn = db.begin_write().map_err(StoreError::from)?;
+            txn.set_durability(Durability::Immediate);
+            let out = {
+                let mut w = RedbTx { txn: &txn };
+                f(&mut w)
+            };
+            match out {
+                Ok(v) => {
+                    let revision = {
+                        let mut meta = txn.open_table(META).map_err(StoreError::from)?;
+                        let next = meta
+                            .get("revision")
+                            .map_err(StoreError::from)?
+                            .map(|v| v.value())
+                            .unwrap_or(0)
+                            + 1;
+                        meta.insert("revision", next).map_err(StoreError::from)?;
+                        next
+                    };
+                    txn.commit().map_err(StoreError::from)?;
+                    Ok((v, revision))
+                }
+                Err(e) => {
+                    txn.abort().map_err(StoreError::from)?;
+                    Err(e)
+                }
             }
-            Err(e) => {
-                txn.abort().map_err(StoreError::from)?;
+        }));
+        match out {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => {
+                if let Some(s) = e.store_error().filter(|s| s.is_damage()) {
+                    self.health.mark(s.to_string());
+                }
                 Err(e)
+            }
+            Err(panic) => {
+                self.health.mark(format!(
+                    "a write transaction panicked ({})",
+                    check::panic_message(panic.as_ref())
+                ));
+                Err(self.health.error().into())
+            }
+        }
+    }
+}
+
+impl Drop for RedbStore {
+    fn drop(&mut self) {
+        if self.health.damage.get().is_some() {
+            if let Some(db) = self.db.take() {
+                // redb rewrites the file's header when it closes. A file
+                // known to be damaged is not written, not even that: the
+                // database is let go without closing (the process's exit
+                // releases the file and its lock).
+                std::mem::forget(db);
             }
         }
     }
@@ -289,173 +475,238 @@ pub struct RedbView {
     accounts: ReadOnlyTable<&'static str, &'static [u8]>,
     user_accounts: ReadOnlyTable<(&'static str, &'static str), &'static str>,
     txn: ReadTransaction,
+    /// The store's health: every read is guarded by it (see
+    /// [`Health::guard`]).
+    health: Arc<Health>,
 }
 
 impl Reads for RedbView {
     /// The user `id`, if stored.
     fn user(&self, id: &str) -> Result<Option<User>> {
-        match self.users.get(id)? {
+        self.health.guard(|| match self.users.get(id)? {
             Some(v) => Ok(Some(decode("users", v.value())?)),
             None => Ok(None),
-        }
+        })
     }
 
     /// Whether the user `id` is stored.
     fn has_user(&self, id: &str) -> Result<bool> {
-        Ok(self.users.get(id)?.is_some())
+        self.health.guard(|| Ok(self.users.get(id)?.is_some()))
     }
 
     /// The account `id`, if stored.
     fn account(&self, id: &str) -> Result<Option<Account>> {
-        match self.accounts.get(id)? {
+        self.health.guard(|| match self.accounts.get(id)? {
             Some(v) => Ok(Some(decode("accounts", v.value())?)),
             None => Ok(None),
-        }
+        })
     }
 
     /// Whether the account `id` is stored.
     fn has_account(&self, id: &str) -> Result<bool> {
-        Ok(self.accounts.get(id)?.is_some())
+        self.health.guard(|| Ok(self.accounts.get(id)?.is_some()))
     }
 
     /// The `(account, role)` pairs of a user, from the per-user index: a
     /// range over this one user's keys, never a scan.
     fn roles_of(&self, user: &str) -> Result<Vec<(String, String)>> {
-        let mut out = Vec::new();
-        for item in self.user_accounts.range((user, "")..)? {
-            let (k, v) = item?;
-            let (u, account) = k.value();
-            if u != user {
-                break;
+        self.health.guard(|| {
+            let mut out = Vec::new();
+            for item in self.user_accounts.range((user, "")..)? {
+                let (k, v) = item?;
+                let (u, account) = k.value();
+                if u != user {
+                    break;
+                }
+                out.push((account.to_owned(), v.value().to_owned()));
             }
-            out.push((account.to_owned(), v.value().to_owned()));
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 }
 
 impl View for RedbView {
     /// The members of an account with their roles, ordered by user id.
     fn members(&self, account: &str) -> Result<Vec<(String, Membership)>> {
-        let table = self.txn.open_table(MEMBERS)?;
-        members_in(&table, account)
+        self.health.guard(|| {
+            let table = self.txn.open_table(MEMBERS)?;
+            members_in(&table, account)
+        })
     }
 
     /// How many memberships and invites pending at `now` hold each role: a
     /// scan, for checking a new schema against what is stored.
     fn role_census(&self, now: i64) -> Result<BTreeMap<String, (usize, usize)>> {
-        let mut out: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-        for item in self.user_accounts.iter()? {
-            let (_, v) = item?;
-            out.entry(v.value().to_owned()).or_default().0 += 1;
-        }
-        let invites = self.txn.open_table(INVITES)?;
-        for item in invites.iter()? {
-            let (_, v) = item?;
-            let invite: Invite = decode("invites", v.value())?;
-            if invite.is_pending(now) {
-                out.entry(invite.role).or_default().1 += 1;
+        self.health.guard(|| {
+            let mut out: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+            for item in self.user_accounts.iter()? {
+                let (_, v) = item?;
+                out.entry(v.value().to_owned()).or_default().0 += 1;
             }
-        }
-        Ok(out)
+            let invites = self.txn.open_table(INVITES)?;
+            for item in invites.iter()? {
+                let (_, v) = item?;
+                let invite: Invite = decode("invites", v.value())?;
+                if invite.is_pending(now) {
+                    out.entry(invite.role).or_default().1 += 1;
+                }
+            }
+            Ok(out)
+        })
     }
 
     /// Calls `f` with every stored user and its `(account, role)` pairs, in
     /// id order: one pass over the users and the per-user index together.
     fn each_user(&self, f: &mut dyn FnMut(User, Vec<(String, String)>)) -> Result<()> {
-        let mut index = self.user_accounts.iter()?.peekable();
-        for item in self.users.iter()? {
-            let (_, v) = item?;
-            let user: User = decode("users", v.value())?;
-            let mut roles = Vec::new();
-            loop {
-                let next = match index.peek() {
-                    Some(Ok((k, _))) => k.value().0.cmp(user.id.as_str()),
-                    Some(Err(_)) => {
-                        if let Some(Err(e)) = index.next() {
-                            return Err(e.into());
+        // A panic in `f` is the caller's, not the file's: it goes on
+        // unwinding once the read is over, without marking the store.
+        let mut f = Blameless::new(f);
+        let out = self.health.guard(|| {
+            let mut index = self.user_accounts.iter()?.peekable();
+            for item in self.users.iter()? {
+                let (_, v) = item?;
+                let user: User = decode("users", v.value())?;
+                let mut roles = Vec::new();
+                loop {
+                    let next = match index.peek() {
+                        Some(Ok((k, _))) => k.value().0.cmp(user.id.as_str()),
+                        Some(Err(_)) => {
+                            if let Some(Err(e)) = index.next() {
+                                return Err(e.into());
+                            }
+                            continue;
                         }
-                        continue;
-                    }
-                    None => break,
-                };
-                match next {
-                    std::cmp::Ordering::Less => {
-                        index.next();
-                    }
-                    std::cmp::Ordering::Equal => {
-                        if let Some(Ok((k, v))) = index.next() {
-                            roles.push((k.value().1.to_owned(), v.value().to_owned()));
+                        None => break,
+                    };
+                    match next {
+                        std::cmp::Ordering::Less => {
+                            index.next();
                         }
+                        std::cmp::Ordering::Equal => {
+                            if let Some(Ok((k, v))) = index.next() {
+                                roles.push((k.value().1.to_owned(), v.value().to_owned()));
+                            }
+                        }
+                        std::cmp::Ordering::Greater => break,
                     }
-                    std::cmp::Ordering::Greater => break,
+                }
+                if !f.call(|f| f(user, roles)) {
+                    break;
                 }
             }
-            f(user, roles);
-        }
-        Ok(())
+            Ok(())
+        });
+        f.resume();
+        out
     }
 
     /// Up to `limit` user ids after `after` (from the first when `None`), in
     /// id order: the candidates of a subject search, a page at a time.
     fn user_ids_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
-        ids_after(&self.users, after, limit)
+        self.health.guard(|| ids_after(&self.users, after, limit))
     }
 
     /// Up to `limit` account ids after `after`, in id order.
     fn account_ids_after(&self, after: Option<&str>, limit: usize) -> Result<Vec<String>> {
-        ids_after(&self.accounts, after, limit)
+        self.health
+            .guard(|| ids_after(&self.accounts, after, limit))
     }
 
     /// Calls `f` with every stored account, in id order.
     fn each_account(&self, f: &mut dyn FnMut(Account)) -> Result<()> {
-        for item in self.accounts.iter()? {
-            let (_, v) = item?;
-            f(decode("accounts", v.value())?);
-        }
-        Ok(())
+        // As in `each_user`, a panic in `f` is not taken for damage.
+        let mut f = Blameless::new(f);
+        let out = self.health.guard(|| {
+            for item in self.accounts.iter()? {
+                let (_, v) = item?;
+                let account = decode("accounts", v.value())?;
+                if !f.call(|f| f(account)) {
+                    break;
+                }
+            }
+            Ok(())
+        });
+        f.resume();
+        out
     }
 
     /// Every caller key, revoked ones included, ordered by id.
     fn keys(&self) -> Result<Vec<ApiKey>> {
-        let table = self.txn.open_table(KEYS)?;
-        let mut out = Vec::new();
-        for item in table.iter()? {
-            let (_, v) = item?;
-            out.push(decode("keys", v.value())?);
-        }
-        Ok(out)
+        self.health.guard(|| {
+            let table = self.txn.open_table(KEYS)?;
+            let mut out = Vec::new();
+            for item in table.iter()? {
+                let (_, v) = item?;
+                out.push(decode("keys", v.value())?);
+            }
+            Ok(out)
+        })
     }
 
     /// The invites of an account, pending or not, ordered by id.
     fn invites(&self, account: &str) -> Result<Vec<Invite>> {
-        let index = self.txn.open_table(ACCOUNT_INVITES)?;
-        let invites = self.txn.open_table(INVITES)?;
-        let mut out = Vec::new();
-        for item in index.range((account, "")..)? {
-            let (k, _) = item?;
-            let (a, id) = k.value();
-            if a != account {
-                break;
+        self.health.guard(|| {
+            let index = self.txn.open_table(ACCOUNT_INVITES)?;
+            let invites = self.txn.open_table(INVITES)?;
+            let mut out = Vec::new();
+            for item in index.range((account, "")..)? {
+                let (k, _) = item?;
+                let (a, id) = k.value();
+                if a != account {
+                    break;
+                }
+                if let Some(v) = invites.get(id)? {
+                    out.push(decode("invites", v.value())?);
+                }
             }
-            if let Some(v) = invites.get(id)? {
-                out.push(decode("invites", v.value())?);
-            }
-        }
-        Ok(out)
+            Ok(out)
+        })
     }
 
     /// The invite whose token hashes to `sha256`, whatever its state.
     fn invite_by_token(&self, sha256: &str) -> Result<Option<Invite>> {
-        let tokens = self.txn.open_table(INVITE_TOKENS)?;
-        let Some(id) = tokens.get(hash_key(sha256).as_slice())? else {
-            return Ok(None);
-        };
-        let invites = self.txn.open_table(INVITES)?;
-        let found = invites.get(id.value())?;
-        match found {
-            Some(v) => Ok(Some(decode("invites", v.value())?)),
-            None => Ok(None),
+        self.health.guard(|| {
+            let tokens = self.txn.open_table(INVITE_TOKENS)?;
+            let Some(id) = tokens.get(hash_key(sha256).as_slice())? else {
+                return Ok(None);
+            };
+            let invites = self.txn.open_table(INVITES)?;
+            let found = invites.get(id.value())?;
+            match found {
+                Some(v) => Ok(Some(decode("invites", v.value())?)),
+                None => Ok(None),
+            }
+        })
+    }
+}
+
+/// A caller's callback run inside a guarded read: its panic is caught and
+/// kept apart, so that the guard does not take it for damage, then resumed.
+struct Blameless<F> {
+    f: F,
+    panic: Option<Box<dyn std::any::Any + Send>>,
+}
+
+impl<F> Blameless<F> {
+    fn new(f: F) -> Self {
+        Self { f, panic: None }
+    }
+
+    /// Runs the callback; `false` once it has panicked (the read stops).
+    fn call(&mut self, run: impl FnOnce(&mut F)) -> bool {
+        match catch_unwind(AssertUnwindSafe(|| run(&mut self.f))) {
+            Ok(()) => true,
+            Err(panic) => {
+                self.panic = Some(panic);
+                false
+            }
+        }
+    }
+
+    /// Goes on unwinding the callback's panic, if it panicked.
+    fn resume(self) {
+        if let Some(panic) = self.panic {
+            std::panic::resume_unwind(panic);
         }
     }
 }

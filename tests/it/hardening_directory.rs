@@ -1,7 +1,7 @@
-//! The directory under attack (issue 12, findings 1–5): invites that outlive
-//! their creator's rights, the role ceiling, email binding, schema reloads
-//! that would break stored data, and a damaged data file. Each test
-//! reproduces what a hostile review found.
+//! The directory under attack (issue 12, findings 1–4): invites that outlive
+//! their creator's rights, the role ceiling, email binding, and schema
+//! reloads that would break stored data (finding 5, a damaged data file, is
+//! `hardening_store.rs`). Each test reproduces what a hostile review found.
 
 use reqwest::Method;
 use serde_json::{json, Value};

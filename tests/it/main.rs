@@ -9,6 +9,7 @@ mod crash;
 mod decisions;
 mod hardening_directory;
 mod hardening_reload;
+mod hardening_store;
 mod limits;
 mod matrix;
 mod observe;

@@ -1,0 +1,481 @@
+//! Whether a data file is sound, found without writing a byte to it.
+//!
+//! redb does not verify page checksums on normal reads: a damaged page is
+//! read as it is, and answers garbage or makes redb panic. Its integrity
+//! check verifies every checksum, but it takes the database for writing and
+//! repairs what it can in place (it may roll the file back to the previous
+//! commit and commit that). So cedard never runs it on the data file: redb
+//! opens the file through an [`Overlay`], a copy-on-write view that reads
+//! the file and keeps whatever redb writes in memory, and checks that. Then
+//! every record of every table is read and decoded, so that a page whose
+//! checksum holds but whose content does not decode is caught too. A panic
+//! inside redb while it reads garbage is caught and reported as damage.
+//!
+//! The caller holds the file's lock (the one redb and every cedard take), so
+//! no daemon writes the file while it is checked.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use redb::{
+    AccessGuard, Builder, DatabaseError, Key, ReadTransaction, ReadableTable, StorageBackend,
+    TableDefinition, TableError, TableHandle, Value,
+};
+
+use super::redb::{
+    ACCOUNTS, ACCOUNT_INVITES, EMAILS, FORMAT_VERSION, INVITES, INVITE_TOKENS, KEYS, MEMBERS, META,
+    USERS, USER_ACCOUNTS,
+};
+use super::{decode, Account, ApiKey, Invite, Membership, StoreError, User};
+
+/// redb's read cache while checking: the check reads each page about three
+/// times in a row, so a small cache costs little and bounds the memory a
+/// large file can take.
+const CHECK_CACHE_BYTES: usize = 32 * 1024 * 1024;
+
+/// What a check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckReport {
+    /// What is wrong, in words (redb's message or the record that does not
+    /// decode); `None` when the file is sound.
+    pub damage: Option<String>,
+    /// The data format version the file declares (`None` for an empty file).
+    pub format: Option<u64>,
+    /// How many records each table holds, as far as the scan got.
+    pub counts: RecordCounts,
+    /// How long the check took.
+    pub elapsed: Duration,
+}
+
+/// How many records the file holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecordCounts {
+    /// Users.
+    pub users: u64,
+    /// Accounts, personal and team.
+    pub accounts: u64,
+    /// Memberships (user in account, with a role).
+    pub memberships: u64,
+    /// Invites in every state.
+    pub invites: u64,
+    /// Caller keys, revoked ones included.
+    pub keys: u64,
+}
+
+/// Checks the data file at `path` without writing to it: redb's integrity
+/// check on a copy-on-write view of the file, then every record read and
+/// decoded. The file is opened read-only and locked as a daemon locks it,
+/// so a file a running cedard holds is [`StoreError::Locked`]; a missing
+/// file is [`StoreError::File`].
+pub fn check_file(path: &Path) -> Result<CheckReport, StoreError> {
+    let file = File::open(path).map_err(|source| StoreError::File {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    lock(&file, path)?;
+    check_locked(&file, path)
+}
+
+/// Takes the lock redb takes (an exclusive `flock` on Unix), without
+/// waiting: a file another process holds is [`StoreError::Locked`].
+pub(super) fn lock(file: &File, path: &Path) -> Result<(), StoreError> {
+    match file.try_lock() {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked(path.to_path_buf())),
+        Err(std::fs::TryLockError::Error(source)) => Err(StoreError::File {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// Checks the open, locked data file `file` (found at `path`). A file redb
+/// cannot open for a reason other than damage (not a redb file, an older
+/// redb format) is an error, as it is when the daemon opens it.
+pub(super) fn check_locked(file: &File, path: &Path) -> Result<CheckReport, StoreError> {
+    let started = Instant::now();
+    let io_error = |source: io::Error| StoreError::File {
+        path: path.to_path_buf(),
+        source,
+    };
+    let len = file.metadata().map_err(io_error)?.len();
+    if len == 0 {
+        // A new file: nothing to check.
+        return Ok(CheckReport {
+            damage: None,
+            format: None,
+            counts: RecordCounts::default(),
+            elapsed: started.elapsed(),
+        });
+    }
+    let overlay = Overlay::new(file.try_clone().map_err(io_error)?, len);
+    let mut found = Found::default();
+    let outcome = catch_unwind(AssertUnwindSafe(|| inspect(overlay, &mut found)));
+    let damage = match outcome {
+        Ok(Ok(())) => None,
+        Ok(Err(Inspect::Damage(message))) => Some(message),
+        Ok(Err(Inspect::Open(source))) => {
+            return Err(StoreError::Open {
+                path: path.to_path_buf(),
+                source: Box::new(source),
+            })
+        }
+        Err(panic) => Some(format!(
+            "redb panicked while reading it ({})",
+            panic_message(panic.as_ref())
+        )),
+    };
+    Ok(CheckReport {
+        damage,
+        format: found.format,
+        counts: found.counts,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// The text of a caught panic, on one line (for one log line).
+pub(super) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = if let Some(s) = panic.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.as_str()
+    } else {
+        "no message"
+    };
+    text.lines().map(str::trim).collect::<Vec<_>>().join("; ")
+}
+
+/// What the scan has found so far (kept when it stops on damage).
+#[derive(Default)]
+struct Found {
+    format: Option<u64>,
+    counts: RecordCounts,
+}
+
+/// Why an inspection stopped.
+enum Inspect {
+    /// The file is damaged: this is what redb or the decoder said.
+    Damage(String),
+    /// redb cannot open the file for a reason that is not damage.
+    Open(DatabaseError),
+}
+
+/// Opens `overlay` with redb, runs redb's integrity check on it, then reads
+/// and decodes every record.
+fn inspect(overlay: Overlay, found: &mut Found) -> Result<(), Inspect> {
+    let mut db = Builder::new()
+        .set_cache_size(CHECK_CACHE_BYTES)
+        .create_with_backend(overlay)
+        .map_err(|e| match e {
+            DatabaseError::Storage(redb::StorageError::Corrupted(m)) => {
+                Inspect::Damage(format!("redb cannot open it: {m}"))
+            }
+            other => Inspect::Open(other),
+        })?;
+    match db.check_integrity() {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(Inspect::Damage(
+                "redb's integrity check failed: it found damage it would repair \
+                 by rolling the file back to an earlier commit or rebuilding its \
+                 allocation state"
+                    .into(),
+            ))
+        }
+        Err(e) => {
+            return Err(Inspect::Damage(format!(
+                "redb's integrity check failed: {e}"
+            )))
+        }
+    }
+    let txn = db
+        .begin_read()
+        .map_err(|e| Inspect::Damage(format!("redb cannot read it: {e}")))?;
+    scan(&txn, found).map_err(Inspect::Damage)
+}
+
+/// Reads and decodes every record of every table. A file without the `meta`
+/// table or with a newer format is left to [`Store::open`](super::Store::open),
+/// which refuses it by name; its records are not this build's to judge.
+fn scan(txn: &ReadTransaction, found: &mut Found) -> Result<(), String> {
+    let format = match txn.open_table(META) {
+        Ok(meta) => meta
+            .get("format")
+            .map_err(|e| format!("cannot read table `meta`: {e}"))?
+            .map(|v| v.value()),
+        // No `meta` of cedard's shape: not a cedard file (or a new one).
+        Err(TableError::TableDoesNotExist(_) | TableError::TableTypeMismatch { .. }) => None,
+        Err(e) => return Err(format!("cannot open table `meta`: {e}")),
+    };
+    found.format = format;
+    match format {
+        Some(v) if v <= FORMAT_VERSION => {}
+        _ => return Ok(()),
+    }
+    let counts = &mut found.counts;
+    counts.users = each(txn, USERS, |v| record::<User>("users", v))?;
+    counts.accounts = each(txn, ACCOUNTS, |v| record::<Account>("accounts", v))?;
+    counts.memberships = each(txn, MEMBERS, |v| record::<Membership>("memberships", v))?;
+    counts.invites = each(txn, INVITES, |v| record::<Invite>("invites", v))?;
+    counts.keys = each(txn, KEYS, |v| record::<ApiKey>("keys", v))?;
+    let index = each(txn, USER_ACCOUNTS, |v| {
+        let _ = v.value();
+        Ok(())
+    })?;
+    if index != counts.memberships {
+        return Err(format!(
+            "the index `user_accounts` holds {index} entries but `memberships` holds {}",
+            counts.memberships
+        ));
+    }
+    each(txn, INVITE_TOKENS, |v| {
+        let _ = v.value();
+        Ok(())
+    })?;
+    each(txn, ACCOUNT_INVITES, |_| Ok(()))?;
+    each(txn, EMAILS, |v| {
+        let _ = v.value();
+        Ok(())
+    })?;
+    Ok(())
+}
+
+fn record<T: serde::de::DeserializeOwned>(
+    table: &'static str,
+    v: &AccessGuard<'_, &'static [u8]>,
+) -> Result<(), String> {
+    decode::<T>(table, v.value())
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+/// Calls `f` on every value of `def` (after decoding its key) and counts
+/// them. A table the file's format does not have yet counts 0.
+fn each<K: Key + 'static, V: Value + 'static>(
+    txn: &ReadTransaction,
+    def: TableDefinition<'_, K, V>,
+    mut f: impl FnMut(&AccessGuard<'_, V>) -> Result<(), String>,
+) -> Result<u64, String> {
+    let name = def.name().to_owned();
+    let table = match txn.open_table(def) {
+        Ok(t) => t,
+        Err(TableError::TableDoesNotExist(_)) => return Ok(0),
+        Err(e) => return Err(format!("cannot open table `{name}`: {e}")),
+    };
+    let mut n = 0;
+    let items = table
+        .iter()
+        .map_err(|e| format!("cannot read table `{name}`: {e}"))?;
+    for item in items {
+        let (k, v) = item.map_err(|e| format!("cannot read table `{name}`: {e}"))?;
+        // Decoding the key is what catches a key that is not UTF-8.
+        let _ = k.value();
+        f(&v)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// The size of the blocks the overlay keeps writes in.
+const BLOCK: u64 = 4096;
+
+/// A copy-on-write view of a file for redb: reads come from the file, writes
+/// stay in memory. redb writes its header when it opens a file and commits
+/// what its integrity check repairs; through the overlay, none of it
+/// reaches the disk.
+struct Overlay {
+    inner: Mutex<OverlayState>,
+}
+
+struct OverlayState {
+    /// The file, opened for reading.
+    file: File,
+    /// The length redb sees.
+    len: u64,
+    /// How much of the file shows through: bytes past this offset read as
+    /// zeros (redb shrank the view, then may have grown it again).
+    visible: u64,
+    /// What redb wrote, by block number.
+    blocks: HashMap<u64, Box<[u8]>>,
+}
+
+impl Overlay {
+    fn new(file: File, len: u64) -> Self {
+        Self {
+            inner: Mutex::new(OverlayState {
+                file,
+                len,
+                visible: len,
+                blocks: HashMap::new(),
+            }),
+        }
+    }
+
+    fn state(&self) -> io::Result<std::sync::MutexGuard<'_, OverlayState>> {
+        self.inner
+            .lock()
+            .map_err(|_| io::Error::other("the overlay's lock is poisoned"))
+    }
+}
+
+impl OverlayState {
+    /// Reads `buf.len()` bytes of the file at `offset`, zeros past `visible`.
+    fn read_file(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        buf.fill(0);
+        let end = offset.saturating_add(buf.len() as u64).min(self.visible);
+        if offset < end {
+            let n = usize::try_from(end - offset).map_err(io::Error::other)?;
+            read_at(&mut self.file, offset, &mut buf[..n])?;
+        }
+        Ok(())
+    }
+}
+
+/// One positioned read (`pread`): one system call per page.
+#[cfg(unix)]
+fn read_at(file: &mut File, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+#[cfg(not(unix))]
+fn read_at(file: &mut File, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    file.seek(SeekFrom::Start(offset))?;
+    file.read_exact(buf)
+}
+
+impl fmt::Debug for Overlay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.inner.lock() {
+            Ok(s) => write!(
+                f,
+                "Overlay({} bytes, {} blocks written)",
+                s.len,
+                s.blocks.len()
+            ),
+            Err(_) => write!(f, "Overlay(poisoned)"),
+        }
+    }
+}
+
+/// The byte range of block `block` that `[offset, offset + len)` covers, as
+/// (start in the block, start in the range, length).
+fn overlap(block: u64, offset: u64, len: u64) -> (usize, usize, usize) {
+    let block_start = block * BLOCK;
+    let from = offset.max(block_start);
+    let to = (offset + len).min(block_start + BLOCK);
+    // All three are below BLOCK or `len`, which fit in usize.
+    (
+        (from - block_start) as usize,
+        (from - offset) as usize,
+        (to - from) as usize,
+    )
+}
+
+impl StorageBackend for Overlay {
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.state()?.len)
+    }
+
+    fn read(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let mut s = self.state()?;
+        let end = offset.saturating_add(len as u64);
+        if end > s.len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("read of {len} bytes at {offset} past the end ({})", s.len),
+            ));
+        }
+        let mut buf = vec![0; len];
+        s.read_file(offset, &mut buf)?;
+        if len > 0 && !s.blocks.is_empty() {
+            for block in offset / BLOCK..=(end - 1) / BLOCK {
+                if let Some(data) = s.blocks.get(&block) {
+                    let (in_block, in_buf, n) = overlap(block, offset, len as u64);
+                    buf[in_buf..in_buf + n].copy_from_slice(&data[in_block..in_block + n]);
+                }
+            }
+        }
+        Ok(buf)
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        let mut s = self.state()?;
+        if len < s.len {
+            s.visible = s.visible.min(len);
+            s.blocks.retain(|block, _| block * BLOCK < len);
+            if let Some(data) = s.blocks.get_mut(&(len / BLOCK)) {
+                let from = (len % BLOCK) as usize;
+                data[from..].fill(0);
+            }
+        }
+        s.len = len;
+        Ok(())
+    }
+
+    fn sync_data(&self, _eventual: bool) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let mut s = self.state()?;
+        let end = offset.saturating_add(data.len() as u64);
+        for block in offset / BLOCK..=(end - 1) / BLOCK {
+            if !s.blocks.contains_key(&block) {
+                let mut fresh = vec![0; BLOCK as usize].into_boxed_slice();
+                s.read_file(block * BLOCK, &mut fresh)?;
+                s.blocks.insert(block, fresh);
+            }
+            let (in_block, in_data, n) = overlap(block, offset, data.len() as u64);
+            if let Some(target) = s.blocks.get_mut(&block) {
+                target[in_block..in_block + n].copy_from_slice(&data[in_data..in_data + n]);
+            }
+        }
+        s.len = s.len.max(end);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_overlay_reads_the_file_and_keeps_writes_in_memory() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("f");
+        let original: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &original).expect("write");
+        let overlay = Overlay::new(File::open(&path).expect("open"), original.len() as u64);
+        assert_eq!(overlay.read(4000, 200).expect("read"), original[4000..4200]);
+        overlay.write(4090, &[7; 20]).expect("write");
+        let mut expected = original.clone();
+        expected[4090..4110].fill(7);
+        assert_eq!(overlay.read(0, 10_000).expect("read"), expected);
+        overlay.set_len(12_000).expect("grow");
+        assert_eq!(overlay.read(10_000, 2_000).expect("read"), vec![0; 2_000]);
+        overlay.set_len(4_095).expect("shrink");
+        overlay.set_len(8_192).expect("grow");
+        let mut shrunk = expected[..4095].to_vec();
+        shrunk.resize(8_192, 0);
+        assert_eq!(overlay.read(0, 8_192).expect("read"), shrunk);
+        assert!(
+            overlay.read(8_000, 500).is_err(),
+            "a read past the end fails"
+        );
+        assert_eq!(
+            std::fs::read(&path).expect("read"),
+            original,
+            "nothing reached the file"
+        );
+    }
+}
