@@ -434,7 +434,8 @@ impl Store {
     /// catches up with writes not yet notified.
     pub fn refresh_revision(&self) -> Result<u64> {
         match &self.backend {
-            Backend::Redb(_) => Ok(self.revision()),
+            // A damaged file's revision says nothing a read could honour.
+            Backend::Redb(db) => db.sound().map(|()| self.revision()),
             Backend::Postgres(db) => db.refresh(),
         }
     }
@@ -442,8 +443,11 @@ impl Store {
     /// Waits until this process knows revision `wanted` (reading the
     /// backend's revision once if it does not yet): a decision that must be
     /// at least that fresh. A revision the store never committed is an
-    /// error, not a wait.
+    /// error, not a wait; so is a damaged data file (the damaged fault).
     pub fn at_least(&self, wanted: u64) -> Result<u64> {
+        if let Backend::Redb(db) = &self.backend {
+            db.sound()?;
+        }
         let known = self.revision();
         if known >= wanted {
             return Ok(known);

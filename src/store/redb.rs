@@ -250,6 +250,12 @@ impl RedbStore {
         self.health.damage.get().map(String::as_str)
     }
 
+    /// `Ok` while the file is not known to be damaged; the error every
+    /// operation on a damaged store answers otherwise.
+    pub fn sound(&self) -> Result<()> {
+        self.health.refusal()
+    }
+
     /// The database, unless the file is known to be damaged.
     fn db(&self) -> Result<&Database> {
         self.health.refusal()?;
