@@ -116,12 +116,14 @@ async fn a_valid_edit_goes_live() {
 #[tokio::test]
 async fn a_broken_edit_changes_nothing_and_is_reported_with_file_and_line() {
     let app = spawn_app().await;
+    // Saved as editors save (a rename), so that no load can see the file
+    // truncated and empty (a valid set without `dev`) however loaded the
+    // machine is.
     // A syntax error on line 4.
-    std::fs::write(
-        app.policies().join("dev.cedar"),
+    save_by_rename(
+        &app.policies().join("dev.cedar"),
         "// Dev\n@id(\"dev\")\npermit (principal, action, resource)\nwhen { principal in };\n",
-    )
-    .expect("write");
+    );
     let listing = wait_for_attempt_on_disk(&app).await;
     assert_eq!(listing["last_reload"]["ok"], false, "{listing}");
     let err = &listing["last_reload"]["errors"][0];
@@ -134,11 +136,10 @@ async fn a_broken_edit_changes_nothing_and_is_reported_with_file_and_line() {
     assert_eq!(decision(&app, "dev", "viewBilling").await, "deny");
 
     // A type error (the validator's, not the parser's) is refused the same way.
-    std::fs::write(
-        app.policies().join("dev.cedar"),
+    save_by_rename(
+        &app.policies().join("dev.cedar"),
         "@id(\"dev\")\npermit (principal, action, resource)\nwhen {\n  resource.account.nosuch\n};\n",
-    )
-    .expect("write");
+    );
     let listing = wait_for_attempt_on_disk(&app).await;
     assert_eq!(listing["last_reload"]["ok"], false, "{listing}");
     let err = &listing["last_reload"]["errors"][0];
@@ -157,11 +158,10 @@ async fn a_broken_edit_changes_nothing_and_is_reported_with_file_and_line() {
     assert_eq!(decision(&app, "dev", "startPod").await, "allow");
 
     // A duplicate @id is refused too.
-    std::fs::write(
-        app.policies().join("dev.cedar"),
+    save_by_rename(
+        &app.policies().join("dev.cedar"),
         "@id(\"basic\")\npermit (principal, action, resource) when { false };\n",
-    )
-    .expect("write");
+    );
     let listing = wait_for_attempt_on_disk(&app).await;
     let message = listing["last_reload"]["errors"][0]["message"]
         .as_str()
