@@ -31,6 +31,10 @@ pub enum Command {
     Test(TestArgs),
     /// Print the role × action table computed from the policies.
     Matrix(MatrixArgs),
+    /// Compare a candidate policy set with the live one: flipped matrix
+    /// cells, replayed decision-log flips, suite cases that change. Exits 1
+    /// if anything flips, 2 if the candidate is invalid.
+    Impact(Box<crate::cli_impact::ImpactArgs>),
     /// Create, list and revoke caller keys.
     #[command(subcommand)]
     Keys(crate::cli_keys::KeysCommand),
@@ -81,6 +85,7 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Validate(args) => Ok(validate(&args)),
         Command::Test(args) => Ok(test(&args)),
         Command::Matrix(args) => Ok(matrix(&args)),
+        Command::Impact(args) => Ok(crate::cli_impact::run(&args)),
         Command::Serve(args) => serve(*args),
         Command::Keys(command) => Ok(crate::cli_keys::run(command)),
         Command::Interop(args) => interop(&args),
@@ -273,6 +278,7 @@ fn test(args: &TestArgs) -> ExitCode {
     use crate::suite::{self, report};
     let options = suite::Options {
         root: args.root.clone(),
+        policy: None,
     };
     let result = suite::run(&args.paths, &options);
     if result.files.is_empty() {

@@ -249,6 +249,12 @@ impl KeyRing {
         self.live.load().len()
     }
 
+    /// The live key with this id, if it is live (not revoked, not
+    /// removed): for sessions opened with a key, which end when it does.
+    pub fn live(&self, id: &str) -> Option<KeyInfo> {
+        self.live.load().get(id).map(|e| e.info.clone())
+    }
+
     /// Checks a presented key.
     pub fn verify(&self, presented: &str) -> Result<KeyInfo, InvalidKey> {
         let rest = presented.strip_prefix(PREFIX).ok_or(InvalidKey)?;

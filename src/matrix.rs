@@ -61,6 +61,9 @@ pub struct Table {
     pub kind: String,
     /// Action → one decision per column (`true` is allow).
     pub decisions: BTreeMap<String, Vec<bool>>,
+    /// Action → the ids of the policies that decided each cell, sorted (for
+    /// a default deny, none), in the order of the columns.
+    pub reasons: BTreeMap<String, Vec<Vec<String>>>,
 }
 
 /// Reads and validates the policy set at `sources` as the daemon does, then
@@ -125,12 +128,14 @@ pub fn compute(snapshot: &PolicySnapshot, roles: &[String]) -> Result<Matrix, Ma
         };
         let entities = authz::parse_entities(snapshot, &model.entities_json(roles))?;
         let mut decisions = BTreeMap::new();
+        let mut reasons = BTreeMap::new();
         for action in &actions {
             let resource = match resource_type(snapshot, action) {
                 Some(t) if t != model::ACCOUNT => uid(&t, &format!("{kind}/{}", t.to_lowercase())),
                 _ => uid(model::ACCOUNT, &account.id),
             };
             let mut row = Vec::with_capacity(columns.len());
+            let mut why = Vec::with_capacity(columns.len());
             for column in &columns {
                 let principal = if column == NON_MEMBER {
                     NON_MEMBER.to_owned()
@@ -145,13 +150,18 @@ pub fn compute(snapshot: &PolicySnapshot, roles: &[String]) -> Result<Matrix, Ma
                     None,
                     true,
                 )?;
-                row.push(authz::decide(snapshot, &request, &entities).allow);
+                let decision = authz::decide(snapshot, &request, &entities);
+                row.push(decision.allow);
+                why.push(decision.reasons.into_iter().map(|r| r.policy_id).collect());
             }
-            decisions.insert(action.id().unescaped().to_owned(), row);
+            let name = action.id().unescaped().to_owned();
+            decisions.insert(name.clone(), row);
+            reasons.insert(name, why);
         }
         tables.push(Table {
             kind: kind.to_owned(),
             decisions,
+            reasons,
         });
     }
     let mut matrix = Matrix {
@@ -208,6 +218,17 @@ impl Table {
 }
 
 impl Matrix {
+    /// The decision of one cell and the policies that made it: `kind` is
+    /// `team` or `personal`, `column` a role or [`NON_MEMBER`]. `None` when
+    /// the matrix has no such column or action.
+    pub fn cell(&self, kind: &str, column: &str, action: &str) -> Option<(bool, &[String])> {
+        let c = self.columns.iter().position(|x| x == column)?;
+        let table = self.tables.iter().find(|t| t.kind == kind)?;
+        let allow = *table.decisions.get(action)?.get(c)?;
+        let reasons = table.reasons.get(action)?.get(c)?;
+        Some((allow, reasons.as_slice()))
+    }
+
     /// Orders the role columns from least to most permitted: a role that may
     /// do everything another may (and more) comes after it; otherwise roles
     /// keep their order by name. [`NON_MEMBER`] stays last. For the default
@@ -253,6 +274,12 @@ impl Matrix {
                 *row = order
                     .iter()
                     .map(|&i| row.get(i).copied().unwrap_or(false))
+                    .collect();
+            }
+            for row in table.reasons.values_mut() {
+                *row = order
+                    .iter()
+                    .map(|&i| row.get(i).cloned().unwrap_or_default())
                     .collect();
             }
         }

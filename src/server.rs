@@ -270,7 +270,12 @@ pub async fn run(
         &public_url,
     ));
     tasks.push(tokio::spawn(refresh_keys(accounts.clone())));
+    let console = Arc::new(http::ui::Console::new(
+        tls.is_some(),
+        options.decision_log.clone(),
+    ));
     let state = AppState {
+        console,
         pdp,
         accounts,
         keys,

@@ -146,7 +146,10 @@ pub async fn screen(State(state): State<AppState>, request: Request, next: Next)
         *request.method(),
         Method::POST | Method::PUT | Method::PATCH
     );
-    if writes && has_body(&request) && !is_json(&request) {
+    // The console's forms post `application/x-www-form-urlencoded`; they are
+    // protected by a session and a CSRF token instead (see `http::ui`).
+    let console_form = request.uri().path().starts_with("/ui/") && is_form(&request);
+    if writes && has_body(&request) && !is_json(&request) && !console_form {
         return ApiError::UnsupportedMediaType(
             "the body must be JSON: send `Content-Type: application/json`".into(),
         )
@@ -176,6 +179,18 @@ fn is_json(request: &Request) -> bool {
         .map(|m| m.trim().to_ascii_lowercase())
         .is_some_and(|m| {
             m == "application/json" || (m.starts_with("application/") && m.ends_with("+json"))
+        })
+}
+
+fn is_form(request: &Request) -> bool {
+    request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| {
+            m.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
         })
 }
 

@@ -22,6 +22,7 @@ pub mod extract;
 pub mod guard;
 pub mod metrics;
 pub mod state;
+pub mod ui;
 
 use std::sync::Arc;
 
@@ -188,6 +189,9 @@ pub fn router(state: AppState) -> Router {
         .timeout(limits.request_timeout);
     router
         .merge(described)
+        // The console: HTML pages with their own session check, outside
+        // the JSON API and its description.
+        .merge(ui::router())
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .layer(DefaultBodyLimit::max(limits.max_body))
         .layer(capped)
@@ -312,10 +316,13 @@ fn with_description_route(mut doc: OpenApiDoc) -> OpenApiDoc {
 /// body and the connection closed: hyper offers no hook to shape them.
 async fn json_errors(response: Response, max_body: usize) -> Response {
     let status = response.status();
+    // The console's pages answer errors as pages, already shaped.
     let is_json = response
         .headers()
         .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+        .is_some_and(|v| {
+            v.as_bytes().starts_with(b"application/json") || v.as_bytes().starts_with(b"text/html")
+        });
     if is_json || !(status.is_client_error() || status.is_server_error()) {
         return response;
     }

@@ -59,4 +59,6 @@ pub struct AppState {
     pub limits: Arc<HttpLimits>,
     /// Renders `/metrics`.
     pub metrics: Option<PrometheusHandle>,
+    /// The web console's sessions and settings.
+    pub console: Arc<super::ui::Console>,
 }

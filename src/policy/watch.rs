@@ -48,6 +48,30 @@ pub struct ReloadStatus {
     pub sha256: String,
     /// Why it was refused; empty when `ok`.
     pub errors: Vec<LoadError>,
+    /// For each error, the line of the refused file it points at, as it
+    /// was read (at most 240 characters), so that the console can show the
+    /// offending line even after the file changed. Not part of the JSON
+    /// answer, which has the location.
+    #[serde(skip)]
+    pub lines: Vec<Option<String>>,
+}
+
+/// The line each error points at, in the files that were read.
+fn offending_lines(files: &Files, errors: &[LoadError]) -> Vec<Option<String>> {
+    errors
+        .iter()
+        .map(|e| {
+            let line = e.line?;
+            let file = files
+                .policies
+                .iter()
+                .chain(&files.schemas)
+                .chain(&files.entities)
+                .find(|f| f.name == e.file)?;
+            let text = file.text.lines().nth(line.checked_sub(1)?)?;
+            Some(text.chars().take(240).collect())
+        })
+        .collect()
 }
 
 /// A check a new snapshot must pass before it replaces the live one, beyond
@@ -104,6 +128,7 @@ impl LivePolicies {
             at: snapshot.loaded_at,
             sha256: files.sha256.clone(),
             errors: Vec::new(),
+            lines: Vec::new(),
         };
         Ok(Arc::new(Self {
             sources,
@@ -178,7 +203,15 @@ impl LivePolicies {
         let files = match read_settled(&self.sources, self.settle) {
             Ok(f) => f,
             Err(PolicyError(errors)) => {
-                return self.refuse(&state, &published, trigger, String::new(), errors, force);
+                let lines = vec![None; errors.len()];
+                return self.refuse(
+                    &state,
+                    &published,
+                    trigger,
+                    String::new(),
+                    (errors, lines),
+                    force,
+                );
             }
         };
         if !force && files.sha256 == last.sha256 {
@@ -210,6 +243,7 @@ impl LivePolicies {
                     at: snapshot.loaded_at,
                     sha256: files.sha256,
                     errors: Vec::new(),
+                    lines: Vec::new(),
                 };
                 // Counted before the swap, so that a scrape never shows the
                 // new generation with the old count.
@@ -221,7 +255,15 @@ impl LivePolicies {
                 true
             }
             Err(PolicyError(errors)) => {
-                self.refuse(&state, &published, trigger, files.sha256, errors, force)
+                let lines = offending_lines(&files, &errors);
+                self.refuse(
+                    &state,
+                    &published,
+                    trigger,
+                    files.sha256,
+                    (errors, lines),
+                    force,
+                )
             }
         }
     }
@@ -232,7 +274,7 @@ impl LivePolicies {
         published: &Published,
         trigger: Trigger,
         sha256: String,
-        errors: Vec<LoadError>,
+        (errors, lines): (Vec<LoadError>, Vec<Option<String>>),
         force: bool,
     ) -> bool {
         // The same failure (the same broken files, or the same unreadable
@@ -255,6 +297,7 @@ impl LivePolicies {
             at: OffsetDateTime::now_utc(),
             sha256,
             errors,
+            lines,
         };
         self.current.store(Arc::new(Published {
             snapshot: published.snapshot.clone(),

@@ -19,6 +19,7 @@
 //! [`Store::damage`]).
 
 mod check;
+mod overlay;
 pub mod pg;
 mod records;
 pub mod redb;
@@ -400,6 +401,17 @@ impl Store {
             Some(_) => 0,
             None => db.revision()?,
         };
+        Ok(Self {
+            backend: Backend::Redb(db),
+            revision: AtomicU64::new(revision),
+        })
+    }
+
+    /// Opens the redb file at `path` for reading only
+    /// ([`redb::RedbStore::open_read_only`]): nothing is ever written to it.
+    pub fn open_read_only(path: &Path) -> Result<Self> {
+        let db = self::redb::RedbStore::open_read_only(path)?;
+        let revision = db.revision()?;
         Ok(Self {
             backend: Backend::Redb(db),
             revision: AtomicU64::new(revision),

@@ -28,6 +28,7 @@ use redb::{
 };
 
 use super::check::{self, lock};
+use super::overlay::Overlay;
 use super::{
     decode, encode, normalize_email, Account, ApiKey, Invite, Membership, Reads, Result,
     StoreError, Tx, User, View, WriteError,
@@ -229,6 +230,63 @@ impl RedbStore {
                 })
             }
         };
+        let store = Self {
+            db: Some(db),
+            _held: None,
+            path: path.to_path_buf(),
+            health,
+        };
+        store.check_format()?;
+        Ok(store)
+    }
+
+    /// Opens the data file at `path` for reading only: a private view in
+    /// which nothing written ever reaches the file (see `overlay`), for
+    /// tools that look at a store they do not own (`cedard impact --data`).
+    /// The file is held with a shared lock while the view lives, so a file a
+    /// daemon holds (an exclusive lock) is [`StoreError::Locked`], and no
+    /// daemon can start on it meanwhile. A file of an older format is
+    /// upgraded in the view only. The file is not checked first (a tool may
+    /// run `cedard store check`); damage met while reading is reported as
+    /// it is by the daemon.
+    pub fn open_read_only(path: &Path) -> Result<Self> {
+        let file_error = |source| StoreError::File {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = File::open(path).map_err(file_error)?;
+        match file.try_lock_shared() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Locked(path.to_path_buf()))
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(file_error(e)),
+        }
+        let len = file.metadata().map_err(file_error)?.len();
+        if len == 0 {
+            return Err(StoreError::Foreign {
+                path: path.to_path_buf(),
+                message: "the file is empty".into(),
+            });
+        }
+        let health = Arc::new(Health {
+            path: path.to_path_buf(),
+            damage: OnceLock::new(),
+        });
+        let db = catch_unwind(AssertUnwindSafe(|| {
+            Database::builder().create_with_backend(Overlay::new(file, len))
+        }))
+        .map_err(|panic| StoreError::Damaged {
+            path: path.to_path_buf(),
+            reason: format!(
+                "redb panicked while opening it ({})",
+                check::panic_message(panic.as_ref())
+            ),
+        })?
+        .map_err(|source| StoreError::Open {
+            path: path.to_path_buf(),
+            source: Box::new(source),
+        })?;
         let store = Self {
             db: Some(db),
             _held: None,

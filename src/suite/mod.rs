@@ -177,6 +177,10 @@ pub struct Options {
     /// The folder that paths inside Cedar test files are relative to. Without
     /// it, each file uses the nearest folder above it where they resolve.
     pub root: Option<PathBuf>,
+    /// The policy set every YAML suite tests instead of the one it names
+    /// (`cedard impact` runs the same suites against two sets). Cedar's
+    /// integration tests carry their own policies and are not affected.
+    pub policy: Option<crate::policy::Sources>,
 }
 
 /// A test file found on disk, not yet read.
@@ -252,7 +256,10 @@ pub fn run(paths: &[PathBuf], options: &Options) -> Report {
             cedar_json::run_group(&tree, &schema, &entities, tests)
         })
         .collect();
-    let yaml: Vec<FileResult> = suites.par_iter().map(|p| yaml::run_file(p)).collect();
+    let yaml: Vec<FileResult> = suites
+        .par_iter()
+        .map(|p| yaml::run_file(p, options.policy.as_ref()))
+        .collect();
     files.extend(cedar);
     files.extend(yaml);
     files.sort_by(|a, b| a.file.cmp(&b.file));

@@ -112,10 +112,11 @@ struct Case {
     context: Option<Value>,
 }
 
-/// Runs one YAML suite file.
-pub fn run_file(path: &Path) -> FileResult {
+/// Runs one YAML suite file, against `policy` when given, else against the
+/// policy set the suite names.
+pub fn run_file(path: &Path, policy: Option<&Sources>) -> FileResult {
     let file = path.display().to_string();
-    match load(path) {
+    match load(path, policy) {
         Ok(suite) => suite.run(file),
         Err(e) => FileResult::broken(file, &e),
     }
@@ -129,7 +130,7 @@ struct Loaded {
     cases: Vec<Result<Case, SuiteError>>,
 }
 
-fn load(path: &Path) -> Result<Loaded, SuiteError> {
+fn load(path: &Path, policy: Option<&Sources>) -> Result<Loaded, SuiteError> {
     let text = std::fs::read_to_string(path).map_err(|source| SuiteError::Read {
         path: path.display().to_string(),
         source,
@@ -137,7 +138,10 @@ fn load(path: &Path) -> Result<Loaded, SuiteError> {
     let suite: SuiteFile = serde_yaml_ng::from_str(&text)
         .map_err(|e| SuiteError::Format(format!("not a valid suite: {e}")))?;
     let dir = path.parent().unwrap_or(Path::new("."));
-    let sources = sources_for(dir, &suite)?;
+    let sources = match policy {
+        Some(given) => given.clone(),
+        None => sources_for(dir, &suite)?,
+    };
     let files = sources.read()?;
     let snapshot = policy::load_files(&files, 1)?;
     let roles = crate::model::RoleCatalog::default().roles(&snapshot)?;

@@ -1,0 +1,176 @@
+//! `cedard impact`: what a candidate policy set would change, for people and
+//! for CI. Exit status: 0 when nothing flips, 1 when something does, 2 when
+//! the comparison cannot be made (a candidate that does not validate or
+//! that the stored data does not fit, an unreadable log, a store held by a
+//! running daemon).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Args;
+
+use crate::cli::{print_errors, print_out};
+use crate::config::PolicyArgs;
+use crate::impact::{self, Impact};
+use crate::policy::{self, LoadError, PolicySnapshot, Sources};
+use crate::store::{Store, StoreError};
+
+/// Options of `cedard impact`.
+#[derive(Debug, Args)]
+pub struct ImpactArgs {
+    /// The live policy set (`--policies`, `--schema`, `--entities`).
+    #[command(flatten)]
+    pub live: PolicyArgs,
+    /// The candidate policy folder.
+    #[arg(long)]
+    pub candidate: PathBuf,
+    /// The candidate's schema (default: the live `--schema`).
+    #[arg(long)]
+    pub candidate_schema: Option<PathBuf>,
+    /// A decision log (`--decision-log` of `cedard serve`) to replay.
+    #[arg(long)]
+    pub log: Option<PathBuf>,
+    /// The data file whose users and accounts replayed decisions read (and
+    /// that the candidate's schema must fit). Opened read-only; a file a
+    /// running daemon holds is refused.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Test files or folders to run against both sets (repeatable).
+    #[arg(long)]
+    pub suite: Vec<PathBuf>,
+    /// `text` or `json`.
+    #[arg(long, value_enum, default_value_t = ImpactFormat::Text)]
+    pub format: ImpactFormat,
+}
+
+/// How `cedard impact` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ImpactFormat {
+    /// For people.
+    Text,
+    /// One JSON object.
+    Json,
+}
+
+const CANNOT: u8 = 2;
+
+/// Loads one set, printing its errors as `cedard validate` does.
+fn load(sources: &Sources, which: &str) -> Option<std::sync::Arc<PolicySnapshot>> {
+    match policy::load(sources, 1) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            print_errors(&sources.policies, &e.0);
+            eprintln!("{} error(s): the {which} policy set is invalid", e.0.len());
+            None
+        }
+    }
+}
+
+fn cannot(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(CANNOT)
+}
+
+/// Runs `cedard impact`.
+pub fn run(args: &ImpactArgs) -> ExitCode {
+    let live_sources = args.live.sources();
+    let candidate_sources = Sources {
+        policies: args.candidate.clone(),
+        schema: args
+            .candidate_schema
+            .clone()
+            .unwrap_or_else(|| live_sources.schema.clone()),
+        ..live_sources.clone()
+    };
+    let Some(live) = load(&live_sources, "live") else {
+        return ExitCode::from(CANNOT);
+    };
+    let Some(candidate) = load(&candidate_sources, "candidate") else {
+        return ExitCode::from(CANNOT);
+    };
+    let store = match &args.data {
+        None => None,
+        Some(path) => match Store::open_read_only(path) {
+            Ok(s) => Some(s),
+            Err(e @ StoreError::Locked(_)) => {
+                return cannot(format!(
+                    "{e}: a running daemon holds it; stop it, work on a copy taken while it is stopped, or use the console's Impact page, which replays against the running daemon's store"
+                ))
+            }
+            Err(e) => return cannot(e),
+        },
+    };
+    if let Some(store) = &store {
+        let now = crate::clock::Clock::system().now_secs();
+        if let Err(errors) = crate::fit::check(store, &candidate, now) {
+            print_fit(&candidate_sources.schema, &errors);
+            eprintln!(
+                "{} error(s): the stored data does not fit the candidate's schema; a daemon would refuse this reload",
+                errors.len()
+            );
+            return ExitCode::from(CANNOT);
+        }
+    }
+    let mut report = Impact {
+        matrix: match impact::matrix_impact(&live, &candidate) {
+            Ok(flips) => flips,
+            Err(e) => return cannot(format!("cannot compute the role matrix: {e}")),
+        },
+        ..Default::default()
+    };
+    if let Some(path) = &args.log {
+        let read = match std::fs::File::open(path)
+            .and_then(|f| impact::read_log(std::io::BufReader::new(f), None))
+        {
+            Ok(r) => r,
+            Err(e) => return cannot(format!("cannot read the log `{}`: {e}", path.display())),
+        };
+        if read.unreadable > 0 {
+            let lines: Vec<String> = read
+                .unreadable_lines
+                .iter()
+                .map(|n| n.to_string())
+                .collect();
+            eprintln!(
+                "warning: {}: {} line(s) are not decision or write lines and were skipped (lines {}{})",
+                path.display(),
+                read.unreadable,
+                lines.join(", "),
+                if read.unreadable > lines.len() { ", …" } else { "" }
+            );
+        }
+        match impact::replay(&read.decisions, &live, &candidate, store.as_ref()) {
+            Ok(r) => report.log = Some(r),
+            Err(e) => return cannot(format!("cannot replay the log: {e}")),
+        }
+    }
+    if !args.suite.is_empty() {
+        report.suites = Some(impact::suite_changes(
+            &args.suite,
+            &live_sources,
+            &candidate_sources,
+        ));
+    }
+    match args.format {
+        ImpactFormat::Text => print_out(&report.to_text()),
+        ImpactFormat::Json => print_out(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        )),
+    }
+    if report.flips() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Prints the stored-data errors with the schema path a user can open.
+fn print_fit(schema: &Path, errors: &[LoadError]) {
+    let base = if schema.is_dir() {
+        schema
+    } else {
+        schema.parent().unwrap_or(Path::new("."))
+    };
+    print_errors(base, errors);
+}

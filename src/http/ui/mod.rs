@@ -1,0 +1,402 @@
+//! The web console at `/ui/`: server-rendered pages for the admins who edit
+//! policies (Policies, Matrix, Playground, Directory, Impact), and the
+//! session that lets a browser use them.
+//!
+//! **Security model.** The console needs an `admin` caller key, pasted once
+//! on the sign-in page; it then lives in a session: a 256-bit id from the
+//! OS's random source, sent as an `HttpOnly; SameSite=Strict; Path=/ui`
+//! cookie (`Secure` under TLS), kept in memory (by its SHA-256) for
+//! [`SESSION_LIFETIME`] and tied to the key's id. Every request checks that
+//! the key is still live and still holds `admin` through the [`KeyRing`]
+//! (crate::keys::KeyRing), so revoking the key ends its sessions at once. A
+//! key is required even when no key exists at all (loopback mode): the
+//! sign-in page says how to create one. Every state-changing form carries a
+//! CSRF token bound to the session, compared in constant time; a request
+//! whose `Origin` is another site is refused too. Pages are sent with a
+//! strict Content-Security-Policy (no inline script or style, nothing from
+//! elsewhere), `no-store` and no framing. Neither the key nor the session
+//! id is ever logged.
+//!
+//! The pages read the live snapshot on every request, so a reload shows on
+//! the next refresh, and the playground decides through `state.pdp`, the
+//! one pipeline. The routes are outside the JSON API and its OpenAPI
+//! document. HTML, CSS and JS are embedded in the binary; nothing is loaded
+//! from the network.
+
+mod pages;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::extract::{FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{from_fn, Next};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::state::AppState;
+use crate::keys::{KeyInfo, Scope};
+
+/// How long a console session lasts after sign-in.
+pub const SESSION_LIFETIME: Duration = Duration::from_secs(8 * 3600);
+
+/// The most sessions kept at once; signing in past it ends the oldest.
+const MAX_SESSIONS: usize = 1024;
+
+/// The session cookie's name.
+pub const COOKIE: &str = "cedard_session";
+
+const CSS: &str = include_str!("console.css");
+const JS: &str = include_str!("console.js");
+
+/// The console's state: its sessions and what it needs to know of the
+/// daemon's configuration.
+#[derive(Debug)]
+pub struct Console {
+    /// Sessions by the SHA-256 of their id. A `std` mutex: held for a map
+    /// operation, never across an `.await`.
+    sessions: Mutex<HashMap<[u8; 32], Session>>,
+    /// Whether the daemon serves TLS (the cookie is then `Secure`).
+    secure: bool,
+    /// The daemon's decision log, replayed by the Impact page.
+    decision_log: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+struct Session {
+    /// The key the session was opened with.
+    key_id: String,
+    /// The CSRF token of its forms (hex).
+    csrf: String,
+    /// When it ends.
+    expires: Instant,
+    /// When it began, to end the oldest first.
+    opened: Instant,
+}
+
+impl Console {
+    /// The console of a daemon serving TLS or not, with its decision log
+    /// (a file; not stdout).
+    pub fn new(secure: bool, decision_log: Option<PathBuf>) -> Self {
+        Self {
+            sessions: Mutex::new(HashMap::new()),
+            secure,
+            decision_log: decision_log.filter(|p| p.as_os_str() != "-"),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Session>> {
+        // Every operation replaces whole entries: a poisoned map is intact.
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Opens a session for `key_id`: returns the session id (the cookie's
+    /// value).
+    fn open(&self, key_id: &str) -> Result<String, crate::keys::RandomError> {
+        let mut id = [0u8; 32];
+        let mut csrf = [0u8; 32];
+        crate::keys::os_random(&mut id)?;
+        crate::keys::os_random(&mut csrf)?;
+        let id = hex::encode(id);
+        let now = Instant::now();
+        let mut sessions = self.lock();
+        sessions.retain(|_, s| s.expires > now);
+        if sessions.len() >= MAX_SESSIONS {
+            if let Some(oldest) = sessions
+                .iter()
+                .min_by_key(|(_, s)| s.opened)
+                .map(|(k, _)| *k)
+            {
+                sessions.remove(&oldest);
+            }
+        }
+        sessions.insert(
+            digest(&id),
+            Session {
+                key_id: key_id.to_owned(),
+                csrf: hex::encode(csrf),
+                expires: now + SESSION_LIFETIME,
+                opened: now,
+            },
+        );
+        Ok(id)
+    }
+
+    fn find(&self, id: &str) -> Option<Session> {
+        let key = digest(id);
+        let mut sessions = self.lock();
+        let session = sessions.get(&key)?.clone();
+        if session.expires <= Instant::now() {
+            sessions.remove(&key);
+            return None;
+        }
+        Some(session)
+    }
+
+    fn close(&self, id: &str) {
+        self.lock().remove(&digest(id));
+    }
+
+    fn cookie(&self, value: &str, max_age: u64) -> HeaderValue {
+        let secure = if self.secure { "; Secure" } else { "" };
+        let text = format!(
+            "{COOKIE}={value}; HttpOnly; SameSite=Strict; Path=/ui; Max-Age={max_age}{secure}"
+        );
+        // Hex and fixed words: always a valid header value.
+        HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static(""))
+    }
+}
+
+fn digest(id: &str) -> [u8; 32] {
+    Sha256::digest(id.as_bytes()).into()
+}
+
+/// The session cookie of a request, if any.
+fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value)
+}
+
+/// A signed-in admin: the session of the request, checked against the live
+/// keys.
+#[derive(Debug, Clone)]
+pub struct SignedIn {
+    /// The key the session was opened with (still live, still `admin`).
+    pub key: KeyInfo,
+    /// The session's CSRF token, for the forms of the page.
+    pub csrf: String,
+    /// The request's id, for the decision log.
+    pub request_id: Option<String>,
+}
+
+impl SignedIn {
+    /// Whether a form's token is the session's, compared in constant time.
+    pub fn csrf_ok(&self, presented: Option<&str>) -> bool {
+        presented.is_some_and(|p| bool::from(p.as_bytes().ct_eq(self.csrf.as_bytes())))
+    }
+}
+
+impl FromRequestParts<AppState> for SignedIn {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let back_to_sign_in = || Redirect::to("/ui/sign-in").into_response();
+        let Some(id) = session_cookie(&parts.headers) else {
+            return Err(back_to_sign_in());
+        };
+        let Some(session) = state.console.find(id) else {
+            return Err(back_to_sign_in());
+        };
+        // The key must still be live and still hold `admin`: revoking it
+        // ends the session.
+        match state.keys.live(&session.key_id) {
+            Some(key) if key.allows(Scope::Admin) => Ok(SignedIn {
+                key,
+                csrf: session.csrf,
+                request_id: parts
+                    .headers
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned),
+            }),
+            _ => {
+                state.console.close(id);
+                Err(back_to_sign_in())
+            }
+        }
+    }
+}
+
+/// The console's routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/ui", get(|| async { Redirect::to("/ui/policies") }))
+        .route("/ui/", get(|| async { Redirect::to("/ui/policies") }))
+        .route("/ui/sign-in", get(pages::sign_in_page).post(sign_in))
+        .route("/ui/sign-out", post(sign_out))
+        .route("/ui/policies", get(pages::policies))
+        .route("/ui/matrix", get(pages::matrix))
+        .route(
+            "/ui/playground",
+            get(pages::playground).post(pages::playground_decide),
+        )
+        .route("/ui/directory", get(pages::directory))
+        .route("/ui/impact", get(pages::impact).post(pages::impact_run))
+        .route(
+            "/ui/assets/console.css",
+            get(|| asset(CSS, "text/css; charset=utf-8")),
+        )
+        .route(
+            "/ui/assets/console.js",
+            get(|| asset(JS, "text/javascript; charset=utf-8")),
+        )
+        .layer(from_fn(same_origin))
+        .layer(from_fn(headers))
+}
+
+async fn asset(body: &'static str, content_type: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// The headers every console answer carries.
+async fn headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+             connect-src 'none'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
+        ),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
+}
+
+/// Refuses a form posted from another site: its `Origin` (sent by browsers
+/// on every POST) must name the host the request was sent to. The CSRF
+/// token is checked as well; this is the second lock. (The pages' referrer
+/// policy is `same-origin`: under `no-referrer` a browser sends
+/// `Origin: null` even for the console's own forms.)
+async fn same_origin(request: Request, next: Next) -> Response {
+    if request.method() == Method::POST {
+        let headers = request.headers();
+        if let Some(origin) = headers.get(header::ORIGIN) {
+            let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+            let origin_host = origin
+                .to_str()
+                .ok()
+                .and_then(|o| o.split_once("://"))
+                .map(|(_, rest)| rest.trim_end_matches('/'));
+            if host.is_none() || origin_host != host {
+                return pages::refused(
+                    StatusCode::FORBIDDEN,
+                    "This form was sent from another site; cedard's console accepts its own forms only.",
+                );
+            }
+        }
+    }
+    next.run(request).await
+}
+
+/// The sign-in form.
+#[derive(Debug, serde::Deserialize)]
+pub struct SignInForm {
+    #[serde(default)]
+    key: String,
+}
+
+/// Checks the pasted key: live, and holding `admin`. Opens a session.
+async fn sign_in(
+    State(state): State<AppState>,
+    form: Result<axum::Form<SignInForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let Ok(axum::Form(form)) = form else {
+        return pages::sign_in_with(
+            &state,
+            StatusCode::BAD_REQUEST,
+            Some("key: expected a form with the field `key`"),
+        );
+    };
+    let key = form.key.trim();
+    if key.is_empty() {
+        return pages::sign_in_with(
+            &state,
+            StatusCode::BAD_REQUEST,
+            Some("key: paste a caller key"),
+        );
+    }
+    let info = match state.keys.verify(key) {
+        Ok(info) => info,
+        Err(e) => {
+            metrics::counter!("cedard_auth_failures_total", "reason" => "invalid_key").increment(1);
+            return pages::sign_in_with(&state, StatusCode::UNAUTHORIZED, Some(&e.to_string()));
+        }
+    };
+    if !info.allows(Scope::Admin) {
+        metrics::counter!("cedard_auth_failures_total", "reason" => "scope").increment(1);
+        return pages::sign_in_with(
+            &state,
+            StatusCode::FORBIDDEN,
+            Some(&format!(
+                "the key `{}` lacks the `admin` scope the console needs",
+                info.id
+            )),
+        );
+    }
+    let id = match state.console.open(&info.id) {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::error!("cannot open a console session: {e}");
+            return pages::refused(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "cedard cannot open a session now.",
+            );
+        }
+    };
+    tracing::info!(key = %info.id, "console session opened");
+    let mut response = Redirect::to("/ui/policies").into_response();
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        state.console.cookie(&id, SESSION_LIFETIME.as_secs()),
+    );
+    response
+}
+
+/// A form that carries only its CSRF token.
+#[derive(Debug, serde::Deserialize)]
+pub struct TokenForm {
+    #[serde(default)]
+    csrf: Option<String>,
+}
+
+async fn sign_out(
+    State(state): State<AppState>,
+    signed: SignedIn,
+    headers: HeaderMap,
+    form: Result<axum::Form<TokenForm>, axum::extract::rejection::FormRejection>,
+) -> Response {
+    let token = form.ok().and_then(|f| f.0.csrf);
+    if !signed.csrf_ok(token.as_deref()) {
+        return pages::csrf_refused();
+    }
+    if let Some(id) = session_cookie(&headers) {
+        state.console.close(id);
+    }
+    tracing::info!(key = %signed.key.id, "console session closed");
+    let mut response = Redirect::to("/ui/sign-in").into_response();
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, state.console.cookie("", 0));
+    response
+}
