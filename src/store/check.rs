@@ -21,8 +21,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use redb::{
-    AccessGuard, Builder, DatabaseError, Key, ReadTransaction, ReadableTable, StorageBackend,
-    TableDefinition, TableError, TableHandle, Value,
+    AccessGuard, Builder, DatabaseError, Key, ReadTransaction, ReadableTable, TableDefinition,
+    TableError, TableHandle, Value,
 };
 
 use super::overlay::Overlay;

@@ -19,7 +19,6 @@ use crate::impact::{self, CellFlip, Outcome};
 use crate::matrix::{self, Matrix};
 use crate::pdp::{ActionRef, Caller, PdpError, Query};
 use crate::policy::{LoadError, PolicySnapshot};
-use crate::store::{Reads, View};
 
 /// The most decisions of the daemon's log the Impact page replays (the
 /// most recent ones).
@@ -509,6 +508,7 @@ fn decide(
         key: Some(signed.key.id.clone()),
         request_id: signed.request_id.clone(),
         endpoint: "/ui/playground",
+        consistency: Default::default(),
     };
     let checked = state
         .pdp
