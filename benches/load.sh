@@ -76,7 +76,7 @@ end
 LUA
 
 rate() {  # URL [lua script] [Authorization header value]
-  BENCH_AUTH="${3:-}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" -s "${2:-$work/post.lua}" "$1" | awk '/Requests\/sec/ {print $2}'
+  BENCH_AUTH="${3:-}" wrk -t"$THREADS" -c"${CONNECTIONS}" -d"$DURATION" -s "${2:-$work/post.lua}" "$1" | awk '/Requests\/sec/ {print $2}'
 }
 echo "machine: $(nproc) cores, $(uname -m); wrk -t$THREADS -c$CONNECTIONS -d$DURATION"
 bare1=$(rate http://127.0.0.1:8191/v1/is_authorized)
@@ -138,5 +138,25 @@ echo "same question, /v1/is_authorized:    $v1a, $v1b req/s"
 echo "same question, /access/v1/evaluation: $aza, $azb req/s"
 awk -v a="$aza" -v b="$azb" -v c="$v1a" -v d="$v1b" \
   'BEGIN { printf "ratio AuthZEN/v1: %.2f\n", (a+b)/(c+d) }'
+
+# A batch of 1,000 checks in one call: the stored dev asking about pod p1
+# (described once, shared by the batch) with the three pod actions, and
+# about the account's billing (a deny), in turn.
+python3 - "$work/batch.json" <<'PY'
+import json, sys
+asks = [("connectPod", "Pod", "p1"), ("startPod", "Pod", "p1"), ("stopPod", "Pod", "p1"),
+        ("viewBilling", "Account", "olga")]
+reqs = [{"principal": {"type": "User", "id": "dana"}, "action": {"type": "Action", "id": a},
+         "resource": {"type": t, "id": r}} for a, t, r in (asks[i % 4] for i in range(1000))]
+ents = [{"uid": {"type": "Pod", "id": "p1"}, "attrs": {"account": {"type": "Account", "id": "olga"}},
+         "parents": [{"type": "Account", "id": "olga"}]}]
+json.dump({"requests": reqs, "entities": ents}, open(sys.argv[1], "w"))
+PY
+curl -sf -H 'content-type: application/json' --data @"$work/batch.json" http://127.0.0.1:8190/v1/is_authorized/batch \
+  | grep -o '"decision":"allow"' | wc -l | grep -qx 750 \
+  || { echo "the batch did not answer 750 allows of 1000" >&2; exit 1; }
+sed "s#$work/body.json#$work/batch.json#" "$work/post.lua" >"$work/batch.lua"
+calls=$(CONNECTIONS=4 rate http://127.0.0.1:8190/v1/is_authorized/batch "$work/batch.lua")
+awk -v c="$calls" 'BEGIN { printf "batch of 1000: %.1f calls/s = %.0f decisions/s\n", c, c * 1000 }'
 
 ./target/release/examples/reload_latency "$work/policies" http://127.0.0.1:8190 ${ROUNDS:-20}

@@ -12,6 +12,7 @@
 //! records into Cedar entities (through `model`) and leaves the decision to
 //! `authz`.
 
+use std::borrow::Cow;
 use std::cell::OnceCell;
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -21,10 +22,12 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::authz::{self, InputError};
-use crate::model::{account_entity, account_uid, user_entity, ModelError, RoleCatalog, TYPES};
+use crate::model::{
+    account_entity, account_uid, user_entity, user_uid, ModelError, RoleCatalog, TYPES,
+};
 use crate::policy::memo::Assembled;
 use crate::policy::{describe, PolicySnapshot};
-use crate::store::{ReadView, Reads, Store, StoreError};
+use crate::store::{Changed, ReadView, Reads, Store, StoreError};
 
 /// Why the store's entities could not be contributed.
 #[derive(Debug, thiserror::Error)]
@@ -54,11 +57,15 @@ pub enum Inline<'a> {
 }
 
 /// Stored entities already built and checked against a snapshot's schema,
-/// valid for one store generation.
+/// valid at one store generation.
 ///
-/// Any committed write bumps the store's generation, which empties the memo,
-/// so an entry can never be older than the last acknowledged write: a
-/// decision gets exactly what a fresh read would build. The memo exists
+/// Any committed write bumps the store's generation. When the memo moves to
+/// a newer generation it forgets the entities the writes in between changed
+/// ([`Store::changed_between`]: this process's own recent writes), or
+/// everything when it does not know what they changed (another replica's
+/// writes, or more than the store remembers). So an entry is never older
+/// than the last acknowledged write: a decision gets exactly what a fresh
+/// read would build, and a write costs the memo only what it changed. The memo exists
 /// because building a user and an account entity and checking them against
 /// the schema costs more than the decision itself (see `benches/store.rs`).
 /// A `std` mutex: held for a map lookup or insert, never across an `.await`.
@@ -80,15 +87,22 @@ impl EntityMemo {
     /// How many entities are remembered before the memo starts over.
     pub const CAPACITY: usize = 65_536;
 
-    fn get(&self, generation: u64, revision: &str, uid: &EntityUid) -> Option<Entity> {
-        let memo = self.inner.lock().ok()?;
-        if memo.generation != generation || memo.revision != revision {
+    fn get(
+        &self,
+        store: &Store,
+        generation: u64,
+        revision: &str,
+        uid: &EntityUid,
+    ) -> Option<Entity> {
+        let mut memo = self.inner.lock().ok()?;
+        if memo.revision != revision || generation < memo.generation {
             return None;
         }
+        memo.advance(store, generation);
         memo.entries.get(uid).cloned()
     }
 
-    fn put(&self, generation: u64, revision: &str, entity: &Entity) {
+    fn put(&self, store: &Store, generation: u64, revision: &str, entity: &Entity) {
         let Ok(mut memo) = self.inner.lock() else {
             return;
         };
@@ -97,15 +111,36 @@ impl EntityMemo {
             // requests must not see it.
             return;
         }
-        if generation > memo.generation
-            || memo.revision != revision
-            || memo.entries.len() >= Self::CAPACITY
-        {
+        if memo.revision != revision || memo.entries.len() >= Self::CAPACITY {
             memo.entries.clear();
             memo.generation = generation;
             memo.revision = revision.to_owned();
         }
+        memo.advance(store, generation);
         memo.entries.insert(entity.uid(), entity.clone());
+    }
+}
+
+impl Memo {
+    /// Moves to `generation`, forgetting what the writes since changed (all
+    /// of it, when the store cannot say).
+    fn advance(&mut self, store: &Store, generation: u64) {
+        if generation <= self.generation {
+            return;
+        }
+        match store.changed_between(self.generation, generation) {
+            Some(changed) => {
+                for c in changed {
+                    let uid = match &c {
+                        Changed::User(id) => user_uid(id),
+                        Changed::Account(id) => account_uid(id),
+                    };
+                    self.entries.remove(&uid);
+                }
+            }
+            None => self.entries.clear(),
+        }
+        self.generation = generation;
     }
 }
 
@@ -227,8 +262,12 @@ impl<'a> Facts<'a> {
         if self.fresh || self.store.damage().is_some() {
             return None;
         }
-        self.memo
-            .get(self.generation, &self.snapshot.revision.sha256, uid)
+        self.memo.get(
+            self.store,
+            self.generation,
+            &self.snapshot.revision.sha256,
+            uid,
+        )
     }
 
     fn stored(&self, uid: &EntityUid) -> Result<bool, StoreError> {
@@ -299,11 +338,16 @@ impl<'a> Facts<'a> {
     /// Parses the inline entities (refusing ones cedard owns) and adds the
     /// stored entities of each `(principal, resource)` pair: the principal,
     /// the resource, and the account the resource names.
+    ///
+    /// With nothing inline and nothing stored to add (a question about the
+    /// entity data files' entities alone), the snapshot's base entities are
+    /// lent, not copied: copying them costs more than deciding once they
+    /// are thousands.
     pub fn entities(
         &self,
         inline: Inline<'_>,
         pairs: &[(&EntityUid, &EntityUid)],
-    ) -> Result<Entities, EntityError> {
+    ) -> Result<Cow<'a, Entities>, EntityError> {
         self.check_count(inline)?;
         self.check_inline(inline)?;
         match inline {
@@ -336,22 +380,33 @@ impl<'a> Facts<'a> {
                         }
                     }
                 }
-                Ok(entities)
+                Ok(Cow::Owned(entities))
             }
-            Inline::None | Inline::Json(_) => {
-                let entities = match inline {
-                    Inline::Json(v) => authz::parse_entities(self.snapshot, v)?,
-                    _ => authz::parse_entities(self.snapshot, &Value::Null)?,
-                };
+            Inline::None => {
+                let base: &'a Entities = &self.snapshot.base_entities;
+                let extra = self.stored_for(pairs, |uid| base.get(uid))?;
+                if extra.is_empty() {
+                    return Ok(Cow::Borrowed(base));
+                }
+                // Each stored entity was checked against this snapshot's
+                // schema when it was built (see `lookup`).
+                base.clone()
+                    .add_entities(extra, None)
+                    .map(Cow::Owned)
+                    .map_err(|e| EntityError::Schema(ModelError(describe(&e))))
+            }
+            Inline::Json(v) => {
+                let entities = authz::parse_entities(self.snapshot, v)?;
                 let extra = self.stored_for(pairs, |uid| entities.get(uid))?;
                 if extra.is_empty() {
-                    return Ok(entities);
+                    return Ok(Cow::Owned(entities));
                 }
                 // Each stored entity was checked against this snapshot's
                 // schema when it was built (see `lookup`), so the merge need
                 // not check again.
                 entities
                     .add_entities(extra, None)
+                    .map(Cow::Owned)
                     .map_err(|e| EntityError::Schema(ModelError(describe(&e))))
             }
         }
@@ -424,8 +479,12 @@ impl<'a> Facts<'a> {
             ))));
         }
         if !self.fresh {
-            self.memo
-                .put(self.generation, &self.snapshot.revision.sha256, &entity);
+            self.memo.put(
+                self.store,
+                self.generation,
+                &self.snapshot.revision.sha256,
+                &entity,
+            );
         }
         Ok(Some(entity))
     }
@@ -463,4 +522,90 @@ fn account_of(entity: &Entity) -> Option<EntityUid> {
     parents
         .into_iter()
         .find(|p| p.type_name() == &TYPES.account)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::model::{user_uid, ADMIN_ROLE};
+    use crate::policy::{self, Sources};
+    use crate::store::User;
+
+    impl EntityMemo {
+        fn holds(&self, uid: &EntityUid) -> bool {
+            self.inner
+                .lock()
+                .map(|m| m.entries.contains_key(uid))
+                .unwrap_or(false)
+        }
+    }
+
+    fn user(id: &str) -> User {
+        User {
+            id: id.into(),
+            email: format!("{id}@example.com"),
+            email_verified: true,
+            name: None,
+            created_at: 0,
+        }
+    }
+
+    #[test]
+    fn a_write_evicts_what_it_changed_and_keeps_the_rest() {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let snapshot = policy::load(
+            &Sources {
+                policies: root.join("policies"),
+                schema: root.join("schema"),
+                ..Default::default()
+            },
+            1,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = Store::open(&dir.path().join("d.redb")).unwrap_or_else(|e| panic!("{e}"));
+        for id in ["olga", "ann", "bob"] {
+            store
+                .write(|w| w.sign_up(&user(id), ADMIN_ROLE).map(|_| ()))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+        let (catalog, memo) = (RoleCatalog::default(), EntityMemo::default());
+        let entities = |u: &str| {
+            let facts = Facts::new(&snapshot, &catalog, &memo, &store, 100);
+            facts
+                .entities(Inline::None, &[(&user_uid(u), &account_uid("olga"))])
+                .map(|e| e.into_owned())
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        entities("ann");
+        entities("bob");
+        let (ann, bob, olga) = (user_uid("ann"), user_uid("bob"), account_uid("olga"));
+        assert!(memo.holds(&ann) && memo.holds(&bob) && memo.holds(&olga));
+
+        // bob joins olga's account: bob's entity changes, ann's and the
+        // account's do not.
+        store
+            .write(|w| w.add_member("olga", "bob", "dev", 1))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let after = entities("ann");
+        assert!(memo.holds(&ann) && memo.holds(&olga), "kept");
+        assert!(!memo.holds(&bob), "bob's entity was forgotten");
+        assert!(after.get(&ann).is_some());
+        let bob_now = entities("bob");
+        let parents: Vec<String> = bob_now
+            .ancestors(&bob)
+            .map(|a| a.map(|p| p.to_string()).collect())
+            .unwrap_or_default();
+        assert!(
+            parents.iter().any(|p| p == r#"Role::"olga/dev""#),
+            "{parents:?}"
+        );
+
+        // A revision the memo cannot account for (as another replica's
+        // write would be) forgets everything.
+        let memo_gen = memo.inner.lock().map(|m| m.generation).unwrap_or(0);
+        assert!(store.changed_between(memo_gen, memo_gen + 5).is_none());
+    }
 }

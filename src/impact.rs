@@ -394,7 +394,7 @@ fn decide_logged(
             Err(EntityError::Input(e)) => return Ok((Outcome::invalid(e.to_string()), true)),
             Err(e) => return Err(ReplayError::Store(e.to_string())),
         },
-        None => snapshot.base_entities.clone(),
+        None => std::borrow::Cow::Borrowed(&snapshot.base_entities),
     };
     let known = entities.get(&principal).is_some() && entities.get(&resource).is_some();
     let decision = authz::decide(snapshot, &request, &entities);

@@ -9,7 +9,10 @@
 //! the file (`entities[3]`). A file may not define an entity of a type cedard
 //! stores (the caller says which, in [`Sources::reserved_types`]): those come
 //! from the store alone, so that no file can make someone a member of an
-//! account.
+//! account. That holds where the schema describes cedard's account model
+//! (it declares every one of those types); a schema of another domain (the
+//! Cedar paper's workloads, say, whose `User` is not cedard's) may have a
+//! data file define a `User`.
 //!
 //! [`Sources::reserved_types`]: super::Sources::reserved_types
 
@@ -65,6 +68,12 @@ pub fn parse(
     schema: &Schema,
     reserved_types: &[String],
 ) -> Result<DataEntities, Vec<LoadError>> {
+    let declared: Vec<String> = schema.entity_types().map(|t| t.to_string()).collect();
+    let reserved_types: &[String] = if reserved_types.iter().all(|t| declared.contains(t)) {
+        reserved_types
+    } else {
+        &[]
+    };
     let mut errors = Vec::new();
     let mut all: Vec<Entity> = Vec::new();
     let mut origin: HashMap<EntityUid, (String, usize)> = HashMap::new();
@@ -159,7 +168,7 @@ mod tests {
 
     fn schema() -> Schema {
         let (frag, _) = cedar_policy::SchemaFragment::from_cedarschema_str(
-            "entity Team; entity Doc in [Team] { owner: String }; entity User;",
+            "entity Team; entity Doc in [Team] { owner: String }; entity User; entity Account; entity Role;",
         )
         .unwrap_or_else(|e| panic!("{e}"));
         Schema::from_schema_fragments([frag]).unwrap_or_else(|e| panic!("{e}"))
@@ -212,6 +221,21 @@ mod tests {
     }
 
     #[test]
+    fn a_schema_without_the_account_model_may_have_users_in_data_files() {
+        let (frag, _) =
+            cedar_policy::SchemaFragment::from_cedarschema_str("entity User; entity Doc;")
+                .unwrap_or_else(|e| panic!("{e}"));
+        let schema = Schema::from_schema_fragments([frag]).unwrap_or_else(|e| panic!("{e}"));
+        let users = [file(
+            "a.json",
+            r#"[{"uid": {"type": "User", "id": "u"}, "attrs": {}, "parents": []}]"#,
+        )];
+        let reserved = ["User".to_owned(), "Account".to_owned(), "Role".to_owned()];
+        let data = parse(&users, &schema, &reserved).unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(data.len(), 1);
+    }
+
+    #[test]
     fn stored_types_and_duplicates_are_refused() {
         let errors = parse(
             &[
@@ -219,7 +243,7 @@ mod tests {
                 file("b.json", r#"[{"uid": {"type": "Team", "id": "t"}, "attrs": {}, "parents": []}]"#),
             ],
             &schema(),
-            &["User".to_owned()],
+            &["User".to_owned(), "Account".to_owned(), "Role".to_owned()],
         )
         .err()
         .unwrap_or_default();

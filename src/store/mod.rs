@@ -24,9 +24,10 @@ pub mod pg;
 mod records;
 pub mod redb;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -384,6 +385,60 @@ pub struct Store {
     /// holds the file); for PostgreSQL, other replicas' writes raise it
     /// through `LISTEN/NOTIFY` and the poll.
     revision: AtomicU64,
+    /// What this process's recent writes changed, by revision.
+    changes: ChangeLog,
+}
+
+/// An entity a write changed: what the decision memo must forget when it
+/// moves to that write's revision. A user's entity is built from the user
+/// and their memberships; an account's from the account.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Changed {
+    /// `User::"id"`.
+    User(String),
+    /// `Account::"id"`.
+    Account(String),
+}
+
+/// What the recent writes of this process changed, by revision: the last
+/// [`ChangeLog::CAPACITY`] writes. Revisions it does not hold (older ones,
+/// another replica's) are unknown, and a reader must assume anything
+/// changed.
+#[derive(Debug, Default)]
+struct ChangeLog {
+    entries: Mutex<VecDeque<(u64, Vec<Changed>)>>,
+}
+
+impl ChangeLog {
+    const CAPACITY: usize = 4096;
+
+    fn note(&self, revision: u64, changed: Vec<Changed>) {
+        let Ok(mut entries) = self.entries.lock() else {
+            return;
+        };
+        // Two writers may note out of commit order: keep the log sorted.
+        let at = entries.partition_point(|(r, _)| *r < revision);
+        entries.insert(at, (revision, changed));
+        if entries.len() > Self::CAPACITY {
+            entries.pop_front();
+        }
+    }
+
+    fn between(&self, from: u64, to: u64) -> Option<Vec<Changed>> {
+        let entries = self.entries.lock().ok()?;
+        let wanted = usize::try_from(to.checked_sub(from)?).ok()?;
+        let start = entries.partition_point(|(r, _)| *r <= from);
+        let mut seen = 0;
+        let mut out = Vec::new();
+        for (r, changed) in entries.range(start..) {
+            if *r > to {
+                break;
+            }
+            seen += 1;
+            out.extend(changed.iter().cloned());
+        }
+        (seen == wanted).then_some(out)
+    }
 }
 
 impl Store {
@@ -404,6 +459,7 @@ impl Store {
         Ok(Self {
             backend: Backend::Redb(db),
             revision: AtomicU64::new(revision),
+            changes: ChangeLog::default(),
         })
     }
 
@@ -415,6 +471,7 @@ impl Store {
         Ok(Self {
             backend: Backend::Redb(db),
             revision: AtomicU64::new(revision),
+            changes: ChangeLog::default(),
         })
     }
 
@@ -426,6 +483,7 @@ impl Store {
         Ok(Self {
             backend: Backend::Postgres(db),
             revision: AtomicU64::new(revision),
+            changes: ChangeLog::default(),
         })
     }
 
@@ -435,6 +493,13 @@ impl Store {
             Backend::Redb(_) => self.revision.load(Ordering::Acquire),
             Backend::Postgres(db) => db.revision(),
         }
+    }
+
+    /// The entities the writes after revision `from` up to `to` changed,
+    /// when this process knows every one of those writes (its own recent
+    /// writes); `None` when it does not, and anything may have changed.
+    pub fn changed_between(&self, from: u64, to: u64) -> Option<Vec<Changed>> {
+        self.changes.between(from, to)
     }
 
     /// The revision caches are tagged with: see [`Store::revision`].
@@ -540,11 +605,22 @@ impl Store {
         &self,
         mut f: impl FnMut(&mut Writer<'_>) -> Result<T, E>,
     ) -> Result<(T, u64), E> {
-        let mut run = |tx: &mut dyn Tx| f(&mut Writer { tx });
+        let mut changed = Vec::new();
+        let mut run = |tx: &mut dyn Tx| {
+            // A retried transaction (PostgreSQL) starts its notes over.
+            changed.clear();
+            f(&mut Writer {
+                tx,
+                changed: &mut changed,
+            })
+        };
         let (value, revision) = match &self.backend {
             Backend::Redb(db) => db.write(&mut run)?,
             Backend::Postgres(db) => db.write(&mut run)?,
         };
+        // Noted before the revision is raised: whoever sees the revision
+        // finds what it changed.
+        self.changes.note(revision, changed);
         self.revision.fetch_max(revision, Ordering::AcqRel);
         Ok((value, revision))
     }
@@ -555,6 +631,8 @@ impl Store {
 /// cannot both pass a check that only one may pass.
 pub struct Writer<'t> {
     tx: &'t mut dyn Tx,
+    /// The entities this write changes, noted as it goes.
+    changed: &'t mut Vec<Changed>,
 }
 
 impl Reads for Writer<'_> {
@@ -572,6 +650,29 @@ impl Reads for Writer<'_> {
 }
 
 impl Writer<'_> {
+    // The writes that change what an entity is built from go through these,
+    // which note the entity for the decision memo (see `Changed`).
+
+    fn put_user(&mut self, user: &User) -> Result<()> {
+        self.changed.push(Changed::User(user.id.clone()));
+        self.tx.put_user(user)
+    }
+
+    fn put_account(&mut self, account: &Account) -> Result<()> {
+        self.changed.push(Changed::Account(account.id.clone()));
+        self.tx.put_account(account)
+    }
+
+    fn put_membership(&mut self, account: &str, user: &str, m: &Membership) -> Result<()> {
+        self.changed.push(Changed::User(user.to_owned()));
+        self.tx.put_membership(account, user, m)
+    }
+
+    fn delete_membership(&mut self, account: &str, user: &str) -> Result<()> {
+        self.changed.push(Changed::User(user.to_owned()));
+        self.tx.delete_membership(account, user)
+    }
+
     /// The user `id`, if stored.
     pub fn user(&self, id: &str) -> Result<Option<User>> {
         self.tx.user(id)
@@ -621,8 +722,8 @@ impl Writer<'_> {
             owner: user.id.clone(),
             created_at: user.created_at,
         };
-        self.tx.put_account(&account)?;
-        self.tx.put_membership(
+        self.put_account(&account)?;
+        self.put_membership(
             &account.id,
             &user.id,
             &Membership {
@@ -645,7 +746,7 @@ impl Writer<'_> {
         }
         acc.kind = AccountKind::Team;
         acc.name = name.to_owned();
-        self.tx.put_account(&acc)?;
+        self.put_account(&acc)?;
         Ok(acc)
     }
 
@@ -685,7 +786,7 @@ impl Writer<'_> {
             });
         }
         m.role = role.to_owned();
-        self.tx.put_membership(account, user, &m)?;
+        self.put_membership(account, user, &m)?;
         Ok(m)
     }
 
@@ -699,7 +800,7 @@ impl Writer<'_> {
                 role: admin_role.to_owned(),
             });
         }
-        self.tx.delete_membership(account, user)
+        self.delete_membership(account, user)
     }
 
     /// Stores a user as given, without the personal account sign-up
@@ -708,7 +809,7 @@ impl Writer<'_> {
     pub fn import_user(&mut self, user: &User) -> Result<()> {
         match self.tx.email_holder(&user.email)? {
             Some(id) if id != user.id => Err(StoreError::EmailTaken(user.email.clone())),
-            _ => self.tx.put_user(user),
+            _ => self.put_user(user),
         }
     }
 
@@ -719,13 +820,13 @@ impl Writer<'_> {
             .user(id)?
             .ok_or_else(|| StoreError::NoUser(id.to_owned()))?;
         user.email_verified = verified;
-        self.tx.put_user(&user)?;
+        self.put_user(&user)?;
         Ok(user)
     }
 
     /// Stores an account as given (for imports, seeding and benchmarks).
     pub fn import_account(&mut self, account: &Account) -> Result<()> {
-        self.tx.put_account(account)
+        self.put_account(account)
     }
 
     /// Adds a member directly, without an invite (for imports, seeding and
@@ -737,7 +838,7 @@ impl Writer<'_> {
                 user: user.to_owned(),
             });
         }
-        self.tx.put_membership(
+        self.put_membership(
             account,
             user,
             &Membership {
