@@ -75,6 +75,38 @@ fn bench(c: &mut Criterion) {
             black_box(list)
         })
     });
+    // One entity at a time from its text, as the HTTP path decodes them:
+    // Cedar's parser with the schema against cedard's schema-directed
+    // decoder (which builds the same entities; tests/it/entity_decoder.rs).
+    let texts: Vec<String> = entities_json
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(Value::to_string)
+        .collect();
+    c.bench_function("entities: Entity::from_json_str with schema, each", |b| {
+        b.iter(|| {
+            let list: Vec<cedar_policy::Entity> = texts
+                .iter()
+                .map(|t| {
+                    cedar_policy::Entity::from_json_str(t, Some(&snapshot.schema)).expect("entity")
+                })
+                .collect();
+            black_box(list)
+        })
+    });
+    c.bench_function("entities: cedard decode::entity_from_str, each", |b| {
+        b.iter(|| {
+            let list: Vec<cedar_policy::Entity> = texts
+                .iter()
+                .map(|t| {
+                    policy::decode::entity_from_str(&snapshot.shapes, &snapshot.schema, t)
+                        .expect("entity")
+                })
+                .collect();
+            black_box(list)
+        })
+    });
     let raw_entities =
         serde_json::value::RawValue::from_string(entities_json.to_string()).expect("raw");
     c.bench_function("entities: authz::parse_entities_raw, memo hit", |b| {

@@ -46,6 +46,7 @@ struct Loaded {
     bare_requests: Vec<Request>,
     bare_entities: Entities,
     bare_policies: cedar_policy::PolicySet,
+    schema: cedar_policy::Schema,
     _dir: tempfile::TempDir,
 }
 
@@ -98,6 +99,7 @@ fn load(dir: &Path, size: &str) -> Loaded {
         bare_requests,
         bare_entities,
         bare_policies,
+        schema,
         _dir: data,
     }
 }
@@ -141,6 +143,26 @@ fn bench(c: &mut Criterion) {
                     i = (i + 1) % n;
                     black_box(authorizer.is_authorized(
                         &w.bare_requests[i],
+                        &w.bare_policies,
+                        &w.bare_entities,
+                    ))
+                })
+            });
+            let mut i = 0;
+            group.bench_function("bare Request::new with schema + is_authorized", |b| {
+                b.iter(|| {
+                    i = (i + 1) % n;
+                    let r = &w.requests[i];
+                    let request = Request::new(
+                        uid(&r["principal"]),
+                        uid(&r["action"]),
+                        uid(&r["resource"]),
+                        Context::empty(),
+                        Some(&w.schema),
+                    )
+                    .expect("a valid request");
+                    black_box(authorizer.is_authorized(
+                        &request,
                         &w.bare_policies,
                         &w.bare_entities,
                     ))

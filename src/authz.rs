@@ -16,7 +16,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::policy::memo::Assembled;
-use crate::policy::{describe, PolicySnapshot};
+use crate::policy::{decode, describe, PolicySnapshot};
 
 /// Bad input: which field, and what is wrong with it.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
@@ -164,8 +164,8 @@ pub fn parse_entities(snapshot: &PolicySnapshot, value: &Value) -> Result<Entiti
         Value::Array(items) => {
             let mut decoded = Vec::with_capacity(items.len());
             for (i, item) in items.iter().enumerate() {
-                let entity = Entity::from_json_value(item.clone(), Some(&snapshot.schema))
-                    .map_err(|e| InputError::new(format!("entities[{i}]"), describe(&e)))?;
+                let entity = decode::entity_from_value(&snapshot.shapes, &snapshot.schema, item)
+                    .map_err(|e| InputError::new(format!("entities[{i}]"), describe(&*e)))?;
                 decoded.push(entity);
             }
             assemble(snapshot, decoded, Vec::new(), || value.to_string())
@@ -207,8 +207,8 @@ pub fn decode_entities_raw(
         let entity = match snapshot.entity_cache.entities.get(text) {
             Some(e) => e,
             None => {
-                let e = Entity::from_json_str(text, Some(&snapshot.schema))
-                    .map_err(|e| InputError::new(format!("entities[{i}]"), describe(&e)))?;
+                let e = decode::entity_from_str(&snapshot.shapes, &snapshot.schema, text)
+                    .map_err(|e| InputError::new(format!("entities[{i}]"), describe(&*e)))?;
                 snapshot.entity_cache.entities.insert(text, &e, 0);
                 e
             }

@@ -420,10 +420,17 @@ impl<'a> Facts<'a> {
         pairs: &[(&EntityUid, &EntityUid)],
         present: impl Fn(&EntityUid) -> Option<&'e Entity>,
     ) -> Result<Vec<Entity>, EntityError> {
+        // Where the schema has no `Account` type no resource names one, and
+        // reading the resource's parents (a copy of the entity, which may
+        // hold thousands of ancestors or large records) is skipped.
+        let accounts = self.snapshot.type_names.contains_key(crate::model::ACCOUNT);
         let mut wanted: Vec<EntityUid> = Vec::with_capacity(pairs.len() * 3);
         for (principal, resource) in pairs {
             wanted.push((*principal).clone());
             wanted.push((*resource).clone());
+            if !accounts {
+                continue;
+            }
             if let Some(account) = present(resource).and_then(account_of) {
                 wanted.push(account);
             }

@@ -8,6 +8,7 @@
 //! test runner.
 
 pub mod data;
+pub mod decode;
 pub mod memo;
 pub mod watch;
 
@@ -136,6 +137,10 @@ pub struct PolicySnapshot {
     pub type_names: HashMap<String, EntityTypeName>,
     /// The entities of the entity data files (`--entities`).
     pub data: data::DataEntities,
+    /// The schema's entity types as the schema-directed entity decoder
+    /// reads them (empty until the schema files are known: then every
+    /// entity goes to Cedar's parser).
+    pub shapes: decode::Shapes,
     /// What every decision's entities start from: the schema's action
     /// entities and the data files' entities, hierarchy computed once per
     /// load.
@@ -246,6 +251,7 @@ impl PolicySnapshot {
             entity_cache: memo::InlineMemo::default(),
             type_names: schema_type_names(&schema),
             data: data::DataEntities::default(),
+            shapes: decode::Shapes::default(),
             base_entities,
             actions_by_name: actions_by_name(&schema),
             schema,
@@ -836,6 +842,7 @@ pub fn load_files(files: &Files, generation: u64) -> Result<Arc<PolicySnapshot>,
         }]));
     }
     snapshot.schema_files = files.schemas.clone();
+    snapshot.shapes = decode::Shapes::from_schema_files(&files.schemas);
     let errors = snapshot.validate(&files.policies);
     if !errors.is_empty() {
         return Err(PolicyError(errors));

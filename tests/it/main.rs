@@ -8,6 +8,7 @@ mod conformance;
 mod console;
 mod crash;
 mod decisions;
+mod entity_decoder;
 mod hardening_directory;
 mod hardening_reload;
 mod hardening_store;
