@@ -161,6 +161,41 @@ fn bench(c: &mut Criterion) {
     group.bench_function("stored principal and account, read from redb", |b| {
         b.iter(|| black_box(stored(&EntityMemo::default())))
     });
+    // Right after a write to someone else: each decision follows a
+    // committed write (another user's email flag toggled, not timed), which
+    // makes the memo forget that user only.
+    let toggle = AtomicU64::new(0);
+    group.bench_function("stored principal and account, right after a write", |b| {
+        b.iter_batched(
+            || {
+                let verified = toggle.fetch_add(1, Ordering::Relaxed).is_multiple_of(2);
+                store
+                    .write(|w| w.set_email_verified("u99999", verified).map(|_| ()))
+                    .expect("write");
+            },
+            |()| black_box(stored(&memo)),
+            BatchSize::PerIteration,
+        )
+    });
+    // The control for the line above: the same pause for a durable write
+    // (a file written and synced, not the store), then a memo hit. What the
+    // two lines share is the cost of a decision made cold, after a commit.
+    let scratch = tempfile::NamedTempFile::new().expect("scratch file");
+    group.bench_function(
+        "stored principal and account, memo hit after an fsync",
+        |b| {
+            b.iter_batched(
+                || {
+                    use std::io::Write;
+                    let mut f = scratch.reopen().expect("reopen");
+                    f.write_all(b"x").expect("write");
+                    f.sync_all().expect("sync");
+                },
+                |()| black_box(stored(&memo)),
+                BatchSize::PerIteration,
+            )
+        },
+    );
     // As the HTTP API gets it: `startPod` on a Pod sent inline (raw JSON),
     // the user and the Pod's account from the store (memo hit).
     let start: EntityUid = r#"Action::"startPod""#.parse().expect("action");
