@@ -9,7 +9,9 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use cedard::policy::{load_files, Sources};
-use cedard::store::{Account, AccountKind, Store, User};
+use cedard::store::Store;
+
+mod common;
 
 fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -18,32 +20,7 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|| dir.path().join("big.redb"));
     let store = Store::open(&path).expect("open");
-    let roles = ["basic", "billing", "dev", "admin"];
-    store
-        .write(|w| {
-            for k in 0..10_000 {
-                w.import_account(&Account {
-                    id: format!("a{k}"),
-                    name: format!("Account {k}"),
-                    kind: AccountKind::Team,
-                    owner: format!("u{k}"),
-                    created_at: 0,
-                })?;
-            }
-            for i in 0..100_000 {
-                w.import_user(&User {
-                    id: format!("u{i}"),
-                    email: format!("u{i}@example.com"),
-                    email_verified: false,
-                    name: Some(format!("User {i}")),
-                    created_at: 0,
-                })?;
-                let role = if i < 10_000 { "admin" } else { roles[i % 4] };
-                w.add_member(&format!("a{}", i % 10_000), &format!("u{i}"), role, 0)?;
-            }
-            Ok(())
-        })
-        .expect("populate");
+    common::populate(&store, 100_000, 10_000);
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let files = Sources {
         policies: root.join("policies"),

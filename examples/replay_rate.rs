@@ -15,7 +15,9 @@ use std::time::Instant;
 
 use cedard::impact;
 use cedard::policy::{self, Sources};
-use cedard::store::{Account, AccountKind, Store, User};
+use cedard::store::Store;
+
+mod common;
 
 const ACTIONS: [&str; 6] = [
     "useAccount",
@@ -42,32 +44,7 @@ fn main() {
     let _ = std::fs::remove_file(&data);
     {
         let store = Store::open(&data).expect("open");
-        let roles = ["basic", "billing", "dev", "admin"];
-        store
-            .write(|w| {
-                for k in 0..10_000 {
-                    w.import_account(&Account {
-                        id: format!("a{k}"),
-                        name: format!("Account {k}"),
-                        kind: AccountKind::Team,
-                        owner: format!("u{k}"),
-                        created_at: 0,
-                    })?;
-                }
-                for i in 0..100_000 {
-                    w.import_user(&User {
-                        id: format!("u{i}"),
-                        email: format!("u{i}@example.com"),
-                        email_verified: false,
-                        name: None,
-                        created_at: 0,
-                    })?;
-                    let role = if i < 10_000 { "admin" } else { roles[i % 4] };
-                    w.add_member(&format!("a{}", i % 10_000), &format!("u{i}"), role, 0)?;
-                }
-                Ok(())
-            })
-            .expect("populate");
+        common::populate(&store, 100_000, 10_000);
     }
     // The log: users asking about their own account (and, one in ten,
     // someone else's), in the exact line format of the decision log.

@@ -9,37 +9,19 @@
 use std::time::{Duration, Instant};
 
 use cedard::server::{self, Config};
-use cedard::store::{Account, AccountKind, Store, User};
+use cedard::store::Store;
 use serde_json::{json, Value};
+
+mod common;
 
 const USERS: usize = 100_000;
 const ACCOUNTS: usize = 10_000;
 
 fn populate(path: &std::path::Path) {
     let store = Store::open(path).expect("open");
-    let roles = ["basic", "billing", "dev", "admin"];
+    common::populate(&store, USERS, ACCOUNTS);
     store
         .write(|w| {
-            for k in 0..ACCOUNTS {
-                w.import_account(&Account {
-                    id: format!("a{k}"),
-                    name: format!("Account {k}"),
-                    kind: AccountKind::Team,
-                    owner: format!("u{k}"),
-                    created_at: 0,
-                })?;
-            }
-            for i in 0..USERS {
-                w.import_user(&User {
-                    id: format!("u{i}"),
-                    email: format!("u{i}@example.com"),
-                    email_verified: false,
-                    name: None,
-                    created_at: 0,
-                })?;
-                let role = if i < ACCOUNTS { "admin" } else { roles[i % 4] };
-                w.add_member(&format!("a{}", i % ACCOUNTS), &format!("u{i}"), role, 0)?;
-            }
             // u42 also holds billing in a hundred other accounts.
             for k in 0..100 {
                 w.add_member(&format!("a{}", 100 + k * 97), "u42", "billing", 0)?;

@@ -382,29 +382,20 @@ impl<'a> Facts<'a> {
                 }
                 Ok(Cow::Owned(entities))
             }
-            Inline::None => {
-                let base: &'a Entities = &self.snapshot.base_entities;
-                let extra = self.stored_for(pairs, |uid| base.get(uid))?;
-                if extra.is_empty() {
-                    return Ok(Cow::Borrowed(base));
-                }
-                // Each stored entity was checked against this snapshot's
-                // schema when it was built (see `lookup`).
-                base.clone()
-                    .add_entities(extra, None)
-                    .map(Cow::Owned)
-                    .map_err(|e| EntityError::Schema(ModelError(describe(&e))))
-            }
-            Inline::Json(v) => {
-                let entities = authz::parse_entities(self.snapshot, v)?;
+            Inline::None | Inline::Json(_) => {
+                let entities: Cow<'a, Entities> = match inline {
+                    Inline::Json(v) => Cow::Owned(authz::parse_entities(self.snapshot, v)?),
+                    _ => Cow::Borrowed(&self.snapshot.base_entities),
+                };
                 let extra = self.stored_for(pairs, |uid| entities.get(uid))?;
                 if extra.is_empty() {
-                    return Ok(Cow::Owned(entities));
+                    return Ok(entities);
                 }
                 // Each stored entity was checked against this snapshot's
                 // schema when it was built (see `lookup`), so the merge need
                 // not check again.
                 entities
+                    .into_owned()
                     .add_entities(extra, None)
                     .map(Cow::Owned)
                     .map_err(|e| EntityError::Schema(ModelError(describe(&e))))

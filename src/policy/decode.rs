@@ -319,12 +319,10 @@ impl Reader<'_> {
             },
         };
         let mut parents = HashSet::new();
-        for p in obj
-            .get("memberOfTypes")
-            .map(|v| v.as_array())
-            .unwrap_or(Some(&Vec::new()))?
-        {
-            parents.insert(self.entity(ns, p.as_str()?)?);
+        if let Some(list) = obj.get("memberOfTypes") {
+            for p in list.as_array()? {
+                parents.insert(self.entity(ns, p.as_str()?)?);
+            }
         }
         Some(Shape {
             name,
@@ -335,17 +333,26 @@ impl Reader<'_> {
 
     /// The canonical name of entity type `name` as written in namespace `ns`.
     fn entity(&self, ns: &str, name: &str) -> Option<String> {
-        let declared = |ns: &str, n: &str| {
-            self.namespaces
-                .get(ns)
-                .is_some_and(|(types, _)| types.contains_key(n))
-        };
         match name.rsplit_once("::") {
-            Some((qns, n)) => declared(qns, n).then(|| name.to_owned()),
-            None if declared(ns, name) => Some(qualify(ns, name)),
-            None if declared("", name) => Some(name.to_owned()),
+            Some((qns, n)) => self.declares(qns, n).then(|| name.to_owned()),
+            None if self.declares(ns, name) => Some(qualify(ns, name)),
+            None if self.declares("", name) => Some(name.to_owned()),
             None => None,
         }
+    }
+
+    /// Whether namespace `ns` declares the entity type `name`.
+    fn declares(&self, ns: &str, name: &str) -> bool {
+        self.namespaces
+            .get(ns)
+            .is_some_and(|(types, _)| types.contains_key(name))
+    }
+
+    /// The definition of common type `name` in namespace `ns`.
+    fn common(&self, ns: &str, name: &str) -> Option<&Value> {
+        self.namespaces
+            .get(ns)
+            .and_then(|(_, common)| common.get(name))
     }
 
     fn ty(&self, ns: &str, v: &Value, depth: usize) -> Option<Ty> {
@@ -392,30 +399,20 @@ impl Reader<'_> {
     /// the namespace, an entity type of the namespace, a common type of the
     /// empty namespace, an entity type of it, a primitive.
     fn named(&self, ns: &str, name: &str, depth: usize) -> Option<Ty> {
-        let common = |ns: &str, n: &str| {
-            self.namespaces
-                .get(ns)
-                .and_then(|(_, common)| common.get(n))
-        };
-        let entity = |ns: &str, n: &str| {
-            self.namespaces
-                .get(ns)
-                .is_some_and(|(types, _)| types.contains_key(n))
-        };
         if let Some((qns, n)) = name.rsplit_once("::") {
             if qns == "__cedar" {
                 return primitive(n);
             }
-            if let Some(def) = common(qns, n) {
+            if let Some(def) = self.common(qns, n) {
                 return self.ty(qns, def, depth + 1);
             }
-            return entity(qns, n).then(|| Ty::Entity(name.to_owned()));
+            return self.declares(qns, n).then(|| Ty::Entity(name.to_owned()));
         }
         for scope in [ns, ""] {
-            if let Some(def) = common(scope, name) {
+            if let Some(def) = self.common(scope, name) {
                 return self.ty(scope, def, depth + 1);
             }
-            if entity(scope, name) {
+            if self.declares(scope, name) {
                 return Some(Ty::Entity(qualify(scope, name)));
             }
         }

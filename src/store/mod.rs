@@ -450,29 +450,31 @@ impl Store {
     /// refused: the store opens damaged ([`Store::damage`]) and refuses
     /// every read and write.
     pub fn open(path: &Path) -> Result<Self> {
-        let db = self::redb::RedbStore::open(path)?;
-        // A damaged file has no revision to read; nothing will be read.
-        let revision = match db.damage() {
-            Some(_) => 0,
-            None => db.revision()?,
-        };
-        Ok(Self {
-            backend: Backend::Redb(db),
-            revision: AtomicU64::new(revision),
-            changes: ChangeLog::default(),
-        })
+        Self::redb(self::redb::RedbStore::open(path)?)
     }
 
     /// Opens the redb file at `path` for reading only
     /// ([`redb::RedbStore::open_read_only`]): nothing is ever written to it.
     pub fn open_read_only(path: &Path) -> Result<Self> {
-        let db = self::redb::RedbStore::open_read_only(path)?;
-        let revision = db.revision()?;
-        Ok(Self {
-            backend: Backend::Redb(db),
+        Self::redb(self::redb::RedbStore::open_read_only(path)?)
+    }
+
+    /// The facade over an open redb file, at the file's revision. A damaged
+    /// file has no revision to read; nothing will be read from it.
+    fn redb(db: self::redb::RedbStore) -> Result<Self> {
+        let revision = match db.damage() {
+            Some(_) => 0,
+            None => db.revision()?,
+        };
+        Ok(Self::with(Backend::Redb(db), revision))
+    }
+
+    fn with(backend: Backend, revision: u64) -> Self {
+        Self {
+            backend,
             revision: AtomicU64::new(revision),
             changes: ChangeLog::default(),
-        })
+        }
     }
 
     /// Connects to the PostgreSQL database at `url`, creating or checking
@@ -480,11 +482,7 @@ impl Store {
     pub fn connect(url: &str, options: &pg::Options) -> Result<Self> {
         let db = pg::PgStore::connect(url, options)?;
         let revision = db.revision();
-        Ok(Self {
-            backend: Backend::Postgres(db),
-            revision: AtomicU64::new(revision),
-            changes: ChangeLog::default(),
-        })
+        Ok(Self::with(Backend::Postgres(db), revision))
     }
 
     /// The newest store revision this process knows committed.

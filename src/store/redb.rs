@@ -114,6 +114,14 @@ struct Health {
 }
 
 impl Health {
+    /// A file not (yet) known to be damaged.
+    fn new(path: &Path) -> Arc<Self> {
+        Arc::new(Self {
+            path: path.to_path_buf(),
+            damage: OnceLock::new(),
+        })
+    }
+
     /// Records the damage; the first report is logged (once), later ones
     /// are dropped.
     fn mark(&self, reason: String) {
@@ -203,10 +211,7 @@ impl RedbStore {
                 source,
             })?;
         lock(&file, path)?;
-        let health = Arc::new(Health {
-            path: path.to_path_buf(),
-            damage: OnceLock::new(),
-        });
+        let health = Health::new(path);
         if let Some(damage) = check::check_locked(&file, path)?.damage {
             health.mark(damage);
             return Ok(Self {
@@ -269,10 +274,7 @@ impl RedbStore {
                 message: "the file is empty".into(),
             });
         }
-        let health = Arc::new(Health {
-            path: path.to_path_buf(),
-            damage: OnceLock::new(),
-        });
+        let health = Health::new(path);
         let db = catch_unwind(AssertUnwindSafe(|| {
             Database::builder().create_with_backend(Overlay::new(file, len))
         }))
