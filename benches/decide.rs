@@ -143,6 +143,9 @@ fn bench(c: &mut Criterion) {
             black_box(Authorizer::new().is_authorized(&request, &snapshot.policies, &entities))
         })
     });
+    c.bench_function("authz::decide (the request's slice of the set)", |b| {
+        b.iter(|| black_box(authz::decide(&snapshot, &request, &entities)))
+    });
     c.bench_function("whole check (body to decision)", |b| {
         b.iter(|| {
             let body: Value = serde_json::from_str(&raw).expect("json");

@@ -91,6 +91,13 @@ bare3=$(rate http://127.0.0.1:8191/v1/is_authorized "$work/distinct.lua")
 cedard3=$(rate http://127.0.0.1:8190/v1/is_authorized "$work/distinct.lua")
 echo "distinct user per request: bare $bare3, cedard $cedard3 req/s"
 awk -v a="$cedard3" -v c="$bare3" 'BEGIN { printf "ratio cedard/bare, distinct users: %.2f\n", a/c }'
+# Latency at about half that rate: each connection waits between requests
+# (wrk's delay(); wrk does not correct for coordinated omission, so this is
+# the latency of requests sent on schedule, not a wrk2 figure).
+delay=$(awk -v r="$cedard3" -v c="$CONNECTIONS" 'BEGIN { d = c * 1000 / (r / 2); printf "%d", (d < 1 ? 1 : d) }')
+printf 'function delay() return %s end\n' "$delay" | cat "$work/distinct.lua" - >"$work/paced.lua"
+wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$work/paced.lua" http://127.0.0.1:8190/v1/is_authorized \
+  | awk -v d="$delay" '/Requests\/sec/ {r=$2} /^ +50%/ {p50=$2} /^ +99%/ {p99=$2} END { printf "distinct users, paced (%s ms between requests per connection): %s req/s, p50 %s, p99 %s\n", d, r, p50, p99 }'
 
 # Production (key + metrics + decision log) against plain, interleaved.
 plain1=$(rate http://127.0.0.1:8190/v1/is_authorized)

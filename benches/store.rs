@@ -126,18 +126,18 @@ fn bench(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("decision");
     let n = AtomicU64::new(0);
+    let bare = |n: &AtomicU64| {
+        let k = n.fetch_add(1, Ordering::Relaxed) as usize % questions.len();
+        let (p, r) = &questions[k];
+        let request =
+            authz::build_request(&snapshot, p.clone(), action.clone(), r.clone(), None, true)
+                .expect("request");
+        let response = Authorizer::new().is_authorized(&request, &snapshot.policies, &prebuilt[k]);
+        assert_eq!(response.decision(), cedar_policy::Decision::Allow);
+        response
+    };
     group.bench_function("bare cedar-policy, prebuilt entities", |b| {
-        b.iter(|| {
-            let k = n.fetch_add(1, Ordering::Relaxed) as usize % questions.len();
-            let (p, r) = &questions[k];
-            let request =
-                authz::build_request(&snapshot, p.clone(), action.clone(), r.clone(), None, true)
-                    .expect("request");
-            let response =
-                Authorizer::new().is_authorized(&request, &snapshot.policies, &prebuilt[k]);
-            assert_eq!(response.decision(), cedar_policy::Decision::Allow);
-            black_box(response)
-        })
+        b.iter(|| black_box(bare(&n)))
     });
     let stored = |memo: &EntityMemo| {
         let k = n.fetch_add(1, Ordering::Relaxed) as usize % questions.len();
@@ -190,6 +190,56 @@ fn bench(c: &mut Criterion) {
                     let mut f = scratch.reopen().expect("reopen");
                     f.write_all(b"x").expect("write");
                     f.sync_all().expect("sync");
+                },
+                |()| black_box(stored(&memo)),
+                BatchSize::PerIteration,
+            )
+        },
+    );
+    // The baseline for "right after a write" under the same conditions:
+    // bare cedar-policy on prebuilt entities, each decision right after the
+    // same write to the store (which bare cedar-policy does not read).
+    group.bench_function(
+        "bare cedar-policy, prebuilt entities, right after a write",
+        |b| {
+            b.iter_batched(
+                || {
+                    let verified = toggle.fetch_add(1, Ordering::Relaxed).is_multiple_of(2);
+                    store
+                        .write(|w| w.set_email_verified("u99999", verified).map(|_| ()))
+                        .expect("write");
+                },
+                |()| black_box(bare(&n)),
+                BatchSize::PerIteration,
+            )
+        },
+    );
+    // A second control: the same write, committed to another redb file
+    // (one user), then a memo hit. It pays what a commit costs the caches
+    // and nothing of the memo's eviction; the difference between this line
+    // and "right after a write" is what the eviction itself costs.
+    let other_dir = tempfile::tempdir().expect("temp dir");
+    let other = Store::open(&other_dir.path().join("other.redb")).expect("store");
+    other
+        .write(|w| {
+            w.import_user(&User {
+                id: "u99999".into(),
+                email: "u99999@example.com".into(),
+                email_verified: false,
+                name: None,
+                created_at: 0,
+            })
+        })
+        .expect("populate the other store");
+    group.bench_function(
+        "stored principal and account, memo hit after a write to another store",
+        |b| {
+            b.iter_batched(
+                || {
+                    let verified = toggle.fetch_add(1, Ordering::Relaxed).is_multiple_of(2);
+                    other
+                        .write(|w| w.set_email_verified("u99999", verified).map(|_| ()))
+                        .expect("write");
                 },
                 |()| black_box(stored(&memo)),
                 BatchSize::PerIteration,

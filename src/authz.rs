@@ -116,6 +116,11 @@ pub fn build_request(
     validate: bool,
 ) -> Result<Request, InputError> {
     let schema = &snapshot.schema;
+    let empty = match context {
+        None | Some(Value::Null) => true,
+        Some(Value::Object(attrs)) => attrs.is_empty(),
+        Some(_) => false,
+    };
     let context = match context {
         None | Some(Value::Null) => Context::empty(),
         Some(v @ Value::Object(_)) => {
@@ -139,19 +144,34 @@ pub fn build_request(
             ))
         }
     };
-    let schema = validate.then_some(schema);
-    Request::new(principal, action, resource, context, schema).map_err(|e| {
-        use cedar_policy::RequestValidationError as R;
-        let field = match &e {
-            R::UndeclaredAction(_) | R::ExternalAction(_) => "action",
-            R::UndeclaredPrincipalType(_) | R::InvalidPrincipalType(_) => "principal",
-            R::UndeclaredResourceType(_) | R::InvalidResourceType(_) => "resource",
-            R::InvalidContext(_) | R::TypeOfContext(_) => "context",
-            // Enumerated-entity errors name the entity in their message.
-            _ => "request",
-        };
-        InputError::new(field, describe(&e))
-    })
+    // Cedar's request validation is its scope check, then its context
+    // check; each is skipped where the snapshot knows it passes.
+    if validate {
+        let known = &snapshot.valid_requests;
+        if !known.scope(&principal, &action, &resource) {
+            cedar_policy::validate_scope_variables(&principal, &action, &resource, schema)
+                .map_err(invalid_request)?;
+        }
+        if !(empty && known.empty_context(&action)) {
+            context.validate(schema, &action).map_err(invalid_request)?;
+        }
+    }
+    Request::new(principal, action, resource, context, None).map_err(invalid_request)
+}
+
+/// The 400 for a request Cedar's request validation refuses, naming the
+/// field at fault.
+fn invalid_request(e: cedar_policy::RequestValidationError) -> InputError {
+    use cedar_policy::RequestValidationError as R;
+    let field = match &e {
+        R::UndeclaredAction(_) | R::ExternalAction(_) => "action",
+        R::UndeclaredPrincipalType(_) | R::InvalidPrincipalType(_) => "principal",
+        R::UndeclaredResourceType(_) | R::InvalidResourceType(_) => "resource",
+        R::InvalidContext(_) | R::TypeOfContext(_) => "context",
+        // Enumerated-entity errors name the entity in their message.
+        _ => "request",
+    };
+    InputError::new(field, describe(&e))
 }
 
 /// Parses entities in Cedar's JSON entity format against the snapshot's
@@ -403,8 +423,13 @@ impl std::str::FromStr for Effect {
 }
 
 /// Decides one request against one snapshot.
+///
+/// Only the policies whose scope can match the request are evaluated (see
+/// `policy::slice`): the answer is the whole set's, reasons and errors
+/// included.
 pub fn decide(snapshot: &PolicySnapshot, request: &Request, entities: &Entities) -> Decision {
-    let response = Authorizer::new().is_authorized(request, &snapshot.policies, entities);
+    let policies = snapshot.slices.get(request).unwrap_or(&snapshot.policies);
+    let response = Authorizer::new().is_authorized(request, policies, entities);
     to_decision(snapshot, &response)
 }
 

@@ -203,8 +203,13 @@ pub async fn run(
                 tracing::info!(
                     path = %options.data.display(),
                     revision = store.revision(),
-                    checked_ms = started.elapsed().as_millis(),
-                    "data file checked and open"
+                    open_ms = started.elapsed().as_millis(),
+                    "{}",
+                    if store.checked_at_open() {
+                        "data file checked in full and open"
+                    } else {
+                        "data file open (unchanged since the check at its last clean close)"
+                    }
                 );
             }
             store

@@ -141,6 +141,13 @@ impl Shapes {
         }
     }
 
+    /// Whether `ty` (a canonical name) is a declared entity type that is not
+    /// enumerated. `false` for every type when the schema files could not be
+    /// read.
+    pub fn is_plain_type(&self, ty: &str) -> bool {
+        self.names.contains_key(ty) && !self.enums.contains_key(ty)
+    }
+
     /// How many entity types the decoder builds itself.
     pub fn decoded_types(&self) -> usize {
         self.types.values().filter(|s| s.is_some()).count()

@@ -10,7 +10,8 @@
 //! only in entries, so that large entity sets cannot grow it without bound.
 //! This module only stores; decoding is `authz`'s.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::{Mutex, MutexGuard};
 
 use cedar_policy::{Entities, EntityUid};
@@ -41,6 +42,8 @@ pub struct InlineMemo {
 #[derive(Debug)]
 pub struct Memo<T> {
     inner: Mutex<Entries<T>>,
+    /// Keyed per process, so that nobody can choose texts that collide.
+    hasher: RandomState,
 }
 
 #[derive(Debug)]
@@ -48,6 +51,11 @@ struct Entries<T> {
     map: HashMap<Box<str>, T>,
     /// The estimated bytes the entries hold.
     bytes: usize,
+    /// Hashes of texts seen once and not (yet) remembered: a text is
+    /// remembered on its second sighting, so that a stream of texts that
+    /// never repeat (a new user in every request) costs no copies and does
+    /// not push out the entries that do repeat.
+    seen: HashSet<u64>,
 }
 
 impl<T> Default for Memo<T> {
@@ -56,7 +64,9 @@ impl<T> Default for Memo<T> {
             inner: Mutex::new(Entries {
                 map: HashMap::new(),
                 bytes: 0,
+                seen: HashSet::new(),
             }),
+            hasher: RandomState::new(),
         }
     }
 }
@@ -68,6 +78,10 @@ pub const MEMO_BYTES: usize = 32 * 1024 * 1024;
 /// Texts longer than this are not remembered: they are rare, and one would
 /// take a large share of the budget.
 pub const MAX_KEY: usize = 8192;
+
+/// How many first sightings are remembered before they are forgotten all
+/// at once (8 bytes each).
+const SEEN: usize = 65_536;
 
 /// Decoded entities take several times the space of their JSON text (names,
 /// hash maps, `Arc`s); this factor turns text length into an estimate.
@@ -85,15 +99,26 @@ impl<T: Clone> Memo<T> {
         self.lock().map.get(text).cloned()
     }
 
-    /// Remembers `value` for `text`; `extra` is the estimated size of what
-    /// the value holds beyond the text's own expansion (shared action
-    /// entities in an assembled set, for example).
+    /// Remembers `value` for `text` if `text` was seen before (see
+    /// `Entries::seen`); `extra` is the estimated size of what the value
+    /// holds beyond the text's own expansion (shared action entities in an
+    /// assembled set, for example).
     pub fn insert(&self, text: &str, value: &T, extra: usize) {
         if text.len() > MAX_KEY {
             return;
         }
+        let hash = self.hasher.hash_one(text);
         let cost = text.len() * (EXPANSION + 1) + extra + 64;
         let mut entries = self.lock();
+        if entries.seen.insert(hash) {
+            // First sighting. A collision with another text only admits
+            // this one a sighting early.
+            if entries.seen.len() > SEEN {
+                entries.seen.clear();
+            }
+            return;
+        }
+        entries.seen.remove(&hash);
         if entries.bytes + cost > MEMO_BYTES {
             entries.map.clear();
             entries.bytes = 0;
@@ -106,5 +131,27 @@ impl<T: Clone> Memo<T> {
     /// The estimated bytes held now.
     pub fn bytes(&self) -> usize {
         self.lock().bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_text_is_remembered_on_its_second_sighting() {
+        let memo: Memo<u32> = Memo::default();
+        memo.insert("once", &1, 0);
+        assert_eq!(memo.get("once"), None, "seen once: not copied");
+        assert_eq!(memo.bytes(), 0);
+        memo.insert("once", &1, 0);
+        assert_eq!(memo.get("once"), Some(1), "seen twice: remembered");
+        assert!(memo.bytes() > 0);
+        // Texts that never repeat leave what repeats in place.
+        for i in 0..10_000 {
+            memo.insert(&format!("one-off {i}"), &2, 0);
+        }
+        assert_eq!(memo.get("once"), Some(1));
+        assert_eq!(memo.get("one-off 7"), None);
     }
 }

@@ -10,6 +10,8 @@
 pub mod data;
 pub mod decode;
 pub mod memo;
+pub mod requests;
+pub mod slice;
 pub mod watch;
 
 use std::collections::{BTreeMap, HashMap};
@@ -148,6 +150,13 @@ pub struct PolicySnapshot {
     /// The schema's actions by their id (`"startPod"` →
     /// `Action::"startPod"`), for APIs that name an action by its id alone.
     pub actions_by_name: HashMap<String, Vec<cedar_policy::EntityUid>>,
+    /// The policies that can apply to each kind of request the schema
+    /// declares, so that a decision evaluates only those.
+    pub slices: slice::Slices,
+    /// The requests whose validation against the schema is known to pass
+    /// (empty until the schema files are known: every request is then
+    /// validated in full).
+    pub valid_requests: requests::ValidRequests,
 }
 
 impl PolicySnapshot {
@@ -240,7 +249,10 @@ impl PolicySnapshot {
             return Err(PolicyError(errors));
         }
         let base_entities = action_entities.clone();
+        let slices = slice::Slices::build(&policies, &schema, &action_entities);
         Ok(Self {
+            slices,
+            valid_requests: requests::ValidRequests::default(),
             policies,
             meta,
             by_id,
@@ -843,6 +855,7 @@ pub fn load_files(files: &Files, generation: u64) -> Result<Arc<PolicySnapshot>,
     }
     snapshot.schema_files = files.schemas.clone();
     snapshot.shapes = decode::Shapes::from_schema_files(&files.schemas);
+    snapshot.valid_requests = requests::ValidRequests::build(&snapshot.schema, &snapshot.shapes);
     let errors = snapshot.validate(&files.policies);
     if !errors.is_empty() {
         return Err(PolicyError(errors));

@@ -15,15 +15,17 @@
 //! no daemon writes the file while it is checked.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, BufReader, Seek, SeekFrom};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use redb::{
     AccessGuard, Builder, DatabaseError, Key, ReadTransaction, ReadableTable, TableDefinition,
     TableError, TableHandle, Value,
 };
+
+use sha2::{Digest, Sha256};
 
 use super::overlay::Overlay;
 use super::redb::{
@@ -278,4 +280,64 @@ fn each<K: Key + 'static, V: Value + 'static>(
         n += 1;
     }
     Ok(n)
+}
+
+/// The file beside a data file that records the bytes a check last found
+/// sound: `cedard.redb` → `cedard.redb.checked`.
+pub(super) fn stamp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".checked");
+    path.with_file_name(name)
+}
+
+/// The length and SHA-256 of the whole file, read from its start: what a
+/// stamp records. Two files with the same fingerprint hold the same bytes.
+fn fingerprint(file: &File) -> io::Result<String> {
+    let mut hasher = Sha256::new();
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    reader.seek(SeekFrom::Start(0))?;
+    let len = io::copy(&mut reader, &mut hasher)?;
+    Ok(format!(
+        "cedard-checked 1 len={len} sha256={}",
+        hex::encode(hasher.finalize())
+    ))
+}
+
+/// Whether the open, locked data file holds exactly the bytes a check last
+/// found sound (the stamp beside it says so). A missing, unreadable or
+/// stale stamp is `false`: the file is then checked in full.
+pub(super) fn checked_before(file: &File, path: &Path) -> bool {
+    let Ok(stamp) = std::fs::read_to_string(stamp_path(path)) else {
+        return false;
+    };
+    matches!(fingerprint(file), Ok(now) if now == stamp.trim_end())
+}
+
+/// Checks the data file at `path` after its database has closed, and, when
+/// it is sound, stamps it (see [`checked_before`]) so that the next open
+/// need not check it again. Skipped (no stamp written, the next open checks)
+/// when another process has taken the file meanwhile or anything fails.
+pub(super) fn check_and_stamp(path: &Path) {
+    let stale = stamp_path(path);
+    // A stamp that no longer matches is worthless; remove it first, so that
+    // a failure below leaves no stamp rather than a stale one.
+    let _ = std::fs::remove_file(&stale);
+    let Ok(file) = File::open(path) else { return };
+    if lock(&file, path).is_err() {
+        return;
+    }
+    let Ok(fingerprint) = fingerprint(&file) else {
+        return;
+    };
+    match check_locked(&file, path) {
+        Ok(CheckReport { damage: None, .. }) => {}
+        _ => return,
+    }
+    let tmp = stale.with_extension("checked.tmp");
+    let written = std::fs::write(&tmp, format!("{fingerprint}\n"))
+        .and_then(|()| std::fs::rename(&tmp, &stale));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        tracing::warn!(path = %stale.display(), "cannot stamp the checked data file ({e}); the next start checks it in full");
+    }
 }

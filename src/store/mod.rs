@@ -559,6 +559,15 @@ impl Store {
         }
     }
 
+    /// Whether opening checked the redb file in full (`false` when its
+    /// stamp showed it was checked before, and on PostgreSQL).
+    pub fn checked_at_open(&self) -> bool {
+        match &self.backend {
+            Backend::Redb(db) => db.checked_at_open(),
+            Backend::Postgres(_) => false,
+        }
+    }
+
     /// Where the directory lives, for messages: the file, or the URL
     /// without its password.
     pub fn describe(&self) -> String {

@@ -103,6 +103,12 @@ pub struct RedbStore {
     path: PathBuf,
     /// Whether the file is known to be damaged; shared with the read views.
     health: Arc<Health>,
+    /// Whether closing checks the file and stamps it sound (see
+    /// `check::check_and_stamp`): for a file this store owns and wrote.
+    stamp_on_close: bool,
+    /// Whether opening checked the file in full (`false` when its stamp
+    /// showed the bytes were checked before, or for a read-only view).
+    checked: bool,
 }
 
 /// Whether the file is known to be damaged. Set once, never cleared: a file
@@ -212,14 +218,22 @@ impl RedbStore {
             })?;
         lock(&file, path)?;
         let health = Health::new(path);
-        if let Some(damage) = check::check_locked(&file, path)?.damage {
-            health.mark(damage);
-            return Ok(Self {
-                db: None,
-                _held: Some(file),
-                path: path.to_path_buf(),
-                health,
-            });
+        // A file that holds exactly the bytes the last clean close found
+        // sound (the stamp beside it) is not checked again: start-up then
+        // costs one read of the file, not a decode of every record.
+        let checked = !check::checked_before(&file, path);
+        if checked {
+            if let Some(damage) = check::check_locked(&file, path)?.damage {
+                health.mark(damage);
+                return Ok(Self {
+                    db: None,
+                    _held: Some(file),
+                    path: path.to_path_buf(),
+                    health,
+                    stamp_on_close: false,
+                    checked,
+                });
+            }
         }
         // redb locks the file again through the same open file, which holds
         // the lock already: no other process can slip in between.
@@ -240,6 +254,8 @@ impl RedbStore {
             _held: None,
             path: path.to_path_buf(),
             health,
+            stamp_on_close: true,
+            checked,
         };
         store.check_format()?;
         Ok(store)
@@ -294,6 +310,8 @@ impl RedbStore {
             _held: None,
             path: path.to_path_buf(),
             health,
+            stamp_on_close: false,
+            checked: false,
         };
         store.check_format()?;
         Ok(store)
@@ -308,6 +326,13 @@ impl RedbStore {
     /// or since). A damaged store refuses every read and write.
     pub fn damage(&self) -> Option<&str> {
         self.health.damage.get().map(String::as_str)
+    }
+
+    /// Whether opening checked the file in full: `false` when the stamp
+    /// beside it (written by the last clean close, after a check) showed
+    /// that it holds exactly the bytes that check found sound.
+    pub fn checked_at_open(&self) -> bool {
+        self.checked
     }
 
     /// `Ok` while the file is not known to be damaged; the error every
@@ -473,6 +498,15 @@ impl Drop for RedbStore {
                 // database is let go without closing (the process's exit
                 // releases the file and its lock).
                 std::mem::forget(db);
+            }
+            return;
+        }
+        if self.stamp_on_close {
+            // redb closes the file (writing its header) as it drops; then
+            // the closed file is checked, and stamped when sound.
+            if let Some(db) = self.db.take() {
+                drop(db);
+                check::check_and_stamp(&self.path);
             }
         }
     }

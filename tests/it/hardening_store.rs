@@ -96,6 +96,61 @@ fn pack_with_file() -> (TempDir, PathBuf) {
     (dir, data)
 }
 
+/// The stamp a clean close leaves beside a data file it found sound.
+fn stamp_of(data: &Path) -> PathBuf {
+    let mut name = data.file_name().expect("a file name").to_os_string();
+    name.push(".checked");
+    data.with_file_name(name)
+}
+
+/// A clean close checks the file and stamps it; the next open trusts
+/// exactly those bytes (no second check, everything still there) and no
+/// others: one page changed, and the open checks in full and finds it.
+#[test]
+fn a_stamp_spares_the_check_for_exactly_the_bytes_it_names() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("cedard.redb");
+    build_file(&data);
+    let stamp = stamp_of(&data);
+    let first = std::fs::read_to_string(&stamp).expect("a clean close stamps the file");
+    assert!(first.starts_with("cedard-checked 1 len="), "{first}");
+
+    let store = cedard::store::Store::open(&data).expect("open");
+    assert!(
+        !store.checked_at_open(),
+        "an unchanged file is not checked again"
+    );
+    assert!(store.damage().is_none());
+    let view = store.read().expect("read");
+    for id in [VICTIM, BYSTANDER] {
+        assert!(view.user(id).expect("read").is_some(), "{id} is there");
+    }
+    drop(view);
+    drop(store);
+    assert!(stamp.exists(), "closed cleanly again, stamped again");
+
+    overwrite_page(&data, page_of(&data, VICTIM));
+    for _ in 0..2 {
+        let store = cedard::store::Store::open(&data).expect("open");
+        assert!(store.checked_at_open(), "changed bytes are checked in full");
+        assert!(
+            store.damage().is_some_and(|d| !d.is_empty()),
+            "and the damage is found"
+        );
+    }
+    // A damaged file is never stamped: whatever stamp is there names other
+    // bytes than the file's.
+    use sha2::Digest;
+    let now = std::fs::read(&data).expect("read");
+    let vouching = format!(
+        "cedard-checked 1 len={} sha256={}",
+        now.len(),
+        hex::encode(sha2::Sha256::digest(&now))
+    );
+    let stale = std::fs::read_to_string(&stamp).unwrap_or_default();
+    assert_ne!(stale.trim_end(), vouching);
+}
+
 /// Runs `cedard store check --data <data>`.
 fn store_check(data: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_cedard"))
@@ -198,6 +253,9 @@ fn terminate(mut bin: Binary) {
 #[tokio::test]
 async fn a_damaged_file_is_detected_at_start_and_never_written() {
     let (dir, data) = pack_with_file();
+    // The clean close stamped the file; the damage below makes the stamp
+    // stale, so the start checks in full.
+    assert!(stamp_of(&data).exists());
     // The clean file checks sound, with what it holds.
     let clean = store_check(&data);
     assert!(clean.status.success(), "{}", text(&clean.stderr));

@@ -19,6 +19,7 @@ mod observe;
 mod pg;
 mod reload;
 mod replicas;
+mod request_validation;
 mod store_contract;
 mod suite;
 mod support;
