@@ -32,11 +32,12 @@ mkdir -p "$work/data"
 port=8290
 serve() {
   ./target/release/cedard serve --policies "$work/policies" --schema "$work/schema" \
-    --data "$data" --listen "127.0.0.1:$port" 2>>"$work/cedard.log" &
+    --data "$data" --listen "127.0.0.1:$port" >/dev/null 2>>"$work/cedard.log" &
   pid=$!
 }
-# Milliseconds from exec to the first 200 from /readyz.
-start_ms() {
+# Starts the daemon; sets `ms` to the milliseconds from exec to the first
+# 200 from /readyz.
+start() {
   local t0 t1
   t0=$(date +%s%N)
   serve
@@ -45,19 +46,20 @@ start_ms() {
     sleep 0.002
   done
   t1=$(date +%s%N)
-  echo $(( (t1 - t0) / 1000000 ))
+  ms=$(( (t1 - t0) / 1000000 ))
 }
 stop() { kill -TERM "$pid"; wait "$pid" 2>/dev/null || true; }
 
 echo "machine: $(nproc) cores, $(uname -m); $USERS users in $ACCOUNTS accounts ($(du -m "$data" | cut -f1) MB)"
 stamped=()
-for _ in 1 2 3; do stamped+=("$(start_ms)"); stop; done
+for _ in 1 2 3; do start; stamped+=("$ms"); stop; done
 rm -f "$data.checked"
-unstamped=$(start_ms)
+start
+unstamped=$ms
 echo "start-up to ready, stamped file (clean restarts): ${stamped[*]} ms"
 echo "start-up to ready, no stamp (checked in full):    $unstamped ms"
 
-./target/release/examples/bare 127.0.0.1:8291 &
+./target/release/examples/bare 127.0.0.1:8291 >/dev/null &
 for _ in $(seq 100); do curl -s -o /dev/null http://127.0.0.1:8291/v1/is_authorized && break; sleep 0.05; done
 
 # A random stored user u<i>, a member of account a<i % ACCOUNTS> (with a

@@ -69,9 +69,16 @@ pub enum Inline<'a> {
 /// because building a user and an account entity and checking them against
 /// the schema costs more than the decision itself (see `benches/store.rs`).
 /// A `std` mutex: held for a map lookup or insert, never across an `.await`.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct EntityMemo {
     inner: Mutex<Memo>,
+    capacity: usize,
+}
+
+impl Default for EntityMemo {
+    fn default() -> Self {
+        Self::new(Self::DEFAULT_CAPACITY)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -84,8 +91,17 @@ struct Memo {
 }
 
 impl EntityMemo {
-    /// How many entities are remembered before the memo starts over.
-    pub const CAPACITY: usize = 65_536;
+    /// How many entities are remembered before the memo starts over, unless
+    /// told otherwise: a directory of 100,000 users in 10,000 accounts fits.
+    pub const DEFAULT_CAPACITY: usize = 262_144;
+
+    /// A memo of at most `capacity` entities.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            inner: Mutex::default(),
+            capacity,
+        }
+    }
 
     fn get(
         &self,
@@ -111,7 +127,7 @@ impl EntityMemo {
             // requests must not see it.
             return;
         }
-        if memo.revision != revision || memo.entries.len() >= Self::CAPACITY {
+        if memo.revision != revision || memo.entries.len() >= self.capacity {
             memo.entries.clear();
             memo.generation = generation;
             memo.revision = revision.to_owned();

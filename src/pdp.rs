@@ -210,12 +210,15 @@ pub struct Page {
 pub struct Limits {
     /// The most inline entities one call may send.
     pub max_inline_entities: usize,
+    /// The most stored entities the entity memo holds.
+    pub memo_entities: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_inline_entities: 10_000,
+            memo_entities: EntityMemo::DEFAULT_CAPACITY,
         }
     }
 }
@@ -254,7 +257,7 @@ impl Pdp {
             live,
             store,
             roles: RoleCatalog::default(),
-            memo: EntityMemo::default(),
+            memo: EntityMemo::new(limits.memo_entities),
             log,
             limits,
         }

@@ -246,7 +246,7 @@ pub async fn run(
     );
     drop(snapshot);
     let log = decision_log(&options)?;
-    let _watch = if options.no_watch {
+    let watcher = if options.no_watch {
         None
     } else {
         Some(watch::watch(live.clone(), options.debounce())?)
@@ -266,6 +266,7 @@ pub async fn run(
         log.clone(),
         pdp::Limits {
             max_inline_entities: options.max_inline_entities,
+            memo_entities: options.memo_entities,
         },
     ));
     let accounts = Arc::new(Accounts::new(
@@ -329,10 +330,40 @@ pub async fn run(
     let served = serve::serve(listener, app, serve_options, shutdown).await;
     for task in tasks {
         task.abort();
+        // Awaited, so that what the task held is dropped now.
+        let _ = task.await;
     }
+    drop(watcher);
+    live.clear_guard();
     log.flush_blocking(Duration::from_secs(2));
+    close(store).await;
     served?;
     Ok(())
+}
+
+/// Closes the store once nothing else holds it: a redb file is then closed
+/// cleanly, checked and stamped (`store::check`), so that the next start
+/// need not check it. Whatever still holds it after two seconds (a
+/// connection that will not finish) leaves the file to be checked in full
+/// at the next start, which is only slower.
+async fn close(mut store: Arc<Store>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        match Arc::try_unwrap(store) {
+            Ok(store) => {
+                let _ = tokio::task::spawn_blocking(move || drop(store)).await;
+                return;
+            }
+            Err(shared) if tokio::time::Instant::now() < deadline => {
+                store = shared;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(_) => {
+                tracing::info!("the store is still in use at shutdown: the next start checks the data file in full");
+                return;
+            }
+        }
+    }
 }
 
 /// Re-reads the caller keys every second, so that keys written by another

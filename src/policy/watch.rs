@@ -162,6 +162,12 @@ impl LivePolicies {
         *self.guard.lock().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(guard));
     }
 
+    /// Drops the guard (and what it holds), at shutdown: a reload after this
+    /// is checked by nothing but validation.
+    pub fn clear_guard(&self) {
+        *self.guard.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
     /// The outcome of the last reload attempt. Never waits on a reload in
     /// progress.
     pub fn last_reload(&self) -> ReloadStatus {
