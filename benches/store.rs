@@ -165,14 +165,16 @@ fn bench(c: &mut Criterion) {
     // committed write (another user's email flag toggled, not timed), which
     // makes the memo forget that user only.
     let toggle = AtomicU64::new(0);
+    // One committed write: user u99999's email flag toggled in `store`.
+    let toggle_in = |store: &Store| {
+        let verified = toggle.fetch_add(1, Ordering::Relaxed).is_multiple_of(2);
+        store
+            .write(|w| w.set_email_verified("u99999", verified).map(|_| ()))
+            .expect("write");
+    };
     group.bench_function("stored principal and account, right after a write", |b| {
         b.iter_batched(
-            || {
-                let verified = toggle.fetch_add(1, Ordering::Relaxed).is_multiple_of(2);
-                store
-                    .write(|w| w.set_email_verified("u99999", verified).map(|_| ()))
-                    .expect("write");
-            },
+            || toggle_in(&store),
             |()| black_box(stored(&memo)),
             BatchSize::PerIteration,
         )
@@ -203,12 +205,7 @@ fn bench(c: &mut Criterion) {
         "bare cedar-policy, prebuilt entities, right after a write",
         |b| {
             b.iter_batched(
-                || {
-                    let verified = toggle.fetch_add(1, Ordering::Relaxed).is_multiple_of(2);
-                    store
-                        .write(|w| w.set_email_verified("u99999", verified).map(|_| ()))
-                        .expect("write");
-                },
+                || toggle_in(&store),
                 |()| black_box(bare(&n)),
                 BatchSize::PerIteration,
             )
@@ -235,12 +232,7 @@ fn bench(c: &mut Criterion) {
         "stored principal and account, memo hit after a write to another store",
         |b| {
             b.iter_batched(
-                || {
-                    let verified = toggle.fetch_add(1, Ordering::Relaxed).is_multiple_of(2);
-                    other
-                        .write(|w| w.set_email_verified("u99999", verified).map(|_| ()))
-                        .expect("write");
-                },
+                || toggle_in(&other),
                 |()| black_box(stored(&memo)),
                 BatchSize::PerIteration,
             )

@@ -184,15 +184,21 @@ mod tests {
         )
     }
 
+    /// The schema, the set, the schema's action entities, and the slices.
+    fn fixture() -> (Schema, PolicySet, Entities, Slices) {
+        let (schema, _) = Schema::from_cedarschema_str(SCHEMA).expect("the test fixture");
+        let policies: PolicySet = POLICIES.parse().expect("the test fixture");
+        let actions = schema.action_entities().expect("the test fixture");
+        let slices = Slices::build(&policies, &schema, &actions);
+        (schema, policies, actions, slices)
+    }
+
     /// Every request the schema declares, for every principal and resource
     /// named in the policies and others: the slice answers exactly as the
     /// whole set (decision, reasons and errors).
     #[test]
     fn a_slice_answers_exactly_as_the_whole_set() {
-        let (schema, _) = Schema::from_cedarschema_str(SCHEMA).expect("the test fixture");
-        let policies: PolicySet = POLICIES.parse().expect("the test fixture");
-        let actions = schema.action_entities().expect("the test fixture");
-        let slices = Slices::build(&policies, &schema, &actions);
+        let (schema, policies, actions, slices) = fixture();
         assert!(!slices.is_empty(), "this set has policies to leave out");
         let group = cedar_policy::Entity::new_no_attrs(uid("Group", "g"), Default::default());
         let user = cedar_policy::Entity::new_no_attrs(
@@ -251,10 +257,7 @@ mod tests {
     /// always kept.
     #[test]
     fn an_action_group_keeps_its_members_policies() {
-        let (schema, _) = Schema::from_cedarschema_str(SCHEMA).expect("the test fixture");
-        let policies: PolicySet = POLICIES.parse().expect("the test fixture");
-        let actions = schema.action_entities().expect("the test fixture");
-        let slices = Slices::build(&policies, &schema, &actions);
+        let (_, _, _, slices) = fixture();
         let request = Request::new(
             uid("User", "u"),
             uid("Action", "purge"),
@@ -275,13 +278,7 @@ mod tests {
     /// A request the schema does not pair gets the whole set.
     #[test]
     fn an_undeclared_request_gets_the_whole_set() {
-        let (schema, _) = Schema::from_cedarschema_str(SCHEMA).expect("the test fixture");
-        let policies: PolicySet = POLICIES.parse().expect("the test fixture");
-        let slices = Slices::build(
-            &policies,
-            &schema,
-            &schema.action_entities().expect("the test fixture"),
-        );
+        let (_, _, _, slices) = fixture();
         let request = Request::new(
             uid("Doc", "d"),
             uid("Action", "read"),
