@@ -366,57 +366,61 @@ impl<'a> Facts<'a> {
     ) -> Result<Cow<'a, Entities>, EntityError> {
         self.check_count(inline)?;
         self.check_inline(inline)?;
-        match inline {
-            Inline::Raw(raw) => {
-                let Assembled { uids, entities } = authz::assemble_raw(self.snapshot, raw)?;
-                for (i, uid) in uids.iter().enumerate() {
-                    if self.stored(uid)? {
-                        return Err(owned(i, uid));
-                    }
-                }
-                let extra = self.stored_for(pairs, |uid| entities.get(uid))?;
-                let entities = if extra.is_empty() {
-                    entities
-                } else {
-                    // `extra` was checked against the schema when built.
-                    entities
-                        .add_entities(extra, None)
-                        .map_err(|e| InputError::new("entities", describe(&e)))?
-                };
-                // A claim to a role of a stored account, directly or through
-                // other inline entities, shows in the assembled hierarchy.
-                for (i, uid) in uids.iter().enumerate() {
-                    let roles: Vec<&EntityUid> = entities
-                        .ancestors(uid)
-                        .map(|a| a.filter(|p| p.type_name() == &TYPES.role).collect())
-                        .unwrap_or_default();
-                    for role in roles {
-                        if self.stored(role)? {
-                            return Err(claims(i, uid, role));
-                        }
-                    }
-                }
-                Ok(Cow::Owned(entities))
-            }
-            Inline::None | Inline::Json(_) => {
-                let entities: Cow<'a, Entities> = match inline {
-                    Inline::Json(v) => Cow::Owned(authz::parse_entities(self.snapshot, v)?),
-                    _ => Cow::Borrowed(&self.snapshot.base_entities),
-                };
-                let extra = self.stored_for(pairs, |uid| entities.get(uid))?;
-                if extra.is_empty() {
-                    return Ok(entities);
-                }
-                // Each stored entity was checked against this snapshot's
-                // schema when it was built (see `lookup`), so the merge need
-                // not check again.
-                entities
-                    .into_owned()
-                    .add_entities(extra, None)
-                    .map(Cow::Owned)
-                    .map_err(|e| EntityError::Schema(ModelError(describe(&e))))
+        let entities: Cow<'a, Entities> = match inline {
+            Inline::Raw(raw) => return self.raw_entities(raw, pairs).map(Cow::Owned),
+            Inline::Json(v) => Cow::Owned(authz::parse_entities(self.snapshot, v)?),
+            Inline::None => Cow::Borrowed(&self.snapshot.base_entities),
+        };
+        let extra = self.stored_for(pairs, |uid| entities.get(uid))?;
+        if extra.is_empty() {
+            return Ok(entities);
+        }
+        // Each stored entity was checked against this snapshot's schema when
+        // it was built (see `lookup`), so the merge need not check again.
+        entities
+            .into_owned()
+            .add_entities(extra, None)
+            .map(Cow::Owned)
+            .map_err(|e| EntityError::Schema(ModelError(describe(&e))))
+    }
+
+    /// [`Facts::entities`] for inline entities as raw JSON text: decoded and
+    /// assembled through the snapshot's memo, refused where cedard stores
+    /// one of them or one claims a role of a stored account.
+    fn raw_entities(
+        &self,
+        raw: &RawValue,
+        pairs: &[(&EntityUid, &EntityUid)],
+    ) -> Result<Entities, EntityError> {
+        let Assembled { uids, entities } = authz::assemble_raw(self.snapshot, raw)?;
+        for (i, uid) in uids.iter().enumerate() {
+            if self.stored(uid)? {
+                return Err(owned(i, uid));
             }
         }
+        let extra = self.stored_for(pairs, |uid| entities.get(uid))?;
+        let entities = if extra.is_empty() {
+            entities
+        } else {
+            // `extra` was checked against the schema when built.
+            entities
+                .add_entities(extra, None)
+                .map_err(|e| InputError::new("entities", describe(&e)))?
+        };
+        // A claim to a role of a stored account, directly or through other
+        // inline entities, shows in the assembled hierarchy.
+        for (i, uid) in uids.iter().enumerate() {
+            let roles: Vec<&EntityUid> = entities
+                .ancestors(uid)
+                .map(|a| a.filter(|p| p.type_name() == &TYPES.role).collect())
+                .unwrap_or_default();
+            for role in roles {
+                if self.stored(role)? {
+                    return Err(claims(i, uid, role));
+                }
+            }
+        }
+        Ok(entities)
     }
 
     /// The stored entities each `(principal, resource)` pair needs: the

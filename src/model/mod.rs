@@ -183,14 +183,7 @@ impl RoleCatalog {
 /// (Cedar syntax or JSON), resolving a common type if `roles` names one.
 fn role_names(files: &[crate::policy::SourceFile]) -> Result<Vec<String>, ModelError> {
     for f in files {
-        let json = if f.name.ends_with(".json") {
-            serde_json::from_str::<Value>(&f.text).ok()
-        } else {
-            cedar_policy::schema_str_to_json_with_resolved_types(&f.text)
-                .ok()
-                .map(|(v, _)| v)
-        };
-        let Some(Value::Object(namespaces)) = json else {
+        let Some(Value::Object(namespaces)) = f.schema_json() else {
             continue;
         };
         // The account model lives in the empty namespace.

@@ -81,14 +81,7 @@ impl Shapes {
     pub fn from_schema_files(files: &[SourceFile]) -> Self {
         let mut namespaces: Namespaces = HashMap::new();
         for f in files {
-            let json = if f.name.ends_with(".json") {
-                serde_json::from_str::<Value>(&f.text).ok()
-            } else {
-                cedar_policy::schema_str_to_json_with_resolved_types(&f.text)
-                    .ok()
-                    .map(|(v, _)| v)
-            };
-            let Some(Value::Object(fragment)) = json else {
+            let Some(Value::Object(fragment)) = f.schema_json() else {
                 return Self::default();
             };
             for (ns, body) in fragment {
@@ -146,11 +139,6 @@ impl Shapes {
     /// read.
     pub fn is_plain_type(&self, ty: &str) -> bool {
         self.names.contains_key(ty) && !self.enums.contains_key(ty)
-    }
-
-    /// How many entity types the decoder builds itself.
-    pub fn decoded_types(&self) -> usize {
-        self.types.values().filter(|s| s.is_some()).count()
     }
 
     /// Decodes one entity from its JSON text, or `None`: leave it to Cedar's

@@ -106,6 +106,22 @@ pub struct SourceFile {
     pub text: String,
 }
 
+impl SourceFile {
+    /// This schema file in Cedar's JSON schema format (a Cedar-syntax file
+    /// converted, its common types resolved), or `None` when it does not
+    /// read as a schema. For readers that need more of the schema than
+    /// cedar-policy's `Schema` exposes.
+    pub fn schema_json(&self) -> Option<serde_json::Value> {
+        if self.name.ends_with(".json") {
+            serde_json::from_str(&self.text).ok()
+        } else {
+            cedar_policy::schema_str_to_json_with_resolved_types(&self.text)
+                .ok()
+                .map(|(v, _)| v)
+        }
+    }
+}
+
 /// An immutable, fully parsed policy set with its schema. Every decision is
 /// evaluated against exactly one snapshot.
 #[derive(Debug)]

@@ -117,12 +117,6 @@ impl Slices {
             .map(|s| &s.policies)
     }
 
-    /// How many (principal type, action, resource type) triples have a slice
-    /// smaller than the set.
-    pub fn len(&self) -> usize {
-        self.by_action.values().map(Vec::len).sum()
-    }
-
     /// Whether no request has a slice (every decision evaluates every
     /// policy).
     pub fn is_empty(&self) -> bool {
