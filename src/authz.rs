@@ -303,18 +303,56 @@ fn not_an_array(value: &Value) -> InputError {
 /// JSON parser and its hierarchy computation. Entities cedard adds later
 /// (stored users and accounts) are merged by the caller, per request.
 pub fn assemble_raw(snapshot: &PolicySnapshot, raw: &RawValue) -> Result<Assembled, InputError> {
-    let text = raw.get();
-    if let Some(hit) = snapshot.entity_cache.sets.get(text) {
+    if let Some(hit) = remembered_set(snapshot, raw) {
         return Ok(hit);
     }
     let decoded = decode_entities_raw(snapshot, raw)?;
+    let uids: Vec<EntityUid> = decoded.iter().map(Entity::uid).collect();
+    let entities = assemble_with(snapshot, raw, decoded, Vec::new())?;
+    Ok(Assembled { uids, entities })
+}
+
+/// The assembly of exactly this array text remembered by the snapshot.
+pub fn remembered_set(snapshot: &PolicySnapshot, raw: &RawValue) -> Option<Assembled> {
+    snapshot.entity_cache.sets.get(raw.get())
+}
+
+/// Assembles `decoded` (the entities of `raw`, see [`decode_entities_raw`])
+/// with cedard's `extra` entities in one hierarchy computation. The inline
+/// entities alone are remembered under the text of `raw` on its second
+/// sighting (built apart only then, when `extra` is not empty).
+pub fn assemble_with(
+    snapshot: &PolicySnapshot,
+    raw: &RawValue,
+    decoded: Vec<Entity>,
+    extra: Vec<Entity>,
+) -> Result<Entities, InputError> {
+    let text = raw.get();
+    let sets = &snapshot.entity_cache.sets;
+    if !sets.admits(text) {
+        return assemble(snapshot, decoded, extra, || text.to_owned());
+    }
     let uids = decoded.iter().map(Entity::uid).collect();
-    let entities = assemble(snapshot, decoded, Vec::new(), || text.to_owned())?;
-    let assembled = Assembled { uids, entities };
     // The set also holds the schema's action entities and the data files'.
     let shared = (snapshot.action_entities.iter().count() + snapshot.data.len()) * 256;
-    snapshot.entity_cache.sets.insert(text, &assembled, shared);
-    Ok(assembled)
+    if extra.is_empty() {
+        let assembled = Assembled {
+            uids,
+            entities: assemble(snapshot, decoded, extra, || text.to_owned())?,
+        };
+        sets.store(text, &assembled, shared);
+        return Ok(assembled.entities);
+    }
+    let alone = assemble(snapshot, decoded.clone(), Vec::new(), || text.to_owned())?;
+    sets.store(
+        text,
+        &Assembled {
+            uids,
+            entities: alone,
+        },
+        shared,
+    );
+    assemble(snapshot, decoded, extra, || text.to_owned())
 }
 
 fn kind(v: &Value) -> &'static str {

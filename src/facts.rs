@@ -128,7 +128,7 @@ impl EntityMemo {
             return;
         }
         if memo.revision != revision || memo.entries.len() >= self.capacity {
-            memo.entries.clear();
+            crate::policy::memo::drop_elsewhere(std::mem::take(&mut memo.entries));
             memo.generation = generation;
             memo.revision = revision.to_owned();
         }
@@ -154,7 +154,7 @@ impl Memo {
                     self.entries.remove(&uid);
                 }
             }
-            None => self.entries.clear(),
+            None => crate::policy::memo::drop_elsewhere(std::mem::take(&mut self.entries)),
         }
         self.generation = generation;
     }
@@ -392,20 +392,37 @@ impl<'a> Facts<'a> {
         raw: &RawValue,
         pairs: &[(&EntityUid, &EntityUid)],
     ) -> Result<Entities, EntityError> {
-        let Assembled { uids, entities } = authz::assemble_raw(self.snapshot, raw)?;
-        for (i, uid) in uids.iter().enumerate() {
-            if self.stored(uid)? {
-                return Err(owned(i, uid));
+        let (uids, entities) = match authz::remembered_set(self.snapshot, raw) {
+            Some(Assembled { uids, entities }) => {
+                self.refuse_owned(&uids)?;
+                let extra = self.stored_for(pairs, |uid| entities.get(uid))?;
+                let entities = if extra.is_empty() {
+                    entities
+                } else {
+                    // `extra` was checked against the schema when built.
+                    entities
+                        .add_entities(extra, None)
+                        .map_err(|e| InputError::new("entities", describe(&e)))?
+                };
+                (uids, entities)
             }
-        }
-        let extra = self.stored_for(pairs, |uid| entities.get(uid))?;
-        let entities = if extra.is_empty() {
-            entities
-        } else {
-            // `extra` was checked against the schema when built.
-            entities
-                .add_entities(extra, None)
-                .map_err(|e| InputError::new("entities", describe(&e)))?
+            None => {
+                // Not remembered: the stored entities join the inline ones
+                // in the one hierarchy computation of the assembly. What is
+                // present is what the assembled set would hold: the inline
+                // entities, then the snapshot's own (actions, data files).
+                let decoded = authz::decode_entities_raw(self.snapshot, raw)?;
+                let uids: Vec<EntityUid> = decoded.iter().map(Entity::uid).collect();
+                self.refuse_owned(&uids)?;
+                let by_uid: HashMap<&EntityUid, &Entity> = uids.iter().zip(&decoded).collect();
+                let base = &self.snapshot.base_entities;
+                let extra = self.stored_for(pairs, |uid| {
+                    by_uid.get(uid).copied().or_else(|| base.get(uid))
+                })?;
+                drop(by_uid);
+                let entities = authz::assemble_with(self.snapshot, raw, decoded, extra)?;
+                (uids, entities)
+            }
         };
         // A claim to a role of a stored account, directly or through other
         // inline entities, shows in the assembled hierarchy.
@@ -421,6 +438,16 @@ impl<'a> Facts<'a> {
             }
         }
         Ok(entities)
+    }
+
+    /// Refuses inline entities that cedard stores, naming `entities[i]`.
+    fn refuse_owned(&self, uids: &[EntityUid]) -> Result<(), EntityError> {
+        for (i, uid) in uids.iter().enumerate() {
+            if self.stored(uid)? {
+                return Err(owned(i, uid));
+            }
+        }
+        Ok(())
     }
 
     /// The stored entities each `(principal, resource)` pair needs: the

@@ -280,6 +280,10 @@ pub async fn run(
         tls.is_some(),
         options.decision_log.clone(),
     ));
+    let metrics = http::metrics::handle();
+    if let Some(handle) = &metrics {
+        tasks.push(tokio::spawn(http::metrics::upkeep(handle.clone())));
+    }
     let state = AppState {
         console,
         pdp,
@@ -294,7 +298,7 @@ pub async fn run(
             insecure_no_auth: options.insecure_no_auth,
             ..HttpLimits::default()
         }),
-        metrics: http::metrics::handle(),
+        metrics,
     };
     let serve_options = ServeOptions {
         tls,

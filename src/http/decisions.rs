@@ -6,6 +6,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::Value;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -47,7 +48,7 @@ pub struct CheckBody {
     /// each entity is decoded through the snapshot's memo.
     #[serde(default)]
     #[schema(value_type = Option<Vec<Object>>)]
-    entities: Option<Box<serde_json::value::RawValue>>,
+    entities: Option<Box<RawValue>>,
     /// How fresh the stored facts must be: `"minimize_latency"` (default),
     /// `"full"`, or `{"at_least": <store_revision of a write>}`.
     #[serde(default)]
@@ -76,14 +77,19 @@ pub struct BatchItem {
 /// Several questions sharing one set of entities.
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub struct BatchBody {
-    /// The questions (at most `--batch-limit`).
+pub struct BatchBody<'a> {
+    /// The questions (at most `--batch-limit`). Each is kept as its raw
+    /// JSON text (borrowed from the body) until the count is checked, then
+    /// read once into a [`BatchItem`], so that an error names `requests[i]`.
+    #[serde(borrow)]
     #[schema(value_type = Vec<BatchItem>)]
-    requests: Vec<Value>,
-    /// Entities in Cedar's JSON entity format, shared by every question.
-    #[serde(default)]
+    requests: Vec<&'a RawValue>,
+    /// Entities in Cedar's JSON entity format, shared by every question;
+    /// raw JSON text, decoded through the snapshot's memo as for one
+    /// question.
+    #[serde(default, borrow)]
     #[schema(value_type = Option<Vec<Object>>)]
-    entities: Option<Value>,
+    entities: Option<&'a RawValue>,
     /// How fresh the stored facts must be, as for one question.
     #[serde(default)]
     consistency: Option<ConsistencyBody>,
@@ -111,7 +117,7 @@ pub struct BatchResponse {
     store_revision: u64,
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::BadJson(format!("invalid request body: {e}")))
 }
@@ -221,8 +227,8 @@ async fn is_authorized_batch(
             .into());
         }
         let mut items = Vec::with_capacity(body.requests.len());
-        for (i, raw) in body.requests.into_iter().enumerate() {
-            let item: BatchItem = serde_json::from_value(raw)
+        for (i, raw) in body.requests.iter().enumerate() {
+            let item: BatchItem = serde_json::from_str(raw.get())
                 .map_err(|e| InputError::new(format!("requests[{i}]"), e.to_string()))?;
             items.push(item);
         }
@@ -235,9 +241,9 @@ async fn is_authorized_batch(
                 context: item.context.as_ref(),
             })
             .collect();
-        let inline = match body.entities.as_ref() {
-            Some(Value::Null) | None => Inline::None,
-            Some(v) => Inline::Json(v),
+        let inline = match body.entities {
+            Some(raw) if raw.get().trim() != "null" => Inline::Raw(raw),
+            _ => Inline::None,
         };
         let mut caller = caller.caller("/v1/is_authorized/batch");
         caller.consistency = body.consistency.map(Into::into).unwrap_or_default();

@@ -44,6 +44,23 @@ pub fn handle() -> Option<PrometheusHandle> {
         .clone()
 }
 
+/// How often the recorder's histograms are folded into their buckets.
+const UPKEEP: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Folds the recorded latencies into their buckets every few seconds. The
+/// exporter keeps every histogram sample until a scrape or an upkeep takes
+/// it: without this, a daemon nobody scrapes would grow by two samples per
+/// request for ever.
+pub async fn upkeep(handle: PrometheusHandle) {
+    let mut tick = tokio::time::interval(UPKEEP);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let h = handle.clone();
+        let _ = tokio::task::spawn_blocking(move || h.run_upkeep()).await;
+    }
+}
+
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!(

@@ -27,12 +27,21 @@ pub struct Assembled {
 }
 
 /// The memos of one snapshot.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct InlineMemo {
     /// Single decoded entities.
     pub entities: Memo<cedar_policy::Entity>,
     /// Whole decoded and assembled arrays.
     pub sets: Memo<Assembled>,
+}
+
+impl Default for InlineMemo {
+    fn default() -> Self {
+        Self {
+            entities: Memo::with_budget(ENTITY_BYTES),
+            sets: Memo::with_budget(SET_BYTES),
+        }
+    }
 }
 
 /// One memo bounded in bytes. A `std::sync::Mutex` is enough: it is held only
@@ -44,6 +53,8 @@ pub struct Memo<T> {
     inner: Mutex<Entries<T>>,
     /// Keyed per process, so that nobody can choose texts that collide.
     hasher: RandomState,
+    /// The most bytes it holds (estimated).
+    budget: usize,
 }
 
 #[derive(Debug)]
@@ -58,8 +69,9 @@ struct Entries<T> {
     seen: HashSet<u64>,
 }
 
-impl<T> Default for Memo<T> {
-    fn default() -> Self {
+impl<T> Memo<T> {
+    /// An empty memo holding at most `budget` (estimated) bytes.
+    pub fn with_budget(budget: usize) -> Self {
         Self {
             inner: Mutex::new(Entries {
                 map: HashMap::new(),
@@ -67,13 +79,20 @@ impl<T> Default for Memo<T> {
                 seen: HashSet::new(),
             }),
             hasher: RandomState::new(),
+            budget,
         }
     }
 }
 
-/// The most bytes one memo holds (estimated): two memos per snapshot, and
-/// only the serving snapshot's memos are alive once in-flight requests end.
-pub const MEMO_BYTES: usize = 32 * 1024 * 1024;
+/// The most bytes the memo of single entities holds (estimated). Only the
+/// serving snapshot's memos are alive once in-flight requests end.
+pub const ENTITY_BYTES: usize = 32 * 1024 * 1024;
+
+/// The most bytes the memo of assembled sets holds (estimated). Every set
+/// also holds the schema's action entities (a few KB for a typical schema),
+/// so this is larger: 96 MB keeps the pods of 10,000 accounts, each sent
+/// inline with a stored principal, remembered instead of refilled.
+pub const SET_BYTES: usize = 96 * 1024 * 1024;
 
 /// Texts longer than this are not remembered: they are rare, and one would
 /// take a large share of the budget.
@@ -87,7 +106,7 @@ const SEEN: usize = 65_536;
 /// hash maps, `Arc`s); this factor turns text length into an estimate.
 const EXPANSION: usize = 8;
 
-impl<T: Clone> Memo<T> {
+impl<T: Clone + Send + 'static> Memo<T> {
     fn lock(&self) -> MutexGuard<'_, Entries<T>> {
         // The map is only ever read or changed entry by entry; a panic while
         // holding the lock cannot leave a half-written entry.
@@ -104,11 +123,20 @@ impl<T: Clone> Memo<T> {
     /// holds beyond the text's own expansion (shared action entities in an
     /// assembled set, for example).
     pub fn insert(&self, text: &str, value: &T, extra: usize) {
+        if self.admits(text) {
+            self.store(text, value, extra);
+        }
+    }
+
+    /// Notes a sighting of `text` and says whether it is now to be
+    /// remembered (its second sighting): a caller whose value costs extra
+    /// work to build in the remembered form builds it only then, and hands
+    /// it to [`Memo::store`].
+    pub fn admits(&self, text: &str) -> bool {
         if text.len() > MAX_KEY {
-            return;
+            return false;
         }
         let hash = self.hasher.hash_one(text);
-        let cost = text.len() * (EXPANSION + 1) + extra + 64;
         let mut entries = self.lock();
         if entries.seen.insert(hash) {
             // First sighting. A collision with another text only admits
@@ -116,11 +144,21 @@ impl<T: Clone> Memo<T> {
             if entries.seen.len() > SEEN {
                 entries.seen.clear();
             }
-            return;
+            return false;
         }
         entries.seen.remove(&hash);
-        if entries.bytes + cost > MEMO_BYTES {
-            entries.map.clear();
+        true
+    }
+
+    /// Remembers `value` for `text` now, whatever the sightings.
+    pub fn store(&self, text: &str, value: &T, extra: usize) {
+        if text.len() > MAX_KEY {
+            return;
+        }
+        let cost = text.len() * (EXPANSION + 1) + extra + 64;
+        let mut entries = self.lock();
+        if entries.bytes + cost > self.budget {
+            drop_elsewhere(std::mem::take(&mut entries.map));
             entries.bytes = 0;
         }
         if entries.map.insert(text.into(), value.clone()).is_none() {
@@ -134,13 +172,25 @@ impl<T: Clone> Memo<T> {
     }
 }
 
+/// Drops `value` on a thread of its own: a full memo holds tens of thousands
+/// of decoded entities, and freeing them one by one takes milliseconds that
+/// the request which happened to fill the memo must not wait for. Inline if
+/// no thread can be started.
+pub fn drop_elsewhere<T: Send + 'static>(value: T) {
+    // Should the thread not start, the closure, and `value` with it, is
+    // dropped here instead.
+    let _ = std::thread::Builder::new()
+        .name("memo-drop".into())
+        .spawn(move || drop(value));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn a_text_is_remembered_on_its_second_sighting() {
-        let memo: Memo<u32> = Memo::default();
+        let memo: Memo<u32> = Memo::with_budget(ENTITY_BYTES);
         memo.insert("once", &1, 0);
         assert_eq!(memo.get("once"), None, "seen once: not copied");
         assert_eq!(memo.bytes(), 0);
@@ -153,5 +203,18 @@ mod tests {
         }
         assert_eq!(memo.get("once"), Some(1));
         assert_eq!(memo.get("one-off 7"), None);
+    }
+
+    #[test]
+    fn a_full_memo_starts_over_within_its_budget() {
+        let memo: Memo<u32> = Memo::with_budget(4096);
+        assert!(!memo.admits("abc"), "first sighting");
+        assert!(memo.admits("abc"), "second sighting");
+        for i in 0..100 {
+            memo.store(&format!("text {i:03}"), &i, 100);
+            assert!(memo.bytes() <= 4096, "{} bytes", memo.bytes());
+        }
+        assert_eq!(memo.get("text 099"), Some(99), "the newest is kept");
+        assert_eq!(memo.get("text 000"), None, "the oldest went with a restart");
     }
 }
