@@ -9,7 +9,8 @@
 #    sent inline, a random user of the 100,000 in every request, against the
 #    bare axum endpoint parsing the same bodies, runs interleaved;
 # 3. memory: the daemon's RSS after every ~100,000 decisions, up to
-#    1,000,000 (it must stay flat: every memo is bounded).
+#    1,000,000 (it must stay flat: every memo is bounded);
+# 4. the check rate of 2. again, warm (the memos hold the directory).
 #
 #   bash benches/stored.sh            # needs wrk
 #   USERS=100000 ACCOUNTS=10000 DURATION=5s bash benches/stored.sh
@@ -107,4 +108,14 @@ while [ "$done_n" -lt "$DECISIONS" ]; do
   done_n=$((done_n + n))
   echo "decisions so far: $done_n; RSS $(rss) MB"
 done
+# Warm: every user and account has been asked about ten times over, so the
+# memos hold the directory; the same comparison again, interleaved.
+read -r _ bare3 < <(run http://127.0.0.1:8291/v1/is_authorized)
+read -r _ cedard3 < <(run "http://127.0.0.1:$port/v1/is_authorized")
+read -r _ bare4 < <(run http://127.0.0.1:8291/v1/is_authorized)
+read -r _ cedard4 < <(run "http://127.0.0.1:$port/v1/is_authorized")
+echo "warm, bare axum:              $bare3, $bare4 req/s"
+echo "warm, cedard:                 $cedard3, $cedard4 req/s"
+awk -v a="$cedard3" -v b="$cedard4" -v c="$bare3" -v d="$bare4" \
+  'BEGIN { printf "ratio cedard/bare, warm: %.2f\n", (a+b)/(c+d) }'
 stop
