@@ -653,4 +653,76 @@ mod tests {
         let memo_gen = memo.inner.lock().map(|m| m.generation).unwrap_or(0);
         assert!(store.changed_between(memo_gen, memo_gen + 5).is_none());
     }
+
+    /// The entities of one request as sorted JSON, to compare sets.
+    fn canonical(entities: &Entities) -> Vec<String> {
+        let mut out: Vec<String> = entities
+            .iter()
+            .map(|e| e.to_json_value().map(|v| v.to_string()).unwrap_or_default())
+            .collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn an_inline_pod_joins_the_stored_entities_alike_before_and_after_it_is_remembered() {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let snapshot = policy::load(
+            &Sources {
+                policies: root.join("policies"),
+                schema: root.join("schema"),
+                ..Default::default()
+            },
+            1,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let store = Store::open(&dir.path().join("d.redb")).unwrap_or_else(|e| panic!("{e}"));
+        store
+            .write(|w| {
+                w.sign_up(&user("olga"), ADMIN_ROLE)?;
+                w.convert("olga", "Acme")?;
+                w.sign_up(&user("bob"), ADMIN_ROLE)?;
+                w.add_member("olga", "bob", "dev", 1)
+            })
+            .unwrap_or_else(|e| panic!("{e}"));
+        let text = r#"[{"uid": {"type": "Pod", "id": "p1"}, "attrs": {"account": {"type": "Account", "id": "olga"}}, "parents": [{"type": "Account", "id": "olga"}]}]"#;
+        let raw = RawValue::from_string(text.to_owned()).unwrap_or_else(|e| panic!("{e}"));
+        let json: Value = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}"));
+        let (catalog, memo) = (RoleCatalog::default(), EntityMemo::default());
+        let pod: EntityUid = r#"Pod::"p1""#.parse().unwrap_or_else(|e| panic!("{e}"));
+        let bob = user_uid("bob");
+        let entities = |inline: Inline<'_>| {
+            let facts = Facts::new(&snapshot, &catalog, &memo, &store, 100);
+            facts
+                .entities(inline, &[(&bob, &pod)])
+                .map(|e| e.into_owned())
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        // Through Cedar's own JSON path, the reference.
+        let expected = canonical(&entities(Inline::Json(&json)));
+        // First sighting (assembled with the stored entities in one go),
+        // second (also remembered alone), third (from the memo, the stored
+        // entities added to the remembered set).
+        for sighting in 1..=3 {
+            let got = entities(Inline::Raw(&raw));
+            assert_eq!(canonical(&got), expected, "sighting {sighting}");
+            let ancestors: Vec<String> = got
+                .ancestors(&bob)
+                .map(|a| a.map(ToString::to_string).collect())
+                .unwrap_or_default();
+            assert!(
+                ancestors.iter().any(|a| a == r#"Role::"olga/dev""#),
+                "sighting {sighting}: {ancestors:?}"
+            );
+            assert!(
+                got.get(&account_uid("olga")).is_some(),
+                "sighting {sighting}"
+            );
+        }
+        assert!(
+            authz::remembered_set(&snapshot, &raw).is_some(),
+            "remembered by the third sighting"
+        );
+    }
 }
