@@ -92,16 +92,23 @@ run() {  # URL -> "requests rate"
     | awk '/requests in/ {n=$1} /Requests\/sec/ {r=$2} END {print n, r}'
 }
 rss() { awk '/VmRSS/ {print $2 / 1024}' "/proc/$pid/status"; }
+# Bare and cedard twice each, interleaved; prints the rates and their
+# ratio under LABEL, and adds cedard's decisions to `done_n`.
+compare() {  # LABEL
+  local bare1 bare2 cedard1 cedard2 n1 n2
+  read -r _ bare1 < <(run http://127.0.0.1:8291/v1/is_authorized)
+  read -r n1 cedard1 < <(run "http://127.0.0.1:$port/v1/is_authorized")
+  read -r _ bare2 < <(run http://127.0.0.1:8291/v1/is_authorized)
+  read -r n2 cedard2 < <(run "http://127.0.0.1:$port/v1/is_authorized")
+  echo "$1, bare axum, same bodies:      $bare1, $bare2 req/s"
+  echo "$1, cedard, stored user+account: $cedard1, $cedard2 req/s"
+  awk -v l="$1" -v a="$cedard1" -v b="$cedard2" -v c="$bare1" -v d="$bare2" \
+    'BEGIN { printf "%s, ratio cedard/bare, stored principal and account: %.2f\n", l, (a+b)/(c+d) }'
+  done_n=$((done_n + n1 + n2))
+}
 echo "RSS before any decision: $(rss) MB"
-read -r _ bare1 < <(run http://127.0.0.1:8291/v1/is_authorized)
-read -r n1 cedard1 < <(run "http://127.0.0.1:$port/v1/is_authorized")
-read -r _ bare2 < <(run http://127.0.0.1:8291/v1/is_authorized)
-read -r n2 cedard2 < <(run "http://127.0.0.1:$port/v1/is_authorized")
-echo "bare axum, same bodies:     $bare1, $bare2 req/s"
-echo "cedard, stored user+account: $cedard1, $cedard2 req/s"
-awk -v a="$cedard1" -v b="$cedard2" -v c="$bare1" -v d="$bare2" \
-  'BEGIN { printf "ratio cedard/bare, stored principal and account: %.2f\n", (a+b)/(c+d) }'
-done_n=$((n1 + n2))
+done_n=0
+compare cold
 echo "decisions so far: $done_n; RSS $(rss) MB"
 while [ "$done_n" -lt "$DECISIONS" ]; do
   read -r n _ < <(run "http://127.0.0.1:$port/v1/is_authorized")
@@ -109,13 +116,6 @@ while [ "$done_n" -lt "$DECISIONS" ]; do
   echo "decisions so far: $done_n; RSS $(rss) MB"
 done
 # Warm: every user and account has been asked about ten times over, so the
-# memos hold the directory; the same comparison again, interleaved.
-read -r _ bare3 < <(run http://127.0.0.1:8291/v1/is_authorized)
-read -r _ cedard3 < <(run "http://127.0.0.1:$port/v1/is_authorized")
-read -r _ bare4 < <(run http://127.0.0.1:8291/v1/is_authorized)
-read -r _ cedard4 < <(run "http://127.0.0.1:$port/v1/is_authorized")
-echo "warm, bare axum:              $bare3, $bare4 req/s"
-echo "warm, cedard:                 $cedard3, $cedard4 req/s"
-awk -v a="$cedard3" -v b="$cedard4" -v c="$bare3" -v d="$bare4" \
-  'BEGIN { printf "ratio cedard/bare, warm: %.2f\n", (a+b)/(c+d) }'
+# memos hold the directory.
+compare warm
 stop

@@ -328,31 +328,23 @@ pub fn assemble_with(
     extra: Vec<Entity>,
 ) -> Result<Entities, InputError> {
     let text = raw.get();
+    let whole = || text.to_owned();
     let sets = &snapshot.entity_cache.sets;
-    if !sets.admits(text) {
-        return assemble(snapshot, decoded, extra, || text.to_owned());
-    }
-    let uids = decoded.iter().map(Entity::uid).collect();
-    // The set also holds the schema's action entities and the data files'.
-    let shared = (snapshot.action_entities.iter().count() + snapshot.data.len()) * 256;
-    if extra.is_empty() {
+    if sets.admits(text) {
+        // Remembered without cedard's entities, which are the request's.
         let assembled = Assembled {
-            uids,
-            entities: assemble(snapshot, decoded, extra, || text.to_owned())?,
+            uids: decoded.iter().map(Entity::uid).collect(),
+            entities: assemble(snapshot, decoded.clone(), Vec::new(), whole)?,
         };
+        // The set also holds the schema's action entities and the data
+        // files'.
+        let shared = (snapshot.action_entities.iter().count() + snapshot.data.len()) * 256;
         sets.store(text, &assembled, shared);
-        return Ok(assembled.entities);
+        if extra.is_empty() {
+            return Ok(assembled.entities);
+        }
     }
-    let alone = assemble(snapshot, decoded.clone(), Vec::new(), || text.to_owned())?;
-    sets.store(
-        text,
-        &Assembled {
-            uids,
-            entities: alone,
-        },
-        shared,
-    );
-    assemble(snapshot, decoded, extra, || text.to_owned())
+    assemble(snapshot, decoded, extra, whole)
 }
 
 fn kind(v: &Value) -> &'static str {

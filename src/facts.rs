@@ -56,6 +56,17 @@ pub enum Inline<'a> {
     Raw(&'a RawValue),
 }
 
+impl<'a> Inline<'a> {
+    /// Raw inline entities as a body carries them: absent, or JSON `null`,
+    /// is none.
+    pub fn raw(raw: Option<&'a RawValue>) -> Self {
+        match raw {
+            Some(raw) if raw.get().trim() != "null" => Inline::Raw(raw),
+            _ => Inline::None,
+        }
+    }
+}
+
 /// Stored entities already built and checked against a snapshot's schema,
 /// valid at one store generation.
 ///
@@ -572,6 +583,7 @@ fn account_of(entity: &Entity) -> Option<EntityUid> {
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
+    use std::sync::Arc;
 
     use super::*;
     use crate::model::{user_uid, ADMIN_ROLE};
@@ -597,8 +609,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_write_evicts_what_it_changed_and_keeps_the_rest() {
+    /// The repository's policy pack and an empty store in a folder of its
+    /// own (kept alive by the caller).
+    fn fixture() -> (Arc<PolicySnapshot>, tempfile::TempDir, Store) {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         let snapshot = policy::load(
             &Sources {
@@ -611,6 +624,12 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}"));
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
         let store = Store::open(&dir.path().join("d.redb")).unwrap_or_else(|e| panic!("{e}"));
+        (snapshot, dir, store)
+    }
+
+    #[test]
+    fn a_write_evicts_what_it_changed_and_keeps_the_rest() {
+        let (snapshot, _dir, store) = fixture();
         for id in ["olga", "ann", "bob"] {
             store
                 .write(|w| w.sign_up(&user(id), ADMIN_ROLE).map(|_| ()))
@@ -666,18 +685,7 @@ mod tests {
 
     #[test]
     fn an_inline_pod_joins_the_stored_entities_alike_before_and_after_it_is_remembered() {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        let snapshot = policy::load(
-            &Sources {
-                policies: root.join("policies"),
-                schema: root.join("schema"),
-                ..Default::default()
-            },
-            1,
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-        let store = Store::open(&dir.path().join("d.redb")).unwrap_or_else(|e| panic!("{e}"));
+        let (snapshot, _dir, store) = fixture();
         store
             .write(|w| {
                 w.sign_up(&user("olga"), ADMIN_ROLE)?;

@@ -372,10 +372,7 @@ impl Asked {
                 resource: &self.resource,
                 context: self.context.as_ref(),
             },
-            inline: match &self.inline {
-                Some(raw) => Inline::Raw(raw),
-                None => Inline::None,
-            },
+            inline: Inline::raw(self.inline.as_deref()),
         }
     }
 }
@@ -780,10 +777,7 @@ async fn search(
                 resource: &resource,
                 searched_type,
                 context: parsed.context.as_ref(),
-                inline: match &inline {
-                    Some(raw) => Inline::Raw(raw),
-                    None => Inline::None,
-                },
+                inline: Inline::raw(inline.as_deref()),
                 after: after.as_deref(),
                 limit,
             },

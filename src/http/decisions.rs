@@ -160,10 +160,7 @@ async fn is_authorized(
     let heavy = body.len() > state.limits.blocking_threshold || state.pdp.store().is_remote();
     off_worker_if(heavy, move || {
         let body: CheckBody = parse_json(&body)?;
-        let inline = match body.entities.as_deref() {
-            Some(raw) if raw.get().trim() != "null" => Inline::Raw(raw),
-            _ => Inline::None,
-        };
+        let inline = Inline::raw(body.entities.as_deref());
         let query = Query {
             principal: &body.principal,
             action: ActionRef::Uid(&body.action),
@@ -241,10 +238,7 @@ async fn is_authorized_batch(
                 context: item.context.as_ref(),
             })
             .collect();
-        let inline = match body.entities {
-            Some(raw) if raw.get().trim() != "null" => Inline::Raw(raw),
-            _ => Inline::None,
-        };
+        let inline = Inline::raw(body.entities);
         let mut caller = caller.caller("/v1/is_authorized/batch");
         caller.consistency = body.consistency.map(Into::into).unwrap_or_default();
         let checked = state.pdp.check(&caller, &queries, inline, true)?;
