@@ -107,10 +107,8 @@ fn load(dir: &Path, size: &str) -> Loaded {
 fn bench(c: &mut Criterion) {
     let root = root();
     let caller = Caller {
-        key: None,
-        request_id: None,
         endpoint: "bench",
-        consistency: Default::default(),
+        ..Caller::default()
     };
     let authorizer = Authorizer::new();
     for workload in WORKLOADS {

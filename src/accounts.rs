@@ -72,6 +72,7 @@ impl From<PdpError> for AccountsError {
             PdpError::Input(e) => AccountsError::Input(e),
             PdpError::Denied { message, reasons } => AccountsError::Denied { message, reasons },
             PdpError::Unavailable(m) => AccountsError::Unavailable(m),
+            PdpError::Store(e) => AccountsError::Store(e),
         }
     }
 }
@@ -819,15 +820,48 @@ impl Accounts {
         Ok(self.pdp.store().read()?.keys()?)
     }
 
-    /// Reloads the live keys from the store. Once the file is known damaged
+    /// Whether the live keys are known to be the store's within the
+    /// staleness bound, confirming them first from the store's own last
+    /// confirmation when the store revision has not moved since they were
+    /// read (no read of the store: cheap enough for every request).
+    pub fn keys_current(&self) -> bool {
+        if self.keys.current() {
+            return true;
+        }
+        let store = self.pdp.store();
+        let confirmed = store.confirmed_at();
+        if store.revision() == self.keys.revision() {
+            if let Some(at) = confirmed {
+                self.keys.confirm(at);
+            }
+        }
+        self.keys.current()
+    }
+
+    /// Brings the live keys up to the store: read again when the store
+    /// revision moved since they were read (any write, this replica's or
+    /// another's), otherwise confirmed as of the store's last confirmation
+    /// (unchanged revision, unchanged keys). Once the file is known damaged
     /// the keys are left as they are: those read before came from a sound
     /// file, and a damaged one is not read.
     pub fn refresh_keys(&self) -> Result<(), AccountsError> {
-        if self.pdp.store().damage().is_some() {
+        let store = self.pdp.store();
+        if store.damage().is_some() {
             return Ok(());
         }
+        // Read before the revision: the revision confirmed then is at most
+        // the one known now.
+        let confirmed = store.confirmed_at();
+        let known = store.revision();
+        if known == self.keys.revision() {
+            if let Some(at) = confirmed {
+                self.keys.confirm(at);
+            }
+            return Ok(());
+        }
+        let asked = Instant::now();
         let keys = self.list_keys()?;
-        self.keys.replace(&keys);
+        self.keys.replace_at(&keys, known, asked);
         Ok(())
     }
 }
@@ -966,7 +1000,12 @@ impl Ctx<'_> {
         f: impl FnMut(&mut Writer<'_>) -> Result<T, AccountsError>,
     ) -> Result<T, AccountsError> {
         let started = Instant::now();
-        let out = self.accounts.pdp.store().write_with(f);
+        let out = self
+            .accounts
+            .pdp
+            .store()
+            .write_within(self.caller.deadline, f)
+            .map(|(v, _)| v);
         let outcome = match &out {
             Ok(_) => "ok",
             Err(AccountsError::Store(e)) if e.is_fault() => "fault",

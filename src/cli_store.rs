@@ -141,7 +141,13 @@ impl Everything {
 /// that the target then holds exactly what the source does.
 pub fn copy(args: &CopyArgs) -> Result<Counts, StoreError> {
     let source = Store::open(&args.from)?;
-    let target = Store::connect(&args.to, &pg::Options::default())?;
+    // One transaction copies everything: give it far longer than an API
+    // write.
+    let options = pg::Options {
+        write_timeout: std::time::Duration::from_secs(3600),
+        ..pg::Options::default()
+    };
+    let target = Store::connect(&args.to, &options)?;
     let found = Everything::read(&target)?.counts();
     if found != Counts::default() {
         return Err(StoreError::Unavailable(format!(

@@ -101,6 +101,15 @@ pub struct Options {
     /// replica is stale when a caller asks for no consistency.
     #[arg(long, env = "CEDARD_STORE_POLL_MS", default_value_t = 100)]
     pub store_poll_ms: u64,
+    /// With `--store`: the longest a replica answers from what it knows
+    /// without having confirmed the store revision with the database. Past
+    /// it (the database is unreachable, or this replica is cut off from it),
+    /// every decision that needs stored facts and every keyed request is
+    /// refused with 503 `store_unavailable`, never answered from memory.
+    /// Default: 1000, or twice `--store-poll-ms` when that is more; at least
+    /// twice `--store-poll-ms`.
+    #[arg(long, env = "CEDARD_STORE_MAX_STALENESS_MS")]
+    pub store_max_staleness_ms: Option<u64>,
     /// The base URL callers reach cedard at: the AuthZEN
     /// `policy_decision_point`, and the start of invite links
     /// (`<public-url>/invites/<token>`). Its host is also accepted in `Host`
@@ -208,5 +217,25 @@ impl Options {
     /// The content-check interval (at least 50 ms).
     pub fn poll_interval(&self) -> Duration {
         Duration::from_secs_f64(self.poll_secs.max(0.05))
+    }
+
+    /// How often a replica confirms the store revision (at least 1 ms).
+    pub fn store_poll(&self) -> Duration {
+        Duration::from_millis(self.store_poll_ms.max(1))
+    }
+
+    /// The staleness bound of a replica: `--store-max-staleness-ms`, or
+    /// its default. A bound under twice the poll interval is refused: the
+    /// replica would refuse between two polls of a healthy database.
+    pub fn store_max_staleness(&self) -> Result<Duration, String> {
+        let poll = self.store_poll();
+        match self.store_max_staleness_ms {
+            None => Ok(Duration::from_secs(1).max(poll * 2)),
+            Some(ms) if Duration::from_millis(ms) >= poll * 2 => Ok(Duration::from_millis(ms)),
+            Some(ms) => Err(format!(
+                "--store-max-staleness-ms ({ms}) must be at least twice --store-poll-ms ({})",
+                self.store_poll_ms
+            )),
+        }
     }
 }

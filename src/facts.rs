@@ -161,6 +161,8 @@ impl Memo {
                     let uid = match &c {
                         Changed::User(id) => user_uid(id),
                         Changed::Account(id) => account_uid(id),
+                        // No entity is built from keys or invites.
+                        Changed::Key(_) | Changed::Invite(_) => continue,
                     };
                     self.entries.remove(&uid);
                 }
@@ -283,6 +285,18 @@ impl<'a> Facts<'a> {
         Ok(self.view.get_or_init(|| v).as_ref())
     }
 
+    /// Refuses when what this process knows of the store may be older than
+    /// its staleness bound (a replica cut off from the shared database), so
+    /// that no stored fact is answered from memory or from a view that may
+    /// be behind. A check made through a write transaction reads the
+    /// database itself.
+    fn current(&self) -> Result<(), StoreError> {
+        match self.through {
+            Some(_) => Ok(()),
+            None => self.store.current(),
+        }
+    }
+
     fn remembered(&self, uid: &EntityUid) -> Option<Entity> {
         // Once the file is known damaged, nothing read from it is used, not
         // even what was remembered before: the read that follows is refused.
@@ -301,6 +315,7 @@ impl<'a> Facts<'a> {
         let ty = uid.type_name();
         let id = uid.id().unescaped();
         if ty == &TYPES.user || ty == &TYPES.account {
+            self.current()?;
             if self.remembered(uid).is_some() {
                 return Ok(true);
             }
@@ -506,6 +521,7 @@ impl<'a> Facts<'a> {
         if ty != &TYPES.user && ty != &TYPES.account {
             return Ok(None);
         }
+        self.current()?;
         if let Some(e) = self.remembered(uid) {
             return Ok(Some(e));
         }

@@ -13,7 +13,9 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use rand::TryRngCore;
@@ -175,12 +177,38 @@ struct Entry {
 
 /// The live keys, swapped whole when they change; checking a key takes no
 /// lock.
-#[derive(Default)]
+///
+/// A ring over a store shared by replicas knows the keys only as of its
+/// last confirmation with that store ([`KeyRing::confirm`]); once that is
+/// older than its `max_age`, the ring is not [`KeyRing::current`] and no
+/// caller may be authenticated by it (a key revoked through another replica
+/// could still be in it).
 pub struct KeyRing {
     live: ArcSwap<HashMap<String, Entry>>,
     /// The keys could not be read (the data file is damaged): no caller can
     /// be authenticated, and none may be served as if no key existed.
     unreadable: bool,
+    /// The store revision the keys were read at.
+    revision: AtomicU64,
+    /// How old the last confirmation may be; `None`: the keys are exact
+    /// (one process owns the store).
+    max_age: Option<Duration>,
+    origin: Instant,
+    /// Milliseconds after `origin` of the last confirmation.
+    confirmed: AtomicU64,
+}
+
+impl Default for KeyRing {
+    fn default() -> Self {
+        Self {
+            live: ArcSwap::default(),
+            unreadable: false,
+            revision: AtomicU64::new(0),
+            max_age: None,
+            origin: Instant::now(),
+            confirmed: AtomicU64::new(0),
+        }
+    }
 }
 
 impl fmt::Debug for KeyRing {
@@ -210,6 +238,49 @@ impl KeyRing {
     /// Whether the keys could not be read (see [`KeyRing::unreadable`]).
     pub fn is_unreadable(&self) -> bool {
         self.unreadable
+    }
+
+    /// The same ring, current only while confirmed within `max_age` (a
+    /// store shared by replicas); confirmed now, at store `revision`.
+    pub fn with_max_age(mut self, max_age: Option<Duration>, revision: u64) -> Self {
+        self.max_age = max_age;
+        self.revision = AtomicU64::new(revision);
+        self.confirm(Instant::now());
+        self
+    }
+
+    /// Replaces the live keys with the unrevoked keys of `records`, read at
+    /// store `revision` by a query sent at `read_at`.
+    pub fn replace_at(&self, records: &[ApiKey], revision: u64, read_at: Instant) {
+        self.replace(records);
+        self.revision.store(revision, Ordering::Release);
+        self.confirm(read_at);
+    }
+
+    /// The store revision the live keys were read at.
+    pub fn revision(&self) -> u64 {
+        self.revision.load(Ordering::Acquire)
+    }
+
+    /// Records that the keys were still those of the store at `at` (its
+    /// revision, confirmed then, was the one they were read at).
+    pub fn confirm(&self, at: Instant) {
+        let ms = at.saturating_duration_since(self.origin).as_millis();
+        self.confirmed
+            .fetch_max(u64::try_from(ms).unwrap_or(u64::MAX), Ordering::AcqRel);
+    }
+
+    /// Whether the keys are known to be the store's as of no longer than
+    /// `max_age` ago. A ring that is not current authenticates nobody.
+    pub fn current(&self) -> bool {
+        match self.max_age {
+            None => true,
+            Some(max_age) => {
+                let at =
+                    self.origin + Duration::from_millis(self.confirmed.load(Ordering::Acquire));
+                at.elapsed() <= max_age
+            }
+        }
     }
 
     /// Replaces the live keys with the unrevoked keys of `records`.

@@ -41,6 +41,10 @@ pub struct Caller {
     pub endpoint: &'static str,
     /// How fresh the stored facts must be.
     pub consistency: Consistency,
+    /// When the caller stops waiting: a write still undone by then is not
+    /// committed (it is refused, and says so), rather than committed after
+    /// the caller was told it failed.
+    pub deadline: Option<std::time::Instant>,
 }
 
 /// How fresh the stored facts of an answer must be, as the caller asks.
@@ -112,17 +116,21 @@ pub enum PdpError {
         /// The deciding policies.
         reasons: Vec<Reason>,
     },
-    /// The store failed, or the loaded schema cannot describe the stored
-    /// facts (a 503): cedard cannot know the answer.
+    /// The loaded schema cannot describe the stored facts (a 503): cedard
+    /// cannot know the answer.
     #[error("{0}")]
     Unavailable(String),
+    /// The store failed, or cannot be confirmed current (a 503): cedard
+    /// cannot know the answer.
+    #[error(transparent)]
+    Store(StoreError),
 }
 
 impl From<EntityError> for PdpError {
     fn from(e: EntityError) -> Self {
         match e {
             EntityError::Input(e) => PdpError::Input(e),
-            EntityError::Store(e) => PdpError::Unavailable(e.to_string()),
+            EntityError::Store(e) => PdpError::Store(e),
             EntityError::Schema(e) => PdpError::Unavailable(e.to_string()),
         }
     }
@@ -310,13 +318,11 @@ impl Pdp {
                     StoreError::UnknownRevision { .. } => {
                         PdpError::Input(InputError::new("consistency.at_least", e.to_string()))
                     }
-                    e => PdpError::Unavailable(e.to_string()),
+                    e => PdpError::Store(e),
                 })?;
             }
             Consistency::Full => {
-                self.store
-                    .refresh_revision()
-                    .map_err(|e| PdpError::Unavailable(e.to_string()))?;
+                self.store.refresh_revision().map_err(PdpError::Store)?;
                 return Ok(self.facts(snapshot).fresh());
             }
         }
@@ -653,7 +659,7 @@ impl Pdp {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<String>, PdpError> {
-        let unavailable = |e: crate::store::StoreError| PdpError::Unavailable(e.to_string());
+        let unavailable = PdpError::Store;
         if type_name == &model::TYPES.user {
             return self
                 .store
@@ -918,6 +924,7 @@ fn failed(caller: &Caller, e: &PdpError) {
         PdpError::Input(_) => "invalid_request",
         PdpError::Denied { .. } => "forbidden",
         PdpError::Unavailable(_) => "unavailable",
+        PdpError::Store(_) => "store_unavailable",
     };
     metrics::counter!("cedard_decision_failures_total", "endpoint" => caller.endpoint, "reason" => kind)
         .increment(1);

@@ -189,7 +189,8 @@ pub async fn run(
     let store = match options.store.clone() {
         Some(url) => {
             let pg = crate::store::pg::Options {
-                poll: Duration::from_millis(options.store_poll_ms.max(1)),
+                poll: options.store_poll(),
+                max_staleness: options.store_max_staleness().map_err(Error::Config)?,
                 ..Default::default()
             };
             let store = Arc::new(blocking(move || Store::connect(&url, &pg)).await??);
@@ -221,9 +222,10 @@ pub async fn run(
         );
         Arc::new(KeyRing::unreadable())
     } else {
-        let store = store.clone();
-        let records = blocking(move || store.read().and_then(|v| v.keys())).await??;
-        Arc::new(KeyRing::new(&records))
+        let reading = store.clone();
+        let revision = store.revision();
+        let records = blocking(move || reading.read().and_then(|v| v.keys())).await??;
+        Arc::new(KeyRing::new(&records).with_max_age(store.max_staleness(), revision))
     };
     check_exposure(addr, &keys, &options)?;
     let sources = config.sources();
@@ -275,7 +277,12 @@ pub async fn run(
         config.clock.clone(),
         &public_url,
     ));
-    tasks.push(tokio::spawn(refresh_keys(accounts.clone())));
+    let every = if store.is_remote() {
+        options.store_poll()
+    } else {
+        Duration::from_secs(1)
+    };
+    tasks.push(tokio::spawn(refresh_keys(accounts.clone(), every)));
     let console = Arc::new(http::ui::Console::new(
         tls.is_some(),
         options.decision_log.clone(),
@@ -370,12 +377,13 @@ async fn close(mut store: Arc<Store>) {
     }
 }
 
-/// Re-reads the caller keys every second, so that keys written by another
-/// process sharing the store (a `cedard keys` command, a replica) take
-/// effect within a second. Keys changed through this daemon's own API take
-/// effect at once.
-async fn refresh_keys(accounts: Arc<Accounts>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+/// Brings the caller keys up to the store every `every` (the store poll, on
+/// a shared database), so that keys written by another replica take effect
+/// within a poll, and a replica that cannot confirm its keys stops
+/// authenticating (see `KeyRing::current`). Keys changed through this
+/// daemon's own API take effect at once.
+async fn refresh_keys(accounts: Arc<Accounts>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;

@@ -52,10 +52,19 @@ pub enum ApiError {
     /// A write whose body is not `application/json`: 415.
     #[error("{0}")]
     UnsupportedMediaType(String),
-    /// cedard cannot answer now (the store failed, the schema cannot
-    /// describe the stored facts, overload): 503. The detail is logged.
+    /// cedard cannot answer now (the schema cannot describe the stored
+    /// facts, a worker failed): 503. The detail is logged.
     #[error("{0}")]
     Unavailable(String),
+    /// The store failed or cannot be confirmed current: 503
+    /// `store_unavailable`. No decision was made and nothing was written.
+    /// The detail is logged.
+    #[error("{0}")]
+    StoreUnavailable(String),
+    /// A write lost its connection while committing and whether it
+    /// committed cannot be told: 503 `store_outcome_unknown`.
+    #[error("{0}")]
+    OutcomeUnknown(String),
     /// A fault inside cedard: 500. The detail is logged, not sent.
     #[error("{0}")]
     Internal(String),
@@ -85,8 +94,11 @@ pub struct ErrorDetail {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         use StoreError as S;
+        if let S::OutcomeUnknown(_) = e {
+            return ApiError::OutcomeUnknown(e.to_string());
+        }
         if e.is_fault() {
-            return ApiError::Unavailable(e.to_string());
+            return ApiError::StoreUnavailable(e.to_string());
         }
         match e {
             S::NoUser(_)
@@ -110,6 +122,7 @@ impl From<PdpError> for ApiError {
             PdpError::Input(e) => ApiError::BadRequest(e),
             PdpError::Denied { message, reasons } => ApiError::Forbidden { message, reasons },
             PdpError::Unavailable(m) => ApiError::Unavailable(m),
+            PdpError::Store(e) => e.into(),
         }
     }
 }
@@ -171,6 +184,22 @@ impl IntoResponse for ApiError {
                     StatusCode::SERVICE_UNAVAILABLE,
                     "unavailable",
                     "cedard cannot answer now; no decision was made (see the daemon's log)",
+                );
+            }
+            ApiError::StoreUnavailable(m) => {
+                tracing::warn!("answering 503 store_unavailable: {m}");
+                return error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "cedard cannot reach its store or confirm it is current; no decision was made and nothing was written (see the daemon's log)",
+                );
+            }
+            ApiError::OutcomeUnknown(m) => {
+                tracing::error!("answering 503 store_outcome_unknown: {m}");
+                return error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_outcome_unknown",
+                    "the connection to the store was lost while the write was committing: it may or may not have been committed; read the state before retrying",
                 );
             }
             ApiError::Internal(detail) => {

@@ -19,6 +19,11 @@ pub struct CallerInfo {
     pub key: Option<KeyInfo>,
     /// The request's `X-Request-ID`.
     pub request_id: Option<String>,
+    /// When the work of the request must be done: three quarters of the
+    /// request time limit after it was authenticated, leaving the rest for a
+    /// write's commit, so that a write is refused (not committed) rather
+    /// than committed after the time limit answered 503.
+    pub deadline: Option<std::time::Instant>,
 }
 
 impl CallerInfo {
@@ -29,6 +34,7 @@ impl CallerInfo {
             request_id: self.request_id.clone(),
             endpoint,
             consistency: Default::default(),
+            deadline: self.deadline,
         }
     }
 }

@@ -55,6 +55,16 @@ pub async fn authenticate(
         )
         .into_response();
     }
+    if !state.accounts.keys_current() {
+        // A replica cut off from the shared database cannot tell whether a
+        // key was revoked (or created) through another: nobody is
+        // authenticated from what it remembers.
+        return ApiError::StoreUnavailable(
+            "the caller keys have not been confirmed with the store within the staleness bound"
+                .into(),
+        )
+        .into_response();
+    }
     let key = if state.keys.is_empty() {
         let peer = request
             .extensions()
@@ -117,9 +127,12 @@ pub async fn authenticate(
         }
         Some(info)
     };
-    request
-        .extensions_mut()
-        .insert(CallerInfo { key, request_id });
+    let deadline = Instant::now() + state.limits.request_timeout * 3 / 4;
+    request.extensions_mut().insert(CallerInfo {
+        key,
+        request_id,
+        deadline: Some(deadline),
+    });
     next.run(request).await
 }
 

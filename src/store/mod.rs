@@ -21,20 +21,25 @@
 mod check;
 mod overlay;
 pub mod pg;
+mod recorded;
 mod records;
 pub mod redb;
+mod writer;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub use self::redb::FORMAT_VERSION;
 pub use check::{check_file, CheckReport, RecordCounts};
+pub use recorded::Changed;
 pub use records::{Account, AccountKind, ApiKey, Invite, InviteState, Membership, User};
+pub use writer::Writer;
 
 /// An email as stored and compared: trimmed and lowercase.
 pub fn normalize_email(email: &str) -> String {
@@ -197,6 +202,20 @@ pub enum StoreError {
     /// The invite is bound to the user's email, which is not verified.
     #[error("this invite is bound to an email address; it can be accepted only once that address is verified")]
     EmailUnverified,
+    /// This replica has not confirmed the store revision with the shared
+    /// database for longer than its staleness bound: what it knows may be
+    /// out of date, and nothing is answered from it (a fault: 503).
+    #[error("the store revision has not been confirmed with the database for {age_ms} ms (the bound is {bound_ms} ms, `--store-max-staleness-ms`); no answer is made from what this replica remembers")]
+    Stale {
+        /// Milliseconds since the last confirmation.
+        age_ms: u64,
+        /// The bound.
+        bound_ms: u64,
+    },
+    /// A write lost its connection while committing and whether it
+    /// committed cannot be told (a fault: 503, with its own code).
+    #[error("{0}; the write may or may not have been committed: read the state before retrying")]
+    OutcomeUnknown(String),
 }
 
 impl StoreError {
@@ -218,6 +237,8 @@ impl StoreError {
                 | StoreError::Encode { .. }
                 | StoreError::Corrupt { .. }
                 | StoreError::Unavailable(_)
+                | StoreError::Stale { .. }
+                | StoreError::OutcomeUnknown(_)
         )
     }
 
@@ -372,7 +393,7 @@ pub trait Tx: Reads {
 #[derive(Debug)]
 enum Backend {
     Redb(self::redb::RedbStore),
-    Postgres(pg::PgStore),
+    Postgres(Box<pg::PgStore>),
 }
 
 /// The directory: either backend behind one API. Cheap to share behind an
@@ -387,17 +408,6 @@ pub struct Store {
     revision: AtomicU64,
     /// What this process's recent writes changed, by revision.
     changes: ChangeLog,
-}
-
-/// An entity a write changed: what the decision memo must forget when it
-/// moves to that write's revision. A user's entity is built from the user
-/// and their memberships; an account's from the account.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Changed {
-    /// `User::"id"`.
-    User(String),
-    /// `Account::"id"`.
-    Account(String),
 }
 
 /// What the recent writes of this process changed, by revision: the last
@@ -482,7 +492,7 @@ impl Store {
     pub fn connect(url: &str, options: &pg::Options) -> Result<Self> {
         let db = pg::PgStore::connect(url, options)?;
         let revision = db.revision();
-        Ok(Self::with(Backend::Postgres(db), revision))
+        Ok(Self::with(Backend::Postgres(Box::new(db)), revision))
     }
 
     /// The newest store revision this process knows committed.
@@ -532,6 +542,36 @@ impl Store {
             Ok(newest)
         } else {
             Err(StoreError::UnknownRevision { wanted, newest })
+        }
+    }
+
+    /// Refuses when what this process knows of the store may be older than
+    /// its bound: a replica that has not confirmed the revision with the
+    /// shared database for longer than `--store-max-staleness-ms`
+    /// ([`StoreError::Stale`]), or a damaged redb file. An embedded file is
+    /// always current otherwise (one process writes it).
+    pub fn current(&self) -> Result<()> {
+        match &self.backend {
+            Backend::Redb(db) => db.sound(),
+            Backend::Postgres(db) => db.current(),
+        }
+    }
+
+    /// How stale this process may be before it refuses to answer from what
+    /// it knows: `None` for the embedded file, which is exact.
+    pub fn max_staleness(&self) -> Option<Duration> {
+        match &self.backend {
+            Backend::Redb(_) => None,
+            Backend::Postgres(db) => Some(db.options().max_staleness),
+        }
+    }
+
+    /// When the store revision was last confirmed with the shared database
+    /// (`None` for the embedded file, and before the first confirmation).
+    pub fn confirmed_at(&self) -> Option<Instant> {
+        match &self.backend {
+            Backend::Redb(_) => None,
+            Backend::Postgres(db) => db.contact().confirmed_at(),
         }
     }
 
@@ -610,371 +650,36 @@ impl Store {
     /// committed.
     pub fn write_revision<T, E: WriteError>(
         &self,
+        f: impl FnMut(&mut Writer<'_>) -> Result<T, E>,
+    ) -> Result<(T, u64), E> {
+        self.write_within(None, f)
+    }
+
+    /// [`Store::write_revision`] that ends by `deadline` (with PostgreSQL,
+    /// each wait and statement; when none is given, the backend's own write
+    /// timeout): a write refused for time was not committed.
+    pub fn write_within<T, E: WriteError>(
+        &self,
+        deadline: Option<Instant>,
         mut f: impl FnMut(&mut Writer<'_>) -> Result<T, E>,
     ) -> Result<(T, u64), E> {
         let mut changed = Vec::new();
         let mut run = |tx: &mut dyn Tx| {
-            // A retried transaction (PostgreSQL) starts its notes over.
-            changed.clear();
-            f(&mut Writer {
-                tx,
-                changed: &mut changed,
-            })
+            // Every mutation goes through the recording layer; a retried
+            // transaction (PostgreSQL) starts its notes over.
+            let mut writer = Writer::new(recorded::Recorded::new(tx));
+            let out = f(&mut writer);
+            changed = writer.into_changed();
+            out
         };
         let (value, revision) = match &self.backend {
             Backend::Redb(db) => db.write(&mut run)?,
-            Backend::Postgres(db) => db.write(&mut run)?,
+            Backend::Postgres(db) => db.write(deadline, &mut run)?,
         };
         // Noted before the revision is raised: whoever sees the revision
         // finds what it changed.
         self.changes.note(revision, changed);
         self.revision.fetch_max(revision, Ordering::AcqRel);
         Ok((value, revision))
-    }
-}
-
-/// The operations of one write transaction: the rules of the directory,
-/// checked against the transaction's own view, so concurrent operations
-/// cannot both pass a check that only one may pass.
-pub struct Writer<'t> {
-    tx: &'t mut dyn Tx,
-    /// The entities this write changes, noted as it goes.
-    changed: &'t mut Vec<Changed>,
-}
-
-impl Reads for Writer<'_> {
-    fn user(&self, id: &str) -> Result<Option<User>> {
-        self.tx.user(id)
-    }
-
-    fn account(&self, id: &str) -> Result<Option<Account>> {
-        self.tx.account(id)
-    }
-
-    fn roles_of(&self, user: &str) -> Result<Vec<(String, String)>> {
-        self.tx.roles_of(user)
-    }
-}
-
-impl Writer<'_> {
-    // The writes that change what an entity is built from go through these,
-    // which note the entity for the decision memo (see `Changed`).
-
-    fn put_user(&mut self, user: &User) -> Result<()> {
-        self.changed.push(Changed::User(user.id.clone()));
-        self.tx.put_user(user)
-    }
-
-    fn put_account(&mut self, account: &Account) -> Result<()> {
-        self.changed.push(Changed::Account(account.id.clone()));
-        self.tx.put_account(account)
-    }
-
-    fn put_membership(&mut self, account: &str, user: &str, m: &Membership) -> Result<()> {
-        self.changed.push(Changed::User(user.to_owned()));
-        self.tx.put_membership(account, user, m)
-    }
-
-    fn delete_membership(&mut self, account: &str, user: &str) -> Result<()> {
-        self.changed.push(Changed::User(user.to_owned()));
-        self.tx.delete_membership(account, user)
-    }
-
-    /// The user `id`, if stored.
-    pub fn user(&self, id: &str) -> Result<Option<User>> {
-        self.tx.user(id)
-    }
-
-    /// The account `id`, if stored.
-    pub fn account(&self, id: &str) -> Result<Option<Account>> {
-        self.tx.account(id)
-    }
-
-    /// The role `user` holds in `account`, if a member.
-    pub fn role_in(&self, account: &str, user: &str) -> Result<Option<String>> {
-        Ok(self.tx.membership(account, user)?.map(|m| m.role))
-    }
-
-    /// Stores a new caller key. Ids are random; a clash is refused rather
-    /// than overwriting a key.
-    pub fn create_key(&mut self, key: &ApiKey) -> Result<()> {
-        if self.tx.key(&key.id)?.is_some() {
-            return Err(StoreError::IdTaken(key.id.clone()));
-        }
-        self.tx.put_key(key)
-    }
-
-    /// Revokes the key `id` at `now` (revoking a revoked key keeps the first
-    /// time). An unknown id is `NoKey`.
-    pub fn revoke_key(&mut self, id: &str, now: i64) -> Result<ApiKey> {
-        let Some(mut key) = self.tx.key(id)? else {
-            return Err(StoreError::NoKey(id.to_owned()));
-        };
-        key.revoked_at.get_or_insert(now);
-        self.tx.put_key(&key)?;
-        Ok(key)
-    }
-
-    /// Signs a user up: stores the user and their personal account (whose id
-    /// is the user's id) with the user holding `owner_role` in it.
-    pub fn sign_up(&mut self, user: &User, owner_role: &str) -> Result<Account> {
-        if self.tx.user(&user.id)?.is_some() || self.tx.account(&user.id)?.is_some() {
-            return Err(StoreError::IdTaken(user.id.clone()));
-        }
-        self.import_user(user)?;
-        let account = Account {
-            id: user.id.clone(),
-            name: user.name.clone().unwrap_or_else(|| user.id.clone()),
-            kind: AccountKind::Personal,
-            owner: user.id.clone(),
-            created_at: user.created_at,
-        };
-        self.put_account(&account)?;
-        self.put_membership(
-            &account.id,
-            &user.id,
-            &Membership {
-                role: owner_role.to_owned(),
-                since: user.created_at,
-            },
-        )?;
-        Ok(account)
-    }
-
-    /// Converts a personal account into a team account named `name`. The
-    /// owner keeps the role they hold.
-    pub fn convert(&mut self, account: &str, name: &str) -> Result<Account> {
-        let mut acc = self
-            .tx
-            .account(account)?
-            .ok_or_else(|| StoreError::NoAccount(account.to_owned()))?;
-        if acc.kind != AccountKind::Personal {
-            return Err(StoreError::NotPersonal(account.to_owned()));
-        }
-        acc.kind = AccountKind::Team;
-        acc.name = name.to_owned();
-        self.put_account(&acc)?;
-        Ok(acc)
-    }
-
-    fn admins(&self, account: &str, admin_role: &str) -> Result<usize> {
-        Ok(self
-            .tx
-            .members(account)?
-            .iter()
-            .filter(|(_, m)| m.role == admin_role)
-            .count())
-    }
-
-    fn member(&self, account: &str, user: &str) -> Result<Membership> {
-        self.tx
-            .membership(account, user)?
-            .ok_or_else(|| StoreError::NotMember {
-                account: account.to_owned(),
-                user: user.to_owned(),
-            })
-    }
-
-    /// Gives a member a new role. Demoting the last holder of `admin_role`
-    /// is refused.
-    pub fn set_role(
-        &mut self,
-        account: &str,
-        user: &str,
-        role: &str,
-        admin_role: &str,
-    ) -> Result<Membership> {
-        let mut m = self.member(account, user)?;
-        if m.role == admin_role && role != admin_role && self.admins(account, admin_role)? <= 1 {
-            return Err(StoreError::LastAdmin {
-                account: account.to_owned(),
-                user: user.to_owned(),
-                role: admin_role.to_owned(),
-            });
-        }
-        m.role = role.to_owned();
-        self.put_membership(account, user, &m)?;
-        Ok(m)
-    }
-
-    /// Removes a member. Removing the last holder of `admin_role` is refused.
-    pub fn remove_member(&mut self, account: &str, user: &str, admin_role: &str) -> Result<()> {
-        let m = self.member(account, user)?;
-        if m.role == admin_role && self.admins(account, admin_role)? <= 1 {
-            return Err(StoreError::LastAdmin {
-                account: account.to_owned(),
-                user: user.to_owned(),
-                role: admin_role.to_owned(),
-            });
-        }
-        self.delete_membership(account, user)
-    }
-
-    /// Stores a user as given, without the personal account sign-up
-    /// creates (for imports, seeding and benchmarks).
-    /// Its email must be free (normalised by the caller); it is indexed.
-    pub fn import_user(&mut self, user: &User) -> Result<()> {
-        match self.tx.email_holder(&user.email)? {
-            Some(id) if id != user.id => Err(StoreError::EmailTaken(user.email.clone())),
-            _ => self.put_user(user),
-        }
-    }
-
-    /// Records whether the user's email is verified.
-    pub fn set_email_verified(&mut self, id: &str, verified: bool) -> Result<User> {
-        let mut user = self
-            .tx
-            .user(id)?
-            .ok_or_else(|| StoreError::NoUser(id.to_owned()))?;
-        user.email_verified = verified;
-        self.put_user(&user)?;
-        Ok(user)
-    }
-
-    /// Stores an account as given (for imports, seeding and benchmarks).
-    pub fn import_account(&mut self, account: &Account) -> Result<()> {
-        self.put_account(account)
-    }
-
-    /// Adds a member directly, without an invite (for imports, seeding and
-    /// benchmarks; the API adds members only through invites).
-    pub fn add_member(&mut self, account: &str, user: &str, role: &str, since: i64) -> Result<()> {
-        if self.tx.membership(account, user)?.is_some() {
-            return Err(StoreError::AlreadyMember {
-                account: account.to_owned(),
-                user: user.to_owned(),
-            });
-        }
-        self.put_membership(
-            account,
-            user,
-            &Membership {
-                role: role.to_owned(),
-                since,
-            },
-        )
-    }
-
-    /// Stores an invite as given, its token live if it is pending (for
-    /// copying a directory between backends).
-    pub fn import_invite(&mut self, invite: &Invite) -> Result<()> {
-        self.tx.put_invite(invite)?;
-        if matches!(invite.state, InviteState::Pending) {
-            self.tx.set_token(&invite.token_sha256, &invite.id)?;
-        }
-        Ok(())
-    }
-
-    /// Stores a caller key as given (for copying a directory).
-    pub fn import_key(&mut self, key: &ApiKey) -> Result<()> {
-        self.tx.put_key(key)
-    }
-
-    /// Stores a new invite whose token hashes to `invite.token_sha256`. The
-    /// account must be a team account.
-    pub fn create_invite(&mut self, invite: &Invite) -> Result<()> {
-        let acc = self
-            .tx
-            .account(&invite.account)?
-            .ok_or_else(|| StoreError::NoAccount(invite.account.clone()))?;
-        if acc.kind != AccountKind::Team {
-            return Err(StoreError::NotTeam(acc.id));
-        }
-        self.tx.put_invite(invite)?;
-        self.tx.set_token(&invite.token_sha256, &invite.id)
-    }
-
-    /// The invite `id` of `account` if it is still pending at `now`.
-    fn pending_invite(&self, account: &str, id: &str, now: i64) -> Result<Invite> {
-        match self.tx.invite(id)? {
-            Some(i) if i.account == account && i.is_pending(now) => Ok(i),
-            _ => Err(StoreError::NoInvite {
-                account: account.to_owned(),
-                invite: id.to_owned(),
-            }),
-        }
-    }
-
-    /// Gives a pending invite a new token: the old token stops working in
-    /// the same commit.
-    pub fn relink(
-        &mut self,
-        account: &str,
-        id: &str,
-        new_sha256: &str,
-        now: i64,
-    ) -> Result<Invite> {
-        let mut invite = self.pending_invite(account, id, now)?;
-        self.tx.clear_token(&invite.token_sha256)?;
-        invite.token_sha256 = new_sha256.to_owned();
-        self.tx.put_invite(&invite)?;
-        self.tx.set_token(new_sha256, &invite.id)?;
-        Ok(invite)
-    }
-
-    /// Revokes a pending invite; its token stops working.
-    pub fn revoke(&mut self, account: &str, id: &str, now: i64) -> Result<Invite> {
-        let mut invite = self.pending_invite(account, id, now)?;
-        self.tx.clear_token(&invite.token_sha256)?;
-        invite.state = InviteState::Revoked { at: now };
-        self.tx.put_invite(&invite)?;
-        Ok(invite)
-    }
-
-    /// Accepts the invite whose token hashes to `sha256` for `user`: marks
-    /// it used and adds the membership, both in this transaction. Unknown,
-    /// expired, revoked and used tokens all fail with
-    /// [`StoreError::InviteGone`].
-    pub fn accept(&mut self, sha256: &str, user: &str, now: i64) -> Result<Invite> {
-        let mut invite = self.live_invite(sha256, now)?;
-        let joining = self
-            .tx
-            .user(user)?
-            .ok_or_else(|| StoreError::NoUser(user.to_owned()))?;
-        if let Some(bound) = &invite.email {
-            if normalize_email(bound) != normalize_email(&joining.email) {
-                return Err(StoreError::EmailMismatch);
-            }
-            if !joining.email_verified {
-                return Err(StoreError::EmailUnverified);
-            }
-        }
-        if self.tx.membership(&invite.account, user)?.is_some() {
-            return Err(StoreError::AlreadyMember {
-                account: invite.account.clone(),
-                user: user.to_owned(),
-            });
-        }
-        self.tx.clear_token(sha256)?;
-        invite.state = InviteState::Used {
-            by: user.to_owned(),
-            at: now,
-        };
-        self.tx.put_invite(&invite)?;
-        let role = invite.role.clone();
-        self.tx
-            .put_membership(&invite.account, user, &Membership { role, since: now })?;
-        Ok(invite)
-    }
-
-    /// The pending invite whose token hashes to `sha256`, as this
-    /// transaction sees it. Unknown, expired, revoked and used tokens all
-    /// fail with [`StoreError::InviteGone`].
-    pub fn live_invite(&self, sha256: &str, now: i64) -> Result<Invite> {
-        let Some(id) = self.tx.token_invite(sha256)? else {
-            return Err(StoreError::InviteGone(GoneReason::Unknown));
-        };
-        let Some(invite) = self.tx.invite(&id)? else {
-            return Err(StoreError::InviteGone(GoneReason::Unknown));
-        };
-        if !invite.is_pending(now) || invite.token_sha256 != sha256 {
-            let expired = matches!(invite.state, InviteState::Pending) && now >= invite.expires_at;
-            return Err(StoreError::InviteGone(if expired {
-                GoneReason::Expired
-            } else {
-                GoneReason::Unknown
-            }));
-        }
-        Ok(invite)
     }
 }

@@ -17,16 +17,32 @@
 //! PostgreSQL-protocol database running SERIALIZABLE, such as CockroachDB,
 //! may report at any statement) are retried a bounded number of times.
 //!
+//! A replica answers from what it knows only while it knows it is current:
+//! the listener confirms the store revision with the database every poll
+//! ([`Contact`]), and once no confirmation is younger than
+//! `--store-max-staleness-ms` every read that a decision needs is refused
+//! ([`StoreError::Stale`], a 503), memo or not. A write is bounded by a
+//! deadline (its caller's, or `write_timeout`): the wait for this replica's
+//! turn, for a pooled connection, and each statement (`lock_timeout`,
+//! `statement_timeout`) end by it, so a write refused for time was never
+//! committed. A connection lost during `COMMIT` is resolved with
+//! `txid_status` on a fresh connection; only when the database cannot be
+//! reached to ask is the outcome unknown ([`StoreError::OutcomeUnknown`]).
+//! A pooled connection is checked before use after any connection was seen
+//! to die (the pool's epoch), and a read that finds its connection dead is
+//! run once more on another.
+//!
 //! Features relied on: transactions, `UPDATE … RETURNING`, unique indexes
 //! (one partial-free), `LISTEN/NOTIFY` (optional: without it the poll
 //! alone keeps replicas within `--store-poll-ms`), `pg_advisory_xact_lock`
-//! for migrations (optional in the same way), `COLLATE "C"`.
+//! for migrations (optional in the same way), `COLLATE "C"`,
+//! `txid_current`/`txid_status` (resolving a lost commit).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, NoTls, Row};
@@ -46,7 +62,7 @@ const CHANNEL: &str = "cedard_store";
 /// How many times a transaction that failed to serialize is run again.
 const MAX_ATTEMPTS: usize = 8;
 
-type Manager = PostgresConnectionManager<NoTls>;
+type Tls = NoTls;
 type Conn = PooledConnection<Manager>;
 
 /// How the backend connects and keeps up with other replicas.
@@ -56,6 +72,12 @@ pub struct Options {
     pub pool_size: u32,
     /// How often the store revision is polled when no notification came.
     pub poll: Duration,
+    /// The longest this replica answers from what it knows without having
+    /// confirmed the store revision with the database: past it, reads for
+    /// decisions are refused ([`StoreError::Stale`]). At least twice `poll`.
+    pub max_staleness: Duration,
+    /// How long a write may take when its caller gives no deadline.
+    pub write_timeout: Duration,
 }
 
 impl Default for Options {
@@ -63,7 +85,144 @@ impl Default for Options {
         Self {
             pool_size: 16,
             poll: Duration::from_millis(100),
+            max_staleness: Duration::from_secs(1),
+            write_timeout: Duration::from_secs(5),
         }
+    }
+}
+
+/// When this replica last confirmed the store revision with the database.
+#[derive(Debug)]
+pub struct Contact {
+    origin: Instant,
+    /// Milliseconds after `origin` of the last confirmation, plus one (0:
+    /// never).
+    last: AtomicU64,
+}
+
+impl Contact {
+    fn new() -> Self {
+        Self {
+            origin: Instant::now(),
+            last: AtomicU64::new(0),
+        }
+    }
+
+    /// Records that the revision was read from the database by a query sent
+    /// at `asked`.
+    fn confirm(&self, asked: Instant) {
+        let ms = asked.saturating_duration_since(self.origin).as_millis();
+        self.last.fetch_max(
+            u64::try_from(ms).unwrap_or(u64::MAX).saturating_add(1),
+            Ordering::AcqRel,
+        );
+    }
+
+    /// When the revision was last confirmed, if ever.
+    pub fn confirmed_at(&self) -> Option<Instant> {
+        match self.last.load(Ordering::Acquire) {
+            0 => None,
+            n => Some(self.origin + Duration::from_millis(n - 1)),
+        }
+    }
+}
+
+/// One writer of this replica at a time, waited for until a deadline.
+#[derive(Debug, Default)]
+struct Turnstile {
+    busy: Mutex<bool>,
+    freed: Condvar,
+}
+
+/// A turn through the [`Turnstile`], given back on drop.
+struct Turn<'a>(&'a Turnstile);
+
+impl Turnstile {
+    /// Waits for the turn until `deadline`; `None` when it did not come.
+    /// A poisoned lock (a panic mid-write) guards nothing: the transaction
+    /// it held was rolled back.
+    fn enter(&self, deadline: Instant) -> Option<Turn<'_>> {
+        let mut busy = self
+            .busy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        while *busy {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            busy = self
+                .freed
+                .wait_timeout(busy, left)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+        *busy = true;
+        Some(Turn(self))
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        let mut busy = self
+            .0
+            .busy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *busy = false;
+        self.0.freed.notify_one();
+    }
+}
+
+/// The pool's connections, checked before use once any connection was seen
+/// to die: a database restart or `pg_terminate_backend` kills every pooled
+/// connection, and each would otherwise fail the request that drew it.
+#[derive(Debug)]
+struct Manager {
+    inner: PostgresConnectionManager<Tls>,
+    /// Raised whenever a connection is found dead; a pooled connection
+    /// checked at an older epoch is pinged before it is handed out.
+    epoch: Arc<AtomicU64>,
+}
+
+/// A pooled connection and the epoch it was last known alive at.
+struct Pooled {
+    client: Client,
+    checked: u64,
+}
+
+impl std::ops::Deref for Pooled {
+    type Target = Client;
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl std::ops::DerefMut for Pooled {
+    fn deref_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
+}
+
+impl r2d2::ManageConnection for Manager {
+    type Connection = Pooled;
+    type Error = postgres::Error;
+
+    fn connect(&self) -> std::result::Result<Pooled, postgres::Error> {
+        Ok(Pooled {
+            checked: self.epoch.load(Ordering::Acquire),
+            client: self.inner.connect()?,
+        })
+    }
+
+    fn is_valid(&self, conn: &mut Pooled) -> std::result::Result<(), postgres::Error> {
+        let epoch = self.epoch.load(Ordering::Acquire);
+        if conn.checked < epoch {
+            conn.client.simple_query("")?;
+            conn.checked = epoch;
+        }
+        Ok(())
+    }
+
+    fn has_broken(&self, conn: &mut Pooled) -> bool {
+        conn.client.is_closed()
     }
 }
 
@@ -80,7 +239,14 @@ pub struct PgStore {
     /// Writes from this replica queue here rather than each holding a
     /// pooled connection while they wait for the database's write lock:
     /// the pool stays free for decisions however many writes arrive at once.
-    writing: std::sync::Mutex<()>,
+    writing: Turnstile,
+    /// When the revision was last confirmed with the database.
+    contact: Arc<Contact>,
+    /// The pool's epoch (see [`Manager`]).
+    epoch: Arc<AtomicU64>,
+    /// How to open a connection outside the pool (resolving a lost commit).
+    config: postgres::Config,
+    options: Options,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -100,6 +266,36 @@ impl Drop for PgStore {
 /// A database fault: connection, I/O, a statement that failed.
 fn fault(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(format!("PostgreSQL: {e}"))
+}
+
+/// Whether `e` shows the connection itself is gone (closed, an I/O error,
+/// or the server ending the session: `pg_terminate_backend`, a shutdown),
+/// as opposed to a statement the server refused.
+fn lost(e: &postgres::Error, conn: &Client) -> bool {
+    use postgres::error::SqlState;
+    conn.is_closed()
+        || e.is_closed()
+        || e.code().is_none_or(|c| {
+            *c == SqlState::ADMIN_SHUTDOWN
+                || *c == SqlState::CRASH_SHUTDOWN
+                || *c == SqlState::CANNOT_CONNECT_NOW
+        })
+}
+
+/// A write's statement that ran out of its time (`lock_timeout`,
+/// `statement_timeout`): the transaction was rolled back.
+fn timed_out(e: &postgres::Error) -> bool {
+    e.code().is_some_and(|c| {
+        *c == postgres::error::SqlState::LOCK_NOT_AVAILABLE
+            || *c == postgres::error::SqlState::QUERY_CANCELED
+    })
+}
+
+/// The refusal of a write that did not finish by its deadline.
+fn out_of_time(waiting_for: &str) -> StoreError {
+    StoreError::Unavailable(format!(
+        "PostgreSQL: the write ran out of time waiting for {waiting_for}; it was not committed"
+    ))
 }
 
 /// Whether a failed statement is worth running the transaction again.
@@ -133,31 +329,89 @@ impl PgStore {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(2));
         }
-        let manager = PostgresConnectionManager::new(config.clone(), NoTls);
+        // A connection whose peer vanished (a partition, a dead host) is
+        // given up by the kernel after this long with data unacknowledged,
+        // rather than blocking its thread for the TCP retransmission
+        // timeout (many minutes).
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(Duration::from_secs(5));
+        }
+        config.keepalives(true);
+        if config.get_application_name().is_none() {
+            config.application_name("cedard");
+        }
+        let epoch = Arc::new(AtomicU64::new(0));
+        let manager = Manager {
+            inner: PostgresConnectionManager::new(config.clone(), NoTls),
+            epoch: epoch.clone(),
+        };
         let pool = Pool::builder()
             .max_size(options.pool_size.max(2))
             .min_idle(Some(1))
             .connection_timeout(Duration::from_secs(3))
-            // A connection that broke (the database restarted) is noticed
-            // when it fails and dropped; checking every checkout would cost
-            // a round trip per read.
-            .test_on_check_out(false)
+            // Cheap unless a connection was seen to die since this one was
+            // last checked (see `Manager`).
+            .test_on_check_out(true)
             .build(manager)
             .map_err(|e| StoreError::Unavailable(format!("cannot connect to `{shown}`: {e}")))?;
         let mut conn = pool.get().map_err(fault)?;
         migrate(&mut conn, &shown)?;
+        let contact = Arc::new(Contact::new());
+        let asked = Instant::now();
         let now = current_revision(&mut conn)?;
+        contact.confirm(asked);
         drop(conn);
         let revision = Arc::new(AtomicU64::new(now));
         let stop = Arc::new(AtomicBool::new(false));
-        listen(config, revision.clone(), stop.clone(), options.poll);
+        listen(Listener {
+            config: config.clone(),
+            revision: revision.clone(),
+            contact: contact.clone(),
+            epoch: epoch.clone(),
+            stop: stop.clone(),
+            poll: options.poll,
+        });
         Ok(Self {
             pool,
             shown,
             revision,
             stop,
-            writing: std::sync::Mutex::new(()),
+            writing: Turnstile::default(),
+            contact,
+            epoch,
+            config,
+            options: options.clone(),
         })
+    }
+
+    /// How this backend was configured.
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    /// When the store revision was last confirmed with the database.
+    pub fn contact(&self) -> &Contact {
+        &self.contact
+    }
+
+    /// Refuses once the revision has not been confirmed with the database
+    /// for longer than `max_staleness`: what this replica knows may be
+    /// older than that, and no answer is made from it.
+    pub fn current(&self) -> Result<()> {
+        let bound = self.options.max_staleness;
+        let age = self
+            .contact
+            .confirmed_at()
+            .map(|at| at.elapsed())
+            .unwrap_or(Duration::MAX);
+        if age <= bound {
+            Ok(())
+        } else {
+            Err(StoreError::Stale {
+                age_ms: u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
+                bound_ms: u64::try_from(bound.as_millis()).unwrap_or(u64::MAX),
+            })
+        }
     }
 
     /// The URL, without its password.
@@ -172,9 +426,14 @@ impl PgStore {
 
     /// Reads the database's revision now (and remembers it).
     pub fn refresh(&self) -> Result<u64> {
-        let mut conn = self.pool.get().map_err(fault)?;
-        let now = current_revision(&mut conn)?;
-        self.revision.fetch_max(now, Ordering::AcqRel);
+        let asked = Instant::now();
+        let now = self.read()?.with(|c| {
+            c.query_one("SELECT value FROM cedard_meta WHERE key = 'revision'", &[])
+                .map(|row| row.get::<_, i64>(0))
+        })?;
+        self.revision
+            .fetch_max(u64::try_from(now).unwrap_or(0), Ordering::AcqRel);
+        self.contact.confirm(asked);
         Ok(self.revision())
     }
 
@@ -186,36 +445,73 @@ impl PgStore {
     pub fn read(&self) -> Result<PgView> {
         Ok(PgView {
             pool: self.pool.clone(),
+            epoch: self.epoch.clone(),
         })
     }
 
     /// Runs `f` in one transaction that holds the store's write lock (the
     /// revision row), commits it, announces its revision, and returns `f`'s
-    /// value with the revision. A transaction that fails to serialize is run
-    /// again, at most [`MAX_ATTEMPTS`] times.
+    /// value with the revision. A transaction that fails to serialize, or
+    /// that met a dead pooled connection before committing, is run again,
+    /// at most [`MAX_ATTEMPTS`] times.
+    ///
+    /// Everything ends by `deadline` (or `write_timeout` from now): waiting
+    /// for this replica's turn, for a connection, and each statement
+    /// (`lock_timeout`, `statement_timeout`, so a write stuck behind another
+    /// session's lock is rolled back by the server). A refusal for time
+    /// means the write was not committed. A connection lost during `COMMIT`
+    /// is resolved by asking the database whether the transaction
+    /// committed.
     pub fn write<T, E: From<StoreError>>(
         &self,
+        deadline: Option<Instant>,
         mut f: impl FnMut(&mut dyn Tx) -> Result<T, E>,
     ) -> Result<(T, u64), E> {
-        // Writes serialise on the revision row anyway; queueing them here
-        // first costs nothing. A poisoned lock (a panic mid-write) guards
-        // nothing: the transaction it held was rolled back.
+        let deadline = deadline.unwrap_or_else(|| Instant::now() + self.options.write_timeout);
         let _turn = self
             .writing
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+            .enter(deadline)
+            .ok_or_else(|| out_of_time("this replica's earlier writes"))?;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut conn = self.pool.get().map_err(fault)?;
-            let outcome = run_once(&mut conn, &mut f);
+            let left = deadline
+                .checked_duration_since(Instant::now())
+                .ok_or_else(|| out_of_time("a database connection"))?;
+            let mut conn = self.pool.get_timeout(left).map_err(fault)?;
+            let outcome = run_once(&mut conn, &mut f, deadline);
+            let dead = match &outcome {
+                Err(Failed::Db(e) | Failed::CommitLost { error: e, .. }) => lost(e, &conn),
+                _ => conn.client.is_closed(),
+            };
+            if dead {
+                self.epoch.fetch_add(1, Ordering::AcqRel);
+            }
+            drop(conn);
             match outcome {
-                Ok((value, rev)) => {
-                    self.revision.fetch_max(rev, Ordering::AcqRel);
-                    return Ok((value, rev));
-                }
+                Ok((value, rev)) => return Ok((value, self.committed(rev))),
                 Err(Failed::Refused(e)) => return Err(e),
-                Err(Failed::Db(e)) if retryable(&e) && attempt < MAX_ATTEMPTS => {
+                Err(Failed::Late) => return Err(out_of_time("the database").into()),
+                Err(Failed::CommitLost { value, rev, xid, error }) => {
+                    return match self.resolve(xid, deadline) {
+                        Resolved::Committed => Ok((value, self.committed(rev))),
+                        Resolved::Aborted => Err(fault(error).into()),
+                        Resolved::Unknown(why) => Err(StoreError::OutcomeUnknown(format!(
+                            "PostgreSQL: the connection was lost while committing ({error}), and {why}"
+                        ))
+                        .into()),
+                    };
+                }
+                Err(Failed::Db(e)) if timed_out(&e) => {
+                    return Err(StoreError::Unavailable(format!(
+                        "PostgreSQL: the write did not finish within its time limit ({e}; another session may hold the store's write lock); it was not committed"
+                    ))
+                    .into())
+                }
+                // Not committed: the connection died before `COMMIT` was
+                // sent (a killed backend, a restarted server), or the
+                // transaction failed to serialize.
+                Err(Failed::Db(e)) if (dead || retryable(&e)) && attempt < MAX_ATTEMPTS => {
                     std::thread::sleep(Duration::from_millis(2 * attempt as u64));
                     continue;
                 }
@@ -223,35 +519,110 @@ impl PgStore {
             }
         }
     }
+
+    /// Remembers a revision this replica committed: it is current up to it
+    /// as of now.
+    fn committed(&self, rev: u64) -> u64 {
+        self.revision.fetch_max(rev, Ordering::AcqRel);
+        rev
+    }
+
+    /// Whether the transaction `xid`, whose `COMMIT` lost its connection,
+    /// committed: asked on a connection of its own (the pooled ones may be
+    /// as dead as the lost one), until `deadline` and at least a second.
+    fn resolve(&self, xid: i64, deadline: Instant) -> Resolved {
+        let until = deadline.max(Instant::now() + Duration::from_secs(1));
+        let mut last = String::from("the database could not be reached to ask");
+        while Instant::now() < until {
+            let mut client = match self.config.connect(NoTls) {
+                Ok(c) => c,
+                Err(e) => {
+                    last = format!(
+                        "the database could not be reached to ask whether it committed ({e})"
+                    );
+                    std::thread::sleep(Duration::from_millis(50));
+                    continue;
+                }
+            };
+            match client.query_one("SELECT txid_status($1)", &[&xid]) {
+                Ok(row) => match row.get::<_, Option<String>>(0).as_deref() {
+                    Some("committed") => return Resolved::Committed,
+                    Some("aborted") => return Resolved::Aborted,
+                    // The lost backend is still finishing.
+                    Some(_) => std::thread::sleep(Duration::from_millis(20)),
+                    None => {
+                        return Resolved::Unknown(
+                            "the database no longer knows that transaction".into(),
+                        )
+                    }
+                },
+                Err(e) => {
+                    last = format!("asking whether it committed failed ({e})");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+        Resolved::Unknown(last)
+    }
 }
 
-enum Failed<E> {
+/// The answer to "did the transaction whose `COMMIT` was lost commit?".
+enum Resolved {
+    Committed,
+    Aborted,
+    Unknown(String),
+}
+
+enum Failed<T, E> {
     /// `f` refused (or failed with a store error it chose to return).
     Refused(E),
-    /// The database failed outside `f`.
+    /// The database failed outside `f`; nothing was committed.
     Db(postgres::Error),
+    /// The deadline passed before `COMMIT`; nothing was committed.
+    Late,
+    /// The connection was lost during `COMMIT`: the transaction `xid` may
+    /// or may not have committed.
+    CommitLost {
+        value: T,
+        rev: u64,
+        xid: i64,
+        error: postgres::Error,
+    },
 }
 
 fn run_once<T, E: From<StoreError>>(
     conn: &mut Conn,
     f: &mut impl FnMut(&mut dyn Tx) -> Result<T, E>,
-) -> Result<(T, u64), Failed<E>> {
+    deadline: Instant,
+) -> Result<(T, u64), Failed<T, E>> {
+    let left = deadline
+        .checked_duration_since(Instant::now())
+        .ok_or(Failed::Late)?;
+    let ms = left.as_millis().max(1);
     let mut tx = conn.transaction().map_err(Failed::Db)?;
+    // The server ends any statement of this transaction that would run
+    // past the deadline, waiting for a lock included, and rolls it back.
+    tx.batch_execute(&format!(
+        "SET LOCAL lock_timeout = {ms}; SET LOCAL statement_timeout = {ms}"
+    ))
+    .map_err(Failed::Db)?;
     let row = tx
         .query_one(
-            "UPDATE cedard_meta SET value = value + 1 WHERE key = 'revision' RETURNING value",
+            "UPDATE cedard_meta SET value = value + 1 WHERE key = 'revision' RETURNING value, txid_current()",
             &[],
         )
         .map_err(Failed::Db)?;
     let rev: i64 = row.get(0);
+    let xid: i64 = row.get(1);
     let (value, tx) = {
         let mut pg = PgTx {
             tx: RefCell::new(tx),
             retry: RefCell::new(None),
         };
         let value = f(&mut pg);
-        // A statement inside `f` that failed to serialize surfaces as a
-        // store fault to `f`; run the whole transaction again.
+        // A statement inside `f` that failed to serialize (or lost its
+        // connection, or its time) surfaces as a store fault to `f`; the
+        // whole transaction is judged by that statement's error.
         if let Some(e) = pg.retry.take() {
             return Err(Failed::Db(e));
         }
@@ -263,8 +634,21 @@ fn run_once<T, E: From<StoreError>>(
     let mut tx = tx;
     tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &rev.to_string()])
         .map_err(Failed::Db)?;
-    tx.commit().map_err(Failed::Db)?;
-    Ok((value, u64::try_from(rev).unwrap_or(0)))
+    if Instant::now() >= deadline {
+        // Dropping the transaction rolls it back.
+        return Err(Failed::Late);
+    }
+    let rev = u64::try_from(rev).unwrap_or(0);
+    match tx.commit() {
+        Ok(()) => Ok((value, rev)),
+        Err(error) if lost(&error, conn) => Err(Failed::CommitLost {
+            value,
+            rev,
+            xid,
+            error,
+        }),
+        Err(error) => Err(Failed::Db(error)),
+    }
 }
 
 fn current_revision(conn: &mut Client) -> Result<u64> {
@@ -332,59 +716,76 @@ fn migrate(conn: &mut Client, shown: &str) -> Result<()> {
     tx.commit().map_err(fault)
 }
 
-/// Keeps `revision` up to date: `LISTEN` on its own connection, and a poll
-/// of the revision every `poll` when nothing is heard (a notification can
-/// be missed while the connection is down). Reconnects with a growing
-/// delay; stops when `stop` is set.
-fn listen(
+/// What the listener thread keeps up to date.
+struct Listener {
     config: postgres::Config,
     revision: Arc<AtomicU64>,
+    contact: Arc<Contact>,
+    epoch: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     poll: Duration,
-) {
+}
+
+/// Keeps `revision` up to date and confirmed: `LISTEN` on its own
+/// connection, and a query of the revision every `poll` (a notification can
+/// be missed while the connection is down), each confirming the revision
+/// ([`Contact`]). A lost connection is reopened at once, then with a
+/// growing delay (at most a second) while the database stays away; every
+/// loss raises the pool's epoch, since whatever killed this connection
+/// likely killed the pooled ones. Stops when `stop` is set.
+fn listen(listener: Listener) {
     let spawned = std::thread::Builder::new()
         .name("cedard-store-listen".into())
         .spawn(move || {
-            let mut delay = Duration::from_millis(100);
-            while !stop.load(Ordering::Acquire) {
-                match listen_once(&config, &revision, &stop, poll) {
+            let mut delay = Duration::ZERO;
+            while !listener.stop.load(Ordering::Acquire) {
+                let began = Instant::now();
+                match listen_once(&listener) {
                     Ok(()) => return,
                     Err(e) => {
+                        listener.epoch.fetch_add(1, Ordering::AcqRel);
+                        if began.elapsed() > Duration::from_secs(1) {
+                            delay = Duration::ZERO;
+                        }
                         tracing::warn!("store listener: {e}; reconnecting in {delay:?}");
                         std::thread::sleep(delay);
-                        delay = (delay * 2).min(Duration::from_secs(5));
+                        delay = (delay * 2)
+                            .max(Duration::from_millis(50))
+                            .min(Duration::from_secs(1));
                     }
                 }
             }
         });
     if let Err(e) = spawned {
-        tracing::error!("cannot start the store listener thread: {e}; other replicas' writes are not seen until a decision asks for a newer revision");
+        tracing::error!("cannot start the store listener thread: {e}; other replicas' writes are not seen, and decisions are refused once the revision is unconfirmed for the staleness bound");
     }
 }
 
-fn listen_once(
-    config: &postgres::Config,
-    revision: &AtomicU64,
-    stop: &AtomicBool,
-    poll: Duration,
-) -> std::result::Result<(), postgres::Error> {
-    let mut client = config.connect(NoTls)?;
+fn listen_once(l: &Listener) -> std::result::Result<(), postgres::Error> {
+    let mut client = l.config.connect(NoTls)?;
     client.batch_execute(&format!("LISTEN {CHANNEL}"))?;
     loop {
-        if stop.load(Ordering::Acquire) {
+        if l.stop.load(Ordering::Acquire) {
             return Ok(());
         }
-        // Whatever was missed while (re)connecting shows in the poll.
+        // Whatever was missed while (re)connecting shows in the query.
+        let asked = Instant::now();
         let row = client.query_one("SELECT value FROM cedard_meta WHERE key = 'revision'", &[])?;
         let now: i64 = row.get(0);
-        revision.fetch_max(u64::try_from(now).unwrap_or(0), Ordering::AcqRel);
-        let mut notes = client.notifications();
-        let mut iter = notes.timeout_iter(poll);
-        while let Some(note) = iter.next()? {
+        l.revision
+            .fetch_max(u64::try_from(now).unwrap_or(0), Ordering::AcqRel);
+        l.contact.confirm(asked);
+        // Notifications until the next query is due.
+        let due = asked + l.poll;
+        while let Some(left) = due.checked_duration_since(Instant::now()) {
+            let mut notes = client.notifications();
+            let Some(note) = notes.timeout_iter(left).next()? else {
+                break;
+            };
             if let Ok(rev) = note.payload().parse::<u64>() {
-                revision.fetch_max(rev, Ordering::AcqRel);
+                l.revision.fetch_max(rev, Ordering::AcqRel);
             }
-            if stop.load(Ordering::Acquire) {
+            if l.stop.load(Ordering::Acquire) {
                 return Ok(());
             }
         }
@@ -394,6 +795,29 @@ fn listen_once(
 /// A read view over the connection pool.
 pub struct PgView {
     pool: Pool<Manager>,
+    epoch: Arc<AtomicU64>,
+}
+
+impl PgView {
+    /// Runs `f` on a pooled connection; if the connection turns out dead
+    /// (closed by a restart or `pg_terminate_backend` while pooled), once
+    /// more on another, checked one.
+    fn with<T>(
+        &self,
+        f: impl Fn(&mut Client) -> std::result::Result<T, postgres::Error>,
+    ) -> Result<T> {
+        let mut conn = self.pool.get().map_err(fault)?;
+        match f(&mut conn) {
+            Ok(v) => Ok(v),
+            Err(e) if lost(&e, &conn) => {
+                self.epoch.fetch_add(1, Ordering::AcqRel);
+                drop(conn);
+                let mut conn = self.pool.get().map_err(fault)?;
+                f(&mut conn).map_err(|_| fault(e))
+            }
+            Err(e) => Err(fault(e)),
+        }
+    }
 }
 
 /// A write transaction.
@@ -411,18 +835,10 @@ trait Query {
 
 impl Query for PgView {
     fn rows(&self, sql: &str, params: &[&(dyn postgres::types::ToSql + Sync)]) -> Result<Vec<Row>> {
-        self.pool
-            .get()
-            .map_err(fault)?
-            .query(sql, params)
-            .map_err(fault)
+        self.with(|c| c.query(sql, params))
     }
     fn exec(&self, sql: &str, params: &[&(dyn postgres::types::ToSql + Sync)]) -> Result<u64> {
-        self.pool
-            .get()
-            .map_err(fault)?
-            .execute(sql, params)
-            .map_err(fault)
+        self.with(|c| c.execute(sql, params))
     }
 }
 
@@ -442,10 +858,14 @@ impl Query for PgTx<'_> {
 }
 
 impl PgTx<'_> {
+    /// A failed statement fails the whole transaction: remembered, so that
+    /// the write is judged by it (run again, out of time, or a fault) rather
+    /// than by whatever `f` made of it.
     fn failed(&self, e: postgres::Error) -> StoreError {
         let shown = fault(&e);
-        if retryable(&e) {
-            *self.retry.borrow_mut() = Some(e);
+        let mut retry = self.retry.borrow_mut();
+        if retry.is_none() {
+            *retry = Some(e);
         }
         shown
     }

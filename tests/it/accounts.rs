@@ -258,6 +258,104 @@ async fn the_seed_story_end_to_end() {
     app.stop().await;
 }
 
+/// The seed's central flow as an app runs it: the app asks about a user
+/// before they accept an invite (deny), the user accepts, and every later
+/// answer is on the new membership at once, with no restart. Every kind of
+/// change to a membership (accept, change of role, removal) reaches the
+/// very next decision about that user, through `/v1` and through the
+/// management API's own checks.
+#[tokio::test]
+async fn a_member_who_accepts_an_invite_is_allowed_at_once() {
+    let app = spawn_app().await;
+    assert_eq!(sign_up(&app, "kim").await.0, 201);
+    assert_eq!(sign_up(&app, "lee").await.0, 201);
+    let (status, body) = convert(&app, "kim", "kim", "Kim & Co").await;
+    assert_eq!(status, 200, "{body}");
+
+    // Asked before lee is a member: deny, and lee's entity is now
+    // remembered.
+    assert_eq!(
+        decide(&app, "lee", "useAccount", "kim").await["decision"],
+        "deny"
+    );
+    let (status, _) = call(
+        &app,
+        Method::GET,
+        "/v1/accounts/kim/members",
+        Some("lee"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 403);
+
+    let (status, body) = invite(&app, "kim", "kim", json!({"role": "basic"})).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = accept(&app, "lee", &token_of(&body)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["account"].as_str(), body["role"].as_str()),
+        (Some("kim"), Some("basic"))
+    );
+
+    // The same questions, at once: allow.
+    assert_eq!(
+        decide(&app, "lee", "useAccount", "kim").await["decision"],
+        "allow"
+    );
+    assert_eq!(
+        decide(&app, "lee", "connectPod", "kim").await["decision"],
+        "allow"
+    );
+    assert_eq!(
+        decide(&app, "lee", "startPod", "kim").await["decision"],
+        "deny"
+    );
+    assert_eq!(
+        members(&app, "lee", "kim").await,
+        [
+            ("kim".into(), "admin".into()),
+            ("lee".into(), "basic".into())
+        ]
+    );
+
+    // A change of role and a removal reach the next answer as well.
+    let (status, body) = call(
+        &app,
+        Method::PUT,
+        "/v1/accounts/kim/members/lee",
+        Some("kim"),
+        Some(json!({"role": "dev"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        decide(&app, "lee", "startPod", "kim").await["decision"],
+        "allow"
+    );
+    let (status, body) = call(
+        &app,
+        Method::DELETE,
+        "/v1/accounts/kim/members/lee",
+        Some("kim"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(
+        decide(&app, "lee", "useAccount", "kim").await["decision"],
+        "deny"
+    );
+    let (status, _) = call(
+        &app,
+        Method::GET,
+        "/v1/accounts/kim/members",
+        Some("lee"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 403);
+}
+
 #[tokio::test]
 async fn decisions_read_stored_roles_and_refuse_owned_inline_entities() {
     let app = spawn_app().await;

@@ -159,7 +159,18 @@ impl Cluster {
 
     /// The URL of the server's `postgres` database.
     pub fn url(&self) -> String {
-        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+        self.url_on(self.port)
+    }
+
+    /// The URL of the server's `postgres` database through another port
+    /// (a proxy in front of the server).
+    pub fn url_on(&self, port: u16) -> String {
+        format!("postgres://postgres@127.0.0.1:{port}/postgres")
+    }
+
+    /// The port the server listens on.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 }
 

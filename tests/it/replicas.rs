@@ -470,7 +470,7 @@ async fn a_database_outage_is_a_503_never_an_allow_and_the_replica_recovers() {
     // is remembered), a fully consistent read, a write: 503s, never allow.
     let (status, answer) = may_start(&client, &a, "erin", "olga", None).await;
     assert_eq!(status, 503, "{answer}");
-    assert_eq!(answer["error"]["code"], "unavailable", "{answer}");
+    assert_eq!(answer["error"]["code"], "store_unavailable", "{answer}");
     let (status, answer) = may_start(&client, &a, "dana", "olga", Some(json!("full"))).await;
     assert_eq!(status, 503, "{answer}");
     let (status, _, _) = call(

@@ -251,3 +251,81 @@ pub async fn spawn_binary(cwd: &Path, args: &[&str]) -> Binary {
     .await;
     bin
 }
+
+/// A caller of a running daemon over HTTP, as a service would be: the
+/// daemon's base URL and, once keys exist, a bearer key.
+#[derive(Clone)]
+pub struct Api {
+    /// The HTTP client.
+    pub client: reqwest::Client,
+    /// `http://host:port`.
+    pub base: String,
+    /// The bearer key sent with every call, if any.
+    pub key: Option<String>,
+}
+
+/// What one call answered.
+#[derive(Debug)]
+pub struct Answer {
+    /// The HTTP status.
+    pub status: u16,
+    /// The JSON body (`null` when empty or not JSON).
+    pub body: Value,
+    /// The `Cedard-Store-Revision` header a write answers with.
+    pub store_revision: Option<u64>,
+}
+
+impl Api {
+    /// A caller of the daemon at `addr`, with no key.
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            client: reqwest::Client::new(),
+            base: format!("http://{addr}"),
+            key: None,
+        }
+    }
+
+    /// The same caller presenting `key`.
+    pub fn with_key(&self, key: &str) -> Self {
+        Self {
+            key: Some(key.to_owned()),
+            ..self.clone()
+        }
+    }
+
+    /// Sends `method path`, as `actor` (`X-Actor`) when given, with an
+    /// optional JSON body.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        actor: Option<&str>,
+        body: Option<Value>,
+    ) -> Answer {
+        let mut req = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(key) = &self.key {
+            req = req.bearer_auth(key);
+        }
+        if let Some(a) = actor {
+            req = req.header("x-actor", a);
+        }
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let store_revision = resp
+            .headers()
+            .get("cedard-store-revision")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let text = resp.text().await.unwrap_or_default();
+        Answer {
+            status,
+            body: serde_json::from_str(&text).unwrap_or(Value::Null),
+            store_revision,
+        }
+    }
+}

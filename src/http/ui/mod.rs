@@ -40,6 +40,7 @@ use axum::Router;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::error::ApiError;
 use super::state::AppState;
 use crate::keys::{KeyInfo, Scope};
 
@@ -199,6 +200,13 @@ impl FromRequestParts<AppState> for SignedIn {
         let Some(session) = state.console.find(id) else {
             return Err(back_to_sign_in());
         };
+        if !state.accounts.keys_current() {
+            return Err(ApiError::StoreUnavailable(
+                "the caller keys have not been confirmed with the store within the staleness bound"
+                    .into(),
+            )
+            .into_response());
+        }
         // The key must still be live and still hold `admin`: revoking it
         // ends the session.
         match state.keys.live(&session.key_id) {
@@ -334,6 +342,13 @@ async fn sign_in(
             &state,
             StatusCode::BAD_REQUEST,
             Some("key: paste a caller key"),
+        );
+    }
+    if !state.accounts.keys_current() {
+        return pages::sign_in_with(
+            &state,
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some("cedard cannot confirm the caller keys with its store now; try again shortly"),
         );
     }
     let info = match state.keys.verify(key) {

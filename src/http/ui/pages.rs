@@ -508,7 +508,7 @@ fn decide(
         key: Some(signed.key.id.clone()),
         request_id: signed.request_id.clone(),
         endpoint: "/ui/playground",
-        consistency: Default::default(),
+        ..Caller::default()
     };
     let checked = state
         .pdp
@@ -517,6 +517,7 @@ fn decide(
             PdpError::Input(e) => (StatusCode::BAD_REQUEST, e.to_string()),
             PdpError::Denied { message, .. } => (StatusCode::FORBIDDEN, message),
             PdpError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
+            PdpError::Store(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         })?;
     let Some(d) = checked.decisions.first() else {
         return Err((
