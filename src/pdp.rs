@@ -660,6 +660,11 @@ impl Pdp {
         limit: usize,
     ) -> Result<Vec<String>, PdpError> {
         let unavailable = PdpError::Store;
+        if type_name == &model::TYPES.user || type_name == &model::TYPES.account {
+            // Candidates from a store this replica cannot confirm current
+            // would miss (or list) what another replica just wrote.
+            self.store.current().map_err(unavailable)?;
+        }
         if type_name == &model::TYPES.user {
             return self
                 .store

@@ -245,7 +245,7 @@ pub struct PgStore {
     /// The pool's epoch (see [`Manager`]).
     epoch: Arc<AtomicU64>,
     /// How to open a connection outside the pool (resolving a lost commit).
-    config: postgres::Config,
+    async_config: tokio_postgres::Config,
     options: Options,
 }
 
@@ -323,23 +323,24 @@ impl PgStore {
     /// revision and starts listening for other replicas' writes.
     pub fn connect(url: &str, options: &Options) -> Result<Self> {
         let shown = without_password(url);
-        let mut config: postgres::Config = url.parse().map_err(|e| {
+        let mut async_config: tokio_postgres::Config = url.parse().map_err(|e| {
             StoreError::Unavailable(format!("`{shown}` is not a PostgreSQL URL: {e}"))
         })?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(Duration::from_secs(2));
+        if async_config.get_connect_timeout().is_none() {
+            async_config.connect_timeout(Duration::from_secs(2));
         }
         // A connection whose peer vanished (a partition, a dead host) is
         // given up by the kernel after this long with data unacknowledged,
         // rather than blocking its thread for the TCP retransmission
         // timeout (many minutes).
-        if config.get_tcp_user_timeout().is_none() {
-            config.tcp_user_timeout(Duration::from_secs(5));
+        if async_config.get_tcp_user_timeout().is_none() {
+            async_config.tcp_user_timeout(Duration::from_secs(5));
         }
-        config.keepalives(true);
-        if config.get_application_name().is_none() {
-            config.application_name("cedard");
+        async_config.keepalives(true);
+        if async_config.get_application_name().is_none() {
+            async_config.application_name("cedard");
         }
+        let config = postgres::Config::from(async_config.clone());
         let epoch = Arc::new(AtomicU64::new(0));
         let manager = Manager {
             inner: PostgresConnectionManager::new(config.clone(), NoTls),
@@ -379,7 +380,7 @@ impl PgStore {
             writing: Turnstile::default(),
             contact,
             epoch,
-            config,
+            async_config,
             options: options.clone(),
         })
     }
@@ -532,37 +533,51 @@ impl PgStore {
     /// as dead as the lost one), until `deadline` and at least a second.
     fn resolve(&self, xid: i64, deadline: Instant) -> Resolved {
         let until = deadline.max(Instant::now() + Duration::from_secs(1));
-        let mut last = String::from("the database could not be reached to ask");
-        while Instant::now() < until {
-            let mut client = match self.config.connect(NoTls) {
-                Ok(c) => c,
-                Err(e) => {
-                    last = format!(
-                        "the database could not be reached to ask whether it committed ({e})"
-                    );
-                    std::thread::sleep(Duration::from_millis(50));
-                    continue;
-                }
-            };
-            match client.query_one("SELECT txid_status($1)", &[&xid]) {
-                Ok(row) => match row.get::<_, Option<String>>(0).as_deref() {
-                    Some("committed") => return Resolved::Committed,
-                    Some("aborted") => return Resolved::Aborted,
-                    // The lost backend is still finishing.
-                    Some(_) => std::thread::sleep(Duration::from_millis(20)),
-                    None => {
-                        return Resolved::Unknown(
-                            "the database no longer knows that transaction".into(),
-                        )
+        // The async client, so that every attempt ends by `until` whatever
+        // the network does (a connection that hangs in its handshake
+        // included); a blocking client could outlive the request.
+        let runtime = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => return Resolved::Unknown(format!("cannot ask the database ({e})")),
+        };
+        let config = self.async_config.clone();
+        runtime.block_on(async move {
+            let mut last =
+                String::from("the database could not be reached to ask whether it committed");
+            while let Some(left) = until.checked_duration_since(Instant::now()) {
+                let asked = tokio::time::timeout(left, async {
+                    let (client, connection) = config.connect(NoTls).await?;
+                    let driver = tokio::spawn(connection);
+                    let row = client.query_one("SELECT txid_status($1)", &[&xid]).await;
+                    driver.abort();
+                    row
+                })
+                .await;
+                match asked {
+                    Err(_) => break,
+                    Ok(Err(e)) => {
+                        last =
+                            format!("the database could not be asked whether it committed ({e})");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                     }
-                },
-                Err(e) => {
-                    last = format!("asking whether it committed failed ({e})");
-                    std::thread::sleep(Duration::from_millis(50));
+                    Ok(Ok(row)) => match row.get::<_, Option<String>>(0).as_deref() {
+                        Some("committed") => return Resolved::Committed,
+                        Some("aborted") => return Resolved::Aborted,
+                        // The lost backend is still finishing.
+                        Some(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+                        None => {
+                            return Resolved::Unknown(
+                                "the database no longer knows that transaction".into(),
+                            )
+                        }
+                    },
                 }
             }
-        }
-        Resolved::Unknown(last)
+            Resolved::Unknown(last)
+        })
     }
 }
 

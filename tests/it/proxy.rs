@@ -3,6 +3,8 @@
 //! crosses, in either direction, and a new connection is accepted but not
 //! forwarded), as a network partition does to a replica that keeps its
 //! sockets open; [`Proxy::heal`] lets the held bytes through again.
+//! [`Proxy::sever`] closes every connection open through it, as a lost
+//! connection would be seen by both ends.
 
 use std::net::SocketAddr;
 
@@ -15,6 +17,8 @@ pub struct Proxy {
     /// The port to connect to instead of the target's.
     pub port: u16,
     cut: watch::Sender<bool>,
+    /// Raised to close every open connection.
+    severed: watch::Sender<u64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -24,10 +28,13 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let (cut, watching) = watch::channel(false);
+        let (severed, severing) = watch::channel(0u64);
         let to: SocketAddr = format!("127.0.0.1:{target}").parse().expect("addr");
         let task = tokio::spawn(async move {
             while let Ok((inbound, _)) = listener.accept().await {
                 let cut = watching.clone();
+                let mut sever = severing.clone();
+                sever.mark_unchanged();
                 tokio::spawn(async move {
                     let mut open = cut.clone();
                     if open.wait_for(|c| !*c).await.is_err() {
@@ -38,12 +45,31 @@ impl Proxy {
                     };
                     let (ri, wi) = inbound.into_split();
                     let (ro, wo) = outbound.into_split();
-                    tokio::spawn(pipe(ri, wo, cut.clone()));
-                    tokio::spawn(pipe(ro, wi, cut));
+                    let mut up = tokio::spawn(pipe(ri, wo, cut.clone()));
+                    let mut down = tokio::spawn(pipe(ro, wi, cut));
+                    // Both halves end together, when severed or when either
+                    // side closes: dropping them closes both sockets.
+                    tokio::select! {
+                        _ = sever.changed() => {}
+                        _ = &mut up => {}
+                        _ = &mut down => {}
+                    }
+                    up.abort();
+                    down.abort();
                 });
             }
         });
-        Self { port, cut, task }
+        Self {
+            port,
+            cut,
+            severed,
+            task,
+        }
+    }
+
+    /// Closes every connection open through the proxy now.
+    pub fn sever(&self) {
+        self.severed.send_modify(|n| *n += 1);
     }
 
     /// Freezes every connection and holds new ones.

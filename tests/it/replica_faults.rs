@@ -367,3 +367,138 @@ async fn after_every_connection_is_killed_writes_go_on_and_replicas_catch_up() {
     eprintln!("after the kill, B saw A's write in {seen:?}");
     assert!(seen <= BOUND, "B stayed stale for {seen:?}");
 }
+
+/// Makes every `COMMIT` of a user whose id starts with `slow` take a
+/// second (a deferred trigger runs at commit), so that the test can lose
+/// the connection while the commit is in flight.
+fn slow_commits(url: &str) {
+    session(url)
+        .batch_execute(
+            "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN PERFORM pg_sleep(1); RETURN NULL; END $$;
+             CREATE CONSTRAINT TRIGGER slow AFTER INSERT ON cedard_users
+               DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+               WHEN (NEW.id LIKE 'slow%') EXECUTE FUNCTION slow_commit();",
+        )
+        .expect("trigger");
+}
+
+/// Whether the user `id` is stored, asked of the database directly.
+async fn stored(url: &str, id: &str) -> bool {
+    let (url, id) = (url.to_owned(), id.to_owned());
+    tokio::task::spawn_blocking(move || {
+        session(&url)
+            .query_opt("SELECT 1 FROM cedard_users WHERE id = $1", &[&id])
+            .expect("query")
+            .is_some()
+    })
+    .await
+    .expect("query task")
+}
+
+/// A write whose connection is lost while its `COMMIT` is in flight gets
+/// the answer of what happened: the database is asked (`txid_status`) on a
+/// fresh connection. Committed: the write's own success. Aborted (its
+/// backend was terminated): a 503, and nothing stored. Not askable (the
+/// database cannot be reached): 503 `store_outcome_unknown`, never a
+/// success or a plain 503 that could be a lie.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_commit_whose_connection_is_lost_is_answered_with_what_happened() {
+    let Some(pg) =
+        Cluster::start("a_commit_whose_connection_is_lost_is_answered_with_what_happened")
+    else {
+        return;
+    };
+    let proxy = Proxy::start(pg.port()).await;
+    let (_a, a) = replica(&pg.url_on(proxy.port), &[]).await;
+    assert_eq!(sign_up(&a, "first").await.status, 201);
+    let url = pg.url();
+    {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || slow_commits(&url))
+            .await
+            .expect("trigger task");
+    }
+    let in_commit = || async {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || {
+            session(&url)
+                .query_opt(
+                    "SELECT pid FROM pg_stat_activity WHERE application_name = 'cedard' AND wait_event = 'PgSleep'",
+                    &[],
+                )
+                .expect("query")
+                .map(|row| row.get::<_, i32>(0))
+        })
+        .await
+        .expect("query task")
+    };
+
+    // The connection is lost, the commit completes on the server.
+    let write = tokio::spawn({
+        let a = a.clone();
+        async move { sign_up(&a, "slow1").await }
+    });
+    wait_until(DEADLINE, || async { in_commit().await.is_some() }).await;
+    proxy.sever();
+    let answer = write.await.expect("write");
+    assert_eq!(answer.status, 201, "{}", answer.body);
+    assert!(stored(&url, "slow1").await);
+
+    // The backend is terminated in the commit: aborted.
+    let write = tokio::spawn({
+        let a = a.clone();
+        async move { sign_up(&a, "slow2").await }
+    });
+    let started = Instant::now();
+    let pid = loop {
+        if let Some(pid) = in_commit().await {
+            break Some(pid);
+        }
+        assert!(
+            started.elapsed() < DEADLINE,
+            "the write never reached its commit"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    {
+        let (url, pid) = (url.clone(), pid.expect("pid"));
+        tokio::task::spawn_blocking(move || {
+            session(&url)
+                .execute("SELECT pg_terminate_backend($1)", &[&pid])
+                .expect("terminate")
+        })
+        .await
+        .expect("terminate task");
+    }
+    let answer = write.await.expect("write");
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert_eq!(
+        answer.body["error"]["code"], "store_unavailable",
+        "{}",
+        answer.body
+    );
+    assert!(
+        !stored(&url, "slow2").await,
+        "a write answered 503 is stored"
+    );
+
+    // The connection is lost and the database cannot be reached to ask.
+    let write = tokio::spawn({
+        let a = a.clone();
+        async move { sign_up(&a, "slow3").await }
+    });
+    wait_until(DEADLINE, || async { in_commit().await.is_some() }).await;
+    proxy.cut();
+    proxy.sever();
+    let answer = write.await.expect("write");
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert_eq!(
+        answer.body["error"]["code"], "store_outcome_unknown",
+        "{}",
+        answer.body
+    );
+    // It did commit: "unknown" was the truth, not a refusal.
+    proxy.heal();
+    assert!(stored(&url, "slow3").await);
+}
