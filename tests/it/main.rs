@@ -15,6 +15,7 @@ mod hardening_store;
 mod impact;
 mod limits;
 mod matrix;
+mod model;
 mod observe;
 mod pg;
 mod proxy;
