@@ -256,17 +256,6 @@ fn assemble(
 ) -> Result<Entities, InputError> {
     let merge_error =
         |e: cedar_policy::entities_errors::EntitiesError| InputError::new("entities", describe(&e));
-    if !snapshot.data.is_empty() {
-        for (i, entity) in inline.iter().enumerate() {
-            let uid = entity.uid();
-            if let Some((file, j)) = snapshot.data.origin(&uid) {
-                return Err(InputError::new(
-                    format!("entities[{i}]"),
-                    format!("`{uid}` is defined by the entity data file {file} (entities[{j}]); do not send it inline, cedard supplies it"),
-                ));
-            }
-        }
-    }
     if inline
         .iter()
         .any(|e| snapshot.action_entities.get(&e.uid()).is_some())

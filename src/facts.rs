@@ -19,7 +19,6 @@ use std::sync::Mutex;
 
 use cedar_policy::{Entities, Entity, EntityUid, EvalResult};
 use serde_json::value::RawValue;
-use serde_json::Value;
 
 use crate::authz::{self, InputError};
 use crate::model::{
@@ -44,15 +43,14 @@ pub enum EntityError {
     Schema(#[from] ModelError),
 }
 
-/// The inline entities of a request, as they arrived.
+/// The inline entities of a request, as they arrived: the raw JSON text of
+/// the array, decoded through the snapshot's memo (every door sends text:
+/// the HTTP bodies borrow it, the console serialises its form's value).
 #[derive(Clone, Copy)]
 pub enum Inline<'a> {
     /// None sent.
     None,
-    /// A parsed JSON value (the batch API, tests, the CLI).
-    Json(&'a Value),
-    /// The raw JSON text of the array (the HTTP API, which decodes each
-    /// entity through the snapshot's memo).
+    /// The raw JSON text of the array.
     Raw(&'a RawValue),
 }
 
@@ -217,6 +215,11 @@ impl<'a> Facts<'a> {
         }
     }
 
+    /// The snapshot these facts are built for.
+    pub fn snapshot(&self) -> &'a PolicySnapshot {
+        self.snapshot
+    }
+
     /// The store revision these facts are at least as new as.
     pub fn generation(&self) -> u64 {
         self.generation
@@ -244,8 +247,6 @@ impl<'a> Facts<'a> {
     fn check_count(&self, inline: Inline<'_>) -> Result<(), EntityError> {
         let count = match inline {
             Inline::None => return Ok(()),
-            Inline::Json(Value::Array(items)) => items.len(),
-            Inline::Json(_) => return Ok(()),
             Inline::Raw(raw) => {
                 // Every entity takes more than 16 bytes of JSON, so a shorter
                 // text cannot be over the limit and is not counted: the
@@ -334,52 +335,10 @@ impl<'a> Facts<'a> {
         }
     }
 
-    /// Refuses inline entities that cedard owns, naming `entities[i]`.
-    /// Anything malformed is left to the entity parser that follows, which
-    /// reports it.
-    fn check_inline(&self, inline: Inline<'_>) -> Result<(), EntityError> {
-        match inline {
-            Inline::None => Ok(()),
-            Inline::Json(Value::Array(items)) => {
-                for (i, item) in items.iter().enumerate() {
-                    self.check_one(i, item.get("uid"), item.get("parents"))?;
-                }
-                Ok(())
-            }
-            Inline::Json(_) => Ok(()),
-            // Checked on the decoded entities, see `entities`.
-            Inline::Raw(_) => Ok(()),
-        }
-    }
-
-    fn check_one(
-        &self,
-        i: usize,
-        uid: Option<&Value>,
-        parents: Option<&Value>,
-    ) -> Result<(), EntityError> {
-        let Some(uid) = uid.and_then(|v| authz::parse_uid("uid", v).ok()) else {
-            return Ok(());
-        };
-        if self.stored(&uid)? {
-            return Err(owned(i, &uid));
-        }
-        if let Some(Value::Array(parents)) = parents {
-            for p in parents {
-                let Ok(parent) = authz::parse_uid("parents", p) else {
-                    continue;
-                };
-                if parent.type_name() == &TYPES.role && self.stored(&parent)? {
-                    return Err(claims(i, &uid, &parent));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Parses the inline entities (refusing ones cedard owns) and adds the
-    /// stored entities of each `(principal, resource)` pair: the principal,
-    /// the resource, and the account the resource names.
+    /// Decodes the inline entities (refusing ones cedard supplies, see
+    /// [`Facts::refuse_supplied`]) and adds the stored entities of each
+    /// `(principal, resource)` pair: the principal, the resource, and the
+    /// account the resource names.
     ///
     /// With nothing inline and nothing stored to add (a question about the
     /// entity data files' entities alone), the snapshot's base entities are
@@ -391,23 +350,25 @@ impl<'a> Facts<'a> {
         pairs: &[(&EntityUid, &EntityUid)],
     ) -> Result<Cow<'a, Entities>, EntityError> {
         self.check_count(inline)?;
-        self.check_inline(inline)?;
-        let entities: Cow<'a, Entities> = match inline {
-            Inline::Raw(raw) => return self.raw_entities(raw, pairs).map(Cow::Owned),
-            Inline::Json(v) => Cow::Owned(authz::parse_entities(self.snapshot, v)?),
-            Inline::None => Cow::Borrowed(&self.snapshot.base_entities),
+        let raw = match inline {
+            Inline::Raw(raw) => raw,
+            Inline::None => {
+                let base = &self.snapshot.base_entities;
+                let extra = self.stored_for(pairs, |uid| base.get(uid))?;
+                if extra.is_empty() {
+                    return Ok(Cow::Borrowed(base));
+                }
+                // Each stored entity was checked against this snapshot's
+                // schema when it was built (see `lookup`), so the merge need
+                // not check again.
+                return base
+                    .clone()
+                    .add_entities(extra, None)
+                    .map(Cow::Owned)
+                    .map_err(|e| EntityError::Schema(ModelError(describe(&e))));
+            }
         };
-        let extra = self.stored_for(pairs, |uid| entities.get(uid))?;
-        if extra.is_empty() {
-            return Ok(entities);
-        }
-        // Each stored entity was checked against this snapshot's schema when
-        // it was built (see `lookup`), so the merge need not check again.
-        entities
-            .into_owned()
-            .add_entities(extra, None)
-            .map(Cow::Owned)
-            .map_err(|e| EntityError::Schema(ModelError(describe(&e))))
+        self.raw_entities(raw, pairs).map(Cow::Owned)
     }
 
     /// [`Facts::entities`] for inline entities as raw JSON text: decoded and
@@ -420,7 +381,7 @@ impl<'a> Facts<'a> {
     ) -> Result<Entities, EntityError> {
         let (uids, entities) = match authz::remembered_set(self.snapshot, raw) {
             Some(Assembled { uids, entities }) => {
-                self.refuse_owned(&uids)?;
+                self.refuse_supplied(&uids)?;
                 let extra = self.stored_for(pairs, |uid| entities.get(uid))?;
                 let entities = if extra.is_empty() {
                     entities
@@ -439,7 +400,7 @@ impl<'a> Facts<'a> {
                 // entities, then the snapshot's own (actions, data files).
                 let decoded = authz::decode_entities_raw(self.snapshot, raw)?;
                 let uids: Vec<EntityUid> = decoded.iter().map(Entity::uid).collect();
-                self.refuse_owned(&uids)?;
+                self.refuse_supplied(&uids)?;
                 let by_uid: HashMap<&EntityUid, &Entity> = uids.iter().zip(&decoded).collect();
                 let base = &self.snapshot.base_entities;
                 let extra = self.stored_for(pairs, |uid| {
@@ -450,8 +411,34 @@ impl<'a> Facts<'a> {
                 (uids, entities)
             }
         };
-        // A claim to a role of a stored account, directly or through other
-        // inline entities, shows in the assembled hierarchy.
+        self.refuse_claims(&uids, &entities)?;
+        Ok(entities)
+    }
+
+    /// The one ownership check, first half, on the inline entities' uids
+    /// before anything is merged: an entity cedard supplies itself (a
+    /// stored user or account, a role of a stored account, an entity of the
+    /// entity data files) is refused, naming `entities[i]`.
+    fn refuse_supplied(&self, uids: &[EntityUid]) -> Result<(), EntityError> {
+        for (i, uid) in uids.iter().enumerate() {
+            if let Some((file, j)) = self.snapshot.data.origin(uid) {
+                return Err(InputError::new(
+                    format!("entities[{i}]"),
+                    format!("`{uid}` is defined by the entity data file {file} (entities[{j}]); do not send it inline, cedard supplies it"),
+                )
+                .into());
+            }
+            if self.stored(uid)? {
+                return Err(owned(i, uid));
+            }
+        }
+        Ok(())
+    }
+
+    /// The one ownership check, second half, on the assembled hierarchy: an
+    /// inline entity that claims a role of a stored account, directly or
+    /// through other inline entities, is refused.
+    fn refuse_claims(&self, uids: &[EntityUid], entities: &Entities) -> Result<(), EntityError> {
         for (i, uid) in uids.iter().enumerate() {
             let roles: Vec<&EntityUid> = entities
                 .ancestors(uid)
@@ -461,16 +448,6 @@ impl<'a> Facts<'a> {
                 if self.stored(role)? {
                     return Err(claims(i, uid, role));
                 }
-            }
-        }
-        Ok(entities)
-    }
-
-    /// Refuses inline entities that cedard stores, naming `entities[i]`.
-    fn refuse_owned(&self, uids: &[EntityUid]) -> Result<(), EntityError> {
-        for (i, uid) in uids.iter().enumerate() {
-            if self.stored(uid)? {
-                return Err(owned(i, uid));
             }
         }
         Ok(())
@@ -599,6 +576,8 @@ fn account_of(entity: &Entity) -> Option<EntityUid> {
 #[cfg(test)]
 mod tests {
     use std::path::PathBuf;
+
+    use serde_json::Value;
     use std::sync::Arc;
 
     use super::*;
@@ -723,8 +702,23 @@ mod tests {
                 .map(|e| e.into_owned())
                 .unwrap_or_else(|e| panic!("{e}"))
         };
-        // Through Cedar's own JSON path, the reference.
-        let expected = canonical(&entities(Inline::Json(&json)));
+        // The reference: the inline entities through Cedar's own JSON
+        // parser, with the stored ones (as `Inline::None` adds them) merged
+        // in by Cedar.
+        let by_cedar = authz::parse_entities(&snapshot, &json).unwrap_or_else(|e| panic!("{e}"));
+        let facts = Facts::new(&snapshot, &catalog, &memo, &store, 100);
+        let stored: Vec<Entity> = facts
+            .entities(Inline::None, &[(&bob, &account_uid("olga"))])
+            .unwrap_or_else(|e| panic!("{e}"))
+            .iter()
+            .filter(|e| by_cedar.get(&e.uid()).is_none())
+            .cloned()
+            .collect();
+        let expected = canonical(
+            &by_cedar
+                .add_entities(stored, None)
+                .unwrap_or_else(|e| panic!("{e}")),
+        );
         // First sighting (assembled with the stored entities in one go),
         // second (also remembered alone), third (from the memo, the stored
         // entities added to the remembered set).

@@ -1,14 +1,18 @@
 //! The decision pipeline: the one way a served question becomes an answer.
 //!
-//! Every decision cedard serves — `/v1/is_authorized`, its batch, and the
-//! management API's own checks — goes through [`Pdp`]: resolve each question
-//! against one policy snapshot, assemble the entities (inline ones decoded
-//! through the snapshot's memo, stored ones added by `facts`, with one
-//! ownership check), decide through [`authz::decide`], then record the
-//! decision (metrics, the decision log). Caller identity, metrics and the log
-//! are therefore written once. `cedard test` and `cedard matrix` decide
-//! offline, with no store and nobody to record for, through the same
-//! `authz` functions.
+//! Every decision cedard serves — `/v1/is_authorized`, its batch, AuthZEN's
+//! evaluations and searches, the management API's own checks, the
+//! console's playground — is made by one core, `Call::decide`: the
+//! questions of a call are read against one policy snapshot (`resolve`,
+//! `ask`: the one place a served request is built), their entities are
+//! assembled once (inline ones decoded through the snapshot's memo,
+//! cedard's stored ones added by `facts`, with its one ownership check),
+//! Cedar decides each through [`authz::decide`], and the call is recorded
+//! when it ends (`Call::finish`: metrics, the decision log). `check`,
+//! `evaluate`, `search` and `authorize` are thin shapes around it: how
+//! questions arrive, where a series stops, what is recorded. `cedard test`,
+//! `cedard matrix` and `cedard impact` decide offline, with nobody to
+//! record for, through the same `authz` functions.
 //!
 //! This module knows nothing about HTTP: it returns [`PdpError`], which the
 //! HTTP layer maps to status codes. It never answers allow on an error: an
@@ -332,6 +336,25 @@ impl Pdp {
     /// Answers `queries` against one snapshot. `batch` names the questions
     /// `requests[i]` in errors. Any bad question fails the whole call (a
     /// client sending a malformed batch gets no partial answers to misread).
+    /// One call's decisions against `snapshot`, recorded as `record` says
+    /// when the call ends ([`Call::finish`]); the facts as fresh as the
+    /// caller asks. A call that fails before it is opened is counted as a
+    /// failure.
+    fn call<'a>(
+        &'a self,
+        caller: &'a Caller,
+        snapshot: &'a PolicySnapshot,
+        record: Record,
+    ) -> Result<Call<'a>, PdpError> {
+        let facts = self
+            .facts_for(caller, snapshot)
+            .inspect_err(|e| failed(caller, e))?;
+        Ok(Call::new(self, Some(caller), snapshot, facts, record))
+    }
+
+    /// Answers `queries` against one snapshot. `batch` names the questions
+    /// `requests[i]` in errors. Any bad question fails the whole call (a
+    /// client sending a malformed batch gets no partial answers to misread).
     pub fn check(
         &self,
         caller: &Caller,
@@ -339,65 +362,31 @@ impl Pdp {
         inline: Inline<'_>,
         batch: bool,
     ) -> Result<Checked, PdpError> {
-        let started = Instant::now();
         let snapshot = self.live.snapshot();
-        let outcome = self
-            .facts_for(caller, &snapshot)
-            .and_then(|facts| self.check_in(&facts, &snapshot, queries, inline, batch));
-        let elapsed = started.elapsed();
-        match &outcome {
-            Ok((requests, decisions, _)) => {
-                self.record(caller, &snapshot, requests, queries, decisions, elapsed)
-            }
-            Err(e) => failed(caller, e),
-        }
-        outcome.map(|(_, decisions, store_revision)| Checked {
-            decisions,
-            revision: snapshot.revision.clone(),
-            store_revision,
-        })
-    }
-
-    fn check_in(
-        &self,
-        facts: &Facts<'_>,
-        snapshot: &PolicySnapshot,
-        queries: &[Query<'_>],
-        inline: Inline<'_>,
-        batch: bool,
-    ) -> Result<(Vec<Resolved>, Vec<Decision>, u64), PdpError> {
-        let mut resolved = Vec::with_capacity(queries.len());
-        for (i, q) in queries.iter().enumerate() {
-            let r = resolve(snapshot, q).map_err(|e| {
-                if batch {
-                    e.within(&format!("requests[{i}]"))
-                } else {
-                    e
-                }
-            })?;
-            resolved.push(r);
-        }
-        let pairs: Vec<_> = resolved
+        let mut call = self.call(caller, &snapshot, Record::Each)?;
+        let decided = queries
             .iter()
-            .map(|r| (&r.principal, &r.resource))
-            .collect();
-        let entities = facts.entities(inline, &pairs)?;
-        // A large batch is decided on every core (the entities and the
-        // policies are shared, read-only); answers keep their order.
-        let decisions = if resolved.len() >= PARALLEL_BATCH {
-            use rayon::prelude::*;
-            let entities: &Entities = &entities;
-            resolved
-                .par_iter()
-                .map(|r| authz::decide(snapshot, &r.request, entities))
-                .collect()
-        } else {
-            resolved
-                .iter()
-                .map(|r| authz::decide(snapshot, &r.request, &entities))
-                .collect()
-        };
-        Ok((resolved, decisions, facts.generation()))
+            .enumerate()
+            .map(|(i, q)| {
+                resolve(&snapshot, q).map_err(|e| match batch {
+                    true => e.within(&format!("requests[{i}]")),
+                    false => e,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(PdpError::from)
+            .and_then(|asks| Ok(call.decide(inline, asks)?));
+        match decided {
+            Ok(decisions) => Ok(Checked {
+                decisions,
+                revision: snapshot.revision.clone(),
+                store_revision: call.finish(),
+            }),
+            Err(e) => {
+                failed(caller, &e);
+                Err(e)
+            }
+        }
     }
 
     /// Answers each of `items` on its own, against one snapshot: an item
@@ -413,74 +402,47 @@ impl Pdp {
         items: &[Result<Item<'_>, InputError>],
         until: Until,
     ) -> Result<Evaluated, PdpError> {
-        let started = Instant::now();
         let snapshot = self.live.snapshot();
-        let facts = self
-            .facts_for(caller, &snapshot)
-            .inspect_err(|e| failed(caller, e))?;
+        let mut call = self.call(caller, &snapshot, Record::Each)?;
         let mut outcomes = Vec::with_capacity(items.len());
-        let mut decided: Vec<(Resolved, Query<'_>, Decision)> = Vec::with_capacity(items.len());
         for item in items {
-            let item = match item {
-                Ok(item) => item,
-                Err(e) => {
-                    failed(caller, &PdpError::Input(e.clone()));
-                    outcomes.push(Err(e.clone()));
-                    if until == Until::FirstDeny {
-                        break;
-                    }
-                    continue;
-                }
-            };
-            let outcome = match resolve(&snapshot, &item.query) {
-                Err(e) => Err(e),
-                Ok(r) => match facts.entities(item.inline, &[(&r.principal, &r.resource)]) {
-                    Ok(entities) => Ok((authz::decide(&snapshot, &r.request, &entities), r)),
-                    Err(EntityError::Input(e)) => Err(e),
-                    Err(e) => {
-                        let e = PdpError::from(e);
-                        failed(caller, &e);
-                        return Err(e);
-                    }
+            let outcome = match item {
+                Err(e) => Err(e.clone()),
+                Ok(item) => match resolve(&snapshot, &item.query) {
+                    Err(e) => Err(e),
+                    Ok(ask) => match call.decide(item.inline, vec![ask]) {
+                        Ok(mut decisions) => decisions.pop().ok_or_else(|| {
+                            InputError::new("", "the pipeline answered no decision")
+                        }),
+                        Err(EntityError::Input(e)) => Err(e),
+                        Err(e) => {
+                            let e = PdpError::from(e);
+                            failed(caller, &e);
+                            return Err(e);
+                        }
+                    },
                 },
             };
             let stop = match &outcome {
-                Ok((d, _)) => match until {
+                Ok(d) => match until {
                     Until::All => false,
                     Until::FirstDeny => !d.allow,
                     Until::FirstPermit => d.allow,
                 },
-                Err(_) => until == Until::FirstDeny,
-            };
-            match outcome {
-                Ok((d, r)) => {
-                    outcomes.push(Ok(d.clone()));
-                    decided.push((r, item.query, d));
-                }
                 Err(e) => {
                     failed(caller, &PdpError::Input(e.clone()));
-                    outcomes.push(Err(e));
+                    until == Until::FirstDeny
                 }
-            }
+            };
+            outcomes.push(outcome);
             if stop {
                 break;
             }
         }
-        let (resolved, rest): (Vec<Resolved>, Vec<(Query<'_>, Decision)>) =
-            decided.into_iter().map(|(r, q, d)| (r, (q, d))).unzip();
-        let (queries, decisions): (Vec<Query<'_>>, Vec<Decision>) = rest.into_iter().unzip();
-        self.record(
-            caller,
-            &snapshot,
-            &resolved,
-            &queries,
-            &decisions,
-            started.elapsed(),
-        );
         Ok(Evaluated {
             outcomes,
             revision: snapshot.revision.clone(),
-            store_revision: facts.generation(),
+            store_revision: call.finish(),
         })
     }
 
@@ -494,92 +456,85 @@ impl Pdp {
     /// `search.after`. Decisions are counted in the metrics; a search is not
     /// written to the decision log candidate by candidate.
     pub fn search(&self, caller: &Caller, search: &Search<'_>) -> Result<Page, PdpError> {
-        let started = Instant::now();
         let snapshot = self.live.snapshot();
-        let outcome = self
-            .facts_for(caller, &snapshot)
-            .and_then(|facts| self.search_in(&facts, &snapshot, search));
-        match &outcome {
-            Ok((_, (allowed, denied))) => {
-                count(caller.endpoint, *allowed, *denied, 0, started.elapsed())
+        let mut call = self.call(caller, &snapshot, Record::Count)?;
+        match self.search_in(&mut call, &snapshot, search) {
+            Ok(mut page) => {
+                call.finish();
+                page.revision = Some(snapshot.revision.clone());
+                Ok(page)
             }
-            Err(e) => failed(caller, e),
+            Err(e) => {
+                failed(caller, &e);
+                Err(e)
+            }
         }
-        outcome.map(|(mut page, _)| {
-            page.revision = Some(snapshot.revision.clone());
-            page
-        })
     }
 
     fn search_in(
         &self,
-        facts: &Facts<'_>,
+        call: &mut Call<'_>,
         snapshot: &PolicySnapshot,
         search: &Search<'_>,
-    ) -> Result<(Page, (u64, u64)), PdpError> {
+    ) -> Result<Page, PdpError> {
         const CHUNK: usize = 256;
-        let mut results: Vec<String> = Vec::new();
-        let mut more = false;
-        let mut after: Option<String> = search.after.map(str::to_owned);
-        let (mut allowed, mut denied) = (0u64, 0u64);
-        // Action search: the schema's actions for the two types, in id order.
-        let fixed = match search.slot {
-            Slot::Action => {
-                let principal = authz::parse_uid_in(snapshot, "subject", search.principal)?;
-                let resource = authz::parse_uid_in(snapshot, "resource", search.resource)?;
-                let mut actions: Vec<&EntityUid> = snapshot
-                    .schema
-                    .actions_for_principal_and_resource(principal.type_name(), resource.type_name())
-                    .collect();
-                actions.sort_by(|a, b| a.id().unescaped().cmp(b.id().unescaped()));
-                actions.dedup();
-                let entities = facts.entities(search.inline, &[(&principal, &resource)])?;
-                for action in actions {
-                    let name = action.id().unescaped();
-                    if after.as_deref().is_some_and(|a| name <= a) {
-                        continue;
+        let mut page = Page {
+            results: Vec::new(),
+            more: false,
+            revision: None,
+        };
+        // Takes the allowed candidates, in order, up to the limit; whether
+        // one more was allowed.
+        let mut take = |ids: &[String], decisions: &[Decision]| -> bool {
+            for (id, d) in ids.iter().zip(decisions) {
+                if d.allow {
+                    if page.results.len() == search.limit {
+                        page.more = true;
+                        return true;
                     }
-                    // An action whose context the question does not fit
-                    // would be answered 400 alone, never allow: not listed.
-                    let Ok(request) = authz::build_request(
+                    page.results.push(id.clone());
+                }
+            }
+            false
+        };
+        if search.slot == Slot::Action {
+            // The schema's actions for the two types, in id order.
+            let principal = authz::parse_uid_in(snapshot, "subject", search.principal)?;
+            let resource = authz::parse_uid_in(snapshot, "resource", search.resource)?;
+            let mut actions: Vec<&EntityUid> = snapshot
+                .schema
+                .actions_for_principal_and_resource(principal.type_name(), resource.type_name())
+                .filter(|a| search.after.is_none_or(|after| a.id().unescaped() > after))
+                .collect();
+            actions.sort_by(|a, b| a.id().unescaped().cmp(b.id().unescaped()));
+            actions.dedup();
+            // An action whose context the question does not fit would be
+            // answered 400 alone, never allow: not a candidate.
+            let (names, asks): (Vec<String>, Vec<Resolved<'_>>) = actions
+                .into_iter()
+                .filter_map(|action| {
+                    let ask = ask(
                         snapshot,
                         principal.clone(),
                         action.clone(),
                         resource.clone(),
                         search.context,
-                        true,
-                    ) else {
-                        continue;
-                    };
-                    if authz::decide(snapshot, &request, &entities).allow {
-                        allowed += 1;
-                        if results.len() == search.limit {
-                            more = true;
-                            break;
-                        }
-                        results.push(name.to_owned());
-                    } else {
-                        denied += 1;
-                    }
-                }
-                return Ok((
-                    Page {
-                        results,
-                        more,
-                        revision: None,
-                    },
-                    (allowed, denied),
-                ));
-            }
-            Slot::Subject => ("resource", search.resource),
-            Slot::Resource => ("subject", search.principal),
+                    )
+                    .ok()?;
+                    Some((action.id().unescaped().to_owned(), ask))
+                })
+                .unzip();
+            // Decided even when no action is a candidate: the stored facts
+            // of the fixed parts are checked (and refused) as for any ask.
+            let decisions = call.decide(search.inline, asks)?;
+            take(&names, &decisions);
+            return Ok(page);
+        }
+        let (fixed_field, fixed, searched_field) = match search.slot {
+            Slot::Subject => ("resource", search.resource, "subject"),
+            _ => ("subject", search.principal, "resource"),
         };
-        let fixed_uid = authz::parse_uid_in(snapshot, fixed.0, fixed.1)?;
-        let searched_field = if search.slot == Slot::Subject {
-            "subject"
-        } else {
-            "resource"
-        };
+        let fixed_uid = authz::parse_uid_in(snapshot, fixed_field, fixed)?;
         let type_name = snapshot
             .type_names
             .get(search.searched_type)
@@ -593,65 +548,40 @@ impl Pdp {
                 )
             })?;
         let action = action_uid(snapshot, search.action)?;
-        'pages: loop {
+        let mut after: Option<String> = search.after.map(str::to_owned);
+        loop {
             let ids = self.candidates(snapshot, type_name, after.as_deref(), CHUNK)?;
             if ids.is_empty() {
                 break;
             }
             after = ids.last().cloned();
-            let uids: Vec<EntityUid> = ids
+            let asks = ids
                 .iter()
                 .map(|id| {
-                    EntityUid::from_type_name_and_id(
+                    let candidate = EntityUid::from_type_name_and_id(
                         type_name.clone(),
                         cedar_policy::EntityId::new(id),
+                    );
+                    let (principal, resource) = match search.slot {
+                        Slot::Subject => (candidate, fixed_uid.clone()),
+                        _ => (fixed_uid.clone(), candidate),
+                    };
+                    ask(
+                        snapshot,
+                        principal,
+                        action.clone(),
+                        resource,
+                        search.context,
                     )
                 })
-                .collect();
-            let pairs: Vec<(&EntityUid, &EntityUid)> = uids
-                .iter()
-                .map(|u| match search.slot {
-                    Slot::Subject => (u, &fixed_uid),
-                    _ => (&fixed_uid, u),
-                })
-                .collect();
-            let entities = facts.entities(search.inline, &pairs)?;
-            for ((principal, resource), id) in pairs.iter().zip(&ids) {
-                let request = authz::build_request(
-                    snapshot,
-                    (*principal).clone(),
-                    action.clone(),
-                    (*resource).clone(),
-                    search.context,
-                    true,
-                )?;
-                if authz::decide(snapshot, &request, &entities).allow {
-                    allowed += 1;
-                    if results.len() == search.limit {
-                        more = true;
-                        break 'pages;
-                    }
-                    results.push(id.clone());
-                } else {
-                    denied += 1;
-                }
-            }
-            if ids.len() < CHUNK {
+                .collect::<Result<Vec<_>, _>>()?;
+            let decisions = call.decide(search.inline, asks)?;
+            if take(&ids, &decisions) || ids.len() < CHUNK {
                 break;
             }
         }
-        Ok((
-            Page {
-                results,
-                more,
-                revision: None,
-            },
-            (allowed, denied),
-        ))
+        Ok(page)
     }
-
-    /// Up to `limit` ids of entities of `type_name` after `after`, in id
-    /// order: stored users or accounts, or the entity data files' entities.
     fn candidates(
         &self,
         snapshot: &PolicySnapshot,
@@ -703,12 +633,11 @@ impl Pdp {
     ) -> Result<(), PdpError> {
         self.management(
             Some(caller),
-            snapshot,
+            self.facts(snapshot),
             actor,
             action,
             account,
             context,
-            None,
         )
     }
 
@@ -729,12 +658,11 @@ impl Pdp {
     ) -> Result<(), PdpError> {
         self.management(
             Some(caller),
-            snapshot,
+            self.facts(snapshot).through(within),
             actor,
             action,
             account,
             context,
-            Some(within),
         )
     }
 
@@ -749,42 +677,36 @@ impl Pdp {
         account: &str,
         context: Option<&Value>,
     ) -> Result<bool, PdpError> {
-        match self.management(None, snapshot, actor, action, account, context, None) {
+        match self.management(None, self.facts(snapshot), actor, action, account, context) {
             Ok(()) => Ok(true),
             Err(PdpError::Denied { .. }) => Ok(false),
             Err(e) => Err(e),
         }
     }
 
-    /// One management decision; recorded when `caller` is given, read
-    /// afresh through `within` (a write transaction) when given.
-    #[allow(clippy::too_many_arguments)]
+    /// One management decision on `facts`; recorded when `caller` is given.
     fn management(
         &self,
         caller: Option<&Caller>,
-        snapshot: &PolicySnapshot,
+        facts: Facts<'_>,
         actor: &str,
         action: &str,
         account: &str,
         context: Option<&Value>,
-        within: Option<&dyn Reads>,
     ) -> Result<(), PdpError> {
-        let started = Instant::now();
-        let principal = model::user_uid(actor);
-        let resource = model::account_uid(account);
+        let snapshot = facts.snapshot();
         let action_ref = serde_json::json!({"type": "Action", "id": action});
-        let request = authz::parse_uid_in(snapshot, "action", &action_ref).and_then(|action_uid| {
-            authz::build_request(
+        let asked = authz::parse_uid_in(snapshot, "action", &action_ref).and_then(|action| {
+            ask(
                 snapshot,
-                principal.clone(),
-                action_uid,
-                resource.clone(),
+                model::user_uid(actor),
+                action,
+                model::account_uid(account),
                 context,
-                true,
             )
         });
-        let request = match request {
-            Ok(r) => r,
+        let asked = match asked {
+            Ok(a) => a,
             // The schema no longer declares the action this call checks:
             // nobody may do it until it does (fail closed).
             Err(e) => {
@@ -794,35 +716,17 @@ impl Pdp {
                 })
             }
         };
-        let mut facts = self.facts(snapshot);
-        if let Some(reads) = within {
-            facts = facts.through(reads);
-        }
-        let entities = facts
-            .entities(Inline::None, &[(&principal, &resource)])
-            .inspect_err(|e| tracing::warn!("management check failed: {e}"))?;
-        let decision = authz::decide(snapshot, &request, &entities);
-        let resolved = [Resolved {
-            principal,
-            resource,
-            request,
-        }];
-        let query = [Query {
-            principal: &Value::Null,
-            action: ActionRef::Uid(&action_ref),
-            resource: &Value::Null,
-            context,
-        }];
-        if let Some(caller) = caller {
-            self.record(
-                caller,
-                snapshot,
-                &resolved,
-                &query,
-                std::slice::from_ref(&decision),
-                started.elapsed(),
-            );
-        }
+        let record = match caller {
+            Some(_) => Record::Each,
+            None => Record::Nothing,
+        };
+        let mut call = Call::new(self, caller, snapshot, facts, record);
+        let decision = call
+            .decide(Inline::None, vec![asked])
+            .inspect_err(|e| tracing::warn!("management check failed: {e}"))?
+            .pop()
+            .ok_or_else(|| PdpError::Unavailable("the pipeline answered no decision".into()))?;
+        call.finish();
         if decision.allow {
             Ok(())
         } else {
@@ -834,68 +738,159 @@ impl Pdp {
             })
         }
     }
+}
 
-    /// Counts the decisions and writes them to the decision log.
-    fn record(
-        &self,
-        caller: &Caller,
-        snapshot: &PolicySnapshot,
-        resolved: &[Resolved],
-        queries: &[Query<'_>],
-        decisions: &[Decision],
-        elapsed: std::time::Duration,
-    ) {
-        let endpoint = caller.endpoint;
-        let mut allowed = 0u64;
-        let mut errors = 0u64;
-        for d in decisions {
-            allowed += u64::from(d.allow);
-            errors += d.errors.len() as u64;
+/// How a call's decisions are recorded when it ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Record {
+    /// Counted in the metrics, each written to the decision log.
+    Each,
+    /// Counted in the metrics only (a search's candidates).
+    Count,
+    /// Not recorded (a view asking what the policies would allow).
+    Nothing,
+}
+
+/// The decisions of one call: one policy snapshot, one reader of the stored
+/// facts, and what is recorded when the call ends. [`Call::decide`] is the
+/// one place a served question becomes a decision.
+struct Call<'a> {
+    pdp: &'a Pdp,
+    caller: Option<&'a Caller>,
+    snapshot: &'a PolicySnapshot,
+    facts: Facts<'a>,
+    record: Record,
+    started: Instant,
+    allowed: u64,
+    denied: u64,
+    errors: u64,
+    /// Decision-log entries, written when the call ends.
+    logged: Vec<DecisionEvent>,
+}
+
+impl<'a> Call<'a> {
+    fn new(
+        pdp: &'a Pdp,
+        caller: Option<&'a Caller>,
+        snapshot: &'a PolicySnapshot,
+        facts: Facts<'a>,
+        record: Record,
+    ) -> Self {
+        Self {
+            pdp,
+            caller,
+            snapshot,
+            facts,
+            record,
+            started: Instant::now(),
+            allowed: 0,
+            denied: 0,
+            errors: 0,
+            logged: Vec::new(),
         }
-        let denied = decisions.len() as u64 - allowed;
-        count(endpoint, allowed, denied, errors, elapsed);
-        if !self.log.is_enabled() {
+    }
+
+    /// Decides `asks`, which share the inline entities `inline`: the
+    /// entities are assembled once (inline ones decoded whatever their form,
+    /// cedard's stored ones added, one ownership check), then Cedar answers
+    /// each question (on every core for a large call), and each answer is
+    /// kept for the record.
+    fn decide(
+        &mut self,
+        inline: Inline<'_>,
+        asks: Vec<Resolved<'_>>,
+    ) -> Result<Vec<Decision>, EntityError> {
+        let pairs: Vec<_> = asks.iter().map(|a| (&a.principal, &a.resource)).collect();
+        let entities = self.facts.entities(inline, &pairs)?;
+        let snapshot = self.snapshot;
+        let decisions: Vec<Decision> = if asks.len() >= PARALLEL_BATCH {
+            use rayon::prelude::*;
+            let entities: &Entities = &entities;
+            asks.par_iter()
+                .map(|a| authz::decide(snapshot, &a.request, entities))
+                .collect()
+        } else {
+            asks.iter()
+                .map(|a| authz::decide(snapshot, &a.request, &entities))
+                .collect()
+        };
+        for (ask, d) in asks.iter().zip(&decisions) {
+            self.note(ask, d);
+        }
+        Ok(decisions)
+    }
+
+    /// Counts a decision and keeps its decision-log entry.
+    fn note(&mut self, ask: &Resolved<'_>, d: &Decision) {
+        if d.allow {
+            self.allowed += 1;
+        } else {
+            self.denied += 1;
+        }
+        self.errors += d.errors.len() as u64;
+        let (Record::Each, Some(caller)) = (self.record, self.caller) else {
+            return;
+        };
+        let log = &self.pdp.log;
+        if !log.is_enabled() || !log.wants(d.allow) {
             return;
         }
+        self.logged.push(DecisionEvent {
+            id: crate::audit::new_event_id(),
+            time: time::OffsetDateTime::now_utc(),
+            key: caller.key.clone(),
+            request_id: caller.request_id.clone(),
+            endpoint: caller.endpoint.to_owned(),
+            principal: ask.principal.to_string(),
+            action: ask
+                .request
+                .action()
+                .map(EntityUid::to_string)
+                .unwrap_or_default(),
+            resource: ask.resource.to_string(),
+            decision: authz::Effect::from_allow(d.allow),
+            reasons: d.reasons.iter().map(|r| r.policy_id.clone()).collect(),
+            errors: d
+                .errors
+                .iter()
+                .map(|e| crate::audit::PolicyError {
+                    policy_id: e.policy_id.clone(),
+                    message: e.message.clone(),
+                })
+                .collect(),
+            policy_revision: self.snapshot.revision.generation,
+            policy_sha256: self.snapshot.revision.sha256.clone(),
+            latency_us: 0,
+            context: if log.with_context() {
+                ask.context.cloned()
+            } else {
+                None
+            },
+        });
+    }
+
+    /// Records the call (its decisions in the metrics, their entries in the
+    /// decision log, with the call's time) and returns the store revision
+    /// its stored facts are at least as new as.
+    fn finish(self) -> u64 {
+        let generation = self.facts.generation();
+        let Some(caller) = self.caller.filter(|_| self.record != Record::Nothing) else {
+            return generation;
+        };
+        let elapsed = self.started.elapsed();
+        count(
+            caller.endpoint,
+            self.allowed,
+            self.denied,
+            self.errors,
+            elapsed,
+        );
         let latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-        let now = time::OffsetDateTime::now_utc();
-        for ((r, q), d) in resolved.iter().zip(queries).zip(decisions) {
-            if !self.log.wants(d.allow) {
-                continue;
-            }
-            self.log.decision(DecisionEvent {
-                id: crate::audit::new_event_id(),
-                time: now,
-                key: caller.key.clone(),
-                request_id: caller.request_id.clone(),
-                endpoint: endpoint.to_owned(),
-                principal: r.principal.to_string(),
-                action: r
-                    .request
-                    .action()
-                    .map(EntityUid::to_string)
-                    .unwrap_or_default(),
-                resource: r.resource.to_string(),
-                decision: authz::Effect::from_allow(d.allow),
-                reasons: d.reasons.iter().map(|r| r.policy_id.clone()).collect(),
-                errors: d
-                    .errors
-                    .iter()
-                    .map(|e| crate::audit::PolicyError {
-                        policy_id: e.policy_id.clone(),
-                        message: e.message.clone(),
-                    })
-                    .collect(),
-                policy_revision: snapshot.revision.generation,
-                policy_sha256: snapshot.revision.sha256.clone(),
-                latency_us,
-                context: if self.log.with_context() {
-                    q.context.cloned()
-                } else {
-                    None
-                },
-            });
+        for mut event in self.logged {
+            event.latency_us = latency_us;
+            self.pdp.log.decision(event);
         }
+        generation
     }
 }
 
@@ -935,34 +930,48 @@ fn failed(caller: &Caller, e: &PdpError) {
         .increment(1);
 }
 
-/// One question parsed against the snapshot, with the UIDs the store is
-/// asked about.
-struct Resolved {
+/// One question read against the snapshot: the entities the store is asked
+/// about, the Cedar request, and the context as asked (for the log).
+struct Resolved<'q> {
     principal: EntityUid,
     resource: EntityUid,
     request: cedar_policy::Request,
+    context: Option<&'q Value>,
 }
 
-fn resolve(snapshot: &PolicySnapshot, q: &Query<'_>) -> Result<Resolved, InputError> {
+/// A question as it arrived, read against the snapshot.
+fn resolve<'q>(snapshot: &PolicySnapshot, q: &Query<'q>) -> Result<Resolved<'q>, InputError> {
     let principal = authz::parse_uid_in(snapshot, "principal", q.principal)?;
     let action = action_uid(snapshot, q.action)?;
     let resource = authz::parse_uid_in(snapshot, "resource", q.resource)?;
+    ask(snapshot, principal, action, resource, q.context)
+}
+
+/// A question of known entities: the one place a served request is built
+/// (and validated against the schema).
+fn ask<'q>(
+    snapshot: &PolicySnapshot,
+    principal: EntityUid,
+    action: EntityUid,
+    resource: EntityUid,
+    context: Option<&'q Value>,
+) -> Result<Resolved<'q>, InputError> {
     let request = authz::build_request(
         snapshot,
         principal.clone(),
         action,
         resource.clone(),
-        q.context,
+        context,
         true,
     )?;
     Ok(Resolved {
         principal,
         resource,
         request,
+        context,
     })
 }
 
-/// The action a question names, as an entity of the snapshot's schema.
 fn action_uid(snapshot: &PolicySnapshot, action: ActionRef<'_>) -> Result<EntityUid, InputError> {
     match action {
         ActionRef::Uid(v) => authz::parse_uid_in(snapshot, "action", v),

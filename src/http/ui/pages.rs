@@ -500,10 +500,13 @@ fn decide(
         resource: &resource,
         context: context.as_ref(),
     };
-    let inline = match &entities {
-        Some(v) => Inline::Json(v),
-        None => Inline::None,
-    };
+    // The pipeline reads inline entities as text, as every door sends them.
+    let entities = entities
+        .as_ref()
+        .map(serde_json::value::to_raw_value)
+        .transpose()
+        .map_err(|e| bad(format!("entities: {e}")))?;
+    let inline = Inline::raw(entities.as_deref());
     let caller = Caller {
         key: Some(signed.key.id.clone()),
         request_id: signed.request_id.clone(),
