@@ -12,7 +12,8 @@
 //! `"decision"` or `"write"`, followed by the fields of [`DecisionEvent`] or [`WriteEvent`]
 //! under the same names. `time` is RFC 3339 (UTC as the caller gives it). Optional fields
 //! that are `None` are left out of the line rather than written as `null`; `reasons` and
-//! `errors` are always present, possibly empty.
+//! `errors` are always present, possibly empty. [`read_line`] reads a line back, so that
+//! the format has one owner for writing and reading (`cedard impact` replays the log).
 
 use std::collections::hash_map::RandomState;
 use std::fs::{self, File, OpenOptions};
@@ -25,7 +26,7 @@ use std::sync::{Arc, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tracing::{info, warn};
 
@@ -85,7 +86,7 @@ impl LogConfig {
 
 /// A policy that failed to evaluate during a decision, written as
 /// `{"policy_id": …, "message": …}` so the log says why, not only which.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyError {
     /// Id of the policy whose evaluation errored.
     pub policy_id: String,
@@ -94,7 +95,7 @@ pub struct PolicyError {
 }
 
 /// One authorization decision, written as a `"kind": "decision"` line.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DecisionEvent {
     /// Unique id of this decision; [`new_event_id`] makes one.
     pub id: String,
@@ -135,7 +136,7 @@ pub struct DecisionEvent {
 
 /// One management write (members, roles, invites…), written as a `"kind": "write"` line,
 /// so the log can answer "who made bob an admin, and when?".
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WriteEvent {
     /// Unique id of this event; [`new_event_id`] makes one.
     pub id: String,
@@ -244,6 +245,22 @@ enum Msg {
 enum Record<'a> {
     Decision(&'a DecisionEvent),
     Write(&'a WriteEvent),
+}
+
+/// A line of the log read back: what [`Record`] wrote.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Line {
+    /// A `"kind": "decision"` line.
+    Decision(DecisionEvent),
+    /// A `"kind": "write"` line.
+    Write(WriteEvent),
+}
+
+/// Reads one line of the log; `None` for anything cedard does not write (a
+/// truncated line, another program's JSON, garbage).
+pub fn read_line(text: &str) -> Option<Line> {
+    serde_json::from_str(text).ok()
 }
 
 impl DecisionLog {

@@ -28,9 +28,10 @@ use std::time::{Duration, Instant};
 
 use cedar_policy::EntityUid;
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::Value;
 
+use crate::audit;
 use crate::authz::{self, Effect};
 use crate::facts::{EntityError, EntityMemo, Facts, Inline};
 use crate::matrix::{self, Matrix, MatrixError};
@@ -189,23 +190,6 @@ pub struct LogRead {
     pub unreadable_lines: Vec<usize>,
 }
 
-/// A line of the log as read: the fields of a decision line, all optional
-/// so that one parse tells a decision from a write from garbage.
-#[derive(Deserialize)]
-struct Line {
-    kind: String,
-    #[serde(default)]
-    principal: Option<String>,
-    #[serde(default)]
-    action: Option<String>,
-    #[serde(default)]
-    resource: Option<String>,
-    #[serde(default)]
-    context: Option<Value>,
-    #[serde(default)]
-    decision: Option<Effect>,
-}
-
 /// Reads the decision lines of a decision log, keeping at most the last
 /// `keep` decisions (all with `None`).
 pub fn read_log(reader: impl BufRead, keep: Option<usize>) -> std::io::Result<LogRead> {
@@ -215,24 +199,17 @@ pub fn read_log(reader: impl BufRead, keep: Option<usize>) -> std::io::Result<Lo
         if line.trim().is_empty() {
             continue;
         }
-        match serde_json::from_str::<Line>(&line) {
-            Ok(l) if l.kind == "write" => out.writes += 1,
-            Ok(Line {
-                kind,
-                principal: Some(principal),
-                action: Some(action),
-                resource: Some(resource),
-                context,
-                decision: Some(decision),
-            }) if kind == "decision" => out.decisions.push(Logged {
+        match audit::read_line(&line) {
+            Some(audit::Line::Write(_)) => out.writes += 1,
+            Some(audit::Line::Decision(d)) => out.decisions.push(Logged {
                 line: i + 1,
-                principal,
-                action,
-                resource,
-                context,
-                decision,
+                principal: d.principal,
+                action: d.action,
+                resource: d.resource,
+                context: d.context,
+                decision: d.decision,
             }),
-            _ => out.unreadable(i + 1),
+            None => out.unreadable(i + 1),
         }
     }
     if let Some(keep) = keep {
@@ -711,4 +688,75 @@ pub fn with_file(
         }
     }
     crate::policy::load_files(&files, 0)
+}
+
+/// What a candidate set is compared on besides the role matrix.
+#[derive(Debug, Default)]
+pub struct Inputs<'a> {
+    /// The stored data: the candidate must fit it (as a reload must), and
+    /// the replayed decisions read their users and accounts from it.
+    pub store: Option<&'a Store>,
+    /// A decision log to replay, and how many of its last decisions to keep
+    /// (all with `None`).
+    pub log: Option<(&'a std::path::Path, Option<usize>)>,
+    /// Test files or folders to run against both sets, with the sources of
+    /// each set.
+    pub suites: Option<(&'a [std::path::PathBuf], &'a Sources, &'a Sources)>,
+    /// The time invites are judged at, for the fit of the stored data.
+    pub now: i64,
+}
+
+/// A comparison of a candidate set with the live one: the one orchestration
+/// behind `cedard impact` and the console's Impact page, each of which
+/// decides what to make of each part.
+#[derive(Debug)]
+pub struct Comparison {
+    /// Why a daemon would refuse the candidate (the stored data does not
+    /// fit its schema), when it would.
+    pub unfit: Option<Vec<crate::policy::LoadError>>,
+    /// What flips: the matrix, and the log and suites when given.
+    pub impact: Impact,
+    /// The log could not be read or replayed: why (the other parts stand).
+    pub log_error: Option<String>,
+    /// Lines of the log that are not decision or write lines: how many, and
+    /// the numbers of the first few.
+    pub unreadable: (usize, Vec<usize>),
+}
+
+/// Compares `candidate` with `live` on the role matrix and whatever `with`
+/// gives. Fails only when the role matrix cannot be computed.
+pub fn compare(
+    live: &PolicySnapshot,
+    candidate: &PolicySnapshot,
+    with: &Inputs<'_>,
+) -> Result<Comparison, MatrixError> {
+    let unfit = with
+        .store
+        .and_then(|store| crate::fit::check(store, candidate, with.now).err());
+    let mut comparison = Comparison {
+        unfit,
+        impact: Impact {
+            matrix: matrix_impact(live, candidate)?,
+            ..Default::default()
+        },
+        log_error: None,
+        unreadable: (0, Vec::new()),
+    };
+    if let Some((path, keep)) = with.log {
+        let read = std::fs::File::open(path)
+            .and_then(|f| read_log(std::io::BufReader::new(f), keep))
+            .map_err(|e| format!("cannot read the log `{}`: {e}", path.display()));
+        match read.and_then(|read| {
+            comparison.unreadable = (read.unreadable, read.unreadable_lines.clone());
+            replay(&read.decisions, live, candidate, with.store)
+                .map_err(|e| format!("cannot replay the log: {e}"))
+        }) {
+            Ok(r) => comparison.impact.log = Some(r),
+            Err(e) => comparison.log_error = Some(e),
+        }
+    }
+    if let Some((paths, live_sources, candidate_sources)) = with.suites {
+        comparison.impact.suites = Some(suite_changes(paths, live_sources, candidate_sources));
+    }
+    Ok(comparison)
 }

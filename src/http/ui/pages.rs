@@ -854,25 +854,29 @@ fn compare(state: &AppState, c: &Candidate) -> Result<Markup, (StatusCode, Marku
         }
     };
     let live = state.pdp.live().snapshot();
-    let store = state.pdp.store();
-    let fit = crate::fit::check(store, &candidate, state.accounts.clock().now_secs()).err();
-    let flips = impact::matrix_impact(&live, &candidate).map_err(|e| {
+    let log = state.console.decision_log.as_deref();
+    let compared = impact::compare(
+        &live,
+        &candidate,
+        &impact::Inputs {
+            store: Some(state.pdp.store()),
+            log: log.map(|path| (path, Some(REPLAY_LIMIT))),
+            suites: None,
+            now: state.accounts.clock().now_secs(),
+        },
+    )
+    .map_err(|e| {
         fail(
             StatusCode::BAD_REQUEST,
             format!("the role matrix cannot be computed: {e}"),
         )
     })?;
-    let replay = state.console.decision_log.as_ref().map(|path| {
-        std::fs::File::open(path)
-            .map_err(|e| e.to_string())
-            .and_then(|f| {
-                impact::read_log(std::io::BufReader::new(f), Some(REPLAY_LIMIT))
-                    .map_err(|e| e.to_string())
-            })
-            .and_then(|read| {
-                impact::replay(&read.decisions, &live, &candidate, Some(store.as_ref()))
-                    .map_err(|e| e.to_string())
-            })
+    let fit = compared.unfit;
+    let flips = compared.impact.matrix;
+    let replay = log.map(|_| match (compared.log_error, compared.impact.log) {
+        (Some(e), _) => Err(e),
+        (None, Some(r)) => Ok(r),
+        (None, None) => Err("the log was not replayed".to_owned()),
     });
     Ok(html! {
         section.card #impact-result {

@@ -9,9 +9,9 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use crate::cli::{print_errors, print_out};
+use super::{print_errors, print_out};
 use crate::config::PolicyArgs;
-use crate::impact::{self, Impact};
+use crate::impact;
 use crate::policy::{self, LoadError, PolicySnapshot, Sources};
 use crate::store::{Store, StoreError};
 
@@ -100,57 +100,44 @@ pub fn run(args: &ImpactArgs) -> ExitCode {
             Err(e) => return cannot(e),
         },
     };
-    if let Some(store) = &store {
-        let now = crate::clock::Clock::system().now_secs();
-        if let Err(errors) = crate::fit::check(store, &candidate, now) {
-            print_fit(&candidate_sources.schema, &errors);
-            eprintln!(
-                "{} error(s): the stored data does not fit the candidate's schema; a daemon would refuse this reload",
-                errors.len()
-            );
-            return ExitCode::from(CANNOT);
-        }
-    }
-    let mut report = Impact {
-        matrix: match impact::matrix_impact(&live, &candidate) {
-            Ok(flips) => flips,
-            Err(e) => return cannot(format!("cannot compute the role matrix: {e}")),
+    let now = crate::clock::Clock::system().now_secs();
+    let compared = impact::compare(
+        &live,
+        &candidate,
+        &impact::Inputs {
+            store: store.as_ref(),
+            log: args.log.as_deref().map(|path| (path, None)),
+            suites: (!args.suite.is_empty())
+                .then_some((args.suite.as_slice(), &live_sources, &candidate_sources)),
+            now,
         },
-        ..Default::default()
+    );
+    let compared = match compared {
+        Ok(c) => c,
+        Err(e) => return cannot(format!("cannot compute the role matrix: {e}")),
     };
-    if let Some(path) = &args.log {
-        let read = match std::fs::File::open(path)
-            .and_then(|f| impact::read_log(std::io::BufReader::new(f), None))
-        {
-            Ok(r) => r,
-            Err(e) => return cannot(format!("cannot read the log `{}`: {e}", path.display())),
-        };
-        if read.unreadable > 0 {
-            let lines: Vec<String> = read
-                .unreadable_lines
-                .iter()
-                .map(|n| n.to_string())
-                .collect();
-            eprintln!(
-                "warning: {}: {} line(s) are not decision or write lines and were skipped (lines {}{})",
-                path.display(),
-                read.unreadable,
-                lines.join(", "),
-                if read.unreadable > lines.len() { ", …" } else { "" }
-            );
-        }
-        match impact::replay(&read.decisions, &live, &candidate, store.as_ref()) {
-            Ok(r) => report.log = Some(r),
-            Err(e) => return cannot(format!("cannot replay the log: {e}")),
-        }
+    if let Some(errors) = &compared.unfit {
+        print_fit(&candidate_sources.schema, errors);
+        eprintln!(
+            "{} error(s): the stored data does not fit the candidate's schema; a daemon would refuse this reload",
+            errors.len()
+        );
+        return ExitCode::from(CANNOT);
     }
-    if !args.suite.is_empty() {
-        report.suites = Some(impact::suite_changes(
-            &args.suite,
-            &live_sources,
-            &candidate_sources,
-        ));
+    if let Some(e) = &compared.log_error {
+        return cannot(e);
     }
+    let (unreadable, lines) = &compared.unreadable;
+    if let (Some(path), true) = (&args.log, *unreadable > 0) {
+        let shown: Vec<String> = lines.iter().map(|n| n.to_string()).collect();
+        eprintln!(
+            "warning: {}: {unreadable} line(s) are not decision or write lines and were skipped (lines {}{})",
+            path.display(),
+            shown.join(", "),
+            if *unreadable > shown.len() { ", …" } else { "" }
+        );
+    }
+    let report = compared.impact;
     match args.format {
         ImpactFormat::Text => print_out(&report.to_text()),
         ImpactFormat::Json => print_out(&format!(

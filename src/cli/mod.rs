@@ -1,10 +1,16 @@
 //! The command line: `cedard serve`, `cedard validate`, and the commands that
-//! read policies for people. Each command is a thin shell over the library.
+//! read policies for people. Each command is a thin shell over the library:
+//! `keys.rs` (`cedard keys`), `store.rs` (`cedard store check|copy`),
+//! `impact.rs` (`cedard impact`'s arguments, printing and exit status).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+
+mod impact;
+mod keys;
+mod store;
 
 use crate::config::Options;
 pub use crate::config::PolicyArgs;
@@ -34,10 +40,10 @@ pub enum Command {
     /// Compare a candidate policy set with the live one: flipped matrix
     /// cells, replayed decision-log flips, suite cases that change. Exits 1
     /// if anything flips, 2 if the candidate is invalid.
-    Impact(Box<crate::cli_impact::ImpactArgs>),
+    Impact(Box<impact::ImpactArgs>),
     /// Create, list and revoke caller keys.
     #[command(subcommand)]
-    Keys(crate::cli_keys::KeysCommand),
+    Keys(keys::KeysCommand),
     /// Print the OpenAPI 3.1 description of the HTTP API.
     Openapi,
     /// Replay AuthZEN interop suites against a running PDP.
@@ -45,7 +51,7 @@ pub enum Command {
     /// Operations on a whole directory: check a redb data file, copy one to
     /// PostgreSQL.
     #[command(subcommand)]
-    Store(crate::cli_store::StoreCommand),
+    Store(store::StoreCommand),
 }
 
 /// Options of `cedard interop`.
@@ -85,11 +91,11 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Validate(args) => Ok(validate(&args)),
         Command::Test(args) => Ok(test(&args)),
         Command::Matrix(args) => Ok(matrix(&args)),
-        Command::Impact(args) => Ok(crate::cli_impact::run(&args)),
+        Command::Impact(args) => Ok(impact::run(&args)),
         Command::Serve(args) => serve(*args),
-        Command::Keys(command) => Ok(crate::cli_keys::run(command)),
+        Command::Keys(command) => Ok(keys::run(command)),
         Command::Interop(args) => interop(&args),
-        Command::Store(command) => Ok(crate::cli_store::run(command)),
+        Command::Store(command) => Ok(store::run(command)),
         Command::Openapi => {
             print_out(&format!(
                 "{}\n",
