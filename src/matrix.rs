@@ -126,7 +126,7 @@ pub fn compute(snapshot: &PolicySnapshot, roles: &[String]) -> Result<Matrix, Ma
             accounts: vec![account.clone()],
             users: vec![User::new(NON_MEMBER)],
         };
-        let entities = authz::parse_entities(snapshot, &model.entities_json(roles))?;
+        let entities = authz::parse_entities(snapshot, &model.entities_json(roles)?)?;
         let mut decisions = BTreeMap::new();
         let mut reasons = BTreeMap::new();
         for action in &actions {

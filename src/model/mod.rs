@@ -85,44 +85,74 @@ pub fn account_uid(id: &str) -> EntityUid {
 /// The entity of a stored user: `email`, `name` if set, and as parents the
 /// role it holds in each account (`roles` are `(account, role)` pairs).
 pub fn user_entity(user: &User, roles: &[(String, String)]) -> Result<Entity, ModelError> {
+    person(&user.id, &user.email, user.name.as_deref(), roles)
+}
+
+/// The entity of a user of the account model, from its parts: the one
+/// definition of a `User` entity, for stored users and for sketches alike.
+pub fn person(
+    id: &str,
+    email: &str,
+    name: Option<&str>,
+    roles: &[(String, String)],
+) -> Result<Entity, ModelError> {
     let mut attrs = HashMap::with_capacity(2);
     attrs.insert(
         "email".to_owned(),
-        RestrictedExpression::new_string(user.email.clone()),
+        RestrictedExpression::new_string(email.to_owned()),
     );
-    if let Some(name) = &user.name {
+    if let Some(name) = name {
         attrs.insert(
             "name".to_owned(),
-            RestrictedExpression::new_string(name.clone()),
+            RestrictedExpression::new_string(name.to_owned()),
         );
     }
     let parents: HashSet<EntityUid> = roles.iter().map(|(a, r)| role_uid(a, r)).collect();
-    Entity::new(user_uid(&user.id), attrs, parents).map_err(|e| ModelError(describe(&e)))
+    Entity::new(user_uid(id), attrs, parents).map_err(|e| ModelError(describe(&e)))
 }
 
 /// The entity of a stored account: `name`, `kind`, `owner`, `account`
 /// (itself) and `roles`, one `Role::"<account>/<role>"` per role name.
 pub fn account_entity(account: &Account, role_names: &[String]) -> Result<Entity, ModelError> {
-    let uid = account_uid(&account.id);
+    group(
+        &account.id,
+        &account.name,
+        account.kind.as_str(),
+        &account.owner,
+        role_names,
+    )
+}
+
+/// The entity of an account of the account model, from its parts: the one
+/// definition of an `Account` entity, for stored accounts and for sketches
+/// alike. `kind` is `personal` or `team` for stored accounts.
+pub fn group(
+    id: &str,
+    name: &str,
+    kind: &str,
+    owner: &str,
+    role_names: &[String],
+) -> Result<Entity, ModelError> {
+    let uid = account_uid(id);
     let roles = RestrictedExpression::new_record(role_names.iter().map(|r| {
         (
             r.clone(),
-            RestrictedExpression::new_entity_uid(role_uid(&account.id, r)),
+            RestrictedExpression::new_entity_uid(role_uid(id, r)),
         )
     }))
     .map_err(|e| ModelError(describe(&e)))?;
     let attrs = HashMap::from([
         (
             "name".to_owned(),
-            RestrictedExpression::new_string(account.name.clone()),
+            RestrictedExpression::new_string(name.to_owned()),
         ),
         (
             "kind".to_owned(),
-            RestrictedExpression::new_string(account.kind.as_str().to_owned()),
+            RestrictedExpression::new_string(kind.to_owned()),
         ),
         (
             "owner".to_owned(),
-            RestrictedExpression::new_entity_uid(user_uid(&account.owner)),
+            RestrictedExpression::new_entity_uid(user_uid(owner)),
         ),
         (
             "account".to_owned(),
@@ -131,6 +161,37 @@ pub fn account_entity(account: &Account, role_names: &[String]) -> Result<Entity
         ("roles".to_owned(), roles),
     ]);
     Entity::new(uid, attrs, HashSet::new()).map_err(|e| ModelError(describe(&e)))
+}
+
+/// The entity of role `role` of `account`: no attributes, no parents.
+pub fn role_entity(account: &str, role: &str) -> Entity {
+    Entity::new_no_attrs(role_uid(account, role), HashSet::new())
+}
+
+/// The entity of a resource that belongs to `account` (a `Pod`, say): an
+/// `account` attribute and the account as its parent, as the account model
+/// wants of every resource type.
+pub fn resource_entity(entity_type: &str, id: &str, account: &str) -> Result<Entity, ModelError> {
+    let ty: EntityTypeName = entity_type
+        .parse()
+        .map_err(|e: cedar_policy::ParseErrors| {
+            ModelError(format!("`{entity_type}` is not an entity type name: {}", describe(&e)))
+        })?;
+    let account = account_uid(account);
+    Entity::new(
+        EntityUid::from_type_name_and_id(ty, EntityId::new(id)),
+        HashMap::from([(
+            "account".to_owned(),
+            RestrictedExpression::new_entity_uid(account.clone()),
+        )]),
+        HashSet::from([account]),
+    )
+    .map_err(|e| ModelError(describe(&e)))
+}
+
+/// An entity as Cedar's JSON entity format writes it.
+pub fn to_json(entity: &Entity) -> Result<Value, ModelError> {
+    entity.to_json_value().map_err(|e| ModelError(describe(&e)))
 }
 
 /// The role names of each loaded schema, remembered per policy revision so

@@ -2,7 +2,9 @@
 //! accounts with a kind, an owner, members and their roles, and resources
 //! that belong to an account. [`Model::entities_json`] expands it into the
 //! Cedar entities the schema contract describes, so that a YAML suite and
-//! `cedard matrix` never spell out raw entity JSON.
+//! `cedard matrix` never spell out raw entity JSON. Each entity is made by
+//! the account model's one builder of its type, the same that builds
+//! stored users and accounts.
 //!
 //! The contract (issue 2): `User { email, name? }` in `Role`; a `Role` is one
 //! role of one account with the id `<account>/<role>`; `Account { name, kind,
@@ -14,9 +16,9 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
-use super::{role_id, ACCOUNT, ROLE, USER};
+use super::{group, person, resource_entity, role_entity, to_json, ModelError};
 
 /// One account of the model.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -74,12 +76,6 @@ pub fn uid(entity_type: &str, id: &str) -> Value {
     json!({"type": entity_type, "id": id})
 }
 
-/// An entity-typed attribute value. The `__entity` marker makes the value
-/// unambiguous even to a reader without the schema.
-fn entity_value(entity_type: &str, id: &str) -> Value {
-    json!({"__entity": uid(entity_type, id)})
-}
-
 impl Model {
     /// Every user: the declared ones, then owners and members not declared.
     pub fn all_users(&self) -> Vec<User> {
@@ -100,60 +96,45 @@ impl Model {
 
     /// Expands the model into Cedar's JSON entity format: one `Role` per
     /// account and role of the schema, the users in their roles, the accounts
-    /// and their resources.
-    pub fn entities_json(&self, roles: &[String]) -> Value {
+    /// and their resources, each built by the account model's one builder
+    /// of its type (see `super::person`, `super::group`).
+    pub fn entities_json(&self, roles: &[String]) -> Result<Value, ModelError> {
         let mut out = Vec::new();
         for account in &self.accounts {
             for role in roles {
-                out.push(json!({
-                    "uid": uid(ROLE, &role_id(&account.id, role)),
-                    "attrs": {},
-                    "parents": [],
-                }));
+                out.push(to_json(&role_entity(&account.id, role))?);
             }
         }
         for user in self.all_users() {
-            let parents: Vec<Value> = self
+            let held: Vec<(String, String)> = self
                 .accounts
                 .iter()
                 .flat_map(|a| {
                     a.members
                         .iter()
                         .filter(|(member, _)| *member == user.id)
-                        .map(|(_, role)| uid(ROLE, &role_id(&a.id, role)))
+                        .map(|(_, role)| (a.id.clone(), role.clone()))
                 })
                 .collect();
-            let mut attrs = Map::new();
-            attrs.insert("email".into(), Value::String(user.email.clone()));
-            if let Some(name) = &user.name {
-                attrs.insert("name".into(), Value::String(name.clone()));
-            }
-            out.push(json!({"uid": uid(USER, &user.id), "attrs": attrs, "parents": parents}));
+            out.push(to_json(&person(
+                &user.id,
+                &user.email,
+                user.name.as_deref(),
+                &held,
+            )?)?);
         }
         for account in &self.accounts {
-            let role_groups: Map<String, Value> = roles
-                .iter()
-                .map(|r| (r.clone(), entity_value(ROLE, &role_id(&account.id, r))))
-                .collect();
-            out.push(json!({
-                "uid": uid(ACCOUNT, &account.id),
-                "attrs": {
-                    "name": account.name,
-                    "kind": account.kind,
-                    "owner": entity_value(USER, &account.owner),
-                    "account": entity_value(ACCOUNT, &account.id),
-                    "roles": role_groups,
-                },
-                "parents": [],
-            }));
+            out.push(to_json(&group(
+                &account.id,
+                &account.name,
+                &account.kind,
+                &account.owner,
+                roles,
+            )?)?);
             for (entity_type, id) in &account.resources {
-                out.push(json!({
-                    "uid": uid(entity_type, id),
-                    "attrs": {"account": entity_value(ACCOUNT, &account.id)},
-                    "parents": [uid(ACCOUNT, &account.id)],
-                }));
+                out.push(to_json(&resource_entity(entity_type, id, &account.id)?)?);
             }
         }
-        Value::Array(out)
+        Ok(Value::Array(out))
     }
 }

@@ -146,7 +146,7 @@ fn load(path: &Path, policy: Option<&Sources>) -> Result<Loaded, SuiteError> {
     let snapshot = policy::load_files(&files, 1)?;
     let roles = crate::model::RoleCatalog::default().roles(&snapshot)?;
     let model = build_model(&suite, &roles)?;
-    let mut entities = match model.entities_json(&roles) {
+    let mut entities = match model.entities_json(&roles)? {
         Value::Array(items) => items,
         other => vec![other],
     };
