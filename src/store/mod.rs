@@ -1,6 +1,7 @@
 //! The store: users, accounts, memberships, invites and caller keys, behind
 //! one seam with two backends: an embedded redb file (`redb.rs`, the
-//! default) and a PostgreSQL database shared by several replicas (`pg.rs`).
+//! default) and a PostgreSQL database shared by several replicas (`pg.rs`,
+//! reached over TLS as its URL's `sslmode` says: `pg_tls.rs`).
 //!
 //! A backend provides reads ([`Reads`], [`View`]) and the primitives of one
 //! write transaction ([`Tx`]); the rules (a taken id, one accept per invite,
@@ -21,6 +22,7 @@
 mod check;
 mod overlay;
 pub mod pg;
+mod pg_tls;
 mod recorded;
 mod records;
 pub mod redb;

@@ -45,10 +45,11 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use postgres::fallible_iterator::FallibleIterator;
-use postgres::{Client, NoTls, Row};
+use postgres::{Client, Row};
 use r2d2::{Pool, PooledConnection};
 use r2d2_postgres::PostgresConnectionManager;
 
+use super::pg_tls::{self, Connector};
 use super::{
     decode, encode, Account, ApiKey, Invite, Membership, Reads, Result, StoreError, Tx, User, View,
 };
@@ -62,7 +63,7 @@ const CHANNEL: &str = "cedard_store";
 /// How many times a transaction that failed to serialize is run again.
 const MAX_ATTEMPTS: usize = 8;
 
-type Tls = NoTls;
+type Tls = Connector;
 type Conn = PooledConnection<Manager>;
 
 /// How the backend connects and keeps up with other replicas.
@@ -246,6 +247,8 @@ pub struct PgStore {
     epoch: Arc<AtomicU64>,
     /// How to open a connection outside the pool (resolving a lost commit).
     async_config: tokio_postgres::Config,
+    /// The TLS every connection opens with, as the URL's `sslmode` says.
+    tls: Connector,
     options: Options,
 }
 
@@ -323,9 +326,7 @@ impl PgStore {
     /// revision and starts listening for other replicas' writes.
     pub fn connect(url: &str, options: &Options) -> Result<Self> {
         let shown = without_password(url);
-        let mut async_config: tokio_postgres::Config = url.parse().map_err(|e| {
-            StoreError::Unavailable(format!("`{shown}` is not a PostgreSQL URL: {e}"))
-        })?;
+        let (mut async_config, tls) = pg_tls::connector(url, &shown)?;
         if async_config.get_connect_timeout().is_none() {
             async_config.connect_timeout(Duration::from_secs(2));
         }
@@ -337,13 +338,10 @@ impl PgStore {
             async_config.tcp_user_timeout(Duration::from_secs(5));
         }
         async_config.keepalives(true);
-        if async_config.get_application_name().is_none() {
-            async_config.application_name("cedard");
-        }
         let config = postgres::Config::from(async_config.clone());
         let epoch = Arc::new(AtomicU64::new(0));
         let manager = Manager {
-            inner: PostgresConnectionManager::new(config.clone(), NoTls),
+            inner: PostgresConnectionManager::new(config.clone(), tls.clone()),
             epoch: epoch.clone(),
         };
         let pool = Pool::builder()
@@ -353,9 +351,16 @@ impl PgStore {
             // Cheap unless a connection was seen to die since this one was
             // last checked (see `Manager`).
             .test_on_check_out(true)
+            .error_handler(tls.error_handler())
             .build(manager)
-            .map_err(|e| StoreError::Unavailable(format!("cannot connect to `{shown}`: {e}")))?;
+            .map_err(|e| {
+                StoreError::Unavailable(format!(
+                    "cannot connect to `{shown}`: {}",
+                    tls.explain(&e.to_string())
+                ))
+            })?;
         let mut conn = pool.get().map_err(fault)?;
+        tls.warn_if_clear(&mut conn);
         migrate(&mut conn, &shown)?;
         let contact = Arc::new(Contact::new());
         let asked = Instant::now();
@@ -366,6 +371,7 @@ impl PgStore {
         let stop = Arc::new(AtomicBool::new(false));
         listen(Listener {
             config: config.clone(),
+            tls: tls.clone(),
             revision: revision.clone(),
             contact: contact.clone(),
             epoch: epoch.clone(),
@@ -381,6 +387,7 @@ impl PgStore {
             contact,
             epoch,
             async_config,
+            tls,
             options: options.clone(),
         })
     }
@@ -543,13 +550,13 @@ impl PgStore {
             Ok(rt) => rt,
             Err(e) => return Resolved::Unknown(format!("cannot ask the database ({e})")),
         };
-        let config = self.async_config.clone();
+        let (config, tls) = (self.async_config.clone(), self.tls.clone());
         runtime.block_on(async move {
             let mut last =
                 String::from("the database could not be reached to ask whether it committed");
             while let Some(left) = until.checked_duration_since(Instant::now()) {
                 let asked = tokio::time::timeout(left, async {
-                    let (client, connection) = config.connect(NoTls).await?;
+                    let (client, connection) = config.connect(tls.clone()).await?;
                     let driver = tokio::spawn(connection);
                     let row = client.query_one("SELECT txid_status($1)", &[&xid]).await;
                     driver.abort();
@@ -734,6 +741,7 @@ fn migrate(conn: &mut Client, shown: &str) -> Result<()> {
 /// What the listener thread keeps up to date.
 struct Listener {
     config: postgres::Config,
+    tls: Connector,
     revision: Arc<AtomicU64>,
     contact: Arc<Contact>,
     epoch: Arc<AtomicU64>,
@@ -777,7 +785,7 @@ fn listen(listener: Listener) {
 }
 
 fn listen_once(l: &Listener) -> std::result::Result<(), postgres::Error> {
-    let mut client = l.config.connect(NoTls)?;
+    let mut client = l.config.connect(l.tls.clone())?;
     client.batch_execute(&format!("LISTEN {CHANNEL}"))?;
     loop {
         if l.stop.load(Ordering::Acquire) {

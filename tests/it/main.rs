@@ -18,6 +18,7 @@ mod matrix;
 mod model;
 mod observe;
 mod pg;
+mod pg_tls;
 mod proxy;
 mod reload;
 mod replica_faults;

@@ -7,8 +7,13 @@
 //! Where PostgreSQL is not installed, [`Cluster::start`] says the test was
 //! not run and returns `None`, except in CI (`CI` set), where a missing
 //! PostgreSQL fails the test: CI must run them.
+//!
+//! [`Cluster::start_with`] changes the cluster before its server first
+//! starts ([`Setup`]): files in its data folder (a certificate and its key),
+//! settings, `pg_hba.conf`, the addresses it listens on.
 
-use std::path::PathBuf;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use tempfile::TempDir;
@@ -19,6 +24,23 @@ pub struct Cluster {
     bin: PathBuf,
     port: u16,
     as_postgres: bool,
+    /// `listen_addresses`.
+    listen: String,
+}
+
+/// What a test changes in a cluster before its server first starts.
+#[derive(Debug, Default)]
+pub struct Setup {
+    /// Files written into the data folder, owned by the server's user:
+    /// name, contents, mode (a key must be `0o600`). Settings name them
+    /// relative to the data folder.
+    pub files: Vec<(String, Vec<u8>, u32)>,
+    /// Lines added to `postgresql.conf` (`ssl = on`, …).
+    pub settings: Vec<String>,
+    /// Replaces `pg_hba.conf` (who may connect, and how).
+    pub hba: Option<String>,
+    /// `listen_addresses`, when not only `127.0.0.1`.
+    pub listen: Option<String>,
 }
 
 /// The folder holding `initdb` and `pg_ctl`: the newest version under
@@ -47,6 +69,12 @@ fn bin_dir() -> Option<PathBuf> {
 impl Cluster {
     /// Starts a server for `test`, or says why it cannot (see the module).
     pub fn start(test: &str) -> Option<Self> {
+        Self::start_with(test, Setup::default())
+    }
+
+    /// Starts a server for `test` changed as `setup` says, or says why it
+    /// cannot (see the module).
+    pub fn start_with(test: &str, setup: Setup) -> Option<Self> {
         let Some(bin) = bin_dir() else {
             assert!(
                 std::env::var_os("CI").is_none(),
@@ -70,6 +98,7 @@ impl Cluster {
             bin,
             port: super::support::free_port(),
             as_postgres,
+            listen: setup.listen.unwrap_or_else(|| "127.0.0.1".to_owned()),
         };
         let data = cluster.data();
         cluster.run(
@@ -85,12 +114,67 @@ impl Cluster {
                 "--no-sync",
             ],
         );
+        cluster.apply(setup.files, &setup.settings, setup.hba);
         cluster.start_server();
         Some(cluster)
     }
 
+    /// Writes a [`Setup`]'s files, settings and `pg_hba.conf` into the data
+    /// folder, owned by the server's user.
+    fn apply(&self, files: Vec<(String, Vec<u8>, u32)>, settings: &[String], hba: Option<String>) {
+        let data = self.data();
+        let postgres = self
+            .as_postgres
+            .then(|| nix::unistd::User::from_name("postgres").ok().flatten())
+            .flatten();
+        let write = |name: &str, contents: &[u8], mode: u32| {
+            let path = data.join(name);
+            std::fs::write(&path, contents).expect("write into the data folder");
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                .expect("set the mode");
+            if let Some(user) = &postgres {
+                std::os::unix::fs::chown(&path, Some(user.uid.as_raw()), Some(user.gid.as_raw()))
+                    .expect("chown to postgres");
+            }
+        };
+        for (name, contents, mode) in files {
+            write(&name, &contents, mode);
+        }
+        if !settings.is_empty() {
+            let conf = data.join("postgresql.conf");
+            let mut text = std::fs::read_to_string(&conf).expect("read postgresql.conf");
+            for line in settings {
+                text.push_str(line);
+                text.push('\n');
+            }
+            write("postgresql.conf", text.as_bytes(), 0o600);
+        }
+        if let Some(hba) = hba {
+            write("pg_hba.conf", hba.as_bytes(), 0o600);
+        }
+    }
+
     fn data(&self) -> PathBuf {
         self.dir.path().join("data")
+    }
+
+    /// The cluster's folder, where its Unix socket is.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The port it listens on (TCP, and its socket's name).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The `postgres` database through the Unix socket, as `key=value`.
+    pub fn socket_url(&self) -> String {
+        format!(
+            "host={} port={} user=postgres dbname=postgres",
+            self.dir().display(),
+            self.port
+        )
     }
 
     fn run(&self, tool: &str, args: &[&str]) {
@@ -122,8 +206,8 @@ impl Cluster {
         let data = self.data();
         let socket_dir = self.dir.path().to_str().expect("utf-8").to_owned();
         let options = format!(
-            "-p {} -k {socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200",
-            self.port
+            "-p {} -k {socket_dir} -c listen_addresses={} -c fsync=off -c max_connections=200",
+            self.port, self.listen
         );
         let log = self.dir.path().join("server.log");
         self.run(
@@ -166,11 +250,6 @@ impl Cluster {
     /// (a proxy in front of the server).
     pub fn url_on(&self, port: u16) -> String {
         format!("postgres://postgres@127.0.0.1:{port}/postgres")
-    }
-
-    /// The port the server listens on.
-    pub fn port(&self) -> u16 {
-        self.port
     }
 }
 
