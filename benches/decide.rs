@@ -6,29 +6,27 @@
 use std::path::PathBuf;
 
 use cedar_policy::{Authorizer, Entities};
-use cedard::authz;
 use cedard::policy::{self, Sources};
+use cedard::{authz, model};
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use serde_json::{json, Value};
 
-fn body() -> Value {
-    let roles: serde_json::Map<String, Value> = ["basic", "billing", "dev", "admin"]
-        .iter()
-        .map(|r| {
-            (
-                r.to_string(),
-                json!({"type": "Role", "id": format!("acme/{r}")}),
-            )
-        })
-        .collect();
+/// The question of README: may dana (a dev of acme) start pod p1? Its three
+/// inline entities made by the account model's builders, with the schema's
+/// roles.
+fn body(roles: &[String]) -> Value {
+    let entity = |e: Result<cedar_policy::Entity, model::ModelError>| {
+        model::to_json(&e.expect("entity")).expect("json")
+    };
+    let dev = [("acme".to_owned(), "dev".to_owned())];
     json!({
         "principal": {"type": "User", "id": "dana"},
         "action": {"type": "Action", "id": "startPod"},
         "resource": {"type": "Pod", "id": "p1"},
         "entities": [
-            {"uid": {"type": "User", "id": "dana"}, "attrs": {"email": "dana@example.com"}, "parents": [{"type": "Role", "id": "acme/dev"}]},
-            {"uid": {"type": "Account", "id": "acme"}, "attrs": {"name": "Acme", "kind": "team", "owner": {"type": "User", "id": "olga"}, "account": {"type": "Account", "id": "acme"}, "roles": roles}, "parents": []},
-            {"uid": {"type": "Pod", "id": "p1"}, "attrs": {"account": {"type": "Account", "id": "acme"}}, "parents": [{"type": "Account", "id": "acme"}]},
+            entity(model::person("dana", "dana@example.com", None, &dev)),
+            entity(model::group("acme", "Acme", "team", "olga", roles)),
+            entity(model::resource_entity("Pod", "p1", "acme")),
         ],
     })
 }
@@ -44,7 +42,10 @@ fn bench(c: &mut Criterion) {
         1,
     )
     .expect("the default pack loads");
-    let body = body();
+    let roles = model::RoleCatalog::default()
+        .roles(&snapshot)
+        .expect("roles");
+    let body = body(&roles);
     let raw = body.to_string();
     let entities_json = body["entities"].clone();
 

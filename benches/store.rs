@@ -245,11 +245,9 @@ fn bench(c: &mut Criterion) {
         .iter()
         .map(|&i| {
             let account = format!("a{}", i % ACCOUNTS);
-            let json = serde_json::json!([{
-                "uid": {"type": "Pod", "id": format!("{account}-p1")},
-                "attrs": {"account": {"type": "Account", "id": account}},
-                "parents": [{"type": "Account", "id": account}],
-            }]);
+            let pod = cedard::model::resource_entity("Pod", &format!("{account}-p1"), &account)
+                .expect("pod");
+            let json = serde_json::json!([cedard::model::to_json(&pod).expect("json")]);
             (
                 format!(r#"Pod::"{account}-p1""#).parse().expect("pod"),
                 serde_json::value::to_raw_value(&json).expect("raw"),

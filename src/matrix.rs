@@ -17,11 +17,8 @@ use serde_json::{json, Map, Value};
 use crate::authz::{self, InputError};
 use crate::model::sketch::{uid, Account, Model, User};
 pub use crate::model::NON_MEMBER;
-use crate::model::{self, ModelError, RoleCatalog};
+use crate::model::{self, ModelError, RoleCatalog, ADMIN_ROLE as OWNER_ROLE};
 use crate::policy::{PolicyError, PolicySnapshot, Sources};
-
-/// The role an account's owner holds, when the schema has it.
-pub const OWNER_ROLE: &str = "admin";
 
 /// The two kinds of account the matrix is computed for.
 pub const KINDS: [&str; 2] = ["team", "personal"];

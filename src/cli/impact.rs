@@ -107,8 +107,11 @@ pub fn run(args: &ImpactArgs) -> ExitCode {
         &impact::Inputs {
             store: store.as_ref(),
             log: args.log.as_deref().map(|path| (path, None)),
-            suites: (!args.suite.is_empty())
-                .then_some((args.suite.as_slice(), &live_sources, &candidate_sources)),
+            suites: (!args.suite.is_empty()).then_some((
+                args.suite.as_slice(),
+                &live_sources,
+                &candidate_sources,
+            )),
             now,
         },
     );

@@ -175,7 +175,10 @@ pub fn resource_entity(entity_type: &str, id: &str, account: &str) -> Result<Ent
     let ty: EntityTypeName = entity_type
         .parse()
         .map_err(|e: cedar_policy::ParseErrors| {
-            ModelError(format!("`{entity_type}` is not an entity type name: {}", describe(&e)))
+            ModelError(format!(
+                "`{entity_type}` is not an entity type name: {}",
+                describe(&e)
+            ))
         })?;
     let account = account_uid(account);
     Entity::new(

@@ -10,7 +10,7 @@ use cedard::clock::Clock;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::support::{copy_pack, spawn_app, spawn_app_in, wait_until, TestApp, TEAM_TABLE};
+use crate::support::{copy_pack, entity, spawn_app, spawn_app_in, team_table, wait_until, TestApp};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -232,7 +232,7 @@ async fn the_seed_story_end_to_end() {
     // Every decision of the table, for each member and a non-member, with
     // only the Pod sent: the roles come from the store.
     let users = ["bob", "carol", "dave", "erin", "mallory"];
-    for (action, expected) in TEAM_TABLE {
+    for (action, expected) in team_table() {
         for (user, allow) in users.iter().zip(expected) {
             let body = decide(&app, user, action, "alice").await;
             let want = if *allow { "allow" } else { "deny" };
@@ -246,7 +246,7 @@ async fn the_seed_story_end_to_end() {
 
     // A personal account: its owner may do everything except the member
     // actions, and may convert it.
-    for (action, _) in TEAM_TABLE {
+    for (action, _) in team_table() {
         let body = decide(&app, "bob", action, "bob").await;
         let denied = matches!(
             *action,
@@ -427,16 +427,7 @@ async fn decisions_read_stored_roles_and_refuse_owned_inline_entities() {
                 "principal": "User::\"bob\"",
                 "action": "Action::\"useAccount\"",
                 "resource": "Account::\"alice\"",
-                "entities": [{
-                    "uid": {"type": "Account", "id": "alice"},
-                    "attrs": {"name": "x", "kind": "team", "owner": {"type": "User", "id": "bob"},
-                              "account": {"type": "Account", "id": "alice"},
-                              "roles": {"basic": {"type": "Role", "id": "alice/basic"},
-                                        "billing": {"type": "Role", "id": "alice/billing"},
-                                        "dev": {"type": "Role", "id": "alice/dev"},
-                                        "admin": {"type": "Role", "id": "alice/admin"}}},
-                    "parents": [],
-                }],
+                "entities": [entity::account("alice", "x", "team", "bob")],
             }),
         )
         .await;

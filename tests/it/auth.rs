@@ -7,7 +7,7 @@
 //! without keys and `--insecure-no-auth`, the `Host` check against DNS
 //! rebinding, JSON-only writes, and HTTPS with `--tls-cert`/`--tls-key`.
 
-use super::support;
+use super::support::{self, entity};
 use std::collections::HashMap;
 use std::io::Read;
 use std::net::SocketAddr;
@@ -127,23 +127,15 @@ fn seed_keys(dir: &Path, specs: &[(&str, &[Scope], bool)]) -> HashMap<String, Ne
 
 /// The README's question: dana, a dev of acme, may start acme's pod.
 fn allowed_question() -> Value {
-    let role = |r: &str| json!({"type": "Role", "id": format!("acme/{r}")});
     json!({
         "principal": {"type": "User", "id": "dana"},
         "action": {"type": "Action", "id": "startPod"},
         "resource": {"type": "Pod", "id": "p1"},
         "context": {},
         "entities": [
-            {"uid": {"type": "User", "id": "dana"}, "attrs": {"email": "dana@example.com"},
-             "parents": [role("dev")]},
-            {"uid": {"type": "Account", "id": "acme"},
-             "attrs": {"name": "Acme", "kind": "team", "owner": {"type": "User", "id": "olga"},
-                       "account": {"type": "Account", "id": "acme"},
-                       "roles": {"basic": role("basic"), "billing": role("billing"),
-                                 "dev": role("dev"), "admin": role("admin")}},
-             "parents": []},
-            {"uid": {"type": "Pod", "id": "p1"}, "attrs": {"account": {"type": "Account", "id": "acme"}},
-             "parents": [{"type": "Account", "id": "acme"}]}
+            entity::user("dana", &[("acme", "dev")]),
+            entity::account("acme", "Acme", "team", "olga"),
+            entity::pod("p1", "acme"),
         ]
     })
 }

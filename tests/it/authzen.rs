@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use super::accounts::{decide, join, sign_up, team};
 use super::support::{
-    self, repo_root, spawn_app_in, spawn_binary, wait_until, TestApp, TEAM_TABLE,
+    self, repo_root, spawn_app_in, spawn_binary, team_table, wait_until, TestApp,
 };
 
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -168,7 +168,7 @@ fn resource_for(action: &str, account: &str) -> Value {
 /// belongs to no account but their own.
 async fn seeded_team(app: &TestApp) {
     team(app, "acme").await;
-    for role in support::ROLES {
+    for role in support::roles() {
         join(app, "acme", "acme", &format!("m-{role}"), role).await;
     }
     assert_eq!(sign_up(app, "nobody").await.0, 201);
@@ -178,13 +178,13 @@ async fn seeded_team(app: &TestApp) {
 async fn the_default_pack_answers_the_same_over_authzen_as_over_v1() {
     let app = support::spawn_app().await;
     seeded_team(&app).await;
-    let users: Vec<String> = support::ROLES
+    let users: Vec<String> = support::roles()
         .iter()
         .map(|r| format!("m-{r}"))
         .chain(["nobody".to_owned()])
         .collect();
     let mut cells = 0;
-    for (action, row) in TEAM_TABLE {
+    for (action, row) in team_table() {
         for (user, expected) in users.iter().zip(row) {
             let v1 = decide(&app, user, action, "acme").await;
             let (status, authzen) = post(
@@ -211,7 +211,7 @@ async fn the_default_pack_answers_the_same_over_authzen_as_over_v1() {
             cells += 1;
         }
     }
-    assert_eq!(cells, TEAM_TABLE.len() * 5);
+    assert_eq!(cells, team_table().len() * 5);
 
     // The same row, asked as one action search per member: on the account,
     // the actions that apply to accounts; on a pod, the pod actions.
@@ -232,7 +232,7 @@ async fn the_default_pack_answers_the_same_over_authzen_as_over_v1() {
                 .map(|r| r["name"].as_str().expect("name").to_owned())
                 .collect();
             got.sort();
-            let mut want: Vec<String> = TEAM_TABLE
+            let mut want: Vec<String> = team_table()
                 .iter()
                 .filter(|(a, row)| pod_actions(a) == on_pod && row[i])
                 .map(|(a, _)| (*a).to_owned())

@@ -18,7 +18,7 @@ use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-use crate::support::{copy_pack, free_port, spawn_app_in, wait_until, TestApp, TEAM_TABLE};
+use crate::support::{copy_pack, free_port, spawn_app_in, team_table, wait_until, TestApp};
 
 /// A daemon with an admin and a decide key, users alice (owner of the team
 /// account `alice`), bob (basic) and carol (billing), a pending invite, and
@@ -589,8 +589,8 @@ async fn in_a_browser_sign_in_matrix_and_a_saved_edit() {
         ["action", "basic", "billing", "dev", "admin", "non-member"]
     );
     let cells = team_cells(&b).await;
-    assert_eq!(cells.len(), TEAM_TABLE.len());
-    for (action, row) in TEAM_TABLE {
+    assert_eq!(cells.len(), team_table().len());
+    for (action, row) in team_table() {
         assert_eq!(cells[*action], words(row), "{action}");
     }
     screenshot(&b, "matrix").await;

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::support::{spawn_app, ROLES, TEAM_TABLE};
+use crate::support::{entity, roles, spawn_app, team_table};
 
 /// Actions whose resource is a Pod rather than the account.
 fn on_pod(action: &str) -> bool {
@@ -14,32 +14,21 @@ fn uid(ty: &str, id: &str) -> Value {
     json!({"type": ty, "id": id})
 }
 
+/// `User::"id"` in the roles `parents` (ids `<account>/<role>`).
 fn user(id: &str, parents: &[String]) -> Value {
-    json!({
-        "uid": uid("User", id),
-        "attrs": {"email": format!("{id}@example.com")},
-        "parents": parents.iter().map(|p| uid("Role", p)).collect::<Vec<_>>(),
-    })
+    let held: Vec<(&str, &str)> = parents
+        .iter()
+        .map(|p| p.split_once('/').expect("a role id"))
+        .collect();
+    entity::user(id, &held)
 }
 
 fn account(id: &str, kind: &str, owner: &str) -> Value {
-    let roles: serde_json::Map<String, Value> = ROLES
-        .iter()
-        .map(|r| (r.to_string(), uid("Role", &format!("{id}/{r}"))))
-        .collect();
-    json!({
-        "uid": uid("Account", id),
-        "attrs": {"name": id, "kind": kind, "owner": uid("User", owner), "account": uid("Account", id), "roles": roles},
-        "parents": [],
-    })
+    entity::account(id, id, kind, owner)
 }
 
 fn pod(id: &str, account: &str) -> Value {
-    json!({
-        "uid": uid("Pod", id),
-        "attrs": {"account": uid("Account", account)},
-        "parents": [uid("Account", account)],
-    })
+    entity::pod(id, account)
 }
 
 /// The three entities a caller sends: the principal, the account, and the pod.
@@ -72,9 +61,9 @@ async fn every_cell_of_the_team_role_table() {
     let app = spawn_app().await;
     let mut mismatches = Vec::new();
     let mut cells = 0;
-    for (action, row) in TEAM_TABLE {
+    for (action, row) in team_table() {
         for (col, expected) in row.iter().enumerate() {
-            let (principal, role) = match ROLES.get(col) {
+            let (principal, role) = match roles().get(col) {
                 Some(r) => (format!("{r}-member"), Some(*r)),
                 None => ("stranger".to_string(), None),
             };
@@ -122,7 +111,7 @@ async fn personal_account_owner_may_do_everything_but_manage_members() {
         account("solo-acct", "personal", owner),
         pod("p1", "solo-acct"),
     ]);
-    for (action, _) in TEAM_TABLE {
+    for (action, _) in team_table() {
         let expected = !matches!(
             *action,
             "inviteMember" | "revokeInvite" | "changeMemberRole" | "removeMember"

@@ -17,7 +17,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
-use crate::support::{copy_pack, spawn_app, spawn_app_in, spawn_binary, TestApp};
+use crate::support::{copy_pack, entity, spawn_app, spawn_app_in, spawn_binary, TestApp};
 
 const MIB: usize = 1024 * 1024;
 
@@ -36,23 +36,16 @@ fn uid(ty: &str, id: &str) -> Value {
 
 /// README's `dana`, a dev of `acme`.
 fn dana() -> Value {
-    json!({"uid": uid("User", "dana"), "attrs": {"email": "dana@example.com"},
-           "parents": [uid("Role", "acme/dev")]})
+    entity::user("dana", &[("acme", "dev")])
 }
 
 /// README's team account `acme`.
 fn acme() -> Value {
-    json!({"uid": uid("Account", "acme"),
-           "attrs": {"name": "Acme", "kind": "team", "owner": uid("User", "olga"),
-                     "account": uid("Account", "acme"),
-                     "roles": {"basic": uid("Role", "acme/basic"), "billing": uid("Role", "acme/billing"),
-                               "dev": uid("Role", "acme/dev"), "admin": uid("Role", "acme/admin")}},
-           "parents": []})
+    entity::account("acme", "Acme", "team", "olga")
 }
 
 fn pod(id: &str) -> Value {
-    json!({"uid": uid("Pod", id), "attrs": {"account": uid("Account", "acme")},
-           "parents": [uid("Account", "acme")]})
+    entity::pod(id, "acme")
 }
 
 /// README's question: may dana start pod p1? (allow, by `dev`), with the

@@ -8,27 +8,47 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::support::{repo_root, spawn_app, wait_until};
+use crate::support::{repo_root, schema_roles, spawn_app, wait_until, PERSONAL, TEAM};
 
-/// The role table of the decision daemon issue, as written there.
-const ISSUE_TABLE: &str = "
-| action | basic | billing | dev | admin | non-member |
-|---|---|---|---|---|---|
-| useAccount, viewMembers, connectPod | allow | deny | allow | allow | deny |
-| viewBilling, manageBilling | deny | allow | deny | allow | deny |
-| startPod, stopPod, createPod | deny | deny | allow | allow | deny |
-| updateSettings, inviteMember, revokeInvite, changeMemberRole, removeMember | deny | deny | deny | allow | deny |
-| convertToTeam | deny | deny | deny | deny | deny |
-";
+/// The seed's team table as its one home (`tests/policies/roles.yaml`)
+/// states it.
+fn seed_cells() -> Cells {
+    let mut cells = Cells::new();
+    for (action, row) in &TEAM.rows {
+        for (column, allow) in TEAM.columns.iter().zip(row) {
+            let decision = if *allow { "allow" } else { "deny" };
+            cells.insert((action.clone(), column.clone()), decision.to_owned());
+        }
+    }
+    cells
+}
 
 /// On a personal account the owner (who holds admin) may do everything
-/// except manage members and invites.
-const OWNER_DENIED: [&str; 4] = [
-    "inviteMember",
-    "revokeInvite",
-    "changeMemberRole",
-    "removeMember",
-];
+/// except what `roles.yaml`'s personal table denies the owner (managing
+/// members and invites).
+fn owner_denied() -> Vec<String> {
+    PERSONAL
+        .rows
+        .iter()
+        .filter(|(action, _)| !PERSONAL.allows(action, "owner"))
+        .map(|(action, _)| action.clone())
+        .collect()
+}
+
+/// The table README shows for the default pack: the first Markdown table
+/// after "What it answers on a team account".
+fn readme_table() -> String {
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).expect("README.md");
+    let (_, after) = readme
+        .split_once("What it answers on a team account")
+        .expect("README shows the team table");
+    after
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
 
 /// (action, column) → decision, read from a Markdown table.
 type Cells = BTreeMap<(String, String), String>;
@@ -89,18 +109,18 @@ fn the_matrix_of_the_default_pack_is_the_issue_table() {
     let markdown = cedard_matrix(&[]);
     let tables = tables(&markdown);
     let team = parse_table(&tables["Team account"]);
-    let expected = parse_table(ISSUE_TABLE);
+    let expected = seed_cells();
     assert_eq!(team, expected, "{markdown}");
-    // The columns come in the issue's order, least permitted role first.
-    assert!(
-        markdown.contains("| action | basic | billing | dev | admin | non-member |"),
-        "{markdown}"
-    );
+    // README shows the same table.
+    assert_eq!(parse_table(&readme_table()), expected, "README's table");
+    // The columns come in the table's order, least permitted role first.
+    let header = format!("| action | {} |", TEAM.columns.join(" | "));
+    assert!(markdown.contains(&header), "{header}\n{markdown}");
 
     let personal = parse_table(&tables["Personal account"]);
     for ((action, column), decision) in &personal {
         let want = match column.as_str() {
-            "admin" if OWNER_DENIED.contains(&action.as_str()) => "deny",
+            "admin" if owner_denied().contains(action) => "deny",
             "admin" => "allow",
             // The other roles answer as on a team account, except that no
             // one else may convert an account they do not own.
@@ -114,14 +134,11 @@ fn the_matrix_of_the_default_pack_is_the_issue_table() {
 #[test]
 fn the_json_matrix_says_the_same() {
     let json: Value = serde_json::from_str(&cedard_matrix(&["--format", "json"])).expect("json");
-    let expected = parse_table(ISSUE_TABLE);
+    let expected = seed_cells();
     for ((action, column), decision) in &expected {
         assert_eq!(json["team"][action][column], *decision, "{column} {action}");
     }
-    assert_eq!(
-        json["roles"],
-        serde_json::json!(["admin", "basic", "billing", "dev"])
-    );
+    assert_eq!(json["roles"], serde_json::json!(schema_roles()));
     assert_eq!(json["personal"]["convertToTeam"]["admin"], "allow");
     assert_eq!(json["personal"]["inviteMember"]["admin"], "deny");
 }

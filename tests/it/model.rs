@@ -36,7 +36,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use super::pg::Cluster;
-use super::support::{copy_pack, repo_root, spawn_app_in, spawn_binary, ROLES, TEAM_TABLE};
+use super::support::{copy_pack, repo_root, roles, spawn_app_in, spawn_binary, team_table};
 
 /// The seed when `CEDARD_MODEL_SEED` does not name one.
 const DEFAULT_SEED: u64 = 20_250_611;
@@ -502,7 +502,7 @@ impl Model {
         user: &'static str,
         role: &str,
     ) -> u16 {
-        let Some(role) = ROLES.iter().copied().find(|r| *r == role) else {
+        let Some(role) = roles().iter().copied().find(|r| *r == role) else {
             return 400;
         };
         if !self.may(actor, "changeMemberRole", account) {
@@ -613,7 +613,7 @@ fn the_model_answers_the_seed_table_on_a_team_account() {
         model.roles.insert(("ann", user), role);
     }
     assert_eq!(model.sign_up("eve", "eve@example.com", true), 201);
-    for (action, row) in TEAM_TABLE {
+    for (action, row) in team_table() {
         let target = if POD_ACTIONS.contains(action) {
             Target::Pod("ann")
         } else {
@@ -1095,7 +1095,7 @@ impl Run {
     async fn invite(&mut self) {
         let account = self.team();
         let actor = self.admin_of(account);
-        let role = self.pick(&ROLES).expect("roles");
+        let role = self.pick(&roles()).expect("roles");
         let email = match self.rng.random_range(0..10) {
             0..=1 => Some(canonical_email(self.any_user())),
             2 => Some(format!(" {}@EXAMPLE.com", self.any_user())),
@@ -1263,7 +1263,7 @@ impl Run {
         let actor = self.admin_of(account);
         let user = self.member_of(account);
         let role = if self.chance(0.95) {
-            self.pick(&ROLES).expect("roles")
+            self.pick(&roles()).expect("roles")
         } else {
             "owner"
         };
@@ -1583,8 +1583,8 @@ impl Run {
     async fn check_single(&mut self) {
         for _ in 0..6 {
             let q = self.random_question();
-            let role = self.pick(&ROLES).expect("roles");
-            let current = self.pick(&ROLES).expect("roles");
+            let role = self.pick(&roles()).expect("roles");
+            let current = self.pick(&roles()).expect("roles");
             let mut body = json!({
                 "principal": {"type": "User", "id": q.user},
                 "action": {"type": "Action", "id": q.action},

@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::task::JoinSet;
 
-use crate::support::{copy_pack, spawn_app, spawn_binary, wait_until, Binary};
+use crate::support::{copy_pack, entity, spawn_app, spawn_binary, wait_until, Binary};
 
 /// How long the decision log may take to show what was answered.
 const LOG_WITHIN: Duration = Duration::from_secs(20);
@@ -26,23 +26,16 @@ fn uid(ty: &str, id: &str) -> Value {
 }
 
 fn user(id: &str, role: &str) -> Value {
-    json!({"uid": uid("User", id), "attrs": {"email": format!("{id}@example.com")},
-           "parents": [uid("Role", &format!("acme/{role}"))]})
+    entity::user(id, &[("acme", role)])
 }
 
 /// README's team account `acme`.
 fn acme() -> Value {
-    json!({"uid": uid("Account", "acme"),
-           "attrs": {"name": "Acme", "kind": "team", "owner": uid("User", "olga"),
-                     "account": uid("Account", "acme"),
-                     "roles": {"basic": uid("Role", "acme/basic"), "billing": uid("Role", "acme/billing"),
-                               "dev": uid("Role", "acme/dev"), "admin": uid("Role", "acme/admin")}},
-           "parents": []})
+    entity::account("acme", "Acme", "team", "olga")
 }
 
 fn pod(id: &str) -> Value {
-    json!({"uid": uid("Pod", id), "attrs": {"account": uid("Account", "acme")},
-           "parents": [uid("Account", "acme")]})
+    entity::pod(id, "acme")
 }
 
 /// The inline entities of every question here: dana (dev) and erin (basic)

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::support::{copy_pack, spawn_app, spawn_app_in, spawn_binary, wait_until, TestApp};
+use crate::support::{
+    copy_pack, entity, spawn_app, spawn_app_in, spawn_binary, wait_until, TestApp,
+};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -21,28 +23,14 @@ pub(crate) fn check(role: &str, action: &str) -> Value {
     } else {
         json!({"type": "Account", "id": "acme"})
     };
-    let roles: serde_json::Map<String, Value> = ["basic", "billing", "dev", "admin"]
-        .iter()
-        .map(|r| {
-            (
-                r.to_string(),
-                json!({"type": "Role", "id": format!("acme/{r}")}),
-            )
-        })
-        .collect();
     json!({
         "principal": {"type": "User", "id": "m"},
         "action": {"type": "Action", "id": action},
         "resource": resource,
         "entities": [
-            {"uid": {"type": "User", "id": "m"}, "attrs": {"email": "m@example.com"},
-             "parents": [{"type": "Role", "id": format!("acme/{role}")}]},
-            {"uid": {"type": "Account", "id": "acme"},
-             "attrs": {"name": "Acme", "kind": "team", "owner": {"type": "User", "id": "o"},
-                       "account": {"type": "Account", "id": "acme"}, "roles": roles},
-             "parents": []},
-            {"uid": {"type": "Pod", "id": "p1"}, "attrs": {"account": {"type": "Account", "id": "acme"}},
-             "parents": [{"type": "Account", "id": "acme"}]},
+            entity::user("m", &[("acme", role)]),
+            entity::account("acme", "Acme", "team", "o"),
+            entity::pod("p1", "acme"),
         ],
     })
 }

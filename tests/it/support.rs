@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use cedard::server::{self, Config};
@@ -13,27 +14,160 @@ use serde_json::Value;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 
-/// The roles of the default pack, in table order.
-pub const ROLES: [&str; 4] = ["basic", "billing", "dev", "admin"];
+/// A role table of the default pack as `tests/policies/roles.yaml` states
+/// it: its columns (roles in table order, then `non-member`, or `owner`)
+/// and, for each action, whether each column may do it.
+pub struct RoleTable {
+    /// The columns, in order.
+    pub columns: Vec<String>,
+    /// Each action and its row, in file order.
+    pub rows: Vec<(String, Vec<bool>)>,
+}
 
-/// The seed's role table for a team account: for each action, the answer for
-/// a member holding basic, billing, dev, admin, and for a non-member.
-pub const TEAM_TABLE: &[(&str, [bool; 5])] = &[
-    ("useAccount", [true, false, true, true, false]),
-    ("viewMembers", [true, false, true, true, false]),
-    ("connectPod", [true, false, true, true, false]),
-    ("viewBilling", [false, true, false, true, false]),
-    ("manageBilling", [false, true, false, true, false]),
-    ("startPod", [false, false, true, true, false]),
-    ("stopPod", [false, false, true, true, false]),
-    ("createPod", [false, false, true, true, false]),
-    ("updateSettings", [false, false, false, true, false]),
-    ("inviteMember", [false, false, false, true, false]),
-    ("revokeInvite", [false, false, false, true, false]),
-    ("changeMemberRole", [false, false, false, true, false]),
-    ("removeMember", [false, false, false, true, false]),
-    ("convertToTeam", [false, false, false, false, false]),
-];
+impl RoleTable {
+    /// The answer for `action` in `column`.
+    pub fn allows(&self, action: &str, column: &str) -> bool {
+        let i = self
+            .columns
+            .iter()
+            .position(|c| c == column)
+            .unwrap_or_else(|| panic!("no column `{column}`"));
+        self.rows
+            .iter()
+            .find(|(a, _)| a == action)
+            .unwrap_or_else(|| panic!("no action `{action}`"))
+            .1[i]
+    }
+}
+
+/// The role tables of the seed, read from their one home: the readable
+/// suite `tests/policies/roles.yaml` that `cedard test` runs. Adding a role
+/// means a column there, not a change here.
+fn role_table(name: &str) -> RoleTable {
+    let path = repo_root().join("tests/policies/roles.yaml");
+    let text = std::fs::read_to_string(&path).expect("read roles.yaml");
+    let suite: Value = serde_yaml_ng::from_str(&text).expect("roles.yaml is YAML");
+    let matrix = suite["matrix"]
+        .as_array()
+        .expect("a matrix list")
+        .iter()
+        .find(|m| m["name"] == name)
+        .unwrap_or_else(|| panic!("roles.yaml has no matrix `{name}`"));
+    let columns: Vec<String> = matrix["columns"]
+        .as_array()
+        .expect("columns")
+        .iter()
+        .map(|c| c.as_str().expect("a column name").to_owned())
+        .collect();
+    let mut rows = Vec::new();
+    for (actions, answers) in matrix["rows"].as_object().expect("rows") {
+        let row: Vec<bool> = answers
+            .as_str()
+            .expect("a row of answers")
+            .split_whitespace()
+            .map(|a| a == "allow")
+            .collect();
+        assert_eq!(row.len(), columns.len(), "roles.yaml: {actions}");
+        for action in actions.split(',').map(str::trim) {
+            rows.push((action.to_owned(), row.clone()));
+        }
+    }
+    RoleTable { columns, rows }
+}
+
+/// The seed's role table for a team account: for each action, the answer
+/// for a member holding each role of [`roles`], then for a non-member.
+pub static TEAM: LazyLock<RoleTable> = LazyLock::new(|| role_table("team account"));
+
+/// The seed's table for a personal account: its owner, and a non-member.
+pub static PERSONAL: LazyLock<RoleTable> = LazyLock::new(|| role_table("personal account"));
+
+/// [`TEAM`]'s rows: for each action, the answer for a member holding each
+/// role of [`roles`], then for a non-member.
+pub fn team_table() -> &'static [(&'static str, Vec<bool>)] {
+    static ROWS: LazyLock<Vec<(&'static str, Vec<bool>)>> = LazyLock::new(|| {
+        TEAM.rows
+            .iter()
+            .map(|(a, r)| (a.as_str(), r.clone()))
+            .collect()
+    });
+    &ROWS
+}
+
+/// The roles of the team table, in table order (least permitted first).
+pub fn roles() -> Vec<&'static str> {
+    TEAM.columns
+        .iter()
+        .map(String::as_str)
+        .filter(|c| *c != "non-member")
+        .collect()
+}
+
+/// The role names of the default pack's schema (the fields of
+/// `Account.roles`), sorted, as cedard reads them.
+pub fn schema_roles() -> Vec<String> {
+    static ROLES: LazyLock<Vec<String>> = LazyLock::new(|| {
+        let root = repo_root();
+        let snapshot = cedard::policy::load(
+            &cedard::policy::Sources {
+                policies: root.join("policies"),
+                schema: root.join("schema"),
+                ..Default::default()
+            },
+            1,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        cedard::model::RoleCatalog::default()
+            .roles(&snapshot)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .to_vec()
+    });
+    ROLES.clone()
+}
+
+/// Entities of the account model as a caller sends them inline, each made
+/// by the account model's one builder of its type (`cedard::model`), with
+/// the schema's roles.
+pub mod entity {
+    use serde_json::Value;
+
+    fn json(e: Result<cedar_policy::Entity, cedard::model::ModelError>) -> Value {
+        cedard::model::to_json(&e.unwrap_or_else(|e| panic!("{e}")))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `User::"id"` (email `<id>@example.com`) holding `role` in each
+    /// `(account, role)`.
+    pub fn user(id: &str, roles: &[(&str, &str)]) -> Value {
+        let roles: Vec<(String, String)> = roles
+            .iter()
+            .map(|(a, r)| ((*a).to_owned(), (*r).to_owned()))
+            .collect();
+        json(cedard::model::person(
+            id,
+            &format!("{id}@example.com"),
+            None,
+            &roles,
+        ))
+    }
+
+    /// `Account::"id"`, named `name`, of `kind`, owned by `owner`, with the
+    /// schema's roles.
+    pub fn account(id: &str, name: &str, kind: &str, owner: &str) -> Value {
+        json(cedard::model::group(
+            id,
+            name,
+            kind,
+            owner,
+            &super::schema_roles(),
+        ))
+    }
+
+    /// `Pod::"id"` of `account`.
+    pub fn pod(id: &str, account: &str) -> Value {
+        json(cedard::model::resource_entity("Pod", id, account))
+    }
+}
 
 /// The repository root, where the default pack lives.
 pub fn repo_root() -> PathBuf {
