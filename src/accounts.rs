@@ -92,6 +92,7 @@ impl AccountsError {
         match self {
             AccountsError::Input(_) => "invalid_request",
             AccountsError::Denied { .. } => "forbidden",
+            AccountsError::Store(StoreError::OutcomeUnknown { .. }) => "outcome_unknown",
             AccountsError::Store(e) if e.is_fault() => "unavailable",
             AccountsError::Store(StoreError::InviteGone(_)) => "gone",
             AccountsError::Store(StoreError::EmailMismatch | StoreError::EmailUnverified) => {
@@ -305,10 +306,13 @@ impl Accounts {
             Err(e) => e.code(),
         };
         if let Err(e) = &out {
-            // A damaged file was logged once, when it was found; each refused
-            // operation is not logged again.
-            let damaged = matches!(e, AccountsError::Store(StoreError::Damaged { .. }));
-            if outcome == "unavailable" && !damaged {
+            // A damaged file, or a write outage, was logged once, when it
+            // was found; each refused operation is not logged again.
+            let known = matches!(
+                e,
+                AccountsError::Store(StoreError::Damaged { .. } | StoreError::WriteOutage { .. })
+            );
+            if outcome == "unavailable" && !known {
                 tracing::error!(operation = op.operation, "management operation failed: {e}");
             }
         }

@@ -283,6 +283,7 @@ pub async fn run(
         Duration::from_secs(1)
     };
     tasks.push(tokio::spawn(refresh_keys(accounts.clone(), every)));
+    tasks.push(tokio::spawn(recover_writes(store.clone())));
     let console = Arc::new(http::ui::Console::new(
         tls.is_some(),
         options.decision_log.clone(),
@@ -392,6 +393,31 @@ async fn refresh_keys(accounts: Arc<Accounts>, every: Duration) {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!("cannot refresh the caller keys: {e}"),
             Err(e) => tracing::warn!("key refresh task failed: {e}"),
+        }
+    }
+}
+
+/// Ends a write outage of the store without a restart: while writes cannot
+/// commit (a full disk, say), tries every second to reopen the data file and
+/// commit a probe write (`Store::recover`), so that a daemon nobody writes to
+/// becomes ready again once the disk has room. A write tries too, but a
+/// management operation holds a read of its own, which keeps the old
+/// database open; this task waits for reads to finish.
+async fn recover_writes(store: Arc<Store>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if store.write_outage().is_none() {
+            continue;
+        }
+        let s = store.clone();
+        match tokio::task::spawn_blocking(move || s.recover()).await {
+            Ok(Ok(())) => {}
+            // The outage was logged as it began, and its end will be: the
+            // tries in between are not worth a line each.
+            Ok(Err(e)) => tracing::debug!("the store does not take writes yet: {e}"),
+            Err(e) => tracing::warn!("store recovery task failed: {e}"),
         }
     }
 }

@@ -71,10 +71,13 @@ async fn healthz() -> Json<Health> {
 /// be reached within a second makes the replica not ready (503), so that a
 /// load balancer sends its callers elsewhere. A damaged data file (found at
 /// start or since) makes the daemon not ready for good; the details are in
-/// the daemon's log, not shown to an unauthenticated probe.
+/// the daemon's log, not shown to an unauthenticated probe. A write outage
+/// (writes cannot commit: a full disk, say) makes it not ready until writes
+/// commit again, which the daemon finds out by itself (see
+/// `server::recover_writes`); decisions are still answered meanwhile.
 #[utoipa::path(get, path = "/readyz", tag = "health", responses(
     (status = 200, body = Health),
-    (status = 503, description = "The store cannot be reached, or the data file is damaged (stored facts are not used, writes are refused); `reason` says which", body = Health)))]
+    (status = 503, description = "The store cannot be reached, the data file is damaged (stored facts are not used, writes are refused), or writes cannot be committed now (a full disk: writes are refused until they can); `reason` says which", body = Health)))]
 async fn readyz(State(state): State<AppState>) -> Response {
     let snapshot = state.pdp.live().snapshot();
     let store = state.pdp.store().clone();
@@ -84,6 +87,17 @@ async fn readyz(State(state): State<AppState>) -> Response {
              see the daemon's log and run `cedard store check`"
                 .to_owned(),
         )
+    } else if let Some(outage) = store.write_outage() {
+        let since = outage
+            .since
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        Err(format!(
+            "writes cannot be committed since {} (an I/O failure such as a full disk; \
+             writes are refused until they can, and the daemon retries every second); \
+             see the daemon's log",
+            ts(since)
+        ))
     } else if store.is_remote() {
         let probe = tokio::task::spawn_blocking(move || store.refresh_revision());
         match tokio::time::timeout(std::time::Duration::from_secs(1), probe).await {

@@ -82,7 +82,9 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// A stable code: `invalid_request`, `malformed_json`, `unauthenticated`,
     /// `forbidden`, `not_found`, `conflict`, `gone`, `too_large`,
-    /// `unsupported_media_type`, `unavailable`, `overloaded`, `internal`, …
+    /// `unsupported_media_type`, `unavailable` (for a write: not committed),
+    /// `store_outcome_unknown` (a write that may have been committed),
+    /// `overloaded`, `internal`, …
     pub code: String,
     /// For people; names the offending field, header or file.
     pub message: String,
@@ -94,7 +96,7 @@ pub struct ErrorDetail {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         use StoreError as S;
-        if let S::OutcomeUnknown(_) = e {
+        if let S::OutcomeUnknown { .. } = e {
             return ApiError::OutcomeUnknown(e.to_string());
         }
         if e.is_fault() {
@@ -199,7 +201,7 @@ impl IntoResponse for ApiError {
                 return error_response(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "store_outcome_unknown",
-                    "the connection to the store was lost while the write was committing: it may or may not have been committed; read the state before retrying",
+                    "the write failed as it was committing and may have been committed; read the state before retrying",
                 );
             }
             ApiError::Internal(detail) => {

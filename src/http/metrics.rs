@@ -2,10 +2,11 @@
 //! facade has one global recorder) and the rendering of `/metrics`.
 //!
 //! The counters and histograms are recorded where things happen, through the
-//! `metrics` facade (so that `pdp`, `accounts` and `policy` know nothing of
-//! Prometheus); the gauges that describe the serving state (policy
-//! generation and count, live keys, decision-log drops) are read when
-//! `/metrics` is rendered, so they are never stale.
+//! `metrics` facade (so that `pdp`, `accounts`, `policy` and `store` know
+//! nothing of Prometheus); the gauges that describe the serving state
+//! (policy generation and count, live keys, decision-log drops, whether the
+//! store takes writes) are read when `/metrics` is rendered, so they are
+//! never stale.
 
 use std::sync::OnceLock;
 
@@ -99,6 +100,16 @@ fn describe() {
         "Durable store write latency, by operation"
     );
     describe_counter!(
+        "cedard_store_write_outages_total",
+        "Write outages of the store: times writes stopped committing (an I/O failure such as a full disk)"
+    );
+    // Shown from the start, at zero, rather than from the first outage.
+    metrics::counter!("cedard_store_write_outages_total").increment(0);
+    describe_gauge!(
+        "cedard_store_writable",
+        "1 while the store commits writes, 0 during a write outage"
+    );
+    describe_counter!(
         "cedard_invites_total",
         "Invite events: created, accepted, revoked, expired, refused"
     );
@@ -141,5 +152,7 @@ pub fn render(handle: &PrometheusHandle, state: &AppState) -> String {
     metrics::gauge!("cedard_policy_generation").set(snapshot.revision.generation as f64);
     metrics::gauge!("cedard_policies").set(snapshot.meta.len() as f64);
     metrics::gauge!("cedard_keys").set(state.keys.len() as f64);
+    let writable = state.pdp.store().write_outage().is_none();
+    metrics::gauge!("cedard_store_writable").set(if writable { 1.0 } else { 0.0 });
     handle.render()
 }

@@ -20,6 +20,7 @@
 //! [`Store::damage`]).
 
 mod check;
+mod outage;
 mod overlay;
 pub mod pg;
 mod pg_tls;
@@ -39,6 +40,7 @@ use serde::Serialize;
 
 pub use self::redb::FORMAT_VERSION;
 pub use check::{check_file, CheckReport, RecordCounts};
+pub use outage::WriteOutage;
 pub use recorded::Changed;
 pub use records::{Account, AccountKind, ApiKey, Invite, InviteState, Membership, User};
 pub use writer::Writer;
@@ -214,10 +216,21 @@ pub enum StoreError {
         /// The bound.
         bound_ms: u64,
     },
-    /// A write lost its connection while committing and whether it
-    /// committed cannot be told (a fault: 503, with its own code).
-    #[error("{0}; the write may or may not have been committed: read the state before retrying")]
-    OutcomeUnknown(String),
+    /// Writes cannot commit now: an I/O failure (a full disk, say) stopped
+    /// them and the store has not recovered yet ([`Store::write_outage`]).
+    /// Nothing was written.
+    #[error("writes cannot be committed now ({reason}); nothing was written")]
+    WriteOutage {
+        /// What failed.
+        reason: String,
+    },
+    /// The write failed as it committed, and whether it reached the disk
+    /// cannot be told: it may have been committed. Read before retrying.
+    #[error("the write may have been committed ({reason}); read before retrying")]
+    OutcomeUnknown {
+        /// What failed.
+        reason: String,
+    },
 }
 
 impl StoreError {
@@ -240,7 +253,8 @@ impl StoreError {
                 | StoreError::Corrupt { .. }
                 | StoreError::Unavailable(_)
                 | StoreError::Stale { .. }
-                | StoreError::OutcomeUnknown(_)
+                | StoreError::WriteOutage { .. }
+                | StoreError::OutcomeUnknown { .. }
         )
     }
 
@@ -598,6 +612,33 @@ impl Store {
         match &self.backend {
             Backend::Redb(db) => db.damage(),
             Backend::Postgres(_) => None,
+        }
+    }
+
+    /// The write outage under way, if writes cannot commit now: an I/O
+    /// failure (a full disk, say) stopped them, and the store has not
+    /// recovered yet; writes are refused meanwhile
+    /// ([`StoreError::WriteOutage`]) and reads are answered from what is
+    /// stored. Only the embedded backend has one (PostgreSQL: `None`).
+    pub fn write_outage(&self) -> Option<WriteOutage> {
+        match &self.backend {
+            Backend::Redb(db) => db.write_outage(),
+            Backend::Postgres(_) => None,
+        }
+    }
+
+    /// Tries to end a write outage now ([`redb::RedbStore::recover`]):
+    /// `Ok` when there is none, or once writes commit again; the error says
+    /// why not yet. The revision is read afresh, since a write whose outcome
+    /// was unknown may have advanced it. PostgreSQL has nothing to recover.
+    pub fn recover(&self) -> Result<()> {
+        match &self.backend {
+            Backend::Redb(db) => {
+                db.recover()?;
+                self.revision.fetch_max(db.revision()?, Ordering::AcqRel);
+                Ok(())
+            }
+            Backend::Postgres(_) => Ok(()),
         }
     }
 

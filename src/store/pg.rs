@@ -504,9 +504,11 @@ impl PgStore {
                     return match self.resolve(xid, deadline) {
                         Resolved::Committed => Ok((value, self.committed(rev))),
                         Resolved::Aborted => Err(fault(error).into()),
-                        Resolved::Unknown(why) => Err(StoreError::OutcomeUnknown(format!(
-                            "PostgreSQL: the connection was lost while committing ({error}), and {why}"
-                        ))
+                        Resolved::Unknown(why) => Err(StoreError::OutcomeUnknown {
+                            reason: format!(
+                                "PostgreSQL: the connection was lost while committing ({error}), and {why}"
+                            ),
+                        }
                         .into()),
                     };
                 }

@@ -15,12 +15,25 @@
 //! damaged for good. A damaged store refuses every read and every write
 //! with [`StoreError::Damaged`], a fault: stored facts that may be garbage
 //! are never answered from.
+//!
+//! A write that fails on I/O (a full disk) is not damage: it starts a write
+//! outage (`outage.rs`). redb refuses every later write, and every read of a
+//! page it has not cached, once one I/O call has failed, until the file is
+//! opened again; so the database is retired, and reads are served meanwhile
+//! from a read-only view of the file as it is on disk (an [`Overlay`]),
+//! which is also what tells whether a write that failed inside its commit
+//! reached the disk. [`RedbStore::recover`] ends the outage: once the
+//! filesystem has room, and every read of the retired database has
+//! finished, the store drops it, opens the file again through the same
+//! checked path as at start, and commits a probe write.
 
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::io::Write;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use redb::{
     Database, DatabaseError, Durability, ReadOnlyTable, ReadTransaction, ReadableTable,
@@ -28,6 +41,7 @@ use redb::{
 };
 
 use super::check::{self, lock};
+use super::outage::{Outages, WriteOutage};
 use super::overlay::Overlay;
 use super::{
     decode, encode, normalize_email, Account, ApiKey, Invite, Membership, Reads, Result,
@@ -91,24 +105,73 @@ redb_errors!(
     redb::CommitError
 );
 
+/// How long [`RedbStore::recover`] waits for the reads of a retired
+/// database to finish before it gives up until the next try. Reads are short
+/// (one request's), so this is only reached by one that hangs.
+const DRAIN_WAIT: Duration = Duration::from_secs(2);
+
+/// How much a scratch file must take on the data file's filesystem before a
+/// recovery lets go of anything: a full disk fails here, cheaply, rather
+/// than after the file was closed, checked and repaired for nothing.
+const ROOM_BYTES: usize = 1 << 20;
+
 /// The open data file.
 #[derive(Debug)]
 pub struct RedbStore {
-    /// The database; `None` when the file was found damaged at open, so
-    /// that redb never opened (nor wrote) it.
-    db: Option<Database>,
-    /// The file, open and locked, while `db` is `None`: the lock keeps
-    /// another cedard from opening a file this one found damaged.
-    _held: Option<File>,
+    /// The database reads and writes go through; swapped when a write
+    /// outage begins and when it ends.
+    serving: RwLock<Serving>,
+    /// The file, open and locked, while no database of this store holds it:
+    /// the file found damaged (at open or at a reopen), or between two tries
+    /// to reopen it during an outage. The lock keeps another cedard from
+    /// opening a file this one found damaged, or is about to reopen.
+    held: Mutex<Option<File>>,
     path: PathBuf,
     /// Whether the file is known to be damaged; shared with the read views.
     health: Arc<Health>,
-    /// Whether closing checks the file and stamps it sound (see
-    /// `check::check_and_stamp`): for a file this store owns and wrote.
-    stamp_on_close: bool,
+    /// The write outage under way, if writes cannot commit now.
+    outages: Outages,
+    /// Held by each write from before its transaction begins until its
+    /// failure, if it fails, is dealt with: redb lets the next writer in as
+    /// soon as a commit fails, and after a failed commit redb must not be
+    /// asked to commit again (it asserts), so the next writer must find the
+    /// outage already begun.
+    writing: Mutex<()>,
+    /// One outage start or recovery at a time; it holds the databases
+    /// retired by outages, which the store drops itself once nothing reads
+    /// them (so that no late reader is left to close one).
+    recovery: Mutex<Vec<Arc<Database>>>,
+    /// Whether this store opened the file for writing (not a read-only
+    /// view, nor a file found damaged at open): only then does an I/O
+    /// failure start a write outage that a reopen ends, and closing check
+    /// the file and stamp it sound (see `check::check_and_stamp`).
+    owned: bool,
     /// Whether opening checked the file in full (`false` when its stamp
     /// showed the bytes were checked before, or for a read-only view).
     checked: bool,
+}
+
+/// The database in service, and what it is.
+#[derive(Debug)]
+struct Serving {
+    /// `None` when the file was found damaged at open (redb never opened it,
+    /// nor wrote it), or while one database is swapped for another.
+    db: Option<Arc<Database>>,
+    /// Whether `db` has the file open for writing; `false` for the read-only
+    /// view that serves reads during a write outage.
+    writable: bool,
+    /// Counts the times the file was opened for writing, so that a write
+    /// failing on a database already retired does not start a second outage.
+    generation: u64,
+}
+
+/// What opening a locked file found.
+enum Opened {
+    /// The file is sound, and open.
+    Database(Database),
+    /// The check found it damaged: redb has not opened it. The file stays
+    /// locked.
+    Damaged { file: File, reason: String },
 }
 
 /// Whether the file is known to be damaged. Set once, never cleared: a file
@@ -206,59 +269,68 @@ impl RedbStore {
                 source,
             })?;
         }
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .map_err(|source| StoreError::File {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        lock(&file, path)?;
+        let file = lock_file(path)?;
         let health = Health::new(path);
-        // A file that holds exactly the bytes the last clean close found
-        // sound (the stamp beside it) is not checked again: start-up then
-        // costs one read of the file, not a decode of every record.
+        let (opened, checked) = Self::open_locked(file, path)?;
+        let store = match opened {
+            Opened::Damaged { file, reason } => {
+                health.mark(reason);
+                return Ok(Self::with(path, health, None, Some(file), false, checked));
+            }
+            Opened::Database(db) => Self::with(path, health, Some(db), None, true, checked),
+        };
+        store.check_format()?;
+        Ok(store)
+    }
+
+    /// Opens the open, locked data `file` (found at `path`) with redb,
+    /// checking it first unless its stamp shows it holds exactly the bytes
+    /// the last clean close found sound (start-up then costs one read of
+    /// the file, not a decode of every record). Also says whether it was
+    /// checked. The path of [`RedbStore::open`], and of a reopen after a
+    /// write outage.
+    fn open_locked(file: File, path: &Path) -> Result<(Opened, bool)> {
         let checked = !check::checked_before(&file, path);
         if checked {
-            if let Some(damage) = check::check_locked(&file, path)?.damage {
-                health.mark(damage);
-                return Ok(Self {
-                    db: None,
-                    _held: Some(file),
-                    path: path.to_path_buf(),
-                    health,
-                    stamp_on_close: false,
-                    checked,
-                });
+            if let Some(reason) = check::check_locked(&file, path)?.damage {
+                return Ok((Opened::Damaged { file, reason }, checked));
             }
         }
         // redb locks the file again through the same open file, which holds
         // the lock already: no other process can slip in between.
-        let db = match Database::builder().create_file(file) {
-            Ok(db) => db,
-            Err(DatabaseError::DatabaseAlreadyOpen) => {
-                return Err(StoreError::Locked(path.to_path_buf()))
-            }
-            Err(source) => {
-                return Err(StoreError::Open {
-                    path: path.to_path_buf(),
-                    source: Box::new(source),
-                })
-            }
-        };
-        let store = Self {
-            db: Some(db),
-            _held: None,
+        match Database::builder().create_file(file) {
+            Ok(db) => Ok((Opened::Database(db), checked)),
+            Err(DatabaseError::DatabaseAlreadyOpen) => Err(StoreError::Locked(path.to_path_buf())),
+            Err(source) => Err(StoreError::Open {
+                path: path.to_path_buf(),
+                source: Box::new(source),
+            }),
+        }
+    }
+
+    fn with(
+        path: &Path,
+        health: Arc<Health>,
+        db: Option<Database>,
+        held: Option<File>,
+        owned: bool,
+        checked: bool,
+    ) -> Self {
+        Self {
+            serving: RwLock::new(Serving {
+                writable: db.is_some(),
+                db: db.map(Arc::new),
+                generation: 0,
+            }),
+            held: Mutex::new(held),
             path: path.to_path_buf(),
             health,
-            stamp_on_close: true,
+            outages: Outages::default(),
+            writing: Mutex::new(()),
+            recovery: Mutex::new(Vec::new()),
+            owned,
             checked,
-        };
-        store.check_format()?;
-        Ok(store)
+        }
     }
 
     /// Opens the data file at `path` for reading only: a private view in
@@ -291,28 +363,8 @@ impl RedbStore {
             });
         }
         let health = Health::new(path);
-        let db = catch_unwind(AssertUnwindSafe(|| {
-            Database::builder().create_with_backend(Overlay::new(file, len))
-        }))
-        .map_err(|panic| StoreError::Damaged {
-            path: path.to_path_buf(),
-            reason: format!(
-                "redb panicked while opening it ({})",
-                check::panic_message(panic.as_ref())
-            ),
-        })?
-        .map_err(|source| StoreError::Open {
-            path: path.to_path_buf(),
-            source: Box::new(source),
-        })?;
-        let store = Self {
-            db: Some(db),
-            _held: None,
-            path: path.to_path_buf(),
-            health,
-            stamp_on_close: false,
-            checked: false,
-        };
+        let db = open_overlay(file, len, path)?;
+        let store = Self::with(path, health, Some(db), None, false, false);
         store.check_format()?;
         Ok(store)
     }
@@ -341,74 +393,58 @@ impl RedbStore {
         self.health.refusal()
     }
 
-    /// The database, unless the file is known to be damaged.
-    fn db(&self) -> Result<&Database> {
+    /// The write outage under way, if writes cannot commit now (see
+    /// [`RedbStore::recover`]). Reads are still answered, from what is on
+    /// disk.
+    pub fn write_outage(&self) -> Option<WriteOutage> {
+        self.outages.current()
+    }
+
+    fn serving(&self) -> std::sync::RwLockReadGuard<'_, Serving> {
+        // Nothing that can panic runs under this lock (no database is
+        // opened, used or dropped under it).
+        self.serving.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn serving_mut(&self) -> std::sync::RwLockWriteGuard<'_, Serving> {
+        self.serving.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn retired(&self) -> MutexGuard<'_, Vec<Arc<Database>>> {
+        self.recovery.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The store, for messages.
+    fn describe(&self) -> String {
+        format!("the data file `{}`", self.path.display())
+    }
+
+    /// The database reads go through (during a write outage, the read-only
+    /// view of the file), unless the file is known to be damaged.
+    fn db(&self) -> Result<Arc<Database>> {
         self.health.refusal()?;
-        self.db.as_ref().ok_or_else(|| self.health.error())
+        let db = self.serving().db.clone();
+        db.ok_or_else(|| {
+            self.health.refusal().err().unwrap_or_else(|| {
+                StoreError::Unavailable(format!(
+                    "{} cannot be read now: writes to it failed, and it is being opened again",
+                    self.describe()
+                ))
+            })
+        })
     }
 
     /// The revision of the last committed write.
     pub fn revision(&self) -> Result<u64> {
         let db = self.db()?;
-        self.health.guard(|| {
-            let read = db.begin_read()?;
-            let meta = read.open_table(META)?;
-            Ok(meta.get("revision")?.map(|v| v.value()).unwrap_or(0))
-        })
+        self.health.guard(|| stored_revision(&db))
     }
 
     /// Reads the format version with a read transaction first, so that a
     /// newer file is refused before anything is written to it; a fresh file
     /// gets the current version and every table.
     fn check_format(&self) -> Result<()> {
-        let db = self.db()?;
-        let read = db.begin_read()?;
-        let found = match read.open_table(META) {
-            Ok(meta) => meta.get("format")?.map(|v| v.value()),
-            Err(redb::TableError::TableDoesNotExist(_)) => None,
-            Err(e) => {
-                return Err(StoreError::Foreign {
-                    path: self.path.clone(),
-                    message: e.to_string(),
-                })
-            }
-        };
-        drop(read);
-        match found {
-            Some(v) if v > FORMAT_VERSION => Err(StoreError::NewerFormat {
-                path: self.path.clone(),
-                found: v,
-                supported: FORMAT_VERSION,
-            }),
-            Some(v) if v == FORMAT_VERSION => Ok(()),
-            Some(v) => {
-                // Format 1 and 2: add what they lack (the keys table, the
-                // email index) and raise the version, all in one transaction.
-                let mut txn = db.begin_write()?;
-                txn.set_durability(Durability::Immediate);
-                create_tables(&txn)?;
-                if v < 3 {
-                    index_emails(&txn)?;
-                }
-                {
-                    let mut meta = txn.open_table(META)?;
-                    meta.insert("format", FORMAT_VERSION)?;
-                }
-                txn.commit()?;
-                Ok(())
-            }
-            None => {
-                let mut txn = db.begin_write()?;
-                txn.set_durability(Durability::Immediate);
-                {
-                    let mut meta = txn.open_table(META)?;
-                    meta.insert("format", FORMAT_VERSION)?;
-                }
-                create_tables(&txn)?;
-                txn.commit()?;
-                Ok(())
-            }
-        }
+        check_format(&*self.db()?, &self.path)
     }
 
     /// A consistent read view: everything read through it comes from one
@@ -423,6 +459,7 @@ impl RedbStore {
                 user_accounts: txn.open_table(USER_ACCOUNTS)?,
                 txn,
                 health: self.health.clone(),
+                _db: Arc::clone(&db),
             })
         })
     }
@@ -436,47 +473,73 @@ impl RedbStore {
     /// inside the transaction (an error showing it, or a panic: after one,
     /// redb's state is unknown) aborts it and marks the store damaged, so
     /// that nothing more is written to the file.
+    ///
+    /// An I/O failure starts a write outage, during which writes are refused
+    /// ([`StoreError::WriteOutage`]) unless this one can end it first. A
+    /// commit that fails may still have reached the disk: the file as it is
+    /// on disk (what a reopen will find) tells, and the write answers as
+    /// committed, or with its error (not committed), or, when the file
+    /// cannot be read, [`StoreError::OutcomeUnknown`].
     pub fn write<T, E: WriteError>(
         &self,
         mut f: impl FnMut(&mut dyn Tx) -> Result<T, E>,
     ) -> Result<(T, u64), E> {
-        let db = self.db()?;
-        let out = catch_unwind(AssertUnwindSafe(|| {
-            let mut txn = db.begin_write().map_err(StoreError::from)?;
-            txn.set_durability(Durability::Immediate);
-            let out = {
-                let mut w = RedbTx { txn: &txn };
-                f(&mut w)
-            };
-            match out {
-                Ok(v) => {
-                    let revision = {
-                        let mut meta = txn.open_table(META).map_err(StoreError::from)?;
-                        let next = meta
-                            .get("revision")
-                            .map_err(StoreError::from)?
-                            .map(|v| v.value())
-                            .unwrap_or(0)
-                            + 1;
-                        meta.insert("revision", next).map_err(StoreError::from)?;
-                        next
-                    };
-                    txn.commit().map_err(StoreError::from)?;
-                    Ok((v, revision))
-                }
-                Err(e) => {
-                    txn.abort().map_err(StoreError::from)?;
-                    Err(e)
-                }
-            }
-        }));
-        match out {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => {
-                if let Some(s) = e.store_error().filter(|s| s.is_damage()) {
-                    self.health.mark(s.to_string());
+        // See `writing`: held until a failure is dealt with.
+        let _writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
+        let (db, generation) = self.writable()?;
+        let ended = catch_unwind(AssertUnwindSafe(|| transact(&db, &mut f)));
+        match ended {
+            Ok(Ended::Committed(value, revision)) => Ok((value, revision)),
+            Ok(Ended::Refused(e)) => {
+                match e.store_error() {
+                    Some(s) if s.is_damage() => self.health.mark(s.to_string()),
+                    Some(s) if is_io(s) && self.owned => self.begin_outage(generation, s),
+                    _ => {}
                 }
                 Err(e)
+            }
+            Ok(Ended::CommitFailed {
+                value,
+                revision,
+                error,
+            }) => {
+                if error.is_damage() {
+                    self.health.mark(error.to_string());
+                    return Err(error.into());
+                }
+                if !is_io(&error) || !self.owned {
+                    return Err(error.into());
+                }
+                self.begin_outage(generation, &error);
+                // The write holds the retired database (`db`), so no reopen
+                // can happen before the view of the file answers.
+                match self.view_revision(generation) {
+                    Some(on_disk) if on_disk == revision => {
+                        tracing::warn!(
+                            revision,
+                            "a write failed as it committed ({error}) but reached the disk: answered as committed"
+                        );
+                        Ok((value, revision))
+                    }
+                    Some(on_disk) if on_disk < revision => {
+                        tracing::warn!(
+                            revision,
+                            "a write failed as it committed ({error}) and did not reach the disk: answered as not committed"
+                        );
+                        Err(error.into())
+                    }
+                    _ => {
+                        tracing::error!(
+                            revision,
+                            "a write failed as it committed ({error}) and the file cannot be read to tell whether it reached the disk: answered as possibly committed"
+                        );
+                        self.outages.note_unknown();
+                        Err(StoreError::OutcomeUnknown {
+                            reason: error.to_string(),
+                        }
+                        .into())
+                    }
+                }
             }
             Err(panic) => {
                 self.health.mark(format!(
@@ -487,28 +550,493 @@ impl RedbStore {
             }
         }
     }
+
+    /// The database writes go through, and its generation. During a write
+    /// outage the write first tries to end it, without waiting: a caller
+    /// holding a read view of its own (every management operation does)
+    /// keeps the retired database open, and then only the background retry
+    /// ([`RedbStore::recover`]) can end it, once that view is gone. Not
+    /// either after a write whose outcome is unknown: that one may have
+    /// moved the revision, which only [`super::Store::recover`] reads
+    /// afresh.
+    fn writable(&self) -> Result<(Arc<Database>, u64)> {
+        self.health.refusal()?;
+        if self.outages.current().is_some() && !self.outages.has_unknown() {
+            if let Ok(mut retired) = self.recovery.try_lock() {
+                if let Err(e) = self.recover_locked(&mut retired, Duration::ZERO) {
+                    tracing::debug!("a write could not end the write outage: {e}");
+                }
+            }
+        }
+        let serving = self.serving();
+        match &serving.db {
+            Some(db) if serving.writable => Ok((db.clone(), serving.generation)),
+            _ => Err(self.refusal()),
+        }
+    }
+
+    /// What a write answers during a write outage: nothing was written.
+    fn refusal(&self) -> StoreError {
+        if let Err(damaged) = self.health.refusal() {
+            return damaged;
+        }
+        StoreError::WriteOutage {
+            reason: self
+                .outages
+                .current()
+                .map(|o| o.reason)
+                .unwrap_or_else(|| "the data file is being opened again".into()),
+        }
+    }
+
+    /// Starts a write outage because a write on the database of
+    /// `generation` failed on I/O: that database is retired (redb will not
+    /// write again through it, nor read what it has not cached), and reads
+    /// are served from a view of the file as it is on disk. A failure on a
+    /// database already retired changes nothing.
+    fn begin_outage(&self, generation: u64, error: &StoreError) {
+        let mut retired = self.retired();
+        let old = {
+            let mut serving = self.serving_mut();
+            if !serving.writable || serving.generation != generation {
+                return;
+            }
+            serving.writable = false;
+            serving.db.take()
+        };
+        self.outages.begin(&self.describe(), error.to_string());
+        retired.extend(old);
+        if let Err(e) = self.serve_view() {
+            tracing::warn!(
+                "{} cannot be read while its writes fail ({e}): stored facts are unavailable (503) until it is open again",
+                self.describe()
+            );
+        }
+    }
+
+    /// Serves reads, while writes cannot commit, from a read-only view of
+    /// the file as it is on disk ([`Overlay`]: redb's repair stays in
+    /// memory), which is what a reopen, or a restart, will find. redb writes
+    /// nothing more through a database whose I/O failed, so the file does not
+    /// change under the view until a reopen, which first takes it away.
+    fn serve_view(&self) -> Result<()> {
+        let file = File::open(&self.path).map_err(|source| StoreError::File {
+            path: self.path.clone(),
+            source,
+        })?;
+        let len = file
+            .metadata()
+            .map_err(|source| StoreError::File {
+                path: self.path.clone(),
+                source,
+            })?
+            .len();
+        let view = Arc::new(open_overlay(file, len, &self.path)?);
+        let mut serving = self.serving_mut();
+        if serving.db.is_none() {
+            serving.db = Some(view);
+        }
+        Ok(())
+    }
+
+    /// The revision of the file as it is on disk, read through the view
+    /// serving the outage of `generation`; `None` when it cannot be read.
+    fn view_revision(&self, generation: u64) -> Option<u64> {
+        let view = {
+            let serving = self.serving();
+            if serving.writable || serving.generation != generation {
+                return None;
+            }
+            serving.db.clone()?
+        };
+        self.health.guard(|| stored_revision(&view)).ok()
+    }
+
+    /// Tries to end a write outage now; `Ok` at once when there is none, or
+    /// once writes commit again. The filesystem must have room (1 MiB on a
+    /// scratch file beside the data file); then reads are held off while
+    /// those of the retired database finish (up to two seconds), the store
+    /// drops it, opens the file again through the same checked path as
+    /// [`RedbStore::open`], and commits a probe write (the time, under
+    /// `meta`'s `write_probe`; the revision does not move). Until all of that
+    /// succeeds the outage goes on, and reads are served from the view of
+    /// the file again.
+    pub fn recover(&self) -> Result<()> {
+        let mut retired = self.retired();
+        self.recover_locked(&mut retired, DRAIN_WAIT)
+    }
+
+    fn recover_locked(&self, retired: &mut Vec<Arc<Database>>, wait: Duration) -> Result<()> {
+        self.health.refusal()?;
+        if self.outages.current().is_none() || self.serving().writable {
+            return Ok(());
+        }
+        // Whether anyone but the store holds the view or a retired database.
+        let in_use = |view: Option<&Arc<Database>>| {
+            retired
+                .iter()
+                .chain(view)
+                .any(|db| Arc::strong_count(db) > 1)
+        };
+        // Asked not to wait (by a write), do nothing while anyone reads: the
+        // background retry waits.
+        if wait.is_zero() && in_use(self.serving().db.as_ref()) {
+            return Err(StoreError::WriteOutage {
+                reason: "the retired database is still being read".into(),
+            });
+        }
+        if let Err(e) = room_to_write(&self.path) {
+            return Err(StoreError::WriteOutage {
+                reason: format!("no room to write on the filesystem yet ({e})"),
+            });
+        }
+        // New reads are refused (503) from here, so that the view and the
+        // retired database can drain.
+        let view = self.serving_mut().db.take();
+        let deadline = Instant::now() + wait;
+        while in_use(view.as_ref()) {
+            if Instant::now() >= deadline {
+                let mut serving = self.serving_mut();
+                if serving.db.is_none() {
+                    serving.db = view;
+                }
+                return Err(StoreError::WriteOutage {
+                    reason: format!("reads of the retired database did not finish within {wait:?}"),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // The store closes them itself, now that nothing else holds them.
+        drop(view);
+        retired.clear();
+        match self.reopen() {
+            Ok(db) => {
+                {
+                    let mut serving = self.serving_mut();
+                    serving.db = Some(Arc::new(db));
+                    serving.writable = true;
+                    serving.generation += 1;
+                }
+                self.outages.end(&self.describe());
+                Ok(())
+            }
+            Err(e) => {
+                let damaged = self.health.refusal().is_err();
+                if !damaged && !matches!(e, StoreError::Locked(_)) {
+                    if let Err(view) = self.serve_view() {
+                        tracing::debug!("cannot serve reads from the data file: {view}");
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Opens the file again as [`RedbStore::open`] does (locked, checked
+    /// unless stamped, its format read) and commits a probe write. Between
+    /// failed tries, the file stays locked (`held`). A file found damaged
+    /// marks the store damaged.
+    fn reopen(&self) -> Result<Database> {
+        let held = self
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let file = match held {
+            Some(file) => file,
+            None => lock_file(&self.path)?,
+        };
+        // A second handle on the same open file: redb unlocks the file when
+        // the database it opened closes, and this takes the lock back for the
+        // next try.
+        let keep = file.try_clone();
+        // A panic inside redb (a page of garbage the check missed) is damage,
+        // as it is when a read meets one.
+        let opened = catch_unwind(AssertUnwindSafe(|| {
+            match Self::open_locked(file, &self.path)? {
+                (Opened::Damaged { file, reason }, _) => Ok(Err((file, reason))),
+                (Opened::Database(db), _) => {
+                    check_format(&db, &self.path)?;
+                    probe(&db)?;
+                    Ok(Ok(db))
+                }
+            }
+        }));
+        let error = match opened {
+            Ok(Ok(Ok(db))) => return Ok(db),
+            Ok(Ok(Err((file, reason)))) => {
+                self.health.mark(reason);
+                *self.held.lock().unwrap_or_else(PoisonError::into_inner) = Some(file);
+                return Err(self.health.error());
+            }
+            Ok(Err(e)) => e,
+            Err(panic) => {
+                self.health.mark(format!(
+                    "redb panicked while opening it again ({})",
+                    check::panic_message(panic.as_ref())
+                ));
+                self.health.error()
+            }
+        };
+        if let Ok(keep) = keep {
+            if lock(&keep, &self.path).is_ok() {
+                *self.held.lock().unwrap_or_else(PoisonError::into_inner) = Some(keep);
+            }
+        }
+        Err(error)
+    }
 }
 
 impl Drop for RedbStore {
     fn drop(&mut self) {
+        let serving = self
+            .serving
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        let db = serving.db.take();
+        let writable = serving.writable;
+        let retired = std::mem::take(
+            self.recovery
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
         if self.health.damage.get().is_some() {
-            if let Some(db) = self.db.take() {
-                // redb rewrites the file's header when it closes. A file
-                // known to be damaged is not written, not even that: the
-                // database is let go without closing (the process's exit
-                // releases the file and its lock).
-                std::mem::forget(db);
-            }
+            // redb rewrites the file's header when it closes. A file known to
+            // be damaged is not written, not even that: the databases are
+            // let go without closing (the process's exit releases the file
+            // and its lock).
+            std::mem::forget(db);
+            std::mem::forget(retired);
             return;
         }
-        if self.stamp_on_close {
-            // redb closes the file (writing its header) as it drops; then
-            // the closed file is checked, and stamped when sound.
-            if let Some(db) = self.db.take() {
-                drop(db);
-                check::check_and_stamp(&self.path);
-            }
+        // Databases retired by a write outage write nothing as they close
+        // (redb refuses after an I/O failure), nor does the view.
+        drop(retired);
+        drop(db);
+        // A file closed in a write outage was not closed cleanly: it is not
+        // stamped, and the next start checks it in full.
+        if self.owned && writable {
+            // redb closed the file (writing its header) as the database
+            // dropped; the closed file is checked, and stamped when sound.
+            check::check_and_stamp(&self.path);
         }
+    }
+}
+
+/// Opens (or creates) the data file and takes its lock, without waiting.
+fn lock_file(path: &Path) -> Result<File> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|source| StoreError::File {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    lock(&file, path)?;
+    Ok(file)
+}
+
+/// Opens a copy-on-write view of `file` (`len` bytes) with redb: nothing
+/// redb writes reaches the file. A panic inside redb (a page of garbage) is
+/// an error, not a crash.
+fn open_overlay(file: File, len: u64, path: &Path) -> Result<Database> {
+    catch_unwind(AssertUnwindSafe(|| {
+        Database::builder().create_with_backend(Overlay::new(file, len))
+    }))
+    .map_err(|panic| StoreError::Damaged {
+        path: path.to_path_buf(),
+        reason: format!(
+            "redb panicked while opening it ({})",
+            check::panic_message(panic.as_ref())
+        ),
+    })?
+    .map_err(|source| StoreError::Open {
+        path: path.to_path_buf(),
+        source: Box::new(source),
+    })
+}
+
+/// The revision `db` last committed.
+fn stored_revision(db: &Database) -> Result<u64> {
+    let read = db.begin_read()?;
+    let meta = read.open_table(META)?;
+    Ok(meta.get("revision")?.map(|v| v.value()).unwrap_or(0))
+}
+
+/// Reads the format version of `db` (the file at `path`) with a read
+/// transaction first, so that a newer file is refused before anything is
+/// written to it; a fresh file gets the current version and every table.
+fn check_format(db: &Database, path: &Path) -> Result<()> {
+    let read = db.begin_read()?;
+    let found = match read.open_table(META) {
+        Ok(meta) => meta.get("format")?.map(|v| v.value()),
+        Err(redb::TableError::TableDoesNotExist(_)) => None,
+        Err(e) => {
+            return Err(StoreError::Foreign {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })
+        }
+    };
+    drop(read);
+    match found {
+        Some(v) if v > FORMAT_VERSION => Err(StoreError::NewerFormat {
+            path: path.to_path_buf(),
+            found: v,
+            supported: FORMAT_VERSION,
+        }),
+        Some(v) if v == FORMAT_VERSION => Ok(()),
+        Some(v) => {
+            // Format 1 and 2: add what they lack (the keys table, the
+            // email index) and raise the version, all in one transaction.
+            let mut txn = db.begin_write()?;
+            txn.set_durability(Durability::Immediate);
+            create_tables(&txn)?;
+            if v < 3 {
+                index_emails(&txn)?;
+            }
+            {
+                let mut meta = txn.open_table(META)?;
+                meta.insert("format", FORMAT_VERSION)?;
+            }
+            txn.commit()?;
+            Ok(())
+        }
+        None => {
+            let mut txn = db.begin_write()?;
+            txn.set_durability(Durability::Immediate);
+            {
+                let mut meta = txn.open_table(META)?;
+                meta.insert("format", FORMAT_VERSION)?;
+            }
+            create_tables(&txn)?;
+            txn.commit()?;
+            Ok(())
+        }
+    }
+}
+
+/// How one write transaction ended.
+enum Ended<T, E> {
+    /// Committed: `f`'s value and the revision.
+    Committed(T, u64),
+    /// Not committed: `f` refused, or the transaction failed before its
+    /// commit began.
+    Refused(E),
+    /// The commit failed: the write, `f`'s `value` at `revision`, may or
+    /// may not be on disk.
+    CommitFailed {
+        value: T,
+        revision: u64,
+        error: StoreError,
+    },
+}
+
+/// Runs `f` in one write transaction of `db` that also raises the
+/// revision, and commits it durably when `f` succeeds.
+fn transact<T, E: WriteError>(
+    db: &Database,
+    f: &mut impl FnMut(&mut dyn Tx) -> Result<T, E>,
+) -> Ended<T, E> {
+    let mut txn = match db.begin_write() {
+        Ok(txn) => txn,
+        Err(e) => return Ended::Refused(StoreError::from(e).into()),
+    };
+    txn.set_durability(Durability::Immediate);
+    let out = {
+        let mut w = RedbTx { txn: &txn };
+        f(&mut w)
+    };
+    let value = match out {
+        Ok(value) => value,
+        Err(e) => {
+            // After an I/O failure redb must not be asked to roll back (it
+            // asserts that no commit failed); dropping the transaction lets
+            // it choose.
+            if e.store_error().is_some_and(is_io) {
+                drop(txn);
+            } else if let Err(abort) = txn.abort() {
+                return Ended::Refused(StoreError::from(abort).into());
+            }
+            return Ended::Refused(e);
+        }
+    };
+    let revision = match next_revision(&txn) {
+        Ok(revision) => revision,
+        Err(e) => return Ended::Refused(e.into()),
+    };
+    match txn.commit() {
+        Ok(()) => Ended::Committed(value, revision),
+        Err(e) => Ended::CommitFailed {
+            value,
+            revision,
+            error: e.into(),
+        },
+    }
+}
+
+/// Raises the revision in `meta` inside `txn`; the new revision.
+fn next_revision(txn: &WriteTransaction) -> Result<u64> {
+    let mut meta = txn.open_table(META)?;
+    let next = meta.get("revision")?.map(|v| v.value()).unwrap_or(0) + 1;
+    meta.insert("revision", next)?;
+    Ok(next)
+}
+
+/// Commits one write that changes no record: the time of the probe under
+/// `meta`'s `write_probe`, which is not the revision (the store's revision
+/// does not move).
+fn probe(db: &Database) -> Result<()> {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut txn = db.begin_write()?;
+    txn.set_durability(Durability::Immediate);
+    {
+        let mut meta = txn.open_table(META)?;
+        meta.insert("write_probe", now)?;
+    }
+    txn.commit()?;
+    Ok(())
+}
+
+/// Whether this error is redb's I/O failure (this call's, or an earlier
+/// one's that redb remembers): a write outage, not damage.
+fn is_io(e: &StoreError) -> bool {
+    matches!(e, StoreError::Db(e) if matches!(**e, redb::Error::Io(_) | redb::Error::PreviousIo))
+}
+
+/// Whether the data file's filesystem takes writes again: [`ROOM_BYTES`]
+/// of fresh random bytes (which no filesystem can compress away) written
+/// and synced to a scratch file beside the data file, then removed. Only a
+/// full filesystem or quota counts against it: a folder the daemon may not
+/// create files in says nothing about the data file, and the reopen tries.
+fn room_to_write(path: &Path) -> std::io::Result<()> {
+    use rand::RngCore;
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".space-check");
+    let scratch = path.with_file_name(name);
+    let written = (|| {
+        let mut bytes = vec![0u8; ROOM_BYTES];
+        rand::rng().fill_bytes(&mut bytes);
+        let mut file = File::create(&scratch)?;
+        file.write_all(&bytes)?;
+        file.sync_all()
+    })();
+    let _ = std::fs::remove_file(&scratch);
+    match written {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+            ) =>
+        {
+            Err(e)
+        }
+        _ => Ok(()),
     }
 }
 
@@ -578,6 +1106,10 @@ pub struct RedbView {
     /// The store's health: every read is guarded by it (see
     /// [`Health::guard`]).
     health: Arc<Health>,
+    /// The database the view reads, held so that the store can tell when
+    /// no view reads a database it retired, and close it itself. Last, so
+    /// that it is let go after the transaction.
+    _db: Arc<Database>,
 }
 
 impl Reads for RedbView {

@@ -9,6 +9,7 @@ mod console;
 mod crash;
 mod decisions;
 mod entity_decoder;
+mod full_disk;
 mod hardening_directory;
 mod hardening_reload;
 mod hardening_store;

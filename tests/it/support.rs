@@ -356,6 +356,26 @@ pub fn free_port() -> u16 {
 /// Runs `cedard serve` with `args` (plus `--listen` on a free port) from
 /// `cwd`, and waits until it answers `/healthz`.
 pub async fn spawn_binary(cwd: &Path, args: &[&str]) -> Binary {
+    let stderr = if std::env::var_os("CEDARD_TEST_DAEMON_LOG").is_some() {
+        Stdio::inherit()
+    } else {
+        Stdio::null()
+    };
+    start_binary(cwd, args, "warn", stderr).await
+}
+
+/// [`spawn_binary`] with the daemon's log (at `info`) appended to `log`,
+/// for a test that reads what the daemon said.
+pub async fn spawn_binary_logging(cwd: &Path, args: &[&str], log: &Path) -> Binary {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("open the daemon's log");
+    start_binary(cwd, args, "info", Stdio::from(file)).await
+}
+
+async fn start_binary(cwd: &Path, args: &[&str], level: &str, stderr: Stdio) -> Binary {
     let port = free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let child = Command::new(env!("CARGO_BIN_EXE_cedard"))
@@ -364,14 +384,10 @@ pub async fn spawn_binary(cwd: &Path, args: &[&str]) -> Binary {
         .arg("--listen")
         .arg(addr.to_string())
         .current_dir(cwd)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", level)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(if std::env::var_os("CEDARD_TEST_DAEMON_LOG").is_some() {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        })
+        .stderr(stderr)
         .spawn()
         .expect("spawn cedard");
     let bin = Binary { child, addr };
