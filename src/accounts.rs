@@ -25,13 +25,14 @@ use sha2::{Digest, Sha256};
 use crate::audit::WriteEvent;
 use crate::authz::{InputError, Reason};
 use crate::clock::Clock;
+use crate::code::Code;
 use crate::keys::{self, KeyRing, NewKey, Scope};
 use crate::model::ADMIN_ROLE;
 use crate::pdp::{Caller, Pdp, PdpError};
 use crate::policy::PolicySnapshot;
 use crate::store::{
-    normalize_email, Account, ApiKey, GoneReason, Invite, InviteState, Membership, ReadView,
-    StoreError, User, Writer,
+    normalize_email, Account, ApiKey, Failure, Fault, GoneReason, Invite, InviteState, Membership,
+    ReadView, Refusal, User, WriteError, Writer,
 };
 
 /// How long an invite stays valid when the request does not say.
@@ -56,10 +57,12 @@ pub enum AccountsError {
         reasons: Vec<Reason>,
     },
     /// The store refused the operation under one of its rules (taken id,
-    /// last admin, a dead invite link, …) or failed; `StoreError::is_fault`
-    /// tells which.
+    /// last admin, a dead invite link, …).
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Refused(#[from] Refusal),
+    /// The store failed (a 503; see [`Fault`]).
+    #[error(transparent)]
+    Fault(#[from] Fault),
     /// cedard cannot decide now: the schema does not describe the account
     /// model, or the store failed while deciding (a 503).
     #[error("{0}")]
@@ -72,41 +75,38 @@ impl From<PdpError> for AccountsError {
             PdpError::Input(e) => AccountsError::Input(e),
             PdpError::Denied { message, reasons } => AccountsError::Denied { message, reasons },
             PdpError::Unavailable(m) => AccountsError::Unavailable(m),
-            PdpError::Store(e) => AccountsError::Store(e),
+            PdpError::Store(e) => AccountsError::Fault(e),
         }
     }
 }
 
-impl crate::store::WriteError for AccountsError {
-    fn store_error(&self) -> Option<&StoreError> {
+impl From<WriteError> for AccountsError {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::Fault(f) => AccountsError::Fault(f),
+            WriteError::Refused(r) => AccountsError::Refused(r),
+        }
+    }
+}
+
+impl Failure for AccountsError {
+    fn fault(&self) -> Option<&Fault> {
         match self {
-            AccountsError::Store(e) => Some(e),
+            AccountsError::Fault(f) => Some(f),
             _ => None,
         }
     }
 }
 
 impl AccountsError {
-    /// A short name for the outcome, as the audit log and metrics record it.
-    pub fn code(&self) -> &'static str {
+    /// What went wrong, as the caller, the audit log and the metrics say it.
+    pub fn code(&self) -> Code {
         match self {
-            AccountsError::Input(_) => "invalid_request",
-            AccountsError::Denied { .. } => "forbidden",
-            AccountsError::Store(StoreError::OutcomeUnknown { .. }) => "outcome_unknown",
-            AccountsError::Store(e) if e.is_fault() => "unavailable",
-            AccountsError::Store(StoreError::InviteGone(_)) => "gone",
-            AccountsError::Store(StoreError::EmailMismatch | StoreError::EmailUnverified) => {
-                "forbidden"
-            }
-            AccountsError::Store(
-                StoreError::NoUser(_)
-                | StoreError::NoAccount(_)
-                | StoreError::NotMember { .. }
-                | StoreError::NoInvite { .. }
-                | StoreError::NoKey(_),
-            ) => "not_found",
-            AccountsError::Store(_) => "conflict",
-            AccountsError::Unavailable(_) => "unavailable",
+            AccountsError::Input(e) => e.code(),
+            AccountsError::Denied { .. } => Code::Forbidden,
+            AccountsError::Refused(r) => r.code(),
+            AccountsError::Fault(f) => f.code(),
+            AccountsError::Unavailable(_) => Code::Unavailable,
         }
     }
 }
@@ -303,16 +303,17 @@ impl Accounts {
             });
         let outcome = match &out {
             Ok(_) => "ok",
-            Err(e) => e.code(),
+            Err(e) => e.code().as_str(),
         };
         if let Err(e) = &out {
             // A damaged file, or a write outage, was logged once, when it
             // was found; each refused operation is not logged again.
             let known = matches!(
                 e,
-                AccountsError::Store(StoreError::Damaged { .. } | StoreError::WriteOutage { .. })
+                AccountsError::Fault(Fault::Damaged { .. } | Fault::WriteOutage { .. })
             );
-            if outcome == "unavailable" && !known {
+            let fault = matches!(e, AccountsError::Fault(_) | AccountsError::Unavailable(_));
+            if fault && !known {
                 tracing::error!(operation = op.operation, "management operation failed: {e}");
             }
         }
@@ -421,7 +422,7 @@ impl Accounts {
             ctx.authorize(actor, "useAccount", id, None)?;
             ctx.view
                 .account(id)?
-                .ok_or_else(|| StoreError::NoAccount(id.to_owned()).into())
+                .ok_or_else(|| Refusal::NoAccount(id.to_owned()).into())
         })
     }
 
@@ -727,7 +728,7 @@ impl Accounts {
             ctx.write_with("acceptInvite", |w| {
                 let invite = w.live_invite(&sha, now)?;
                 if !ctx.roles()?.contains(&invite.role) {
-                    return Err(StoreError::InviteGone(GoneReason::RoleNotInSchema).into());
+                    return Err(Refusal::InviteGone(GoneReason::RoleNotInSchema).into());
                 }
                 let context = json!({"role": invite.role});
                 match ctx.authorize_in_write(
@@ -739,7 +740,7 @@ impl Accounts {
                 ) {
                     Ok(()) => {}
                     Err(AccountsError::Denied { .. }) => {
-                        return Err(StoreError::InviteGone(GoneReason::CreatorCannotGrant).into())
+                        return Err(Refusal::InviteGone(GoneReason::CreatorCannotGrant).into())
                     }
                     Err(e) => return Err(e),
                 }
@@ -748,7 +749,7 @@ impl Accounts {
         });
         let event = match &out {
             Ok(_) => "accepted",
-            Err(AccountsError::Store(StoreError::InviteGone(GoneReason::Expired))) => "expired",
+            Err(AccountsError::Refused(Refusal::InviteGone(GoneReason::Expired))) => "expired",
             Err(_) => "refused",
         };
         metrics::counter!("cedard_invites_total", "event" => event).increment(1);
@@ -758,7 +759,7 @@ impl Accounts {
     /// What the invite behind `token` is for, without accepting it: the
     /// invite and its account. The token is the authority, as for accept;
     /// an unknown, expired, revoked or used token is the same
-    /// [`StoreError::InviteGone`] accept answers.
+    /// [`Refusal::InviteGone`] accept answers.
     pub fn invite_for_token(&self, token: &str) -> Result<(Invite, Account), AccountsError> {
         let sha = sha256_hex(token);
         let now = self.clock.now_secs();
@@ -766,13 +767,13 @@ impl Accounts {
         let invite = match view.invite_by_token(&sha)? {
             Some(i) if i.is_pending(now) && i.token_sha256 == sha => i,
             Some(i) if matches!(i.state, InviteState::Pending) && now >= i.expires_at => {
-                return Err(StoreError::InviteGone(GoneReason::Expired).into())
+                return Err(Refusal::InviteGone(GoneReason::Expired).into())
             }
-            _ => return Err(StoreError::InviteGone(GoneReason::Unknown).into()),
+            _ => return Err(Refusal::InviteGone(GoneReason::Unknown).into()),
         };
         let account = view
             .account(&invite.account)?
-            .ok_or_else(|| StoreError::InviteGone(GoneReason::Unknown))?;
+            .ok_or(Refusal::InviteGone(GoneReason::Unknown))?;
         Ok((invite, account))
     }
 
@@ -817,6 +818,13 @@ impl Accounts {
         let key = self.run(op, |ctx| ctx.write("revokeKey", |w| w.revoke_key(id, now)))?;
         self.refresh_keys()?;
         Ok(key)
+    }
+
+    /// A read of the directory for an admin (the console's Directory page
+    /// and its choices of ids): not a decision, so not asked of the
+    /// policies; only an admin session reaches it.
+    pub fn directory(&self) -> Result<ReadView, AccountsError> {
+        Ok(self.pdp.store().read()?)
     }
 
     /// Every key, revoked ones included, without secrets.
@@ -991,7 +999,7 @@ impl Ctx<'_> {
     fn write<T>(
         &self,
         operation: &'static str,
-        mut f: impl FnMut(&mut Writer<'_>) -> Result<T, StoreError>,
+        mut f: impl FnMut(&mut Writer<'_>) -> Result<T, WriteError>,
     ) -> Result<T, AccountsError> {
         self.write_with(operation, |w| Ok(f(w)?))
     }
@@ -1012,9 +1020,10 @@ impl Ctx<'_> {
             .map(|(v, _)| v);
         let outcome = match &out {
             Ok(_) => "ok",
-            Err(AccountsError::Store(e)) if e.is_fault() => "fault",
-            Err(AccountsError::Unavailable(_)) => "fault",
-            Err(_) => "refused",
+            Err(AccountsError::Fault(_) | AccountsError::Unavailable(_)) => "fault",
+            Err(
+                AccountsError::Input(_) | AccountsError::Denied { .. } | AccountsError::Refused(_),
+            ) => "refused",
         };
         metrics::counter!("cedard_store_writes_total", "operation" => operation, "outcome" => outcome)
             .increment(1);

@@ -15,6 +15,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+use crate::code::Code;
 use crate::policy::memo::Assembled;
 use crate::policy::{decode, describe, PolicySnapshot};
 
@@ -35,6 +36,11 @@ impl InputError {
             field: field.into(),
             message: message.into(),
         }
+    }
+
+    /// What went wrong, in the one vocabulary: always bad input.
+    pub fn code(&self) -> Code {
+        Code::InvalidRequest
     }
 
     /// The same error, nested under a parent field (`requests[3]`).

@@ -26,7 +26,7 @@ use crate::model::{
 };
 use crate::policy::memo::Assembled;
 use crate::policy::{describe, PolicySnapshot};
-use crate::store::{Changed, ReadView, Reads, Store, StoreError};
+use crate::store::{Changed, Fault, ReadView, Reads, Store};
 
 /// Why the store's entities could not be contributed.
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +36,7 @@ pub enum EntityError {
     Input(#[from] InputError),
     /// The store failed (a 503).
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(#[from] Fault),
     /// The loaded schema does not describe the stored facts (a 503 until the
     /// schema is fixed).
     #[error(transparent)]
@@ -275,7 +275,7 @@ impl<'a> Facts<'a> {
     }
 
     /// One read transaction for the whole request, opened on first use.
-    fn view(&self) -> Result<&dyn Reads, StoreError> {
+    fn view(&self) -> Result<&dyn Reads, Fault> {
         if let Some(reads) = self.through {
             return Ok(reads);
         }
@@ -291,7 +291,7 @@ impl<'a> Facts<'a> {
     /// that no stored fact is answered from memory or from a view that may
     /// be behind. A check made through a write transaction reads the
     /// database itself.
-    fn current(&self) -> Result<(), StoreError> {
+    fn current(&self) -> Result<(), Fault> {
         match self.through {
             Some(_) => Ok(()),
             None => self.store.current(),
@@ -312,7 +312,7 @@ impl<'a> Facts<'a> {
         )
     }
 
-    fn stored(&self, uid: &EntityUid) -> Result<bool, StoreError> {
+    fn stored(&self, uid: &EntityUid) -> Result<bool, Fault> {
         let ty = uid.type_name();
         let id = uid.id().unescaped();
         if ty == &TYPES.user || ty == &TYPES.account {

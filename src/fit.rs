@@ -40,7 +40,7 @@ pub fn check(store: &Store, snapshot: &PolicySnapshot, now: i64) -> Result<(), V
         column: None,
         message,
     };
-    let fault = |e: crate::store::StoreError| {
+    let fault = |e: crate::store::Fault| {
         vec![error(format!(
             "cannot check the stored data against the new schema: {e}"
         ))]

@@ -10,6 +10,7 @@ pub mod audit;
 pub mod authz;
 pub mod cli;
 pub mod clock;
+pub mod code;
 pub mod config;
 pub mod facts;
 pub mod fit;

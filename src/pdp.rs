@@ -26,11 +26,12 @@ use serde_json::Value;
 
 use crate::audit::{DecisionEvent, DecisionLog};
 use crate::authz::{self, Decision, InputError, Reason};
+use crate::code::Code;
 use crate::facts::{EntityError, EntityMemo, Facts, Inline};
 use crate::model::{self, RoleCatalog};
 use crate::policy::watch::LivePolicies;
 use crate::policy::{PolicySnapshot, Revision};
-use crate::store::{Reads, Store, StoreError};
+use crate::store::{AtLeastError, Fault, Reads, Store};
 
 /// Who asks, for the record (the caller's key and request, and the route),
 /// and how fresh the stored facts of the answer must be.
@@ -127,7 +128,19 @@ pub enum PdpError {
     /// The store failed, or cannot be confirmed current (a 503): cedard
     /// cannot know the answer.
     #[error(transparent)]
-    Store(StoreError),
+    Store(Fault),
+}
+
+impl PdpError {
+    /// What went wrong, in the one vocabulary.
+    pub fn code(&self) -> Code {
+        match self {
+            PdpError::Input(e) => e.code(),
+            PdpError::Denied { .. } => Code::Forbidden,
+            PdpError::Unavailable(_) => Code::Unavailable,
+            PdpError::Store(f) => f.code(),
+        }
+    }
 }
 
 impl From<EntityError> for PdpError {
@@ -319,10 +332,10 @@ impl Pdp {
             Consistency::MinimizeLatency => {}
             Consistency::AtLeast(wanted) => {
                 self.store.at_least(wanted).map_err(|e| match e {
-                    StoreError::UnknownRevision { .. } => {
+                    AtLeastError::UnknownRevision { .. } => {
                         PdpError::Input(InputError::new("consistency.at_least", e.to_string()))
                     }
-                    e => PdpError::Store(e),
+                    AtLeastError::Fault(f) => PdpError::Store(f),
                 })?;
             }
             Consistency::Full => {
@@ -920,13 +933,7 @@ fn count(
 
 /// Counts a call that got no decision.
 fn failed(caller: &Caller, e: &PdpError) {
-    let kind = match e {
-        PdpError::Input(_) => "invalid_request",
-        PdpError::Denied { .. } => "forbidden",
-        PdpError::Unavailable(_) => "unavailable",
-        PdpError::Store(_) => "store_unavailable",
-    };
-    metrics::counter!("cedard_decision_failures_total", "endpoint" => caller.endpoint, "reason" => kind)
+    metrics::counter!("cedard_decision_failures_total", "endpoint" => caller.endpoint, "reason" => e.code().as_str())
         .increment(1);
 }
 

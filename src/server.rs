@@ -16,14 +16,14 @@ use crate::accounts::Accounts;
 use crate::audit::{DecisionLog, LogConfig};
 use crate::clock::Clock;
 use crate::config::{LogOnly, Options};
-use crate::http::guard::AllowedHosts;
+use crate::http::state::AllowedHosts;
 use crate::http::{self, AppState, HttpLimits};
 use crate::keys::KeyRing;
 use crate::pdp::{self, Pdp};
 use crate::policy::watch::{self, LivePolicies};
 use crate::policy::{PolicyError, Sources};
 use crate::serve::{self, ServeOptions};
-use crate::store::{Store, StoreError};
+use crate::store::{Fault, OpenError, Store};
 
 /// Everything the daemon needs to know to start.
 #[derive(Debug, Clone)]
@@ -65,7 +65,10 @@ pub enum Error {
     Watch(#[from] notify::Error),
     /// The data file cannot be opened (in use, newer format, unreadable).
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(#[from] OpenError),
+    /// The store failed while starting (reading the caller keys).
+    #[error(transparent)]
+    Fault(#[from] Fault),
     /// The configuration is unsafe or inconsistent; the message says how to
     /// fix it.
     #[error("{0}")]

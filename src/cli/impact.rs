@@ -13,7 +13,7 @@ use super::{print_errors, print_out};
 use crate::config::PolicyArgs;
 use crate::impact;
 use crate::policy::{self, LoadError, PolicySnapshot, Sources};
-use crate::store::{Store, StoreError};
+use crate::store::{OpenError, Store};
 
 /// Options of `cedard impact`.
 #[derive(Debug, Args)]
@@ -92,7 +92,7 @@ pub fn run(args: &ImpactArgs) -> ExitCode {
         None => None,
         Some(path) => match Store::open_read_only(path) {
             Ok(s) => Some(s),
-            Err(e @ StoreError::Locked(_)) => {
+            Err(e @ OpenError::Locked(_)) => {
                 return cannot(format!(
                     "{e}: a running daemon holds it; stop it, work on a copy taken while it is stopped, or use the console's Impact page, which replays against the running daemon's store"
                 ))

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use crate::clock::Clock;
 use crate::keys::{self, Scope};
-use crate::store::{ApiKey, Store, StoreError};
+use crate::store::{ApiKey, Fault, OpenError, Store, WriteError};
 
 /// The `keys` subcommands.
 #[derive(Debug, Subcommand)]
@@ -72,7 +72,11 @@ enum Failure {
     #[error("{0}")]
     Input(String),
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Open(#[from] OpenError),
+    #[error(transparent)]
+    Fault(#[from] Fault),
+    #[error(transparent)]
+    Write(#[from] WriteError),
     #[error("{0}")]
     Remote(String),
 }
@@ -98,12 +102,12 @@ pub fn run(command: KeysCommand) -> ExitCode {
 
 fn open(target: &Target) -> Result<Store, Failure> {
     Store::open(&target.data).map_err(|e| match e {
-        StoreError::Locked(path) => Failure::Input(format!(
+        OpenError::Locked(path) => Failure::Input(format!(
             "the data file `{}` is in use by a running cedard; manage keys through it: \
              `cedard keys … --url http://<its address>` with an admin key in CEDARD_KEY",
             path.display()
         )),
-        other => Failure::Store(other),
+        other => Failure::Open(other),
     })
 }
 

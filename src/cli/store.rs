@@ -16,7 +16,8 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 
 use crate::store::{
-    self, pg, Account, ApiKey, CheckReport, Invite, Membership, Store, StoreError, User,
+    self, pg, Account, ApiKey, CheckReport, Fault, Invite, Membership, OpenError, Store, User,
+    WriteError,
 };
 
 /// The `cedard store` subcommands.
@@ -101,7 +102,7 @@ struct Everything {
 }
 
 impl Everything {
-    fn read(store: &Store) -> Result<Self, StoreError> {
+    fn read(store: &Store) -> Result<Self, Fault> {
         let view = store.read()?;
         let mut users = Vec::new();
         view.each_user(&mut |u, _| users.push(u))?;
@@ -136,10 +137,28 @@ impl Everything {
     }
 }
 
+/// Why a copy did not happen (or does not match).
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    /// The source or the target cannot be opened.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+    /// Reading failed.
+    #[error(transparent)]
+    Fault(#[from] Fault),
+    /// The write into the target failed.
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    /// The target holds cedard data already, or does not hold what was
+    /// copied.
+    #[error("{0}")]
+    Refused(String),
+}
+
 /// Copies the redb directory at `args.from` into the PostgreSQL database at
 /// `args.to`, refusing a target that already holds cedard data, and checks
 /// that the target then holds exactly what the source does.
-pub fn copy(args: &CopyArgs) -> Result<Counts, StoreError> {
+pub fn copy(args: &CopyArgs) -> Result<Counts, CopyError> {
     let source = Store::open(&args.from)?;
     // One transaction copies everything: give it far longer than an API
     // write.
@@ -150,7 +169,7 @@ pub fn copy(args: &CopyArgs) -> Result<Counts, StoreError> {
     let target = Store::connect(&args.to, &options)?;
     let found = Everything::read(&target)?.counts();
     if found != Counts::default() {
-        return Err(StoreError::Unavailable(format!(
+        return Err(CopyError::Refused(format!(
             "the target already holds cedard data ({found:?}); copy into an empty database"
         )));
     }
@@ -176,7 +195,7 @@ pub fn copy(args: &CopyArgs) -> Result<Counts, StoreError> {
     let copied = Everything::read(&target)?.counts();
     let expected = all.counts();
     if copied != expected {
-        return Err(StoreError::Unavailable(format!(
+        return Err(CopyError::Refused(format!(
             "the copy does not match: the source holds {expected:?}, the target {copied:?}"
         )));
     }
@@ -214,18 +233,18 @@ fn check(args: &CheckArgs) -> ExitCode {
                 ExitCode::from(DAMAGED)
             }
         },
-        Err(StoreError::Locked(_)) => {
+        Err(OpenError::Locked(_)) => {
             eprintln!(
                 "error: {path} is in use by a running cedard, which checked it when it started \
                  (its log and /readyz say whether it is damaged); stop it to check the file here"
             );
             ExitCode::from(NOT_CHECKED)
         }
-        Err(StoreError::Open { source, .. }) => {
+        Err(OpenError::Engine { message, .. }) => {
             // redb cannot even read the header: a damaged file, or not a
             // data file at all. Either way it is not a sound one.
             eprintln!(
-                "error: {path} is damaged, or not a cedard data file: redb cannot open it: {source}"
+                "error: {path} is damaged, or not a cedard data file: redb cannot open it: {message}"
             );
             ExitCode::from(DAMAGED)
         }

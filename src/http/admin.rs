@@ -17,6 +17,7 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{bad, Body, CallerInfo};
 use super::state::AppState;
 use crate::clock::rfc3339 as ts;
+use crate::code::Code;
 use crate::keys::{self, Scope};
 use crate::policy::watch::ReloadStatus;
 use crate::policy::{LoadError, PolicyMeta, Revision};
@@ -171,7 +172,7 @@ async fn matrix(State(state): State<AppState>) -> Result<Json<Value>, ApiError> 
     let computed = tokio::task::spawn_blocking(move || {
         let roles = state.pdp.roles(&snapshot)?;
         let matrix = crate::matrix::compute(&snapshot, &roles)
-            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+            .map_err(|e| ApiError::new(Code::Unavailable, e.to_string()))?;
         Ok::<_, ApiError>((matrix, snapshot.revision.clone()))
     })
     .await??;
@@ -284,8 +285,9 @@ async fn revoke_key(
     security(("bearer" = ["admin"])))]
 async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let Some(handle) = state.metrics.as_ref() else {
-        return Err(ApiError::NotFound(
-            "metrics are served on `--metrics-listen`".into(),
+        return Err(ApiError::new(
+            Code::NotFound,
+            "metrics are served on `--metrics-listen`",
         ));
     };
     Ok((

@@ -29,6 +29,7 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{CallerInfo, ConsistencyBody};
 use super::state::AppState;
 use crate::authz::{Decision, InputError};
+use crate::code::Code;
 use crate::facts::Inline;
 use crate::pdp::{ActionRef, Item, Query, Search, Slot, Until};
 
@@ -229,7 +230,7 @@ pub struct Configuration {
 
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body)
-        .map_err(|e| ApiError::BadJson(format!("invalid request body: {e}")))
+        .map_err(|e| ApiError::bad_json(format!("invalid request body: {e}")))
 }
 
 /// An entity reference for the pipeline.
@@ -456,8 +457,9 @@ fn evaluate_one(state: &AppState, caller: &CallerInfo, body: &[u8]) -> Result<Re
     match evaluated.outcomes.pop() {
         Some(Ok(d)) => Ok(Json(shaped(&d, explain, &evaluated.revision)).into_response()),
         Some(Err(e)) => Err(asked.error(e).into()),
-        None => Err(ApiError::Internal(
-            "the pipeline answered no decision for one question".into(),
+        None => Err(ApiError::new(
+            Code::Internal,
+            "the pipeline answered no decision for one question",
         )),
     }
 }
@@ -523,8 +525,8 @@ async fn evaluations(
                     Ok(Json(shaped(&d, options.explain, &evaluated.revision)).into_response())
                 }
                 Some(Err(e)) => Err(asked.error(e).into()),
-                None => Err(ApiError::Internal(
-                    "the pipeline answered no decision for one question".into(),
+                None => Err(ApiError::new(Code::Internal,
+                    "the pipeline answered no decision for one question",
                 )),
             };
         };

@@ -16,6 +16,7 @@ use super::error::{ApiError, ErrorBody};
 use super::extract::{CallerInfo, ConsistencyBody};
 use super::state::AppState;
 use crate::authz::{Decision, InputError};
+use crate::code::Code;
 use crate::facts::Inline;
 use crate::pdp::{ActionRef, Query};
 use crate::policy::Revision;
@@ -119,7 +120,7 @@ pub struct BatchResponse {
 
 fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body)
-        .map_err(|e| ApiError::BadJson(format!("invalid request body: {e}")))
+        .map_err(|e| ApiError::bad_json(format!("invalid request body: {e}")))
 }
 
 /// Runs `f` on the async worker for small bodies and off it for large ones:
@@ -176,7 +177,10 @@ async fn is_authorized(
         caller.consistency = body.consistency.map(Into::into).unwrap_or_default();
         let mut checked = state.pdp.check(&caller, &[query], inline, false)?;
         let decision = checked.decisions.pop().ok_or_else(|| {
-            ApiError::Internal("the pipeline answered no decision for one question".into())
+            ApiError::new(
+                Code::Internal,
+                "the pipeline answered no decision for one question",
+            )
         })?;
         Ok(Json(CheckResponse {
             decision,

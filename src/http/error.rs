@@ -1,5 +1,8 @@
-//! The one error shape `{"error": {"code", "message"}}` and the status each
-//! error of the layers below maps to, in one place.
+//! The one error shape `{"error": {"code", "message"}}`, and the one map
+//! from the code vocabulary ([`Code`]) to HTTP statuses ([`status`]). Each
+//! error of the layers below says its own code, in an exhaustive match of
+//! its own; an [`ApiError`] carries that code, so no mapping here can let a
+//! new kind of error fall into another's status.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -10,64 +13,109 @@ use utoipa::ToSchema;
 
 use crate::accounts::AccountsError;
 use crate::authz::{InputError, Reason};
+use crate::code::Code;
 use crate::pdp::PdpError;
-use crate::store::StoreError;
+use crate::store::{Fault, Refusal, WriteError};
 
-/// Every error a handler can answer with. Each maps to one status code.
+/// The HTTP status of each code.
+pub fn status(code: Code) -> StatusCode {
+    match code {
+        Code::InvalidRequest | Code::MalformedJson | Code::InvalidHost => StatusCode::BAD_REQUEST,
+        Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Code::Forbidden => StatusCode::FORBIDDEN,
+        Code::NotFound => StatusCode::NOT_FOUND,
+        Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        Code::Conflict => StatusCode::CONFLICT,
+        Code::Gone => StatusCode::GONE,
+        Code::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        Code::Unavailable
+        | Code::StoreUnavailable
+        | Code::StoreOutcomeUnknown
+        | Code::Overloaded
+        | Code::Timeout => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// What a caller is told instead of the message, for the codes whose
+/// message is an internal detail (logged, not sent).
+fn public_message(code: Code) -> Option<&'static str> {
+    match code {
+        Code::Unavailable => {
+            Some("cedard cannot answer now; no decision was made (see the daemon's log)")
+        }
+        Code::StoreUnavailable => Some(
+            "cedard cannot reach its store or confirm it is current; no decision was made and nothing was written (see the daemon's log)",
+        ),
+        Code::StoreOutcomeUnknown => Some(
+            "the write failed as it was committing and may have been committed; read the state before retrying",
+        ),
+        Code::Internal => Some("internal error"),
+        Code::InvalidRequest
+        | Code::MalformedJson
+        | Code::InvalidHost
+        | Code::Unauthenticated
+        | Code::Forbidden
+        | Code::NotFound
+        | Code::MethodNotAllowed
+        | Code::Conflict
+        | Code::Gone
+        | Code::TooLarge
+        | Code::UnsupportedMediaType
+        | Code::Overloaded
+        | Code::Timeout => None,
+    }
+}
+
+/// Every error a handler answers with: its code, and what to say.
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    /// Malformed or invalid input: 400.
-    #[error("{0}")]
-    BadRequest(#[from] InputError),
-    /// The body is not the JSON expected: 400.
-    #[error("{0}")]
-    BadJson(String),
-    /// No such route or resource: 404.
-    #[error("{0}")]
-    NotFound(String),
-    /// No valid caller key, or no `X-Actor`: 401.
-    #[error("{message}")]
-    Unauthorized {
-        /// What is missing.
-        message: String,
-        /// Whether a bearer key is what is missing (then the answer carries
-        /// `WWW-Authenticate: Bearer`).
-        bearer: bool,
-    },
-    /// Denied: 403, with the reasons of the decision when one was made.
-    #[error("{message}")]
-    Forbidden {
-        /// What was denied.
-        message: String,
-        /// The policies that determined the denial (empty when no policy
-        /// permitted it).
-        reasons: Vec<Reason>,
-    },
-    /// The request conflicts with the stored state: 409.
-    #[error("{0}")]
-    Conflict(String),
-    /// An invite link that no longer works: 410.
-    #[error("{0}")]
-    Gone(String),
-    /// A write whose body is not `application/json`: 415.
-    #[error("{0}")]
-    UnsupportedMediaType(String),
-    /// cedard cannot answer now (the schema cannot describe the stored
-    /// facts, a worker failed): 503. The detail is logged.
-    #[error("{0}")]
-    Unavailable(String),
-    /// The store failed or cannot be confirmed current: 503
-    /// `store_unavailable`. No decision was made and nothing was written.
-    /// The detail is logged.
-    #[error("{0}")]
-    StoreUnavailable(String),
-    /// A write lost its connection while committing and whether it
-    /// committed cannot be told: 503 `store_outcome_unknown`.
-    #[error("{0}")]
-    OutcomeUnknown(String),
-    /// A fault inside cedard: 500. The detail is logged, not sent.
-    #[error("{0}")]
-    Internal(String),
+#[error("{message}")]
+pub struct ApiError {
+    /// What went wrong.
+    pub code: Code,
+    /// For people: names the offending field, header or file. For the codes
+    /// that carry an internal detail, logged and replaced by a public text.
+    pub message: String,
+    /// For a denial: the deciding policies (empty when no policy permitted
+    /// it, or no policy was asked).
+    pub reasons: Vec<Reason>,
+    /// A missing or wrong bearer key: the answer carries
+    /// `WWW-Authenticate: Bearer`.
+    pub challenge: bool,
+}
+
+impl ApiError {
+    /// An error of `code` saying `message`.
+    pub fn new(code: Code, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            reasons: Vec::new(),
+            challenge: false,
+        }
+    }
+
+    /// A denial with the policies that decided it.
+    pub fn denied(message: impl Into<String>, reasons: Vec<Reason>) -> Self {
+        Self {
+            reasons,
+            ..Self::new(Code::Forbidden, message)
+        }
+    }
+
+    /// A missing or wrong bearer key: 401 with `WWW-Authenticate`.
+    pub fn no_key(message: impl Into<String>) -> Self {
+        Self {
+            challenge: true,
+            ..Self::new(Code::Unauthenticated, message)
+        }
+    }
+
+    /// The body is not the JSON expected.
+    pub fn bad_json(message: impl Into<String>) -> Self {
+        Self::new(Code::MalformedJson, message)
+    }
 }
 
 /// The error body, as the OpenAPI document describes it.
@@ -82,60 +130,62 @@ pub struct ErrorBody {
 pub struct ErrorDetail {
     /// A stable code: `invalid_request`, `malformed_json`, `unauthenticated`,
     /// `forbidden`, `not_found`, `conflict`, `gone`, `too_large`,
-    /// `unsupported_media_type`, `unavailable` (for a write: not committed),
-    /// `store_outcome_unknown` (a write that may have been committed),
-    /// `overloaded`, `internal`, …
+    /// `unsupported_media_type`, `store_unavailable` (for a write: not
+    /// committed), `store_outcome_unknown` (a write that may have been
+    /// committed), `overloaded`, `timeout`, `unavailable`, `internal`, …
     pub code: String,
     /// For people; names the offending field, header or file.
     pub message: String,
-    /// For a policy denial: the deciding policies.
+    /// For a denial: the deciding policies.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reasons: Option<Vec<Reason>>,
 }
 
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        use StoreError as S;
-        if let S::OutcomeUnknown { .. } = e {
-            return ApiError::OutcomeUnknown(e.to_string());
-        }
-        if e.is_fault() {
-            return ApiError::StoreUnavailable(e.to_string());
-        }
-        match e {
-            S::NoUser(_)
-            | S::NoAccount(_)
-            | S::NotMember { .. }
-            | S::NoInvite { .. }
-            | S::NoKey(_) => ApiError::NotFound(e.to_string()),
-            S::InviteGone(_) => ApiError::Gone(e.to_string()),
-            S::EmailMismatch | S::EmailUnverified => ApiError::Forbidden {
-                message: e.to_string(),
-                reasons: Vec::new(),
-            },
-            _ => ApiError::Conflict(e.to_string()),
-        }
+impl From<InputError> for ApiError {
+    fn from(e: InputError) -> Self {
+        Self::new(e.code(), e.to_string())
+    }
+}
+
+impl From<Fault> for ApiError {
+    fn from(e: Fault) -> Self {
+        Self::new(e.code(), e.to_string())
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(e: Refusal) -> Self {
+        Self::new(e.code(), e.to_string())
+    }
+}
+
+impl From<WriteError> for ApiError {
+    fn from(e: WriteError) -> Self {
+        Self::new(e.code(), e.to_string())
     }
 }
 
 impl From<PdpError> for ApiError {
     fn from(e: PdpError) -> Self {
+        let code = e.code();
         match e {
-            PdpError::Input(e) => ApiError::BadRequest(e),
-            PdpError::Denied { message, reasons } => ApiError::Forbidden { message, reasons },
-            PdpError::Unavailable(m) => ApiError::Unavailable(m),
-            PdpError::Store(e) => e.into(),
+            PdpError::Denied { message, reasons } => Self::denied(message, reasons),
+            PdpError::Input(_) | PdpError::Unavailable(_) | PdpError::Store(_) => {
+                Self::new(code, e.to_string())
+            }
         }
     }
 }
 
 impl From<AccountsError> for ApiError {
     fn from(e: AccountsError) -> Self {
+        let code = e.code();
         match e {
-            AccountsError::Input(e) => ApiError::BadRequest(e),
-            AccountsError::Denied { message, reasons } => ApiError::Forbidden { message, reasons },
-            AccountsError::Store(e) => e.into(),
-            AccountsError::Unavailable(m) => ApiError::Unavailable(m),
+            AccountsError::Denied { message, reasons } => Self::denied(message, reasons),
+            AccountsError::Input(_)
+            | AccountsError::Refused(_)
+            | AccountsError::Fault(_)
+            | AccountsError::Unavailable(_) => Self::new(code, e.to_string()),
         }
     }
 }
@@ -144,76 +194,43 @@ impl From<tokio::task::JoinError> for ApiError {
     fn from(e: tokio::task::JoinError) -> Self {
         // A worker that panicked (a fault, never a decision) is a 503 like
         // any other fault; the detail goes to the log.
-        ApiError::Unavailable(format!("a worker task failed: {e}"))
+        Self::new(Code::Unavailable, format!("a worker task failed: {e}"))
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, code) = match &self {
-            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
-            ApiError::BadJson(_) => (StatusCode::BAD_REQUEST, "malformed_json"),
-            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            ApiError::Unauthorized { bearer, message } => {
-                let mut r = error_response(StatusCode::UNAUTHORIZED, "unauthenticated", message);
-                if *bearer {
-                    r.headers_mut().insert(
-                        header::WWW_AUTHENTICATE,
-                        HeaderValue::from_static("Bearer realm=\"cedard\""),
-                    );
+        let message = match public_message(self.code) {
+            Some(public) => {
+                if self.code == Code::Internal || self.code == Code::StoreOutcomeUnknown {
+                    tracing::error!("answering {}: {}", self.code, self.message);
+                } else {
+                    tracing::warn!("answering {}: {}", self.code, self.message);
                 }
-                return r;
+                public.to_owned()
             }
-            ApiError::Forbidden { message, reasons } => {
-                return (
-                    StatusCode::FORBIDDEN,
-                    Json(json!({"error": {
-                        "code": "forbidden",
-                        "message": message,
-                        "reasons": reasons,
-                    }})),
-                )
-                    .into_response();
-            }
-            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
-            ApiError::Gone(_) => (StatusCode::GONE, "gone"),
-            ApiError::UnsupportedMediaType(_) => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
-            }
-            ApiError::Unavailable(m) => {
-                tracing::warn!("answering 503: {m}");
-                return error_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable",
-                    "cedard cannot answer now; no decision was made (see the daemon's log)",
-                );
-            }
-            ApiError::StoreUnavailable(m) => {
-                tracing::warn!("answering 503 store_unavailable: {m}");
-                return error_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "store_unavailable",
-                    "cedard cannot reach its store or confirm it is current; no decision was made and nothing was written (see the daemon's log)",
-                );
-            }
-            ApiError::OutcomeUnknown(m) => {
-                tracing::error!("answering 503 store_outcome_unknown: {m}");
-                return error_response(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "store_outcome_unknown",
-                    "the write failed as it was committing and may have been committed; read the state before retrying",
-                );
-            }
-            ApiError::Internal(detail) => {
-                tracing::error!("internal error: {detail}");
-                return error_response(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "internal error",
-                );
-            }
+            None => self.message,
         };
-        error_response(status, code, &self.to_string())
+        let mut response = if self.code == Code::Forbidden {
+            (
+                status(self.code),
+                Json(json!({"error": {
+                    "code": self.code.as_str(),
+                    "message": message,
+                    "reasons": self.reasons,
+                }})),
+            )
+                .into_response()
+        } else {
+            error_response(self.code, &message)
+        };
+        if self.challenge {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"cedard\""),
+            );
+        }
+        response
     }
 }
 
@@ -231,17 +248,16 @@ pub fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
     let message = text.lines().map(str::trim).collect::<Vec<_>>().join("; ");
     tracing::error!("a request handler panicked: {message}; answered 503");
     error_response(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "unavailable",
-        "cedard cannot answer now; no decision was made (see the daemon's log)",
+        Code::Unavailable,
+        public_message(Code::Unavailable).unwrap_or_default(),
     )
 }
 
-/// The one error body shape.
-pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
+/// The one error body shape, with the status of `code`.
+pub fn error_response(code: Code, message: &str) -> Response {
     (
-        status,
-        Json(json!({"error": {"code": code, "message": message}})),
+        status(code),
+        Json(json!({"error": {"code": code.as_str(), "message": message}})),
     )
         .into_response()
 }

@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use super::error::ApiError;
 use crate::authz::InputError;
+use crate::code::Code;
 use crate::keys::KeyInfo;
 use crate::pdp::Caller;
 
@@ -66,15 +67,17 @@ impl<S: Send + Sync> FromRequestParts<S> for Actor {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let required = || ApiError::Unauthorized {
-            message: "the `X-Actor` header naming the acting user is required".into(),
-            bearer: false,
+        let required = || {
+            ApiError::new(
+                Code::Unauthenticated,
+                "the `X-Actor` header naming the acting user is required",
+            )
         };
         let Some(value) = parts.headers.get("x-actor") else {
             return Err(required());
         };
         let Ok(text) = value.to_str() else {
-            return Err(ApiError::BadRequest(InputError::new(
+            return Err(ApiError::from(InputError::new(
                 "X-Actor",
                 "must be visible ASCII text",
             )));
@@ -84,12 +87,10 @@ impl<S: Send + Sync> FromRequestParts<S> for Actor {
             return Err(required());
         }
         if actor.len() > MAX_ACTOR || crate::accounts::check_id("X-Actor", actor).is_err() {
-            return Err(ApiError::Forbidden {
-                message:
-                    "`X-Actor` does not name a user: ids are 1 to 128 letters, digits and `._@-`"
-                        .into(),
-                reasons: Vec::new(),
-            });
+            return Err(ApiError::denied(
+                "`X-Actor` does not name a user: ids are 1 to 128 letters, digits and `._@-`",
+                Vec::new(),
+            ));
         }
         Ok(Actor(actor.to_owned()))
     }
@@ -123,7 +124,7 @@ impl Body {
     /// different requests.
     pub fn parse(bytes: &[u8], allowed: &[&str]) -> Result<Self, ApiError> {
         let Strict(value) = serde_json::from_slice(bytes)
-            .map_err(|e| ApiError::BadJson(clip(&format!("invalid request body: {e}"))))?;
+            .map_err(|e| ApiError::bad_json(clip(&format!("invalid request body: {e}"))))?;
         let Value::Object(map) = value else {
             return Err(bad("body", "expected a JSON object"));
         };
@@ -210,7 +211,7 @@ impl Body {
 
 /// A 400 naming `field`.
 pub fn bad(field: &str, message: impl Into<String>) -> ApiError {
-    ApiError::BadRequest(InputError::new(field, message))
+    ApiError::from(InputError::new(field, message))
 }
 
 pub use crate::authz::clip;

@@ -16,7 +16,7 @@ use std::sync::LazyLock;
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use tower_http::request_id::{MakeRequestId, RequestId};
@@ -24,6 +24,7 @@ use tower_http::request_id::{MakeRequestId, RequestId};
 use super::error::{error_response, ApiError};
 use super::extract::CallerInfo;
 use super::state::AppState;
+use crate::code::Code;
 use crate::keys::Scope;
 
 /// What a group of routes requires of its caller.
@@ -50,8 +51,9 @@ pub async fn authenticate(
     if state.keys.is_unreadable() {
         // Fail closed: with the keys unknown, nobody is authenticated, and
         // nobody is served as if no key existed.
-        return ApiError::Unavailable(
-            "the caller keys cannot be read: the data file is damaged".into(),
+        return ApiError::new(
+            Code::Unavailable,
+            "the caller keys cannot be read: the data file is damaged",
         )
         .into_response();
     }
@@ -59,9 +61,9 @@ pub async fn authenticate(
         // A replica cut off from the shared database cannot tell whether a
         // key was revoked (or created) through another: nobody is
         // authenticated from what it remembers.
-        return ApiError::StoreUnavailable(
-            "the caller keys have not been confirmed with the store within the staleness bound"
-                .into(),
+        return ApiError::new(
+            Code::StoreUnavailable,
+            "the caller keys have not been confirmed with the store within the staleness bound",
         )
         .into_response();
     }
@@ -74,10 +76,7 @@ pub async fn authenticate(
         // reads `::ffff:127.0.0.1` on a dual-stack listener as loopback.
         let loopback = peer.is_some_and(|ip| ip.to_canonical().is_loopback());
         if !loopback && !state.limits.insecure_no_auth {
-            return ApiError::Unauthorized {
-                message: "no caller keys exist, so cedard answers only callers on loopback; create a key with `cedard keys create`".into(),
-                bearer: true,
-            }
+            return ApiError::no_key("no caller keys exist, so cedard answers only callers on loopback; create a key with `cedard keys create`")
             .into_response();
         }
         None
@@ -94,10 +93,9 @@ pub async fn authenticate(
             })
             .map(str::trim);
         let Some(presented) = presented else {
-            return ApiError::Unauthorized {
-                message: "a caller key is required: send `Authorization: Bearer <key>`".into(),
-                bearer: true,
-            }
+            return ApiError::no_key(
+                "a caller key is required: send `Authorization: Bearer <key>`",
+            )
             .into_response();
         };
         let info = match state.keys.verify(presented) {
@@ -105,23 +103,19 @@ pub async fn authenticate(
             Err(e) => {
                 metrics::counter!("cedard_auth_failures_total", "reason" => "invalid_key")
                     .increment(1);
-                return ApiError::Unauthorized {
-                    message: e.to_string(),
-                    bearer: true,
-                }
-                .into_response();
+                return ApiError::no_key(e.to_string()).into_response();
             }
         };
         if let Need::Scope(scope) = need {
             if !info.allows(scope) {
                 metrics::counter!("cedard_auth_failures_total", "reason" => "scope").increment(1);
-                return ApiError::Forbidden {
-                    message: format!(
+                return ApiError::denied(
+                    format!(
                         "the key `{}` lacks the `{scope}` scope this route needs",
                         info.id
                     ),
-                    reasons: Vec::new(),
-                }
+                    Vec::new(),
+                )
                 .into_response();
             }
         }
@@ -149,8 +143,7 @@ pub async fn screen(State(state): State<AppState>, request: Request, next: Next)
     if let Some(host) = host {
         if !state.limits.hosts.allows(host) {
             return error_response(
-                StatusCode::BAD_REQUEST,
-                "invalid_host",
+                Code::InvalidHost,
                 "the `Host` header names a host cedard does not serve; add it with `--allowed-host`",
             );
         }
@@ -163,8 +156,9 @@ pub async fn screen(State(state): State<AppState>, request: Request, next: Next)
     // protected by a session and a CSRF token instead (see `http::ui`).
     let console_form = request.uri().path().starts_with("/ui/") && is_form(&request);
     if writes && has_body(&request) && !is_json(&request) && !console_form {
-        return ApiError::UnsupportedMediaType(
-            "the body must be JSON: send `Content-Type: application/json`".into(),
+        return ApiError::new(
+            Code::UnsupportedMediaType,
+            "the body must be JSON: send `Content-Type: application/json`",
         )
         .into_response();
     }
@@ -205,45 +199,6 @@ fn is_form(request: &Request) -> bool {
             m.trim()
                 .eq_ignore_ascii_case("application/x-www-form-urlencoded")
         })
-}
-
-/// The hosts cedard answers to.
-#[derive(Debug, Clone, Default)]
-pub struct AllowedHosts {
-    /// Host names (no port) accepted besides IP literals and `localhost`.
-    pub names: Vec<String>,
-    /// `--allowed-host '*'`: any host (logged loudly at start).
-    pub any: bool,
-}
-
-impl AllowedHosts {
-    /// Whether `host` (a `Host` header: a name or IP, with an optional port)
-    /// is served. IP literals are always accepted: DNS rebinding needs a
-    /// name.
-    pub fn allows(&self, host: &str) -> bool {
-        if self.any {
-            return true;
-        }
-        // Compared without allocating: this runs on every request.
-        let name = strip_port(host).trim_end_matches('.');
-        if name.parse::<std::net::IpAddr>().is_ok() || name.eq_ignore_ascii_case("localhost") {
-            return true;
-        }
-        self.names.iter().any(|n| n.eq_ignore_ascii_case(name))
-    }
-}
-
-fn strip_port(host: &str) -> &str {
-    if let Some(rest) = host.strip_prefix('[') {
-        // `[::1]:8180`
-        return rest.split(']').next().unwrap_or(rest);
-    }
-    match host.rsplit_once(':') {
-        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) && !name.contains(':') => {
-            name
-        }
-        _ => host,
-    }
 }
 
 /// Request ids for requests that arrive without one: a random prefix chosen
@@ -308,20 +263,20 @@ pub async fn overloaded(error: tower::BoxError) -> Response {
     let (code, message) = if error.is::<tower::load_shed::error::Overloaded>() {
         metrics::counter!("cedard_overload_rejections_total").increment(1);
         (
-            "overloaded",
+            Code::Overloaded,
             "cedard is at its limit of concurrent requests; retry shortly",
         )
     } else if error.is::<tower::timeout::error::Elapsed>() {
         metrics::counter!("cedard_request_timeouts_total").increment(1);
         (
-            "timeout",
+            Code::Timeout,
             "the request took longer than cedard's time limit; no decision was made",
         )
     } else {
         tracing::error!("request failed in a middleware: {error}");
-        ("unavailable", "cedard cannot answer now")
+        (Code::Unavailable, "cedard cannot answer now")
     };
-    let mut response = error_response(StatusCode::SERVICE_UNAVAILABLE, code, message);
+    let mut response = error_response(code, message);
     response
         .headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

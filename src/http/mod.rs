@@ -47,6 +47,7 @@ pub use error::{error_response, ApiError};
 use guard::Need;
 pub use state::{AppState, HttpLimits};
 
+use crate::code::Code;
 use crate::keys::Scope;
 
 #[derive(OpenApi)]
@@ -163,7 +164,14 @@ pub fn openapi() -> OpenApiDoc {
 
 /// Builds the router.
 pub fn router(state: AppState) -> Router {
+    wired(state, Router::new())
+}
+
+/// The router with `extra` routes among the API's, under every layer the
+/// daemon serves with (a test's handler meets the real wiring).
+fn wired(state: AppState, extra: Router<AppState>) -> Router {
     let (router, mut doc) = routes(Some(&state)).split_for_parts();
+    let router = router.merge(extra);
     let (health, health_doc) = admin::health().split_for_parts();
     doc.merge(health_doc);
     let doc = Arc::new(with_common_responses(with_description_route(doc)));
@@ -192,7 +200,7 @@ pub fn router(state: AppState) -> Router {
         // The console: HTML pages with their own session check, outside
         // the JSON API and its description.
         .merge(ui::router())
-        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .fallback(|| async { ApiError::new(Code::NotFound, "no such endpoint") })
         .layer(DefaultBodyLimit::max(limits.max_body))
         .layer(capped)
         // The probes are outside the overload cap and the time limit: a
@@ -224,14 +232,13 @@ pub fn metrics_router(state: AppState) -> Router {
                             metrics::render(handle, &state),
                         )
                             .into_response(),
-                        None => {
-                            ApiError::NotFound("metrics are not recorded".into()).into_response()
-                        }
+                        None => ApiError::new(Code::NotFound, "metrics are not recorded")
+                            .into_response(),
                     }
                 },
             ),
         )
-        .fallback(|| async { ApiError::NotFound("only /metrics is served here".into()) })
+        .fallback(|| async { ApiError::new(Code::NotFound, "only /metrics is served here") })
         .with_state(state)
 }
 
@@ -344,14 +351,21 @@ async fn json_errors(response: Response, max_body: usize) -> Response {
     };
     let (code, message) = match status {
         StatusCode::METHOD_NOT_ALLOWED => (
-            "method_not_allowed",
+            Code::MethodNotAllowed,
             "this endpoint does not take that method",
         ),
-        StatusCode::PAYLOAD_TOO_LARGE => ("too_large", too_large.as_str()),
-        _ if !said.is_empty() => ("invalid_request", said.as_str()),
-        _ => ("error", status.canonical_reason().unwrap_or("error")),
+        StatusCode::PAYLOAD_TOO_LARGE => (Code::TooLarge, too_large.as_str()),
+        _ if status.is_client_error() && !said.is_empty() => (Code::InvalidRequest, said.as_str()),
+        _ if status.is_client_error() => (
+            Code::InvalidRequest,
+            status.canonical_reason().unwrap_or("bad request"),
+        ),
+        _ => (Code::Internal, "internal error"),
     };
-    let mut fixed = error_response(status, code, message);
+    // The status axum answered with is kept (it may be one the code
+    // vocabulary has no word of its own for); the body takes the one shape.
+    let mut fixed = error_response(code, message);
+    *fixed.status_mut() = status;
     // Keep headers such as `Allow` that tell the client what would work.
     for (name, value) in response.headers() {
         if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
@@ -369,28 +383,78 @@ mod tests {
 
     use super::*;
 
+    /// The daemon's state over the repository's pack and a data file in
+    /// `dir`, as `server::run` builds it.
+    fn state(dir: &std::path::Path) -> AppState {
+        let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+        let sources = crate::policy::Sources {
+            policies: root.join("policies"),
+            schema: root.join("schema"),
+            ..Default::default()
+        };
+        let live = crate::policy::watch::LivePolicies::start(sources, std::time::Duration::ZERO)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let store = Arc::new(
+            crate::store::Store::open(&dir.join("d.redb")).unwrap_or_else(|e| panic!("{e}")),
+        );
+        let pdp = Arc::new(crate::pdp::Pdp::new(
+            live,
+            store,
+            crate::audit::DecisionLog::disabled(),
+            crate::pdp::Limits::default(),
+        ));
+        let keys = Arc::new(crate::keys::KeyRing::default());
+        let accounts = Arc::new(crate::accounts::Accounts::new(
+            pdp.clone(),
+            keys.clone(),
+            crate::clock::Clock::system(),
+            "http://127.0.0.1",
+        ));
+        AppState {
+            pdp,
+            accounts,
+            keys,
+            limits: Arc::new(HttpLimits::default()),
+            metrics: None,
+            console: Arc::new(ui::session::Console::new(false, None)),
+        }
+    }
+
+    /// A handler that panics, under the daemon's real layers: a 503 in the
+    /// one error shape, with the request's id, the panic's message kept out.
     #[tokio::test]
     async fn a_handler_that_panics_is_answered_503_in_the_error_shape() {
-        let app: Router = Router::new()
-            .route(
-                "/boom",
-                get(|| async {
-                    if true {
-                        panic!("a page of garbage");
-                    }
-                    "unreachable"
-                }),
-            )
-            .layer(CatchPanicLayer::custom(error::panicked));
-        let response = app
-            .oneshot(Request::get("/boom").body(Body::empty()).expect("request"))
-            .await
-            .expect("an answer");
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let boom = Router::new().route(
+            "/v1/boom",
+            get(|| async {
+                if true {
+                    panic!("a page of garbage");
+                }
+                "unreachable"
+            }),
+        );
+        let app = wired(state(dir.path()), boom);
+        let request = Request::get("/v1/boom")
+            .header("host", "127.0.0.1")
+            .extension(axum::extract::ConnectInfo(std::net::SocketAddr::from((
+                [127, 0, 0, 1],
+                1,
+            ))))
+            .body(Body::empty())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let response = app.oneshot(request).await.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            response.headers().contains_key("x-request-id"),
+            "{:?}",
+            response.headers()
+        );
         let bytes = axum::body::to_bytes(response.into_body(), 4096)
             .await
-            .expect("body");
-        let body: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+            .unwrap_or_else(|e| panic!("{e}"));
+        let body: serde_json::Value =
+            serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(body["error"]["code"], "unavailable", "{body}");
         assert!(
             !body.to_string().contains("garbage"),

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 
-use super::guard::AllowedHosts;
 use crate::accounts::Accounts;
 use crate::keys::KeyRing;
 use crate::pdp::Pdp;
@@ -60,5 +59,44 @@ pub struct AppState {
     /// Renders `/metrics`.
     pub metrics: Option<PrometheusHandle>,
     /// The web console's sessions and settings.
-    pub console: Arc<super::ui::Console>,
+    pub console: Arc<super::ui::session::Console>,
+}
+
+/// The hosts cedard answers to.
+#[derive(Debug, Clone, Default)]
+pub struct AllowedHosts {
+    /// Host names (no port) accepted besides IP literals and `localhost`.
+    pub names: Vec<String>,
+    /// `--allowed-host '*'`: any host (logged loudly at start).
+    pub any: bool,
+}
+
+impl AllowedHosts {
+    /// Whether `host` (a `Host` header: a name or IP, with an optional port)
+    /// is served. IP literals are always accepted: DNS rebinding needs a
+    /// name.
+    pub fn allows(&self, host: &str) -> bool {
+        if self.any {
+            return true;
+        }
+        // Compared without allocating: this runs on every request.
+        let name = strip_port(host).trim_end_matches('.');
+        if name.parse::<std::net::IpAddr>().is_ok() || name.eq_ignore_ascii_case("localhost") {
+            return true;
+        }
+        self.names.iter().any(|n| n.eq_ignore_ascii_case(name))
+    }
+}
+
+fn strip_port(host: &str) -> &str {
+    if let Some(rest) = host.strip_prefix('[') {
+        // `[::1]:8180`
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) && !name.contains(':') => {
+            name
+        }
+        _ => host,
+    }
 }

@@ -28,11 +28,11 @@ use redb::{
 use sha2::{Digest, Sha256};
 
 use super::overlay::Overlay;
-use super::redb::{
+use super::tables::{
     ACCOUNTS, ACCOUNT_INVITES, EMAILS, FORMAT_VERSION, INVITES, INVITE_TOKENS, KEYS, MEMBERS, META,
     USERS, USER_ACCOUNTS,
 };
-use super::{decode, Account, ApiKey, Invite, Membership, StoreError, User};
+use super::{decode, Account, ApiKey, Invite, Membership, OpenError, User};
 
 /// redb's read cache while checking: the check reads each page about three
 /// times in a row, so a small cache costs little and bounds the memory a
@@ -71,10 +71,10 @@ pub struct RecordCounts {
 /// Checks the data file at `path` without writing to it: redb's integrity
 /// check on a copy-on-write view of the file, then every record read and
 /// decoded. The file is opened read-only and locked as a daemon locks it,
-/// so a file a running cedard holds is [`StoreError::Locked`]; a missing
-/// file is [`StoreError::File`].
-pub fn check_file(path: &Path) -> Result<CheckReport, StoreError> {
-    let file = File::open(path).map_err(|source| StoreError::File {
+/// so a file a running cedard holds is [`OpenError::Locked`]; a missing
+/// file is [`OpenError::File`].
+pub fn check_file(path: &Path) -> Result<CheckReport, OpenError> {
+    let file = File::open(path).map_err(|source| OpenError::File {
         path: path.to_path_buf(),
         source,
     })?;
@@ -83,12 +83,12 @@ pub fn check_file(path: &Path) -> Result<CheckReport, StoreError> {
 }
 
 /// Takes the lock redb takes (an exclusive `flock` on Unix), without
-/// waiting: a file another process holds is [`StoreError::Locked`].
-pub(super) fn lock(file: &File, path: &Path) -> Result<(), StoreError> {
+/// waiting: a file another process holds is [`OpenError::Locked`].
+pub(super) fn lock(file: &File, path: &Path) -> Result<(), OpenError> {
     match file.try_lock() {
         Ok(()) => Ok(()),
-        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked(path.to_path_buf())),
-        Err(std::fs::TryLockError::Error(source)) => Err(StoreError::File {
+        Err(std::fs::TryLockError::WouldBlock) => Err(OpenError::Locked(path.to_path_buf())),
+        Err(std::fs::TryLockError::Error(source)) => Err(OpenError::File {
             path: path.to_path_buf(),
             source,
         }),
@@ -98,9 +98,9 @@ pub(super) fn lock(file: &File, path: &Path) -> Result<(), StoreError> {
 /// Checks the open, locked data file `file` (found at `path`). A file redb
 /// cannot open for a reason other than damage (not a redb file, an older
 /// redb format) is an error, as it is when the daemon opens it.
-pub(super) fn check_locked(file: &File, path: &Path) -> Result<CheckReport, StoreError> {
+pub(super) fn check_locked(file: &File, path: &Path) -> Result<CheckReport, OpenError> {
     let started = Instant::now();
-    let io_error = |source: io::Error| StoreError::File {
+    let io_error = |source: io::Error| OpenError::File {
         path: path.to_path_buf(),
         source,
     };
@@ -121,9 +121,9 @@ pub(super) fn check_locked(file: &File, path: &Path) -> Result<CheckReport, Stor
         Ok(Ok(())) => None,
         Ok(Err(Inspect::Damage(message))) => Some(message),
         Ok(Err(Inspect::Open(source))) => {
-            return Err(StoreError::Open {
+            return Err(OpenError::Engine {
                 path: path.to_path_buf(),
-                source: Box::new(source),
+                message: source.to_string(),
             })
         }
         Err(panic) => Some(format!(

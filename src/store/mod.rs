@@ -9,17 +9,18 @@
 //! and checked inside the transaction, so both backends enforce exactly the
 //! same contract. Every committed write advances the store revision (a
 //! number kept by the backend, in the same transaction), which answers and
-//! caches are tagged with. Business refusals ([`StoreError`]'s rule
-//! variants) are told apart from faults ([`StoreError::is_fault`]): a fault
+//! caches are tagged with. Errors come one enum per operation (`error.rs`):
+//! a rule's refusal ([`Refusal`]) is told apart from a fault ([`Fault`]): a fault
 //! is a 503, never a refusal and never an allow. This module knows nothing
 //! about HTTP or Cedar; the role names it is handed are opaque strings.
 //!
 //! A damaged redb file is never written: it is checked before redb opens it
 //! (`check.rs`), and damage found then or later puts the store in a damaged
-//! state that refuses every read and write ([`StoreError::Damaged`],
+//! state that refuses every read and write ([`Fault::Damaged`],
 //! [`Store::damage`]).
 
 mod check;
+mod error;
 mod outage;
 mod overlay;
 pub mod pg;
@@ -27,10 +28,11 @@ mod pg_tls;
 mod recorded;
 mod records;
 pub mod redb;
+mod tables;
 mod writer;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -38,11 +40,12 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-pub use self::redb::FORMAT_VERSION;
 pub use check::{check_file, CheckReport, RecordCounts};
+pub use error::{AtLeastError, Failure, Fault, GoneReason, OpenError, Refusal, WriteError};
 pub use outage::WriteOutage;
 pub use recorded::Changed;
 pub use records::{Account, AccountKind, ApiKey, Invite, InviteState, Membership, User};
+pub use tables::FORMAT_VERSION;
 pub use writer::Writer;
 
 /// An email as stored and compared: trimmed and lowercase.
@@ -50,275 +53,23 @@ pub fn normalize_email(email: &str) -> String {
     email.trim().to_lowercase()
 }
 
-/// Everything the store can answer besides success: faults of the file, and
-/// the rules it enforces inside a transaction.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// The data file's folder cannot be created.
-    #[error("cannot create the folder `{path}`: {source}")]
-    CreateDir {
-        /// The folder.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-    /// The data file cannot be opened or read as a file.
-    #[error("cannot open the data file `{path}`: {source}")]
-    File {
-        /// The file.
-        path: PathBuf,
-        /// The system's reason.
-        source: std::io::Error,
-    },
-    /// Another process (another cedard) holds the file.
-    #[error("the data file `{0}` is in use by another process (is another cedard running on it?)")]
-    Locked(PathBuf),
-    /// The file is damaged (found at open or later): nothing is read from
-    /// it or written to it.
-    #[error("the data file `{path}` is damaged ({reason}); writes are refused; run `cedard store check --data {path}`")]
-    Damaged {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong, as first found.
-        reason: String,
-    },
-    /// The file was written by a newer cedard.
-    #[error("the data file `{path}` was written by a newer cedard (data format {found}; this cedard reads format {supported}); refusing to open it")]
-    NewerFormat {
-        /// The file.
-        path: PathBuf,
-        /// Its format version.
-        found: u64,
-        /// The newest this build reads.
-        supported: u64,
-    },
-    /// The file is not a cedard data file.
-    #[error("the data file `{path}` is not a cedard data file: {message}")]
-    Foreign {
-        /// The file.
-        path: PathBuf,
-        /// What was found.
-        message: String,
-    },
-    /// redb could not open the file.
-    #[error("cannot open the data file `{path}`: {source}")]
-    Open {
-        /// The file.
-        path: PathBuf,
-        /// redb's reason.
-        source: Box<::redb::DatabaseError>,
-    },
-    /// A storage fault while reading or writing.
-    #[error("storage error: {0}")]
-    Db(Box<::redb::Error>),
-    /// A record that does not encode.
-    #[error("cannot encode a record for table `{table}`: {message}")]
-    Encode {
-        /// The table the record was meant for.
-        table: &'static str,
-        /// What serde said.
-        message: String,
-    },
-    /// A record that does not decode.
-    #[error("corrupt record in table `{table}`: {message}")]
-    Corrupt {
-        /// The table.
-        table: &'static str,
-        /// The decoder's message.
-        message: String,
-    },
-    /// Sign-up with an id that is taken.
-    #[error("the id `{0}` is taken")]
-    IdTaken(String),
-    /// Sign-up with an email another user has.
-    #[error("the email `{0}` belongs to another user")]
-    EmailTaken(String),
-    /// No such user.
-    #[error("no user `{0}`")]
-    NoUser(String),
-    /// No such account.
-    #[error("no account `{0}`")]
-    NoAccount(String),
-    /// No such caller key.
-    #[error("no key `{0}`")]
-    NoKey(String),
-    /// The user is not a member of the account.
-    #[error("`{user}` is not a member of account `{account}`")]
-    NotMember {
-        /// The account.
-        account: String,
-        /// The user.
-        user: String,
-    },
-    /// No such pending invite in the account.
-    #[error("no pending invite `{invite}` in account `{account}`")]
-    NoInvite {
-        /// The account.
-        account: String,
-        /// The invite id.
-        invite: String,
-    },
-    /// The user already belongs to the account.
-    #[error("`{user}` is already a member of account `{account}`")]
-    AlreadyMember {
-        /// The account.
-        account: String,
-        /// The user.
-        user: String,
-    },
-    /// The change would leave a team without an admin.
-    #[error(
-        "`{user}` is the last `{role}` of account `{account}`; make another member `{role}` first"
-    )]
-    LastAdmin {
-        /// The account.
-        account: String,
-        /// The user.
-        user: String,
-        /// The admin role's name.
-        role: String,
-    },
-    /// Invites need a team account.
-    #[error("account `{0}` is a personal account; invites need a team account (convert it first)")]
-    NotTeam(String),
-    /// Only a personal account can be converted.
-    #[error("account `{0}` is already a team account; only a personal account can be converted")]
-    NotPersonal(String),
-    /// The invite token is unknown, expired, revoked or used: one answer for
-    /// all, so that the answer gives no hint which.
-    #[error("this invite link is not valid: it may have expired, been revoked or been used")]
-    InviteGone(GoneReason),
-    /// The invite is bound to another email address.
-    #[error("this invite is for another email address")]
-    EmailMismatch,
-    /// The shared database cannot be reached or failed (a fault: 503).
-    #[error("{0}")]
-    Unavailable(String),
-    /// A consistency requirement this store cannot meet: a revision it has
-    /// never committed.
-    #[error("the store has not committed revision {wanted} (its newest is {newest})")]
-    UnknownRevision {
-        /// The revision asked for.
-        wanted: u64,
-        /// The newest the store has.
-        newest: u64,
-    },
-    /// The invite is bound to the user's email, which is not verified.
-    #[error("this invite is bound to an email address; it can be accepted only once that address is verified")]
-    EmailUnverified,
-    /// This replica has not confirmed the store revision with the shared
-    /// database for longer than its staleness bound: what it knows may be
-    /// out of date, and nothing is answered from it (a fault: 503).
-    #[error("the store revision has not been confirmed with the database for {age_ms} ms (the bound is {bound_ms} ms, `--store-max-staleness-ms`); no answer is made from what this replica remembers")]
-    Stale {
-        /// Milliseconds since the last confirmation.
-        age_ms: u64,
-        /// The bound.
-        bound_ms: u64,
-    },
-    /// Writes cannot commit now: an I/O failure (a full disk, say) stopped
-    /// them and the store has not recovered yet ([`Store::write_outage`]).
-    /// Nothing was written.
-    #[error("writes cannot be committed now ({reason}); nothing was written")]
-    WriteOutage {
-        /// What failed.
-        reason: String,
-    },
-    /// The write failed as it committed, and whether it reached the disk
-    /// cannot be told: it may have been committed. Read before retrying.
-    #[error("the write may have been committed ({reason}); read before retrying")]
-    OutcomeUnknown {
-        /// What failed.
-        reason: String,
-    },
-}
-
-impl StoreError {
-    /// Whether this is a fault of the storage (the file, I/O, a record that
-    /// does not decode) rather than a rule the store enforced: a fault is
-    /// never an answer about the request, so callers report it as the
-    /// store being unavailable.
-    pub fn is_fault(&self) -> bool {
-        matches!(
-            self,
-            StoreError::CreateDir { .. }
-                | StoreError::File { .. }
-                | StoreError::Locked(_)
-                | StoreError::Damaged { .. }
-                | StoreError::NewerFormat { .. }
-                | StoreError::Foreign { .. }
-                | StoreError::Open { .. }
-                | StoreError::Db(_)
-                | StoreError::Encode { .. }
-                | StoreError::Corrupt { .. }
-                | StoreError::Unavailable(_)
-                | StoreError::Stale { .. }
-                | StoreError::WriteOutage { .. }
-                | StoreError::OutcomeUnknown { .. }
-        )
-    }
-
-    /// Whether this error shows the data file itself is damaged: redb
-    /// reports corruption or a poisoned lock (left by a panic inside redb),
-    /// or a record does not decode. Such an error marks a redb store
-    /// damaged.
-    pub fn is_damage(&self) -> bool {
-        match self {
-            StoreError::Corrupt { .. } | StoreError::Damaged { .. } => true,
-            StoreError::Db(e) => matches!(
-                **e,
-                ::redb::Error::Corrupted(_) | ::redb::Error::LockPoisoned(_)
-            ),
-            _ => false,
-        }
-    }
-}
-
-/// The error a write's closure fails with: made from a store error, and
-/// saying whether it is one, so that damage met inside a write marks the
-/// store whatever error type carries it out.
-pub trait WriteError: From<StoreError> {
-    /// The store error inside, if this is one.
-    fn store_error(&self) -> Option<&StoreError>;
-}
-
-impl WriteError for StoreError {
-    fn store_error(&self) -> Option<&StoreError> {
-        Some(self)
-    }
-}
-
-/// Why an invite link no longer works: for metrics only. Every reason gets
-/// the same answer, so that a link's holder learns nothing from it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GoneReason {
-    /// No live invite has this token (never issued, replaced, used, revoked).
-    Unknown,
-    /// The invite expired.
-    Expired,
-    /// Its creator may no longer grant its role (removed, demoted, or the
-    /// policies changed).
-    CreatorCannotGrant,
-    /// Its role is not one of the live schema's roles.
-    RoleNotInSchema,
-}
-
-/// Shorthand for store results.
-pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+/// Shorthand for store results: a read or a primitive fails only with a
+/// fault.
+pub type Result<T, E = Fault> = std::result::Result<T, E>;
 
 /// Serialises a record. Plain structs of strings and integers do not fail to
 /// serialise, but if one ever did, the write fails whole rather than storing
 /// an empty record.
 fn encode<T: Serialize>(table: &'static str, value: &T) -> Result<Vec<u8>> {
-    serde_json::to_vec(value).map_err(|e| StoreError::Encode {
+    serde_json::to_vec(value).map_err(|e| Fault::Encode {
         table,
         message: e.to_string(),
     })
 }
 
 fn decode<T: DeserializeOwned>(table: &'static str, bytes: &[u8]) -> Result<T> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
-        table,
+    serde_json::from_slice(bytes).map_err(|e| Fault::Corrupt {
+        what: format!("record in table `{table}`"),
         message: e.to_string(),
     })
 }
@@ -475,19 +226,19 @@ impl Store {
     /// The file is checked before redb opens it. A damaged file is not
     /// refused: the store opens damaged ([`Store::damage`]) and refuses
     /// every read and write.
-    pub fn open(path: &Path) -> Result<Self> {
+    pub fn open(path: &Path) -> Result<Self, OpenError> {
         Self::redb(self::redb::RedbStore::open(path)?)
     }
 
     /// Opens the redb file at `path` for reading only
     /// ([`redb::RedbStore::open_read_only`]): nothing is ever written to it.
-    pub fn open_read_only(path: &Path) -> Result<Self> {
+    pub fn open_read_only(path: &Path) -> Result<Self, OpenError> {
         Self::redb(self::redb::RedbStore::open_read_only(path)?)
     }
 
     /// The facade over an open redb file, at the file's revision. A damaged
     /// file has no revision to read; nothing will be read from it.
-    fn redb(db: self::redb::RedbStore) -> Result<Self> {
+    fn redb(db: self::redb::RedbStore) -> Result<Self, OpenError> {
         let revision = match db.damage() {
             Some(_) => 0,
             None => db.revision()?,
@@ -505,7 +256,7 @@ impl Store {
 
     /// Connects to the PostgreSQL database at `url`, creating or checking
     /// cedard's tables (a newer schema is refused).
-    pub fn connect(url: &str, options: &pg::Options) -> Result<Self> {
+    pub fn connect(url: &str, options: &pg::Options) -> Result<Self, OpenError> {
         let db = pg::PgStore::connect(url, options)?;
         let revision = db.revision();
         Ok(Self::with(Backend::Postgres(Box::new(db)), revision))
@@ -545,7 +296,7 @@ impl Store {
     /// backend's revision once if it does not yet): a decision that must be
     /// at least that fresh. A revision the store never committed is an
     /// error, not a wait; so is a damaged data file (the damaged fault).
-    pub fn at_least(&self, wanted: u64) -> Result<u64> {
+    pub fn at_least(&self, wanted: u64) -> Result<u64, AtLeastError> {
         if let Backend::Redb(db) = &self.backend {
             db.sound()?;
         }
@@ -557,14 +308,14 @@ impl Store {
         if newest >= wanted {
             Ok(newest)
         } else {
-            Err(StoreError::UnknownRevision { wanted, newest })
+            Err(AtLeastError::UnknownRevision { wanted, newest })
         }
     }
 
     /// Refuses when what this process knows of the store may be older than
     /// its bound: a replica that has not confirmed the revision with the
     /// shared database for longer than `--store-max-staleness-ms`
-    /// ([`StoreError::Stale`]), or a damaged redb file. An embedded file is
+    /// ([`Fault::Stale`]), or a damaged redb file. An embedded file is
     /// always current otherwise (one process writes it).
     pub fn current(&self) -> Result<()> {
         match &self.backend {
@@ -618,7 +369,7 @@ impl Store {
     /// The write outage under way, if writes cannot commit now: an I/O
     /// failure (a full disk, say) stopped them, and the store has not
     /// recovered yet; writes are refused meanwhile
-    /// ([`StoreError::WriteOutage`]) and reads are answered from what is
+    /// ([`Fault::WriteOutage`]) and reads are answered from what is
     /// stored. Only the embedded backend has one (PostgreSQL: `None`).
     pub fn write_outage(&self) -> Option<WriteOutage> {
         match &self.backend {
@@ -675,14 +426,17 @@ impl Store {
     /// exactly one call of this. `f` may run more than once on PostgreSQL
     /// (a transaction that failed to serialize is retried), so it must not
     /// have effects outside the transaction.
-    pub fn write<T>(&self, f: impl FnMut(&mut Writer<'_>) -> Result<T>) -> Result<T> {
+    pub fn write<T>(
+        &self,
+        f: impl FnMut(&mut Writer<'_>) -> Result<T, WriteError>,
+    ) -> Result<T, WriteError> {
         self.write_with(f)
     }
 
     /// [`Store::write`] whose `f` may fail with its caller's own error type
     /// (a policy check made inside the transaction, say); store errors
     /// convert into it.
-    pub fn write_with<T, E: WriteError>(
+    pub fn write_with<T, E: Failure>(
         &self,
         f: impl FnMut(&mut Writer<'_>) -> Result<T, E>,
     ) -> Result<T, E> {
@@ -691,7 +445,7 @@ impl Store {
 
     /// [`Store::write_with`], also returning the revision the write
     /// committed.
-    pub fn write_revision<T, E: WriteError>(
+    pub fn write_revision<T, E: Failure>(
         &self,
         f: impl FnMut(&mut Writer<'_>) -> Result<T, E>,
     ) -> Result<(T, u64), E> {
@@ -701,7 +455,7 @@ impl Store {
     /// [`Store::write_revision`] that ends by `deadline` (with PostgreSQL,
     /// each wait and statement; when none is given, the backend's own write
     /// timeout): a write refused for time was not committed.
-    pub fn write_within<T, E: WriteError>(
+    pub fn write_within<T, E: Failure>(
         &self,
         deadline: Option<Instant>,
         mut f: impl FnMut(&mut Writer<'_>) -> Result<T, E>,

@@ -21,13 +21,13 @@
 //! the listener confirms the store revision with the database every poll
 //! ([`Contact`]), and once no confirmation is younger than
 //! `--store-max-staleness-ms` every read that a decision needs is refused
-//! ([`StoreError::Stale`], a 503), memo or not. A write is bounded by a
+//! ([`Fault::Stale`], a 503), memo or not. A write is bounded by a
 //! deadline (its caller's, or `write_timeout`): the wait for this replica's
 //! turn, for a pooled connection, and each statement (`lock_timeout`,
 //! `statement_timeout`) end by it, so a write refused for time was never
 //! committed. A connection lost during `COMMIT` is resolved with
 //! `txid_status` on a fresh connection; only when the database cannot be
-//! reached to ask is the outcome unknown ([`StoreError::OutcomeUnknown`]).
+//! reached to ask is the outcome unknown ([`Fault::OutcomeUnknown`]).
 //! A pooled connection is checked before use after any connection was seen
 //! to die (the pool's epoch), and a read that finds its connection dead is
 //! run once more on another.
@@ -51,7 +51,8 @@ use r2d2_postgres::PostgresConnectionManager;
 
 use super::pg_tls::{self, Connector};
 use super::{
-    decode, encode, Account, ApiKey, Invite, Membership, Reads, Result, StoreError, Tx, User, View,
+    decode, encode, Account, ApiKey, Failure, Fault, Invite, Membership, OpenError, Reads, Result,
+    Tx, User, View,
 };
 
 /// The schema version this build creates and reads.
@@ -75,7 +76,7 @@ pub struct Options {
     pub poll: Duration,
     /// The longest this replica answers from what it knows without having
     /// confirmed the store revision with the database: past it, reads for
-    /// decisions are refused ([`StoreError::Stale`]). At least twice `poll`.
+    /// decisions are refused ([`Fault::Stale`]). At least twice `poll`.
     pub max_staleness: Duration,
     /// How long a write may take when its caller gives no deadline.
     pub write_timeout: Duration,
@@ -267,8 +268,8 @@ impl Drop for PgStore {
 }
 
 /// A database fault: connection, I/O, a statement that failed.
-fn fault(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(format!("PostgreSQL: {e}"))
+fn fault(e: impl std::fmt::Display) -> Fault {
+    Fault::Unavailable(format!("PostgreSQL: {e}"))
 }
 
 /// Whether `e` shows the connection itself is gone (closed, an I/O error,
@@ -295,8 +296,8 @@ fn timed_out(e: &postgres::Error) -> bool {
 }
 
 /// The refusal of a write that did not finish by its deadline.
-fn out_of_time(waiting_for: &str) -> StoreError {
-    StoreError::Unavailable(format!(
+fn out_of_time(waiting_for: &str) -> Fault {
+    Fault::Unavailable(format!(
         "PostgreSQL: the write ran out of time waiting for {waiting_for}; it was not committed"
     ))
 }
@@ -324,7 +325,7 @@ pub fn without_password(url: &str) -> String {
 impl PgStore {
     /// Connects, migrates the schema (refusing a newer one), reads the
     /// revision and starts listening for other replicas' writes.
-    pub fn connect(url: &str, options: &Options) -> Result<Self> {
+    pub fn connect(url: &str, options: &Options) -> Result<Self, OpenError> {
         let shown = without_password(url);
         let (mut async_config, tls) = pg_tls::connector(url, &shown)?;
         if async_config.get_connect_timeout().is_none() {
@@ -354,7 +355,7 @@ impl PgStore {
             .error_handler(tls.error_handler())
             .build(manager)
             .map_err(|e| {
-                StoreError::Unavailable(format!(
+                Fault::Unavailable(format!(
                     "cannot connect to `{shown}`: {}",
                     tls.explain(&e.to_string())
                 ))
@@ -415,7 +416,7 @@ impl PgStore {
         if age <= bound {
             Ok(())
         } else {
-            Err(StoreError::Stale {
+            Err(Fault::Stale {
                 age_ms: u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
                 bound_ms: u64::try_from(bound.as_millis()).unwrap_or(u64::MAX),
             })
@@ -470,7 +471,7 @@ impl PgStore {
     /// means the write was not committed. A connection lost during `COMMIT`
     /// is resolved by asking the database whether the transaction
     /// committed.
-    pub fn write<T, E: From<StoreError>>(
+    pub fn write<T, E: Failure>(
         &self,
         deadline: Option<Instant>,
         mut f: impl FnMut(&mut dyn Tx) -> Result<T, E>,
@@ -504,7 +505,7 @@ impl PgStore {
                     return match self.resolve(xid, deadline) {
                         Resolved::Committed => Ok((value, self.committed(rev))),
                         Resolved::Aborted => Err(fault(error).into()),
-                        Resolved::Unknown(why) => Err(StoreError::OutcomeUnknown {
+                        Resolved::Unknown(why) => Err(Fault::OutcomeUnknown {
                             reason: format!(
                                 "PostgreSQL: the connection was lost while committing ({error}), and {why}"
                             ),
@@ -513,7 +514,7 @@ impl PgStore {
                     };
                 }
                 Err(Failed::Db(e)) if timed_out(&e) => {
-                    return Err(StoreError::Unavailable(format!(
+                    return Err(Fault::Unavailable(format!(
                         "PostgreSQL: the write did not finish within its time limit ({e}; another session may hold the store's write lock); it was not committed"
                     ))
                     .into())
@@ -614,7 +615,7 @@ enum Failed<T, E> {
     },
 }
 
-fn run_once<T, E: From<StoreError>>(
+fn run_once<T, E: Failure>(
     conn: &mut Conn,
     f: &mut impl FnMut(&mut dyn Tx) -> Result<T, E>,
     deadline: Instant,
@@ -702,7 +703,7 @@ fn migrate(conn: &mut Client, shown: &str) -> Result<()> {
         .map(|r| r.get(0));
     match found {
         Some(v) if v > SCHEMA_VERSION => {
-            return Err(StoreError::Unavailable(format!(
+            return Err(Fault::Unavailable(format!(
                 "the database `{shown}` holds cedard schema version {v}, written by a newer cedard; this cedard reads version {SCHEMA_VERSION} and refuses it"
             )))
         }
@@ -886,7 +887,7 @@ impl PgTx<'_> {
     /// A failed statement fails the whole transaction: remembered, so that
     /// the write is judged by it (run again, out of time, or a fault) rather
     /// than by whatever `f` made of it.
-    fn failed(&self, e: postgres::Error) -> StoreError {
+    fn failed(&self, e: postgres::Error) -> Fault {
         let shown = fault(&e);
         let mut retry = self.retry.borrow_mut();
         if retry.is_none() {
@@ -903,7 +904,7 @@ fn record<T: serde::de::DeserializeOwned>(table: &'static str, row: &Row) -> Res
 
 fn json<T: serde::Serialize>(table: &'static str, value: &T) -> Result<String> {
     let bytes = encode(table, value)?;
-    String::from_utf8(bytes).map_err(|e| StoreError::Encode {
+    String::from_utf8(bytes).map_err(|e| Fault::Encode {
         table,
         message: e.to_string(),
     })

@@ -62,7 +62,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_postgres::config::{Host, SslMode};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::StoreError;
+use super::OpenError;
 
 /// How a connection uses TLS: the store URL's `sslmode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,9 +163,9 @@ enum SettingError {
     Rustls(String),
 }
 
-impl From<SettingError> for StoreError {
+impl From<SettingError> for OpenError {
     fn from(e: SettingError) -> Self {
-        StoreError::Unavailable(e.to_string())
+        OpenError::Settings(e.to_string())
     }
 }
 
@@ -206,10 +206,7 @@ impl fmt::Debug for Connector {
 /// settings tokio-postgres is to connect with (its `sslmode` set from ours,
 /// `application_name` `cedard` unless the URL names one), and the connector
 /// that carries out the TLS part.
-pub fn connector(
-    url: &str,
-    shown: &str,
-) -> Result<(tokio_postgres::Config, Connector), StoreError> {
+pub fn connector(url: &str, shown: &str) -> Result<(tokio_postgres::Config, Connector), OpenError> {
     let (mut config, settings) = settings(url, shown)?;
     config.ssl_mode(settings.mode.ssl_mode());
     if config.get_application_name().is_none() {

@@ -13,7 +13,7 @@
 //! would write its header. Damage met later (redb reports corruption, a
 //! record does not decode, redb panics on a garbage page) marks the store
 //! damaged for good. A damaged store refuses every read and every write
-//! with [`StoreError::Damaged`], a fault: stored facts that may be garbage
+//! with [`Fault::Damaged`], a fault: stored facts that may be garbage
 //! are never answered from.
 //!
 //! A write that fails on I/O (a full disk) is not damage: it starts a write
@@ -44,55 +44,46 @@ use super::check::{self, lock};
 use super::outage::{Outages, WriteOutage};
 use super::overlay::Overlay;
 use super::{
-    decode, encode, normalize_email, Account, ApiKey, Invite, Membership, Reads, Result,
-    StoreError, Tx, User, View, WriteError,
+    decode, encode, normalize_email, Account, ApiKey, Failure, Fault, Invite, Membership,
+    OpenError, Reads, Result, Tx, User, View,
 };
 
-/// The data format this build reads and writes. A file with a higher number
-/// was written by a newer cedard and is refused, never overwritten.
-///
-/// Format 2 added caller keys. A format-1 file is upgraded in place at open
-/// (the `keys` table is created and the version raised in one transaction),
-/// so that an older cedard, which would not enforce the keys, refuses it.
-///
-/// Format 3 added the email index (emails are unique) and
-/// `User.email_verified`. An older file is upgraded at open in the same way:
-/// stored emails are normalised and indexed; where two users share an
-/// address, the first by id holds it in the index.
-pub const FORMAT_VERSION: u64 = 3;
+pub use super::tables::FORMAT_VERSION;
+use super::tables::{
+    ACCOUNTS, ACCOUNT_INVITES, EMAILS, INVITES, INVITE_TOKENS, KEYS, MEMBERS, META, USERS,
+    USER_ACCOUNTS,
+};
 
-/// `format` → the data format version of the file.
-pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-/// User id → [`User`] (JSON).
-pub(super) const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
-/// Account id → [`Account`] (JSON).
-pub(super) const ACCOUNTS: TableDefinition<&str, &[u8]> = TableDefinition::new("accounts");
-/// (account id, user id) → [`Membership`] (JSON): who belongs to an account.
-pub(super) const MEMBERS: TableDefinition<(&str, &str), &[u8]> =
-    TableDefinition::new("memberships");
-/// (user id, account id) → role: the index a decision reads to find a user's
-/// roles without scanning the memberships.
-pub(super) const USER_ACCOUNTS: TableDefinition<(&str, &str), &str> =
-    TableDefinition::new("user_accounts");
-/// Invite id → [`Invite`] (JSON).
-pub(super) const INVITES: TableDefinition<&str, &[u8]> = TableDefinition::new("invites");
-/// SHA-256 of a live invite token → invite id. Only pending invites have an
-/// entry; the token itself is never stored.
-pub(super) const INVITE_TOKENS: TableDefinition<&[u8], &str> =
-    TableDefinition::new("invite_tokens");
-/// (account id, invite id) → (): the invites of an account, for listing.
-pub(super) const ACCOUNT_INVITES: TableDefinition<(&str, &str), ()> =
-    TableDefinition::new("account_invites");
-/// Key id → [`ApiKey`] (JSON): the caller keys, hashed.
-pub(super) const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
-/// Normalised email → user id: one user per address.
-pub(super) const EMAILS: TableDefinition<&str, &str> = TableDefinition::new("emails");
+/// A redb error as the backend-neutral fault it is: an I/O failure (not
+/// damage: a full disk recovers), corruption (damage), or another failure
+/// of the engine.
+fn fault(e: redb::Error) -> Fault {
+    match e {
+        redb::Error::Io(e) => Fault::Io(e.to_string()),
+        e @ redb::Error::PreviousIo => Fault::Io(e.to_string()),
+        redb::Error::Corrupted(message) => Fault::Corrupt {
+            what: "data file".into(),
+            message,
+        },
+        e @ redb::Error::LockPoisoned(_) => Fault::Corrupt {
+            what: "data file".into(),
+            message: e.to_string(),
+        },
+        e => Fault::Engine(e.to_string()),
+    }
+}
 
 macro_rules! redb_errors {
     ($($t:ty),*) => {$(
-        impl From<$t> for StoreError {
+        impl From<$t> for Fault {
             fn from(e: $t) -> Self {
-                StoreError::Db(Box::new(e.into()))
+                fault(e.into())
+            }
+        }
+
+        impl From<$t> for OpenError {
+            fn from(e: $t) -> Self {
+                OpenError::Fault(fault(e.into()))
             }
         }
     )*};
@@ -212,8 +203,8 @@ impl Health {
     }
 
     /// The error every operation on a damaged store answers.
-    fn error(&self) -> StoreError {
-        StoreError::Damaged {
+    fn error(&self) -> Fault {
+        Fault::Damaged {
             path: self.path.clone(),
             reason: self.damage.get().cloned().unwrap_or_default(),
         }
@@ -262,9 +253,9 @@ impl RedbStore {
     /// opens in the damaged state ([`RedbStore::damage`]), holding the
     /// file's lock, and refuses every read and write, so that a daemon can
     /// keep answering what needs no stored fact and say what is wrong.
-    pub fn open(path: &Path) -> Result<Self> {
+    pub fn open(path: &Path) -> Result<Self, OpenError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|source| StoreError::CreateDir {
+            std::fs::create_dir_all(parent).map_err(|source| OpenError::CreateDir {
                 path: parent.to_path_buf(),
                 source,
             })?;
@@ -289,7 +280,7 @@ impl RedbStore {
     /// the file, not a decode of every record). Also says whether it was
     /// checked. The path of [`RedbStore::open`], and of a reopen after a
     /// write outage.
-    fn open_locked(file: File, path: &Path) -> Result<(Opened, bool)> {
+    fn open_locked(file: File, path: &Path) -> Result<(Opened, bool), OpenError> {
         let checked = !check::checked_before(&file, path);
         if checked {
             if let Some(reason) = check::check_locked(&file, path)?.damage {
@@ -300,10 +291,10 @@ impl RedbStore {
         // the lock already: no other process can slip in between.
         match Database::builder().create_file(file) {
             Ok(db) => Ok((Opened::Database(db), checked)),
-            Err(DatabaseError::DatabaseAlreadyOpen) => Err(StoreError::Locked(path.to_path_buf())),
-            Err(source) => Err(StoreError::Open {
+            Err(DatabaseError::DatabaseAlreadyOpen) => Err(OpenError::Locked(path.to_path_buf())),
+            Err(source) => Err(OpenError::Engine {
                 path: path.to_path_buf(),
-                source: Box::new(source),
+                message: source.to_string(),
             }),
         }
     }
@@ -337,13 +328,13 @@ impl RedbStore {
     /// which nothing written ever reaches the file (see `overlay`), for
     /// tools that look at a store they do not own (`cedard impact --data`).
     /// The file is held with a shared lock while the view lives, so a file a
-    /// daemon holds (an exclusive lock) is [`StoreError::Locked`], and no
+    /// daemon holds (an exclusive lock) is [`OpenError::Locked`], and no
     /// daemon can start on it meanwhile. A file of an older format is
     /// upgraded in the view only. The file is not checked first (a tool may
     /// run `cedard store check`); damage met while reading is reported as
     /// it is by the daemon.
-    pub fn open_read_only(path: &Path) -> Result<Self> {
-        let file_error = |source| StoreError::File {
+    pub fn open_read_only(path: &Path) -> Result<Self, OpenError> {
+        let file_error = |source| OpenError::File {
             path: path.to_path_buf(),
             source,
         };
@@ -351,13 +342,13 @@ impl RedbStore {
         match file.try_lock_shared() {
             Ok(()) => {}
             Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(StoreError::Locked(path.to_path_buf()))
+                return Err(OpenError::Locked(path.to_path_buf()))
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(file_error(e)),
         }
         let len = file.metadata().map_err(file_error)?.len();
         if len == 0 {
-            return Err(StoreError::Foreign {
+            return Err(OpenError::Foreign {
                 path: path.to_path_buf(),
                 message: "the file is empty".into(),
             });
@@ -426,7 +417,7 @@ impl RedbStore {
         let db = self.serving().db.clone();
         db.ok_or_else(|| {
             self.health.refusal().err().unwrap_or_else(|| {
-                StoreError::Unavailable(format!(
+                Fault::Unavailable(format!(
                     "{} cannot be read now: writes to it failed, and it is being opened again",
                     self.describe()
                 ))
@@ -443,7 +434,7 @@ impl RedbStore {
     /// Reads the format version with a read transaction first, so that a
     /// newer file is refused before anything is written to it; a fresh file
     /// gets the current version and every table.
-    fn check_format(&self) -> Result<()> {
+    fn check_format(&self) -> Result<(), OpenError> {
         check_format(&*self.db()?, &self.path)
     }
 
@@ -475,12 +466,12 @@ impl RedbStore {
     /// that nothing more is written to the file.
     ///
     /// An I/O failure starts a write outage, during which writes are refused
-    /// ([`StoreError::WriteOutage`]) unless this one can end it first. A
+    /// ([`Fault::WriteOutage`]) unless this one can end it first. A
     /// commit that fails may still have reached the disk: the file as it is
     /// on disk (what a reopen will find) tells, and the write answers as
     /// committed, or with its error (not committed), or, when the file
-    /// cannot be read, [`StoreError::OutcomeUnknown`].
-    pub fn write<T, E: WriteError>(
+    /// cannot be read, [`Fault::OutcomeUnknown`].
+    pub fn write<T, E: Failure>(
         &self,
         mut f: impl FnMut(&mut dyn Tx) -> Result<T, E>,
     ) -> Result<(T, u64), E> {
@@ -491,7 +482,7 @@ impl RedbStore {
         match ended {
             Ok(Ended::Committed(value, revision)) => Ok((value, revision)),
             Ok(Ended::Refused(e)) => {
-                match e.store_error() {
+                match e.fault() {
                     Some(s) if s.is_damage() => self.health.mark(s.to_string()),
                     Some(s) if is_io(s) && self.owned => self.begin_outage(generation, s),
                     _ => {}
@@ -534,7 +525,7 @@ impl RedbStore {
                             "a write failed as it committed ({error}) and the file cannot be read to tell whether it reached the disk: answered as possibly committed"
                         );
                         self.outages.note_unknown();
-                        Err(StoreError::OutcomeUnknown {
+                        Err(Fault::OutcomeUnknown {
                             reason: error.to_string(),
                         }
                         .into())
@@ -576,11 +567,11 @@ impl RedbStore {
     }
 
     /// What a write answers during a write outage: nothing was written.
-    fn refusal(&self) -> StoreError {
+    fn refusal(&self) -> Fault {
         if let Err(damaged) = self.health.refusal() {
             return damaged;
         }
-        StoreError::WriteOutage {
+        Fault::WriteOutage {
             reason: self
                 .outages
                 .current()
@@ -594,7 +585,7 @@ impl RedbStore {
     /// write again through it, nor read what it has not cached), and reads
     /// are served from a view of the file as it is on disk. A failure on a
     /// database already retired changes nothing.
-    fn begin_outage(&self, generation: u64, error: &StoreError) {
+    fn begin_outage(&self, generation: u64, error: &Fault) {
         let mut retired = self.retired();
         let old = {
             let mut serving = self.serving_mut();
@@ -619,14 +610,14 @@ impl RedbStore {
     /// memory), which is what a reopen, or a restart, will find. redb writes
     /// nothing more through a database whose I/O failed, so the file does not
     /// change under the view until a reopen, which first takes it away.
-    fn serve_view(&self) -> Result<()> {
-        let file = File::open(&self.path).map_err(|source| StoreError::File {
+    fn serve_view(&self) -> Result<(), OpenError> {
+        let file = File::open(&self.path).map_err(|source| OpenError::File {
             path: self.path.clone(),
             source,
         })?;
         let len = file
             .metadata()
-            .map_err(|source| StoreError::File {
+            .map_err(|source| OpenError::File {
                 path: self.path.clone(),
                 source,
             })?
@@ -664,9 +655,17 @@ impl RedbStore {
     pub fn recover(&self) -> Result<()> {
         let mut retired = self.retired();
         self.recover_locked(&mut retired, DRAIN_WAIT)
+            .map_err(|e| match e {
+                OpenError::Fault(f) => f,
+                other => Fault::Engine(other.to_string()),
+            })
     }
 
-    fn recover_locked(&self, retired: &mut Vec<Arc<Database>>, wait: Duration) -> Result<()> {
+    fn recover_locked(
+        &self,
+        retired: &mut Vec<Arc<Database>>,
+        wait: Duration,
+    ) -> Result<(), OpenError> {
         self.health.refusal()?;
         if self.outages.current().is_none() || self.serving().writable {
             return Ok(());
@@ -681,14 +680,16 @@ impl RedbStore {
         // Asked not to wait (by a write), do nothing while anyone reads: the
         // background retry waits.
         if wait.is_zero() && in_use(self.serving().db.as_ref()) {
-            return Err(StoreError::WriteOutage {
+            return Err(Fault::WriteOutage {
                 reason: "the retired database is still being read".into(),
-            });
+            }
+            .into());
         }
         if let Err(e) = room_to_write(&self.path) {
-            return Err(StoreError::WriteOutage {
+            return Err(Fault::WriteOutage {
                 reason: format!("no room to write on the filesystem yet ({e})"),
-            });
+            }
+            .into());
         }
         // New reads are refused (503) from here, so that the view and the
         // retired database can drain.
@@ -700,9 +701,10 @@ impl RedbStore {
                 if serving.db.is_none() {
                     serving.db = view;
                 }
-                return Err(StoreError::WriteOutage {
+                return Err(Fault::WriteOutage {
                     reason: format!("reads of the retired database did not finish within {wait:?}"),
-                });
+                }
+                .into());
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -722,7 +724,7 @@ impl RedbStore {
             }
             Err(e) => {
                 let damaged = self.health.refusal().is_err();
-                if !damaged && !matches!(e, StoreError::Locked(_)) {
+                if !damaged && !matches!(e, OpenError::Locked(_)) {
                     if let Err(view) = self.serve_view() {
                         tracing::debug!("cannot serve reads from the data file: {view}");
                     }
@@ -736,7 +738,7 @@ impl RedbStore {
     /// unless stamped, its format read) and commits a probe write. Between
     /// failed tries, the file stays locked (`held`). A file found damaged
     /// marks the store damaged.
-    fn reopen(&self) -> Result<Database> {
+    fn reopen(&self) -> Result<Database, OpenError> {
         let held = self
             .held
             .lock()
@@ -752,7 +754,7 @@ impl RedbStore {
         let keep = file.try_clone();
         // A panic inside redb (a page of garbage the check missed) is damage,
         // as it is when a read meets one.
-        let opened = catch_unwind(AssertUnwindSafe(|| {
+        let opened = catch_unwind(AssertUnwindSafe(|| -> Result<_, OpenError> {
             match Self::open_locked(file, &self.path)? {
                 (Opened::Damaged { file, reason }, _) => Ok(Err((file, reason))),
                 (Opened::Database(db), _) => {
@@ -767,7 +769,7 @@ impl RedbStore {
             Ok(Ok(Err((file, reason)))) => {
                 self.health.mark(reason);
                 *self.held.lock().unwrap_or_else(PoisonError::into_inner) = Some(file);
-                return Err(self.health.error());
+                return Err(self.health.error().into());
             }
             Ok(Err(e)) => e,
             Err(panic) => {
@@ -775,7 +777,7 @@ impl RedbStore {
                     "redb panicked while opening it again ({})",
                     check::panic_message(panic.as_ref())
                 ));
-                self.health.error()
+                self.health.error().into()
             }
         };
         if let Ok(keep) = keep {
@@ -824,14 +826,14 @@ impl Drop for RedbStore {
 }
 
 /// Opens (or creates) the data file and takes its lock, without waiting.
-fn lock_file(path: &Path) -> Result<File> {
+fn lock_file(path: &Path) -> Result<File, OpenError> {
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(false)
         .open(path)
-        .map_err(|source| StoreError::File {
+        .map_err(|source| OpenError::File {
             path: path.to_path_buf(),
             source,
         })?;
@@ -842,20 +844,20 @@ fn lock_file(path: &Path) -> Result<File> {
 /// Opens a copy-on-write view of `file` (`len` bytes) with redb: nothing
 /// redb writes reaches the file. A panic inside redb (a page of garbage) is
 /// an error, not a crash.
-fn open_overlay(file: File, len: u64, path: &Path) -> Result<Database> {
+fn open_overlay(file: File, len: u64, path: &Path) -> Result<Database, OpenError> {
     catch_unwind(AssertUnwindSafe(|| {
         Database::builder().create_with_backend(Overlay::new(file, len))
     }))
-    .map_err(|panic| StoreError::Damaged {
+    .map_err(|panic| Fault::Damaged {
         path: path.to_path_buf(),
         reason: format!(
             "redb panicked while opening it ({})",
             check::panic_message(panic.as_ref())
         ),
     })?
-    .map_err(|source| StoreError::Open {
+    .map_err(|source| OpenError::Engine {
         path: path.to_path_buf(),
-        source: Box::new(source),
+        message: source.to_string(),
     })
 }
 
@@ -869,13 +871,13 @@ fn stored_revision(db: &Database) -> Result<u64> {
 /// Reads the format version of `db` (the file at `path`) with a read
 /// transaction first, so that a newer file is refused before anything is
 /// written to it; a fresh file gets the current version and every table.
-fn check_format(db: &Database, path: &Path) -> Result<()> {
+fn check_format(db: &Database, path: &Path) -> Result<(), OpenError> {
     let read = db.begin_read()?;
     let found = match read.open_table(META) {
         Ok(meta) => meta.get("format")?.map(|v| v.value()),
         Err(redb::TableError::TableDoesNotExist(_)) => None,
         Err(e) => {
-            return Err(StoreError::Foreign {
+            return Err(OpenError::Foreign {
                 path: path.to_path_buf(),
                 message: e.to_string(),
             })
@@ -883,7 +885,7 @@ fn check_format(db: &Database, path: &Path) -> Result<()> {
     };
     drop(read);
     match found {
-        Some(v) if v > FORMAT_VERSION => Err(StoreError::NewerFormat {
+        Some(v) if v > FORMAT_VERSION => Err(OpenError::NewerFormat {
             path: path.to_path_buf(),
             found: v,
             supported: FORMAT_VERSION,
@@ -931,19 +933,19 @@ enum Ended<T, E> {
     CommitFailed {
         value: T,
         revision: u64,
-        error: StoreError,
+        error: Fault,
     },
 }
 
 /// Runs `f` in one write transaction of `db` that also raises the
 /// revision, and commits it durably when `f` succeeds.
-fn transact<T, E: WriteError>(
+fn transact<T, E: Failure>(
     db: &Database,
     f: &mut impl FnMut(&mut dyn Tx) -> Result<T, E>,
 ) -> Ended<T, E> {
     let mut txn = match db.begin_write() {
         Ok(txn) => txn,
-        Err(e) => return Ended::Refused(StoreError::from(e).into()),
+        Err(e) => return Ended::Refused(Fault::from(e).into()),
     };
     txn.set_durability(Durability::Immediate);
     let out = {
@@ -956,10 +958,10 @@ fn transact<T, E: WriteError>(
             // After an I/O failure redb must not be asked to roll back (it
             // asserts that no commit failed); dropping the transaction lets
             // it choose.
-            if e.store_error().is_some_and(is_io) {
+            if e.fault().is_some_and(is_io) {
                 drop(txn);
             } else if let Err(abort) = txn.abort() {
-                return Ended::Refused(StoreError::from(abort).into());
+                return Ended::Refused(Fault::from(abort).into());
             }
             return Ended::Refused(e);
         }
@@ -1005,8 +1007,8 @@ fn probe(db: &Database) -> Result<()> {
 
 /// Whether this error is redb's I/O failure (this call's, or an earlier
 /// one's that redb remembers): a write outage, not damage.
-fn is_io(e: &StoreError) -> bool {
-    matches!(e, StoreError::Db(e) if matches!(**e, redb::Error::Io(_) | redb::Error::PreviousIo))
+fn is_io(e: &Fault) -> bool {
+    matches!(e, Fault::Io(_))
 }
 
 /// Whether the data file's filesystem takes writes again: [`ROOM_BYTES`]

@@ -11,7 +11,7 @@
 use super::recorded::{Changed, Recorded};
 use super::{
     normalize_email, Account, AccountKind, ApiKey, GoneReason, Invite, InviteState, Membership,
-    Reads, Result, StoreError, User,
+    Reads, Refusal, Result, User, WriteError,
 };
 
 /// The operations of one write transaction.
@@ -47,34 +47,34 @@ impl Reads for Writer<'_> {
 
 impl Writer<'_> {
     /// The user `id`, if stored.
-    pub fn user(&self, id: &str) -> Result<Option<User>> {
-        self.tx.user(id)
+    pub fn user(&self, id: &str) -> Result<Option<User>, WriteError> {
+        Ok(self.tx.user(id)?)
     }
 
     /// The account `id`, if stored.
-    pub fn account(&self, id: &str) -> Result<Option<Account>> {
-        self.tx.account(id)
+    pub fn account(&self, id: &str) -> Result<Option<Account>, WriteError> {
+        Ok(self.tx.account(id)?)
     }
 
     /// The role `user` holds in `account`, if a member.
-    pub fn role_in(&self, account: &str, user: &str) -> Result<Option<String>> {
+    pub fn role_in(&self, account: &str, user: &str) -> Result<Option<String>, WriteError> {
         Ok(self.tx.membership(account, user)?.map(|m| m.role))
     }
 
     /// Stores a new caller key. Ids are random; a clash is refused rather
     /// than overwriting a key.
-    pub fn create_key(&mut self, key: &ApiKey) -> Result<()> {
+    pub fn create_key(&mut self, key: &ApiKey) -> Result<(), WriteError> {
         if self.tx.key(&key.id)?.is_some() {
-            return Err(StoreError::IdTaken(key.id.clone()));
+            return Err(Refusal::IdTaken(key.id.clone()).into());
         }
-        self.tx.put_key(key)
+        Ok(self.tx.put_key(key)?)
     }
 
     /// Revokes the key `id` at `now` (revoking a revoked key keeps the first
     /// time). An unknown id is `NoKey`.
-    pub fn revoke_key(&mut self, id: &str, now: i64) -> Result<ApiKey> {
+    pub fn revoke_key(&mut self, id: &str, now: i64) -> Result<ApiKey, WriteError> {
         let Some(mut key) = self.tx.key(id)? else {
-            return Err(StoreError::NoKey(id.to_owned()));
+            return Err(Refusal::NoKey(id.to_owned()).into());
         };
         key.revoked_at.get_or_insert(now);
         self.tx.put_key(&key)?;
@@ -83,9 +83,9 @@ impl Writer<'_> {
 
     /// Signs a user up: stores the user and their personal account (whose id
     /// is the user's id) with the user holding `owner_role` in it.
-    pub fn sign_up(&mut self, user: &User, owner_role: &str) -> Result<Account> {
+    pub fn sign_up(&mut self, user: &User, owner_role: &str) -> Result<Account, WriteError> {
         if self.tx.user(&user.id)?.is_some() || self.tx.account(&user.id)?.is_some() {
-            return Err(StoreError::IdTaken(user.id.clone()));
+            return Err(Refusal::IdTaken(user.id.clone()).into());
         }
         self.import_user(user)?;
         let account = Account {
@@ -109,13 +109,13 @@ impl Writer<'_> {
 
     /// Converts a personal account into a team account named `name`. The
     /// owner keeps the role they hold.
-    pub fn convert(&mut self, account: &str, name: &str) -> Result<Account> {
+    pub fn convert(&mut self, account: &str, name: &str) -> Result<Account, WriteError> {
         let mut acc = self
             .tx
             .account(account)?
-            .ok_or_else(|| StoreError::NoAccount(account.to_owned()))?;
+            .ok_or_else(|| WriteError::from(Refusal::NoAccount(account.to_owned())))?;
         if acc.kind != AccountKind::Personal {
-            return Err(StoreError::NotPersonal(account.to_owned()));
+            return Err(Refusal::NotPersonal(account.to_owned()).into());
         }
         acc.kind = AccountKind::Team;
         acc.name = name.to_owned();
@@ -132,13 +132,13 @@ impl Writer<'_> {
             .count())
     }
 
-    fn member(&self, account: &str, user: &str) -> Result<Membership> {
-        self.tx
-            .membership(account, user)?
-            .ok_or_else(|| StoreError::NotMember {
+    fn member(&self, account: &str, user: &str) -> Result<Membership, WriteError> {
+        self.tx.membership(account, user)?.ok_or_else(|| {
+            WriteError::from(Refusal::NotMember {
                 account: account.to_owned(),
                 user: user.to_owned(),
             })
+        })
     }
 
     /// Gives a member a new role. Demoting the last holder of `admin_role`
@@ -149,14 +149,15 @@ impl Writer<'_> {
         user: &str,
         role: &str,
         admin_role: &str,
-    ) -> Result<Membership> {
+    ) -> Result<Membership, WriteError> {
         let mut m = self.member(account, user)?;
         if m.role == admin_role && role != admin_role && self.admins(account, admin_role)? <= 1 {
-            return Err(StoreError::LastAdmin {
+            return Err(Refusal::LastAdmin {
                 account: account.to_owned(),
                 user: user.to_owned(),
                 role: admin_role.to_owned(),
-            });
+            }
+            .into());
         }
         m.role = role.to_owned();
         self.tx.put_membership(account, user, &m)?;
@@ -164,66 +165,79 @@ impl Writer<'_> {
     }
 
     /// Removes a member. Removing the last holder of `admin_role` is refused.
-    pub fn remove_member(&mut self, account: &str, user: &str, admin_role: &str) -> Result<()> {
+    pub fn remove_member(
+        &mut self,
+        account: &str,
+        user: &str,
+        admin_role: &str,
+    ) -> Result<(), WriteError> {
         let m = self.member(account, user)?;
         if m.role == admin_role && self.admins(account, admin_role)? <= 1 {
-            return Err(StoreError::LastAdmin {
+            return Err(Refusal::LastAdmin {
                 account: account.to_owned(),
                 user: user.to_owned(),
                 role: admin_role.to_owned(),
-            });
+            }
+            .into());
         }
-        self.tx.delete_membership(account, user)
+        Ok(self.tx.delete_membership(account, user)?)
     }
 
     /// Stores a user as given, without the personal account sign-up
     /// creates (for imports, seeding and benchmarks).
     /// Its email must be free (normalised by the caller); it is indexed.
-    pub fn import_user(&mut self, user: &User) -> Result<()> {
+    pub fn import_user(&mut self, user: &User) -> Result<(), WriteError> {
         match self.tx.email_holder(&user.email)? {
-            Some(id) if id != user.id => Err(StoreError::EmailTaken(user.email.clone())),
-            _ => self.tx.put_user(user),
+            Some(id) if id != user.id => Err(Refusal::EmailTaken(user.email.clone()).into()),
+            _ => Ok(self.tx.put_user(user)?),
         }
     }
 
     /// Records whether the user's email is verified.
-    pub fn set_email_verified(&mut self, id: &str, verified: bool) -> Result<User> {
+    pub fn set_email_verified(&mut self, id: &str, verified: bool) -> Result<User, WriteError> {
         let mut user = self
             .tx
             .user(id)?
-            .ok_or_else(|| StoreError::NoUser(id.to_owned()))?;
+            .ok_or_else(|| WriteError::from(Refusal::NoUser(id.to_owned())))?;
         user.email_verified = verified;
         self.tx.put_user(&user)?;
         Ok(user)
     }
 
     /// Stores an account as given (for imports, seeding and benchmarks).
-    pub fn import_account(&mut self, account: &Account) -> Result<()> {
-        self.tx.put_account(account)
+    pub fn import_account(&mut self, account: &Account) -> Result<(), WriteError> {
+        Ok(self.tx.put_account(account)?)
     }
 
     /// Adds a member directly, without an invite (for imports, seeding and
     /// benchmarks; the API adds members only through invites).
-    pub fn add_member(&mut self, account: &str, user: &str, role: &str, since: i64) -> Result<()> {
+    pub fn add_member(
+        &mut self,
+        account: &str,
+        user: &str,
+        role: &str,
+        since: i64,
+    ) -> Result<(), WriteError> {
         if self.tx.membership(account, user)?.is_some() {
-            return Err(StoreError::AlreadyMember {
+            return Err(Refusal::AlreadyMember {
                 account: account.to_owned(),
                 user: user.to_owned(),
-            });
+            }
+            .into());
         }
-        self.tx.put_membership(
+        Ok(self.tx.put_membership(
             account,
             user,
             &Membership {
                 role: role.to_owned(),
                 since,
             },
-        )
+        )?)
     }
 
     /// Stores an invite as given, its token live if it is pending (for
     /// copying a directory between backends).
-    pub fn import_invite(&mut self, invite: &Invite) -> Result<()> {
+    pub fn import_invite(&mut self, invite: &Invite) -> Result<(), WriteError> {
         self.tx.put_invite(invite)?;
         if matches!(invite.state, InviteState::Pending) {
             self.tx.set_token(&invite.token_sha256, &invite.id)?;
@@ -232,32 +246,33 @@ impl Writer<'_> {
     }
 
     /// Stores a caller key as given (for copying a directory).
-    pub fn import_key(&mut self, key: &ApiKey) -> Result<()> {
-        self.tx.put_key(key)
+    pub fn import_key(&mut self, key: &ApiKey) -> Result<(), WriteError> {
+        Ok(self.tx.put_key(key)?)
     }
 
     /// Stores a new invite whose token hashes to `invite.token_sha256`. The
     /// account must be a team account.
-    pub fn create_invite(&mut self, invite: &Invite) -> Result<()> {
+    pub fn create_invite(&mut self, invite: &Invite) -> Result<(), WriteError> {
         let acc = self
             .tx
             .account(&invite.account)?
-            .ok_or_else(|| StoreError::NoAccount(invite.account.clone()))?;
+            .ok_or_else(|| WriteError::from(Refusal::NoAccount(invite.account.clone())))?;
         if acc.kind != AccountKind::Team {
-            return Err(StoreError::NotTeam(acc.id));
+            return Err(Refusal::NotTeam(acc.id).into());
         }
         self.tx.put_invite(invite)?;
-        self.tx.set_token(&invite.token_sha256, &invite.id)
+        Ok(self.tx.set_token(&invite.token_sha256, &invite.id)?)
     }
 
     /// The invite `id` of `account` if it is still pending at `now`.
-    fn pending_invite(&self, account: &str, id: &str, now: i64) -> Result<Invite> {
+    fn pending_invite(&self, account: &str, id: &str, now: i64) -> Result<Invite, WriteError> {
         match self.tx.invite(id)? {
             Some(i) if i.account == account && i.is_pending(now) => Ok(i),
-            _ => Err(StoreError::NoInvite {
+            _ => Err(Refusal::NoInvite {
                 account: account.to_owned(),
                 invite: id.to_owned(),
-            }),
+            }
+            .into()),
         }
     }
 
@@ -269,7 +284,7 @@ impl Writer<'_> {
         id: &str,
         new_sha256: &str,
         now: i64,
-    ) -> Result<Invite> {
+    ) -> Result<Invite, WriteError> {
         let mut invite = self.pending_invite(account, id, now)?;
         self.tx.clear_token(&invite.token_sha256)?;
         invite.token_sha256 = new_sha256.to_owned();
@@ -279,7 +294,7 @@ impl Writer<'_> {
     }
 
     /// Revokes a pending invite; its token stops working.
-    pub fn revoke(&mut self, account: &str, id: &str, now: i64) -> Result<Invite> {
+    pub fn revoke(&mut self, account: &str, id: &str, now: i64) -> Result<Invite, WriteError> {
         let mut invite = self.pending_invite(account, id, now)?;
         self.tx.clear_token(&invite.token_sha256)?;
         invite.state = InviteState::Revoked { at: now };
@@ -290,26 +305,27 @@ impl Writer<'_> {
     /// Accepts the invite whose token hashes to `sha256` for `user`: marks
     /// it used and adds the membership, both in this transaction. Unknown,
     /// expired, revoked and used tokens all fail with
-    /// [`StoreError::InviteGone`].
-    pub fn accept(&mut self, sha256: &str, user: &str, now: i64) -> Result<Invite> {
+    /// [`Refusal::InviteGone`].
+    pub fn accept(&mut self, sha256: &str, user: &str, now: i64) -> Result<Invite, WriteError> {
         let mut invite = self.live_invite(sha256, now)?;
         let joining = self
             .tx
             .user(user)?
-            .ok_or_else(|| StoreError::NoUser(user.to_owned()))?;
+            .ok_or_else(|| WriteError::from(Refusal::NoUser(user.to_owned())))?;
         if let Some(bound) = &invite.email {
             if normalize_email(bound) != normalize_email(&joining.email) {
-                return Err(StoreError::EmailMismatch);
+                return Err(Refusal::EmailMismatch.into());
             }
             if !joining.email_verified {
-                return Err(StoreError::EmailUnverified);
+                return Err(Refusal::EmailUnverified.into());
             }
         }
         if self.tx.membership(&invite.account, user)?.is_some() {
-            return Err(StoreError::AlreadyMember {
+            return Err(Refusal::AlreadyMember {
                 account: invite.account.clone(),
                 user: user.to_owned(),
-            });
+            }
+            .into());
         }
         self.tx.clear_token(sha256)?;
         invite.state = InviteState::Used {
@@ -325,21 +341,22 @@ impl Writer<'_> {
 
     /// The pending invite whose token hashes to `sha256`, as this
     /// transaction sees it. Unknown, expired, revoked and used tokens all
-    /// fail with [`StoreError::InviteGone`].
-    pub fn live_invite(&self, sha256: &str, now: i64) -> Result<Invite> {
+    /// fail with [`Refusal::InviteGone`].
+    pub fn live_invite(&self, sha256: &str, now: i64) -> Result<Invite, WriteError> {
         let Some(id) = self.tx.token_invite(sha256)? else {
-            return Err(StoreError::InviteGone(GoneReason::Unknown));
+            return Err(Refusal::InviteGone(GoneReason::Unknown).into());
         };
         let Some(invite) = self.tx.invite(&id)? else {
-            return Err(StoreError::InviteGone(GoneReason::Unknown));
+            return Err(Refusal::InviteGone(GoneReason::Unknown).into());
         };
         if !invite.is_pending(now) || invite.token_sha256 != sha256 {
             let expired = matches!(invite.state, InviteState::Pending) && now >= invite.expires_at;
-            return Err(StoreError::InviteGone(if expired {
+            return Err(Refusal::InviteGone(if expired {
                 GoneReason::Expired
             } else {
                 GoneReason::Unknown
-            }));
+            })
+            .into());
         }
         Ok(invite)
     }
@@ -433,7 +450,7 @@ mod tests {
     /// have failed (accept once wrote the membership unrecorded).
     #[test]
     fn every_operation_records_each_entity_whose_facts_it_changed() {
-        type Op = Box<dyn Fn(&mut Writer<'_>) -> Result<()>>;
+        type Op = Box<dyn Fn(&mut Writer<'_>) -> Result<(), WriteError>>;
         let ops: Vec<(&str, Op)> = vec![
             (
                 "sign_up olga",

@@ -10,7 +10,9 @@ use cedard::clock::Clock;
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::support::{copy_pack, entity, spawn_app, spawn_app_in, team_table, wait_until, TestApp};
+use crate::support::{
+    copy_pack, entity, spawn_app, spawn_app_in, team_table, wait_until, Api, TestApp,
+};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -23,19 +25,10 @@ pub(crate) async fn call(
     actor: Option<&str>,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let mut req = app.client.request(method, app.url(path));
-    if let Some(a) = actor {
-        req = req.header("x-actor", a);
-    }
-    if let Some(b) = body {
-        req = req
-            .header("content-type", "application/json")
-            .body(b.to_string());
-    }
-    let resp = req.send().await.expect("request");
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    let answer = Api::at(&app.client, &app.url(""))
+        .call(method, path, actor, body)
+        .await;
+    (answer.status, answer.body)
 }
 
 pub(crate) async fn sign_up(app: &TestApp, id: &str) -> (u16, Value) {

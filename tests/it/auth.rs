@@ -65,18 +65,12 @@ async fn call(
     actor: Option<&str>,
     body: Option<&Value>,
 ) -> Reply {
-    let mut request = client.request(method, url);
-    if let Some(key) = key {
-        request = request.header(AUTHORIZATION, format!("Bearer {key}"));
-    }
-    if let Some(actor) = actor {
-        request = request.header("x-actor", actor);
-    }
-    if let Some(body) = body {
-        request = request
-            .header(CONTENT_TYPE, "application/json")
-            .body(body.to_string());
-    }
+    let api = support::Api {
+        client: client.clone(),
+        base: String::new(),
+        key: key.map(str::to_owned),
+    };
+    let request = api.request(method, url, actor, body);
     reply(request.send().await.expect("request")).await
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::support::{copy_pack, free_port, spawn_binary, Binary};
+use crate::support::{copy_pack, free_port, spawn_binary, Api, Binary};
 
 /// A tiny deterministic PRNG (xorshift64*), so a failing run can be replayed
 /// from the seed it prints.
@@ -56,13 +56,7 @@ async fn send(
     actor: Option<&str>,
     body: Option<Value>,
 ) -> Option<(u16, Value)> {
-    let mut req = client.request(method, format!("{bin_url}{path}"));
-    if let Some(a) = actor {
-        req = req.header("x-actor", a);
-    }
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
+    let req = Api::at(client, bin_url).request(method, path, actor, body.as_ref());
     let resp = req.send().await.ok()?;
     let status = resp.status().as_u16();
     let body = resp.json().await.unwrap_or(Value::Null);

@@ -19,7 +19,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-use crate::support::{copy_pack, spawn_binary_logging, wait_until, Binary};
+use crate::support::{self, copy_pack, spawn_binary_logging, wait_until, Binary};
 
 /// The size of the filesystem the data file lives on.
 const DISK: &str = "16m";
@@ -34,11 +34,7 @@ impl Tmpfs {
     /// process may not, outside CI.
     fn mount(size: &str) -> Option<Self> {
         if !nix::unistd::geteuid().is_root() {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "the full-disk test must run as root under CI: it mounts a tmpfs"
-            );
-            eprintln!("full_disk: NOT RUN: mounting a tmpfs needs root");
+            support::not_run("full_disk", "mounting a tmpfs needs root");
             return None;
         }
         let dir = tempfile::tempdir().expect("temp dir");
@@ -126,18 +122,12 @@ impl Api {
         actor: Option<&str>,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let mut req = self.client.request(method, format!("{}{path}", self.base));
-        if let Some(key) = &self.key {
-            req = req.bearer_auth(key);
+        let req = support::Api {
+            client: self.client.clone(),
+            base: self.base.clone(),
+            key: self.key.clone(),
         }
-        if let Some(actor) = actor {
-            req = req.header("x-actor", actor);
-        }
-        if let Some(body) = body {
-            req = req
-                .header("content-type", "application/json")
-                .body(body.to_string());
-        }
+        .request(method, path, actor, body.as_ref());
         let resp = req.send().await.expect("an answer");
         let status = resp.status().as_u16();
         let text = resp.text().await.expect("a whole body");
@@ -480,7 +470,7 @@ fn user(id: &str) -> cedard::store::User {
 /// the outage itself and commits.
 #[test]
 fn the_next_write_ends_an_outage_when_nothing_else_reads() {
-    use cedard::store::{Store, StoreError};
+    use cedard::store::{Fault, Store, WriteError};
     let Some(disk) = Tmpfs::mount(DISK) else {
         return;
     };
@@ -500,7 +490,10 @@ fn the_next_write_ends_an_outage_when_nothing_else_reads() {
             Err(e) => break e,
         }
     };
-    assert!(failed.is_fault() && !failed.is_damage(), "{failed}");
+    assert!(
+        matches!(&failed, WriteError::Fault(f) if !f.is_damage()),
+        "{failed}"
+    );
     let outage = store.write_outage().expect("an outage under way");
     assert!(outage.reason.contains("No space left"), "{outage:?}");
     assert!(store.damage().is_none());
@@ -509,7 +502,7 @@ fn the_next_write_ends_an_outage_when_nothing_else_reads() {
         .write(|w| w.sign_up(&user("refused"), "admin"))
         .expect_err("a full disk refuses");
     assert!(
-        matches!(refused, StoreError::WriteOutage { .. }),
+        matches!(refused, WriteError::Fault(Fault::WriteOutage { .. })),
         "{refused}"
     );
     {

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use std::time::Duration;
 
-use crate::support::{copy_pack, spawn_app, spawn_app_in, wait_until, TestApp};
+use crate::support::{copy_pack, spawn_app, spawn_app_in, wait_until, Api, TestApp};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -21,19 +21,10 @@ async fn call(
     actor: Option<&str>,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let mut req = app.client.request(method, app.url(path));
-    if let Some(a) = actor {
-        req = req.header("x-actor", a);
-    }
-    if let Some(b) = body {
-        req = req
-            .header("content-type", "application/json")
-            .body(b.to_string());
-    }
-    let resp = req.send().await.expect("request");
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    let answer = Api::at(&app.client, &app.url(""))
+        .call(method, path, actor, body)
+        .await;
+    (answer.status, answer.body)
 }
 
 async fn sign_up(app: &TestApp, id: &str) -> (u16, Value) {
@@ -391,7 +382,12 @@ fn a_format_2_file_gets_its_emails_normalised_and_indexed() {
         )
     });
     assert!(
-        matches!(taken, Err(cedard::store::StoreError::EmailTaken(_))),
+        matches!(
+            taken,
+            Err(cedard::store::WriteError::Refused(
+                cedard::store::Refusal::EmailTaken(_)
+            ))
+        ),
         "{taken:?}"
     );
 }

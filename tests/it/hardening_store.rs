@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-use crate::support::{copy_pack, spawn_app_in, spawn_binary, wait_until, Binary};
+use crate::support::{copy_pack, spawn_app_in, spawn_binary, wait_until, Api, Binary};
 
 /// How many users the test file holds.
 const USERS: usize = 3_000;
@@ -174,15 +174,7 @@ async fn send(
     actor: Option<&str>,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let mut req = client.request(method, url);
-    if let Some(a) = actor {
-        req = req.header("x-actor", a);
-    }
-    if let Some(b) = body {
-        req = req
-            .header("content-type", "application/json")
-            .body(b.to_string());
-    }
+    let req = Api::at(client, "").request(method, &url, actor, body.as_ref());
     let resp = req
         .send()
         .await

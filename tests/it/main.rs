@@ -2,6 +2,7 @@
 //! temporary copy of the policy pack.
 
 mod accounts;
+mod architecture;
 mod auth;
 mod authzen;
 mod conformance;

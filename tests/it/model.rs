@@ -36,7 +36,9 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use super::pg::Cluster;
-use super::support::{copy_pack, repo_root, roles, spawn_app_in, spawn_binary, team_table};
+use super::support::{
+    copy_pack, repo_root, roles, spawn_app_in, spawn_binary, team_table, Answer, Api,
+};
 
 /// The seed when `CEDARD_MODEL_SEED` does not name one.
 const DEFAULT_SEED: u64 = 20_250_611;
@@ -844,30 +846,21 @@ impl Run {
         actor: Option<&str>,
         body: Option<&Value>,
     ) -> Reply {
-        let mut req = self.client.request(method, format!("{base}{path}"));
-        if let Some(k) = key {
-            req = req.bearer_auth(k);
-        }
-        if let Some(a) = actor {
-            req = req.header("x-actor", a);
-        }
-        if let Some(b) = body {
-            req = req
-                .header("content-type", "application/json")
-                .body(b.to_string());
-        }
-        let resp = req.send().await.expect("request");
-        let status = resp.status().as_u16();
-        let revision = resp
-            .headers()
-            .get("cedard-store-revision")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok());
-        let text = resp.text().await.unwrap_or_default();
+        let api = Api {
+            client: self.client.clone(),
+            base: base.to_owned(),
+            key: key.map(str::to_owned),
+        };
+        let resp = api
+            .request(method, path, actor, body)
+            .send()
+            .await
+            .expect("request");
+        let answer = Answer::read(resp).await;
         Reply {
-            status,
-            body: serde_json::from_str(&text).unwrap_or(Value::Null),
-            revision,
+            status: answer.status,
+            body: answer.body,
+            revision: answer.store_revision,
         }
     }
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::task::JoinSet;
 
-use crate::support::{copy_pack, entity, spawn_app, spawn_binary, wait_until, Binary};
+use crate::support::{self, copy_pack, entity, spawn_app, spawn_binary, wait_until, Binary};
 
 /// How long the decision log may take to show what was answered.
 const LOG_WITHIN: Duration = Duration::from_secs(20);
@@ -98,17 +98,9 @@ impl Api {
         request_id: Option<&str>,
         body: Option<&Value>,
     ) -> (u16, Value) {
-        let mut req = self.client.request(method, format!("{}{path}", self.base));
-        if let Some(actor) = actor {
-            req = req.header("x-actor", actor);
-        }
+        let mut req = support::Api::at(&self.client, &self.base).request(method, path, actor, body);
         if let Some(id) = request_id {
             req = req.header("x-request-id", id);
-        }
-        if let Some(body) = body {
-            req = req
-                .header("content-type", "application/json")
-                .body(body.to_string());
         }
         let resp = tokio::time::timeout(Duration::from_secs(30), req.send())
             .await

@@ -12,7 +12,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use super::pg::Cluster;
-use super::support::{repo_root, spawn_binary, wait_until, Binary};
+use super::support::{repo_root, spawn_binary, wait_until, Api, Binary};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -34,24 +34,10 @@ async fn call(
     actor: Option<&str>,
     body: Option<Value>,
 ) -> (u16, Value, Option<u64>) {
-    let mut req = client.request(method, bin.url(path));
-    if let Some(a) = actor {
-        req = req.header("x-actor", a);
-    }
-    if let Some(b) = body {
-        req = req
-            .header("content-type", "application/json")
-            .body(b.to_string());
-    }
-    let resp = req.send().await.expect("request");
-    let status = resp.status().as_u16();
-    let revision = resp
-        .headers()
-        .get("cedard-store-revision")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok());
-    let body = resp.json().await.unwrap_or(Value::Null);
-    (status, body, revision)
+    let answer = Api::at(client, &bin.url(""))
+        .call(method, path, actor, body)
+        .await;
+    (answer.status, answer.body, answer.store_revision)
 }
 
 async fn sign_up(client: &reqwest::Client, bin: &Binary, id: &str) {

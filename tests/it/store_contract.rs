@@ -5,7 +5,9 @@
 //! listings and scans, and that every committed write — and nothing else —
 //! advances the store revision.
 
-use cedard::store::{Account, AccountKind, ApiKey, Invite, InviteState, Store, StoreError, User};
+use cedard::store::{
+    Account, AccountKind, ApiKey, Invite, InviteState, Refusal, Store, User, WriteError,
+};
 
 use super::pg::Cluster;
 
@@ -53,9 +55,9 @@ fn token(n: u8) -> String {
 
 /// Asserts that `result` is the refusal `pred` describes, and that it is a
 /// refusal, not a fault.
-fn refused<T: std::fmt::Debug>(result: Result<T, StoreError>, pred: impl Fn(&StoreError) -> bool) {
+fn refused<T: std::fmt::Debug>(result: Result<T, WriteError>, pred: impl Fn(&Refusal) -> bool) {
     match result {
-        Err(e) if pred(&e) => assert!(!e.is_fault(), "{e} is counted as a fault"),
+        Err(WriteError::Refused(r)) if pred(&r) => {}
         other => panic!("expected a refusal, got {other:?}"),
     }
 }
@@ -84,11 +86,11 @@ fn contract(store: &Store) {
     // A taken id, a taken email: refused, and nothing advances.
     refused(
         store.write(|w| w.sign_up(&user("olga", "other@example.com"), ADMIN)),
-        |e| matches!(e, StoreError::IdTaken(_)),
+        |e| matches!(e, Refusal::IdTaken(_)),
     );
     refused(
         store.write(|w| w.sign_up(&user("olga2", "olga@example.com"), ADMIN)),
-        |e| matches!(e, StoreError::EmailTaken(_)),
+        |e| matches!(e, Refusal::EmailTaken(_)),
     );
     assert_eq!(
         store.revision(),
@@ -97,9 +99,9 @@ fn contract(store: &Store) {
     );
 
     // A write that fails after writing leaves nothing behind.
-    let failed: Result<(), StoreError> = store.write(|w| {
+    let failed: Result<(), WriteError> = store.write(|w| {
         w.sign_up(&user("ghost", "ghost@example.com"), ADMIN)?;
-        Err(StoreError::NoUser("on purpose".into()))
+        Err(Refusal::NoUser("on purpose".into()).into())
     });
     assert!(failed.is_err());
     let view = store.read().expect("read");
@@ -116,15 +118,15 @@ fn contract(store: &Store) {
     // Convert; invites need a team account.
     refused(
         store.write(|w| w.create_invite(&invite("i0", "ghost", "dev", &token(0), None))),
-        |e| matches!(e, StoreError::NotTeam(_)),
+        |e| matches!(e, Refusal::NotTeam(_)),
     );
     let team = store.write(|w| w.convert("olga", "Acme")).expect("convert");
     assert_eq!((team.kind, team.name.as_str()), (AccountKind::Team, "Acme"));
     refused(store.write(|w| w.convert("olga", "Again")), |e| {
-        matches!(e, StoreError::NotPersonal(_))
+        matches!(e, Refusal::NotPersonal(_))
     });
     refused(store.write(|w| w.convert("nobody", "X")), |e| {
-        matches!(e, StoreError::NoAccount(_))
+        matches!(e, Refusal::NoAccount(_))
     });
 
     // Invites: accepted once; relinked and revoked tokens stop working.
@@ -141,7 +143,7 @@ fn contract(store: &Store) {
         .expect("accept");
     assert!(matches!(joined.state, InviteState::Used { ref by, at: 200 } if by == "dana"));
     refused(store.write(|w| w.accept(&token(1), "erin", 201)), |e| {
-        matches!(e, StoreError::InviteGone(_))
+        matches!(e, Refusal::InviteGone(_))
     });
     store
         .write(|w| w.create_invite(&invite("i2", "olga", "billing", &token(2), None)))
@@ -150,26 +152,23 @@ fn contract(store: &Store) {
         .write(|w| w.relink("olga", "i2", &token(3), 200).map(|_| ()))
         .expect("relink");
     refused(store.write(|w| w.accept(&token(2), "erin", 201)), |e| {
-        matches!(e, StoreError::InviteGone(_))
+        matches!(e, Refusal::InviteGone(_))
     });
     store
         .write(|w| w.revoke("olga", "i2", 202).map(|_| ()))
         .expect("revoke");
     refused(store.write(|w| w.accept(&token(3), "erin", 203)), |e| {
-        matches!(e, StoreError::InviteGone(_))
+        matches!(e, Refusal::InviteGone(_))
     });
     refused(store.write(|w| w.revoke("olga", "i2", 204)), |e| {
-        matches!(e, StoreError::NoInvite { .. })
+        matches!(e, Refusal::NoInvite { .. })
     });
     // Expired.
     store
         .write(|w| w.create_invite(&invite("i3", "olga", "basic", &token(4), None)))
         .expect("invite");
     refused(store.write(|w| w.accept(&token(4), "erin", 5_000)), |e| {
-        matches!(
-            e,
-            StoreError::InviteGone(cedard::store::GoneReason::Expired)
-        )
+        matches!(e, Refusal::InviteGone(cedard::store::GoneReason::Expired))
     });
     // Bound to an email: another address, then the address unverified.
     store
@@ -184,10 +183,10 @@ fn contract(store: &Store) {
         })
         .expect("invite");
     refused(store.write(|w| w.accept(&token(5), "finn", 300)), |e| {
-        matches!(e, StoreError::EmailMismatch)
+        matches!(e, Refusal::EmailMismatch)
     });
     refused(store.write(|w| w.accept(&token(5), "erin", 300)), |e| {
-        matches!(e, StoreError::EmailUnverified)
+        matches!(e, Refusal::EmailUnverified)
     });
     store
         .write(|w| w.set_email_verified("erin", true).map(|_| ()))
@@ -202,7 +201,7 @@ fn contract(store: &Store) {
                 .expect("invite");
             store.write(|w| w.accept(&token(6), "erin", 302))
         },
-        |e| matches!(e, StoreError::AlreadyMember { .. }),
+        |e| matches!(e, Refusal::AlreadyMember { .. }),
     );
 
     // Roles and the last admin.
@@ -211,11 +210,11 @@ fn contract(store: &Store) {
         .expect("set role");
     refused(
         store.write(|w| w.set_role("olga", "olga", "dev", ADMIN)),
-        |e| matches!(e, StoreError::LastAdmin { .. }),
+        |e| matches!(e, Refusal::LastAdmin { .. }),
     );
     refused(
         store.write(|w| w.remove_member("olga", "olga", ADMIN)),
-        |e| matches!(e, StoreError::LastAdmin { .. }),
+        |e| matches!(e, Refusal::LastAdmin { .. }),
     );
     store
         .write(|w| w.set_role("olga", "dana", ADMIN, ADMIN).map(|_| ()))
@@ -228,7 +227,7 @@ fn contract(store: &Store) {
         .expect("remove");
     refused(
         store.write(|w| w.remove_member("olga", "erin", ADMIN)),
-        |e| matches!(e, StoreError::NotMember { .. }),
+        |e| matches!(e, Refusal::NotMember { .. }),
     );
     assert_eq!(
         store
@@ -241,7 +240,7 @@ fn contract(store: &Store) {
     store.write(|w| w.create_key(&key("k2"))).expect("key");
     store.write(|w| w.create_key(&key("k1"))).expect("key");
     refused(store.write(|w| w.create_key(&key("k1"))), |e| {
-        matches!(e, StoreError::IdTaken(_))
+        matches!(e, Refusal::IdTaken(_))
     });
     let revoked = store.write(|w| w.revoke_key("k1", 500)).expect("revoke");
     assert_eq!(revoked.revoked_at, Some(500));
@@ -254,7 +253,7 @@ fn contract(store: &Store) {
         "the first revocation time is kept"
     );
     refused(store.write(|w| w.revoke_key("k9", 600)), |e| {
-        matches!(e, StoreError::NoKey(_))
+        matches!(e, Refusal::NoKey(_))
     });
 
     // Listings and scans, in id order.

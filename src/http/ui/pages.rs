@@ -357,7 +357,7 @@ fn choices(state: &AppState, snapshot: &PolicySnapshot) -> Choices {
     let mut ids = Vec::new();
     // Two short range reads of one transaction (MVCC: never waits on a
     // writer), bounded to 200 ids each.
-    if let Ok(view) = state.pdp.store().read() {
+    if let Ok(view) = state.accounts.directory() {
         ids.extend(view.user_ids_after(None, 200).unwrap_or_default());
         ids.extend(view.account_ids_after(None, 200).unwrap_or_default());
     }
@@ -516,12 +516,7 @@ fn decide(
     let checked = state
         .pdp
         .check(&caller, &[query], inline, false)
-        .map_err(|e| match e {
-            PdpError::Input(e) => (StatusCode::BAD_REQUEST, e.to_string()),
-            PdpError::Denied { message, .. } => (StatusCode::FORBIDDEN, message),
-            PdpError::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m),
-            PdpError::Store(e) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-        })?;
+        .map_err(|e: PdpError| (crate::http::error::status(e.code()), e.to_string()))?;
     let Some(d) = checked.decisions.first() else {
         return Err((
             StatusCode::SERVICE_UNAVAILABLE,
@@ -593,7 +588,7 @@ fn directory_page(state: &AppState, signed: &SignedIn, lookup: &Lookup) -> Respo
         .filter(|s| !s.is_empty());
     let now = state.accounts.clock().now_secs();
     // One read transaction (MVCC), a few point lookups and two short ranges.
-    let view = match state.pdp.store().read() {
+    let view = match state.accounts.directory() {
         Ok(v) => v,
         Err(e) => {
             tracing::error!("console directory: {e}");
