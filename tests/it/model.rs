@@ -37,7 +37,7 @@ use serde_json::{json, Value};
 
 use super::pg::Cluster;
 use super::support::{
-    copy_pack, repo_root, roles, spawn_app_in, spawn_binary, team_table, Answer, Api,
+    copy_pack, repo_root, roles, spawn_app_in, spawn_binary, team_table, Answer, Api, TEAM,
 };
 
 /// The seed when `CEDARD_MODEL_SEED` does not name one.
@@ -91,9 +91,6 @@ const ACCOUNT_ACTIONS: [&str; 11] = [
 const POD_ACTIONS: [&str; 3] = ["connectPod", "startPod", "stopPod"];
 
 /// The schema's action groups, as `schema/teams.cedarschema` declares them.
-const BASIC: [&str; 3] = ["useAccount", "viewMembers", "connectPod"];
-const MANAGE_PODS: [&str; 3] = ["startPod", "stopPod", "createPod"];
-const BILLING: [&str; 2] = ["viewBilling", "manageBilling"];
 
 /// The actions `policies/account.cedar` allows on team accounts only.
 const TEAM_ONLY: [&str; 4] = [
@@ -330,12 +327,12 @@ impl Model {
     /// place.
     fn permits(&self, role: &str, action: &str) -> bool {
         let on = |file: &str| !self.disabled.contains(file);
+        // `admin.cedar` permits everything on its own account; every other
+        // role permits what the seed's table (`roles.yaml`) gives it on a
+        // team account, while its policy file (named after it) is there.
         match role {
             "admin" => true,
-            "basic" => on("basic") && BASIC.contains(&action),
-            "billing" => on("billing") && BILLING.contains(&action),
-            "dev" => on("dev") && (BASIC.contains(&action) || MANAGE_PODS.contains(&action)),
-            _ => false,
+            role => on(role) && TEAM.allows(action, role),
         }
     }
 
