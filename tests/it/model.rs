@@ -90,8 +90,6 @@ const ACCOUNT_ACTIONS: [&str; 11] = [
 ];
 const POD_ACTIONS: [&str; 3] = ["connectPod", "startPod", "stopPod"];
 
-/// The schema's action groups, as `schema/teams.cedarschema` declares them.
-
 /// The actions `policies/account.cedar` allows on team accounts only.
 const TEAM_ONLY: [&str; 4] = [
     "inviteMember",
