@@ -604,6 +604,11 @@ async fn in_a_browser_sign_in_matrix_and_a_saved_edit() {
         ),
     )
     .expect("save");
+    let billing_column = crate::support::TEAM
+        .columns
+        .iter()
+        .position(|c| c == "billing")
+        .expect("a billing column");
     // Refresh until the reload shows (a deadline, not a fixed sleep).
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let seen = loop {
@@ -612,7 +617,7 @@ async fn in_a_browser_sign_in_matrix_and_a_saved_edit() {
             .await
             .remove("useAccount")
             .unwrap_or_default();
-        if row.get(1).map(String::as_str) == Some("allow") {
+        if row.get(billing_column).map(String::as_str) == Some("allow") {
             break row;
         }
         assert!(
@@ -621,7 +626,12 @@ async fn in_a_browser_sign_in_matrix_and_a_saved_edit() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(seen, ["allow", "allow", "allow", "allow", "deny"]);
+    let expected: Vec<bool> = crate::support::TEAM
+        .columns
+        .iter()
+        .map(|c| c == "billing" || crate::support::TEAM.allows("useAccount", c))
+        .collect();
+    assert_eq!(seen, words(&expected));
     c.app.stop().await;
     b.client.clone().close().await.expect("close");
 }

@@ -603,24 +603,32 @@ fn the_model_answers_the_seed_table_on_a_team_account() {
     let mut model = Model::default();
     assert_eq!(model.sign_up("ann", "ann@example.com", true), 201);
     assert_eq!(model.convert("ann", "ann"), 200);
-    // One member per role besides the admin owner, and a non-member.
-    let members = [("bob", "basic"), ("cy", "billing"), ("dee", "dev")];
-    for (user, role) in members {
-        assert_eq!(model.sign_up(user, &canonical_email(user), true), 201);
-        model.roles.insert(("ann", user), role);
+    // One member per role of the table (each named after the role it
+    // holds; the admin is the owner), and a non-member.
+    for role in roles() {
+        if role == "admin" {
+            continue;
+        }
+        assert_eq!(model.sign_up(role, &canonical_email(role), true), 201);
+        model.roles.insert(("ann", role), role);
     }
     assert_eq!(model.sign_up("eve", "eve@example.com", true), 201);
-    for (action, row) in team_table() {
+    for (action, _) in team_table() {
         let target = if POD_ACTIONS.contains(action) {
             Target::Pod("ann")
         } else {
             Target::Account("ann")
         };
-        for (user, want) in ["bob", "cy", "dee", "ann", "eve"].iter().zip(row) {
+        for column in &TEAM.columns {
+            let user = match column.as_str() {
+                "admin" => "ann",
+                "non-member" => "eve",
+                role => role,
+            };
             assert_eq!(
                 model.allowed(user, action, target),
-                *want,
-                "{user} {action}"
+                TEAM.allows(action, column),
+                "{column} ({user}) {action}"
             );
         }
     }
