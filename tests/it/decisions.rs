@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::support::{entity, repo_root, roles, spawn_app, team_table, TEAM};
+use crate::support::{entity, pack_policy_ids, roles, spawn_app, team_table, TEAM};
 
 /// Actions whose resource is a Pod rather than the account.
 fn on_pod(action: &str) -> bool {
@@ -390,19 +390,7 @@ async fn health_readiness_and_policy_listing() {
         .map(|p| p["id"].as_str().expect("id"))
         .collect();
     // Every policy of the pack's files, by file name, then in file order.
-    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(repo_root().join("policies"))
-        .expect("policies")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|x| x == "cedar"))
-        .collect();
-    files.sort();
-    let mut in_files = Vec::new();
-    for file in files {
-        let text = std::fs::read_to_string(file).expect("read");
-        for part in text.split("@id(\"").skip(1) {
-            in_files.push(part.split('"').next().expect("an id").to_owned());
-        }
-    }
+    let in_files = pack_policy_ids();
     assert_eq!(ids, in_files);
     assert!(ids.contains(&"members-team-only"), "{ids:?}");
     let members = &policies[2];

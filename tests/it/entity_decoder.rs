@@ -256,7 +256,14 @@ fn the_default_pack_and_the_paper_workloads_are_decoded_without_cedars_parser() 
         let texts: Vec<String> = match data {
             None => vec![
                 r#"{"uid": {"type": "User", "id": "dana"}, "attrs": {"email": "dana@example.com"}, "parents": [{"type": "Role", "id": "acme/dev"}]}"#.into(),
-                r#"{"uid": {"type": "Account", "id": "acme"}, "attrs": {"name": "Acme", "kind": "team", "owner": {"type": "User", "id": "olga"}, "account": {"type": "Account", "id": "acme"}, "roles": {"basic": {"type": "Role", "id": "acme/basic"}, "billing": {"type": "Role", "id": "acme/billing"}, "dev": {"type": "Role", "id": "acme/dev"}, "admin": {"type": "Role", "id": "acme/admin"}}}, "parents": []}"#.into(),
+                format!(
+                    r#"{{"uid": {{"type": "Account", "id": "acme"}}, "attrs": {{"name": "Acme", "kind": "team", "owner": {{"type": "User", "id": "olga"}}, "account": {{"type": "Account", "id": "acme"}}, "roles": {{{}}}}}, "parents": []}}"#,
+                    crate::support::schema_roles()
+                        .iter()
+                        .map(|r| format!(r#""{r}": {{"type": "Role", "id": "acme/{r}"}}"#))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
                 r#"{"uid": {"type": "Pod", "id": "p1"}, "attrs": {"account": {"type": "Account", "id": "acme"}}, "parents": [{"type": "Account", "id": "acme"}]}"#.into(),
             ],
             Some(w) => {

@@ -103,6 +103,34 @@ pub fn roles() -> Vec<&'static str> {
         .collect()
 }
 
+/// The ids of the default pack's policies (`@id` annotations), by file
+/// name, then in file order: what a listing of the pack shows.
+pub fn pack_policy_ids() -> Vec<String> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo_root().join("policies"))
+        .expect("policies")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "cedar"))
+        .collect();
+    files.sort();
+    let mut ids = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(file).expect("read");
+        for part in text.split("@id(\"").skip(1) {
+            ids.push(part.split('"').next().expect("an id").to_owned());
+        }
+    }
+    ids
+}
+
+/// How many single cases `tests/policies/roles.yaml` states besides its
+/// matrices.
+pub fn seed_case_count() -> usize {
+    let text = std::fs::read_to_string(repo_root().join("tests/policies/roles.yaml"))
+        .expect("read roles.yaml");
+    let suite: Value = serde_yaml_ng::from_str(&text).expect("roles.yaml is YAML");
+    suite["cases"].as_array().map_or(0, Vec::len)
+}
+
 /// The role names of the default pack's schema (the fields of
 /// `Account.roles`), sorted, as cedard reads them.
 pub fn schema_roles() -> Vec<String> {
