@@ -164,18 +164,20 @@ async fn a_replica_cut_off_from_its_database_refuses_after_the_staleness_bound()
         .await;
     assert_eq!(revoked.status, 200, "{}", revoked.body);
 
-    // B may answer from what it knows for at most the bound; after it, a
-    // refusal (503 `store_unavailable`), never an allow, never the key.
+    // B may answer from what it knows for at most the bound: its last
+    // confirmation came before the cut, so a request sent after cut + bound
+    // is refused (503 `store_unavailable`), never an allow, never the key.
+    // Requests are judged by when they were sent, so a slow answer on a
+    // loaded machine cannot make a legitimate early allow look late.
     let mut refused_after = None;
     while cut.elapsed() < BOUND * 3 {
+        let sent = cut.elapsed();
         let answer = may_start(&b, "bob", "olga").await;
         let key = may_start(&doomed, "bob", "olga").await;
-        if cut.elapsed() > BOUND + Duration::from_millis(300) {
+        if sent > BOUND + Duration::from_millis(50) {
             assert_eq!(
-                answer.status,
-                503,
-                "{:?} after the cut: {}",
-                cut.elapsed(),
+                answer.status, 503,
+                "sent {sent:?} after the cut: {}",
                 answer.body
             );
             assert_eq!(
@@ -191,16 +193,12 @@ async fn a_replica_cut_off_from_its_database_refuses_after_the_staleness_bound()
             );
         }
         if answer.status == 503 && refused_after.is_none() {
-            refused_after = Some(cut.elapsed());
+            refused_after = Some(sent);
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let refused_after = refused_after.expect("B refused");
-    eprintln!("the cut-off replica refused {refused_after:?} after the cut (bound {BOUND:?})");
-    assert!(
-        refused_after <= BOUND + Duration::from_millis(300),
-        "{refused_after:?}"
-    );
+    eprintln!("the cut-off replica refused a request sent {refused_after:?} after the cut (bound {BOUND:?})");
     let ready = b.call(Method::GET, "/readyz", None, None).await;
     assert_eq!(ready.status, 503, "{}", ready.body);
 
@@ -225,7 +223,7 @@ async fn a_write_held_up_by_a_lock_is_refused_in_time_and_never_commits() {
         return;
     };
     let url = pg.url();
-    let (_a, a) = replica(&url, &["--request-timeout-ms", "2000"]).await;
+    let (_a, a) = replica(&url, &["--request-timeout-ms", "4000"]).await;
     assert_eq!(sign_up(&a, "first").await.status, 201);
 
     // Another session takes cedard's write lock (the revision row) and
@@ -355,17 +353,25 @@ async fn after_every_connection_is_killed_writes_go_on_and_replicas_catch_up() {
     assert_eq!(answer.status, 200, "{}", answer.body);
     let mut seen = None;
     while changed.elapsed() < DEADLINE {
+        let sent = changed.elapsed();
         let answer = may_start(&b, "bob", "olga").await;
         assert_ne!(answer.status, 500, "{}", answer.body);
         if answer.body["decision"] == "allow" {
-            seen = Some(changed.elapsed());
+            seen = Some(sent);
             break;
+        }
+        // Never the old answer once the bound has passed: B knows the
+        // write, or refuses.
+        if sent > BOUND + Duration::from_millis(50) {
+            assert_ne!(
+                answer.body["decision"], "deny",
+                "B answered from stale facts {sent:?} after the write"
+            );
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let seen = seen.expect("B saw the change");
-    eprintln!("after the kill, B saw A's write in {seen:?}");
-    assert!(seen <= BOUND, "B stayed stale for {seen:?}");
+    eprintln!("after the kill, B saw A's write in a request sent {seen:?} after it");
 }
 
 /// Makes every `COMMIT` of a user whose id starts with `slow` take a
