@@ -69,8 +69,9 @@ async fn healthz() -> Json<Health> {
 
 /// Ready when a valid policy set is serving (the daemon refuses to start
 /// on an invalid set) and the store answers: a shared database that cannot
-/// be reached within a second makes the replica not ready (503), so that a
-/// load balancer sends its callers elsewhere. A damaged data file (found at
+/// be reached within a second, or whose caller keys this replica cannot
+/// confirm (it would authenticate nobody), makes the replica not ready
+/// (503), so that a load balancer sends its callers elsewhere. A damaged data file (found at
 /// start or since) makes the daemon not ready for good; the details are in
 /// the daemon's log, not shown to an unauthenticated probe. A write outage
 /// (writes cannot commit: a full disk, say) makes it not ready until writes
@@ -100,10 +101,21 @@ async fn readyz(State(state): State<AppState>) -> Response {
             ts(since)
         ))
     } else if store.is_remote() {
-        let probe = tokio::task::spawn_blocking(move || store.refresh_revision());
+        // The revision read now, and the caller keys brought up to it: a
+        // replica whose keys are not confirmed authenticates nobody, so it
+        // is not ready until they are (after an outage, say).
+        let accounts = state.accounts.clone();
+        let probe = tokio::task::spawn_blocking(move || {
+            let revision = store.refresh_revision().map_err(|e| e.to_string())?;
+            accounts.refresh_keys().map_err(|e| e.to_string())?;
+            if accounts.keys_current() {
+                Ok(revision)
+            } else {
+                Err("the caller keys have not been confirmed with the store".to_owned())
+            }
+        });
         match tokio::time::timeout(std::time::Duration::from_secs(1), probe).await {
-            Ok(Ok(Ok(revision))) => Ok(revision),
-            Ok(Ok(Err(e))) => Err(e.to_string()),
+            Ok(Ok(checked)) => checked,
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => Err("the store did not answer within a second".to_owned()),
         }
