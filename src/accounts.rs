@@ -76,6 +76,9 @@ impl From<PdpError> for AccountsError {
             PdpError::Denied { message, reasons } => AccountsError::Denied { message, reasons },
             PdpError::Unavailable(m) => AccountsError::Unavailable(m),
             PdpError::Store(e) => AccountsError::Fault(e),
+            // Management checks decide a few questions, never a search, and
+            // give no deadline: still a 503, never an answer.
+            e @ PdpError::OutOfTime => AccountsError::Unavailable(e.to_string()),
         }
     }
 }

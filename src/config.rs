@@ -174,9 +174,15 @@ pub struct Options {
     /// Include each request's context in the decision log.
     #[arg(long, env = "CEDARD_DECISION_LOG_CONTEXT")]
     pub decision_log_context: bool,
-    /// Rotate the decision log when it reaches this many MiB.
-    #[arg(long, env = "CEDARD_DECISION_LOG_MAX_MB")]
-    pub decision_log_max_mb: Option<u64>,
+    /// The folder under which the console's Impact page may read a
+    /// candidate policy folder on the server. Off by default: the page then
+    /// takes an edited or uploaded file only, and reveals nothing of the
+    /// server's folders.
+    #[arg(long, env = "CEDARD_CANDIDATES_ROOT")]
+    pub candidates_root: Option<PathBuf>,
+    /// Rotate the decision log when it reaches this many MiB (0: never).
+    #[arg(long, env = "CEDARD_DECISION_LOG_MAX_MB", default_value_t = 256)]
+    pub decision_log_max_mb: u64,
     /// Rotated decision-log files kept (`PATH.1` … `PATH.N`).
     #[arg(long, env = "CEDARD_DECISION_LOG_KEEP", default_value_t = 5)]
     pub decision_log_keep: usize,

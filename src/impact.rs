@@ -191,9 +191,11 @@ pub struct LogRead {
 }
 
 /// Reads the decision lines of a decision log, keeping at most the last
-/// `keep` decisions (all with `None`).
+/// `keep` decisions (all with `None`): a streamed window, so that memory is
+/// bounded by `keep` however long the log is.
 pub fn read_log(reader: impl BufRead, keep: Option<usize>) -> std::io::Result<LogRead> {
     let mut out = LogRead::default();
+    let mut window = std::collections::VecDeque::new();
     for (i, line) in reader.lines().enumerate() {
         let line = line?;
         if line.trim().is_empty() {
@@ -201,21 +203,25 @@ pub fn read_log(reader: impl BufRead, keep: Option<usize>) -> std::io::Result<Lo
         }
         match audit::read_line(&line) {
             Some(audit::Line::Write(_)) => out.writes += 1,
-            Some(audit::Line::Decision(d)) => out.decisions.push(Logged {
-                line: i + 1,
-                principal: d.principal,
-                action: d.action,
-                resource: d.resource,
-                context: d.context,
-                decision: d.decision,
-            }),
+            Some(audit::Line::Decision(d)) => {
+                if keep.is_some_and(|keep| window.len() >= keep) {
+                    window.pop_front();
+                }
+                if keep != Some(0) {
+                    window.push_back(Logged {
+                        line: i + 1,
+                        principal: d.principal,
+                        action: d.action,
+                        resource: d.resource,
+                        context: d.context,
+                        decision: d.decision,
+                    });
+                }
+            }
             None => out.unreadable(i + 1),
         }
     }
-    if let Some(keep) = keep {
-        let extra = out.decisions.len().saturating_sub(keep);
-        out.decisions.drain(..extra);
-    }
+    out.decisions = window.into();
     Ok(out)
 }
 

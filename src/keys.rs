@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,7 +51,7 @@ impl Scope {
         match self {
             Scope::Decide => "decide",
             Scope::Manage => "manage",
-            Scope::Admin => "admin",
+            Scope::Admin => crate::store::ADMIN_SCOPE,
         }
     }
 }
@@ -188,6 +188,9 @@ pub struct KeyRing {
     /// The keys could not be read (the data file is damaged): no caller can
     /// be authenticated, and none may be served as if no key existed.
     unreadable: bool,
+    /// Some key was ever stored (revoked ones count): the daemon is closed
+    /// for good, even once every key is revoked.
+    keyed: AtomicBool,
     /// The store revision the keys were read at.
     revision: AtomicU64,
     /// How old the last confirmation may be; `None`: the keys are exact
@@ -203,6 +206,7 @@ impl Default for KeyRing {
         Self {
             live: ArcSwap::default(),
             unreadable: false,
+            keyed: AtomicBool::new(false),
             revision: AtomicU64::new(0),
             max_age: None,
             origin: Instant::now(),
@@ -306,17 +310,22 @@ impl KeyRing {
                 },
             );
         }
+        if !records.is_empty() {
+            self.keyed.store(true, Ordering::Release);
+        }
         self.live.store(Arc::new(map));
     }
 
-    /// Whether any key is live: once one is, every route but the health
-    /// checks needs one.
-    pub fn is_empty(&self) -> bool {
-        !self.unreadable && self.live.load().is_empty()
+    /// Whether no key was ever stored (revoked keys count as stored): only
+    /// then is the no-key mode open. Once any key existed, every route but
+    /// the health checks needs a live one, even after every key is revoked,
+    /// so that revoking keys never reopens the daemon.
+    pub fn never_keyed(&self) -> bool {
+        !self.unreadable && !self.keyed.load(Ordering::Acquire) && self.live.load().is_empty()
     }
 
     /// How many keys are live.
-    pub fn len(&self) -> usize {
+    pub fn live_count(&self) -> usize {
         self.live.load().len()
     }
 
@@ -369,7 +378,10 @@ mod tests {
         revoked.revoked_at = Some(1);
         ring.replace(&[revoked]);
         assert_eq!(ring.verify(&k.secret), Err(InvalidKey));
-        assert!(ring.is_empty());
+        assert_eq!(ring.live_count(), 0);
+        // A ring that has held a key is never the open no-key mode again.
+        assert!(!ring.never_keyed());
+        assert!(KeyRing::new(&[]).never_keyed());
     }
 
     #[test]

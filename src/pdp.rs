@@ -129,6 +129,10 @@ pub enum PdpError {
     /// cannot know the answer.
     #[error(transparent)]
     Store(Fault),
+    /// The call's work passed its deadline (a search over many candidates)
+    /// and was stopped: no answer was made (a 503).
+    #[error("the request ran out of its time (`--request-timeout-ms`) and was stopped; no answer was made")]
+    OutOfTime,
 }
 
 impl PdpError {
@@ -139,6 +143,7 @@ impl PdpError {
             PdpError::Denied { .. } => Code::Forbidden,
             PdpError::Unavailable(_) => Code::Unavailable,
             PdpError::Store(f) => f.code(),
+            PdpError::OutOfTime => Code::Timeout,
         }
     }
 }
@@ -471,7 +476,7 @@ impl Pdp {
     pub fn search(&self, caller: &Caller, search: &Search<'_>) -> Result<Page, PdpError> {
         let snapshot = self.live.snapshot();
         let mut call = self.call(caller, &snapshot, Record::Count)?;
-        match self.search_in(&mut call, &snapshot, search) {
+        match self.search_in(&mut call, &snapshot, search, caller.deadline) {
             Ok(mut page) => {
                 call.finish();
                 page.revision = Some(snapshot.revision.clone());
@@ -489,6 +494,7 @@ impl Pdp {
         call: &mut Call<'_>,
         snapshot: &PolicySnapshot,
         search: &Search<'_>,
+        deadline: Option<std::time::Instant>,
     ) -> Result<Page, PdpError> {
         const CHUNK: usize = 256;
         let mut page = Page {
@@ -563,6 +569,12 @@ impl Pdp {
         let action = action_uid(snapshot, search.action)?;
         let mut after: Option<String> = search.after.map(str::to_owned);
         loop {
+            // Checked between chunks: a search over many candidates stops at
+            // its deadline (before the request's time limit answers), so
+            // that it never runs on after its answer, holding no permit.
+            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                return Err(PdpError::OutOfTime);
+            }
             let ids = self.candidates(snapshot, type_name, after.as_deref(), CHUNK)?;
             if ids.is_empty() {
                 break;

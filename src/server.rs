@@ -90,9 +90,15 @@ fn check_exposure(addr: SocketAddr, keys: &KeyRing, options: &Options) -> Result
         // Nobody is served but the probes.
         return Ok(());
     }
-    if !keys.is_empty() {
+    if !keys.never_keyed() && keys.live_count() == 0 {
+        tracing::warn!(
+            "every caller key is revoked: nobody is authenticated on any route but /healthz and /readyz until `cedard keys create` makes one"
+        );
+        return Ok(());
+    }
+    if !keys.never_keyed() {
         tracing::info!(
-            keys = keys.len(),
+            keys = keys.live_count(),
             "caller keys required on every route but /healthz and /readyz"
         );
         return Ok(());
@@ -152,7 +158,8 @@ fn decision_log(options: &Options) -> Result<DecisionLog, Error> {
     let mut config = LogConfig::new(path.clone());
     config.only_deny = options.decision_log_only == Some(LogOnly::Deny);
     config.with_context = options.decision_log_context;
-    config.max_bytes = options.decision_log_max_mb.map(|mb| mb * 1024 * 1024);
+    config.max_bytes = (options.decision_log_max_mb > 0)
+        .then(|| options.decision_log_max_mb.saturating_mul(1024 * 1024));
     config.keep = options.decision_log_keep;
     let log = DecisionLog::start(config).map_err(|e| {
         Error::Config(format!(
@@ -287,10 +294,10 @@ pub async fn run(
     };
     tasks.push(tokio::spawn(refresh_keys(accounts.clone(), every)));
     tasks.push(tokio::spawn(recover_writes(store.clone())));
-    let console = Arc::new(http::ui::Console::new(
-        tls.is_some(),
-        options.decision_log.clone(),
-    ));
+    let console = Arc::new(
+        http::ui::Console::new(tls.is_some(), options.decision_log.clone())
+            .with_candidates_root(options.candidates_root.clone()),
+    );
     let metrics = http::metrics::handle();
     if let Some(handle) = &metrics {
         tasks.push(tokio::spawn(http::metrics::upkeep(handle.clone())));

@@ -170,9 +170,10 @@ impl From<PdpError> for ApiError {
         let code = e.code();
         match e {
             PdpError::Denied { message, reasons } => Self::denied(message, reasons),
-            PdpError::Input(_) | PdpError::Unavailable(_) | PdpError::Store(_) => {
-                Self::new(code, e.to_string())
-            }
+            PdpError::Input(_)
+            | PdpError::Unavailable(_)
+            | PdpError::Store(_)
+            | PdpError::OutOfTime => Self::new(code, e.to_string()),
         }
     }
 }

@@ -5,10 +5,12 @@
 //! Keys: once any key exists, every route but the health checks needs
 //! `Authorization: Bearer <key>` holding the route's scope; a missing or
 //! unknown key is a 401 with `WWW-Authenticate`, a key without the scope a
-//! 403. With no key at all, cedard answers only callers on loopback (unless
-//! started with `--insecure-no-auth`), so revoking the last key never opens
-//! a network-facing daemon to anyone. When the keys cannot be read (the data
-//! file is damaged), every route but the health checks is a 503.
+//! 403. With no key ever stored, cedard answers only callers on loopback
+//! (unless started with `--insecure-no-auth`). Once a key was stored,
+//! revoking keys never reopens the daemon: the last live `admin` key cannot
+//! be revoked, and a store whose every key is revoked (say by the CLI)
+//! authenticates nobody. When the keys cannot be read (the data file is
+//! damaged), every route but the health checks is a 503.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -67,7 +69,7 @@ pub async fn authenticate(
         )
         .into_response();
     }
-    let key = if state.keys.is_empty() {
+    let key = if state.keys.never_keyed() {
         let peer = request
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()
@@ -92,6 +94,12 @@ pub async fn authenticate(
                     .and_then(|_| v.get(7..))
             })
             .map(str::trim);
+        if state.keys.live_count() == 0 {
+            return ApiError::no_key(
+                "every caller key is revoked, so nobody is authenticated: create one with `cedard keys create`",
+            )
+            .into_response();
+        }
         let Some(presented) = presented else {
             return ApiError::no_key(
                 "a caller key is required: send `Authorization: Bearer <key>`",
@@ -238,7 +246,25 @@ pub async fn sane_request_id(mut request: Request, next: Next) -> Response {
     next.run(request).await
 }
 
-/// Counts requests by route, method and status, with their latency.
+/// The `method` label of a request: one of the methods cedard's routes
+/// answer, or `other`. Every label value comes from a small fixed set, so
+/// that a client inventing methods (any token is a valid one) cannot grow
+/// the metrics, however many it sends and however long they are.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// Counts requests by route (a route's template, or `unmatched`), method
+/// ([`method_label`]) and status, with their latency.
 pub async fn count(request: Request, next: Next) -> Response {
     let started = Instant::now();
     let route = request
@@ -246,7 +272,7 @@ pub async fn count(request: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method());
     let response = next.run(request).await;
     let status = response.status().as_u16().to_string();
     metrics::counter!("cedard_http_requests_total", "route" => route.clone(), "method" => method, "status" => status)

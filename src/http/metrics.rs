@@ -151,7 +151,7 @@ pub fn render(handle: &PrometheusHandle, state: &AppState) -> String {
     let snapshot = state.pdp.live().snapshot();
     metrics::gauge!("cedard_policy_generation").set(snapshot.revision.generation as f64);
     metrics::gauge!("cedard_policies").set(snapshot.meta.len() as f64);
-    metrics::gauge!("cedard_keys").set(state.keys.len() as f64);
+    metrics::gauge!("cedard_keys").set(state.keys.live_count() as f64);
     let writable = state.pdp.store().write_outage().is_none();
     metrics::gauge!("cedard_store_writable").set(if writable { 1.0 } else { 0.0 });
     handle.render()

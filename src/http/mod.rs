@@ -219,7 +219,8 @@ fn wired(state: AppState, extra: Router<AppState>) -> Router {
 }
 
 /// The router of `--metrics-listen`: `/metrics` alone, without a key, for
-/// a private monitoring network.
+/// a private monitoring network, behind the same `Host` screen as the main
+/// listener.
 pub fn metrics_router(state: AppState) -> Router {
     Router::new()
         .route(
@@ -239,6 +240,9 @@ pub fn metrics_router(state: AppState) -> Router {
             ),
         )
         .fallback(|| async { ApiError::new(Code::NotFound, "only /metrics is served here") })
+        // The main listener's `Host` screen: a web page must not read the
+        // metrics through DNS rebinding either.
+        .layer(from_fn_with_state(state.clone(), guard::screen))
         .with_state(state)
 }
 

@@ -1006,12 +1006,24 @@ fn read_capped(path: &Path, max: u64) -> Result<(String, Stamp), ReadError> {
     Ok((text, stamp))
 }
 
+/// The most folders below one another a walk enters.
+const MAX_DEPTH: usize = 32;
+/// The most folders one walk reads.
+const MAX_FOLDERS: usize = 4096;
+/// The most matching files one walk takes.
+const MAX_FILES: usize = 10_000;
+
 /// Collects matching files below `dir`. Hidden files and folders (editor
 /// locks, swap files, `.git`) are skipped; only names with the right ending
 /// count, so backup files like `basic.cedar~` never load. A matching name
 /// that cannot be read (a dangling link, a FIFO, a file over the size
 /// limit) is an error, never silently skipped: a `forbid` file behind a
 /// missing mount must not vanish from the set.
+///
+/// The walk ends: a folder reached a second time (a link back to `.` or a
+/// parent: a cycle; or two links to one folder) is an error naming it, and
+/// the depth, folders and files are bounded ([`MAX_DEPTH`],
+/// [`MAX_FOLDERS`], [`MAX_FILES`]), each an error naming where it stopped.
 fn collect(
     root: &Path,
     dir: &Path,
@@ -1020,47 +1032,133 @@ fn collect(
     errors: &mut Vec<LoadError>,
     wanted: Wanted,
 ) {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) => {
-            errors.push(LoadError {
-                file: dir.display().to_string(),
-                line: None,
-                column: None,
-                message: format!("cannot read the folder: {e}"),
-            });
-            return;
-        }
+    let mut walk = Walk {
+        root,
+        wanted,
+        out,
+        stamps,
+        errors,
+        seen: std::collections::HashSet::new(),
+        folders: 0,
+        files: 0,
     };
-    for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') {
-            continue;
+    walk.enter(dir);
+    walk.folder(dir, 0);
+}
+
+/// One folder walk's state (see [`collect`]).
+struct Walk<'a> {
+    root: &'a Path,
+    wanted: Wanted,
+    out: &'a mut Vec<SourceFile>,
+    stamps: &'a mut Vec<Stamp>,
+    errors: &'a mut Vec<LoadError>,
+    /// The folders read, by device and inode (links followed).
+    seen: std::collections::HashSet<(u64, u64)>,
+    folders: usize,
+    files: usize,
+}
+
+impl Walk<'_> {
+    /// `path` relative to the walk's root, `/`-separated.
+    fn rel(&self, path: &Path) -> String {
+        path.strip_prefix(self.root)
+            .unwrap_or(path)
+            .components()
+            .map(|c| c.as_os_str().to_string_lossy())
+            .collect::<Vec<_>>()
+            .join("/")
+    }
+
+    fn refuse(&mut self, file: String, message: String) {
+        self.errors.push(LoadError {
+            file,
+            line: None,
+            column: None,
+            message,
+        });
+    }
+
+    /// Records that the folder `dir` is read; `false` (with an error) when
+    /// it was read before in this walk, or when the walk read its limit of
+    /// folders.
+    fn enter(&mut self, dir: &Path) -> bool {
+        self.folders += 1;
+        if self.folders > MAX_FOLDERS {
+            if self.folders == MAX_FOLDERS + 1 {
+                let file = self.rel(dir);
+                self.refuse(
+                    file,
+                    format!("more than {MAX_FOLDERS} folders to read; the walk stopped here"),
+                );
+            }
+            return false;
         }
-        let path = entry.path();
-        if path.is_dir() {
-            collect(root, &path, out, stamps, errors, wanted);
-        } else if (wanted.name)(&name) {
-            let rel = path
-                .strip_prefix(root)
-                .unwrap_or(&path)
-                .components()
-                .map(|c| c.as_os_str().to_string_lossy())
-                .collect::<Vec<_>>()
-                .join("/");
-            match read_capped(&path, wanted.max_bytes) {
-                Ok((text, stamp)) => {
-                    stamps.push(stamp);
-                    out.push(SourceFile { name: rel, text });
+        #[cfg(unix)]
+        if let Ok(meta) = std::fs::metadata(dir) {
+            use std::os::unix::fs::MetadataExt;
+            if !self.seen.insert((meta.dev(), meta.ino())) {
+                let file = self.rel(dir);
+                self.refuse(
+                    file,
+                    "this folder was already read through another path (a link back to a folder \
+                     above it, or a second link to one folder); remove the link"
+                        .into(),
+                );
+                return false;
+            }
+        }
+        true
+    }
+
+    fn folder(&mut self, dir: &Path, depth: usize) {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(e) => e,
+            Err(e) => {
+                self.refuse(
+                    dir.display().to_string(),
+                    format!("cannot read the folder: {e}"),
+                );
+                return;
+            }
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            let path = entry.path();
+            if path.is_dir() {
+                if depth + 1 > MAX_DEPTH {
+                    let file = self.rel(&path);
+                    self.refuse(
+                        file,
+                        format!("folders nested deeper than {MAX_DEPTH}; not read"),
+                    );
+                } else if self.enter(&path) {
+                    self.folder(&path, depth + 1);
                 }
-                // A file deleted between listing and reading is simply gone.
-                Err(ReadError::Gone) => {}
-                Err(e) => errors.push(LoadError {
-                    file: rel,
-                    line: None,
-                    column: None,
-                    message: format!("cannot read the file: {e}"),
-                }),
+            } else if (self.wanted.name)(&name) {
+                let rel = self.rel(&path);
+                self.files += 1;
+                if self.files > MAX_FILES {
+                    if self.files == MAX_FILES + 1 {
+                        self.refuse(
+                            rel,
+                            format!("more than {MAX_FILES} files; the walk stopped here"),
+                        );
+                    }
+                    return;
+                }
+                match read_capped(&path, self.wanted.max_bytes) {
+                    Ok((text, stamp)) => {
+                        self.stamps.push(stamp);
+                        self.out.push(SourceFile { name: rel, text });
+                    }
+                    // A file deleted between listing and reading is simply gone.
+                    Err(ReadError::Gone) => {}
+                    Err(e) => self.refuse(rel, format!("cannot read the file: {e}")),
+                }
             }
         }
     }

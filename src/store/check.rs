@@ -334,7 +334,12 @@ pub(super) fn check_and_stamp(path: &Path) {
         _ => return,
     }
     let tmp = stale.with_extension("checked.tmp");
-    let written = std::fs::write(&tmp, format!("{fingerprint}\n"))
+    let written = super::tables::private_file()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{fingerprint}\n").as_bytes()))
         .and_then(|()| std::fs::rename(&tmp, &stale));
     if let Err(e) = written {
         let _ = std::fs::remove_file(&tmp);

@@ -238,6 +238,9 @@ pub enum Refusal {
         /// The admin role's name.
         role: String,
     },
+    /// Revoking the last live key with the `admin` scope.
+    #[error("`{0}` is the last live key with the `admin` scope: create another `admin` key first (rotation is create, then revoke)")]
+    LastAdminKey(String),
     /// Invites need a team account.
     #[error("account `{0}` is a personal account; invites need a team account (convert it first)")]
     NotTeam(String),
@@ -264,6 +267,7 @@ impl Refusal {
             | Refusal::EmailTaken(_)
             | Refusal::AlreadyMember { .. }
             | Refusal::LastAdmin { .. }
+            | Refusal::LastAdminKey(_)
             | Refusal::NotTeam(_)
             | Refusal::NotPersonal(_) => Code::Conflict,
             Refusal::NoUser(_)

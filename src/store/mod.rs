@@ -44,7 +44,9 @@ pub use check::{check_file, CheckReport, RecordCounts};
 pub use error::{AtLeastError, Failure, Fault, GoneReason, OpenError, Refusal, WriteError};
 pub use outage::WriteOutage;
 pub use recorded::Changed;
-pub use records::{Account, AccountKind, ApiKey, Invite, InviteState, Membership, User};
+pub use records::{
+    Account, AccountKind, ApiKey, Invite, InviteState, Membership, User, ADMIN_SCOPE,
+};
 pub use tables::FORMAT_VERSION;
 pub use writer::Writer;
 
@@ -142,6 +144,8 @@ pub trait Tx: Reads {
     fn delete_membership(&mut self, account: &str, user: &str) -> Result<()>;
     /// The caller key `id`.
     fn key(&self, id: &str) -> Result<Option<ApiKey>>;
+    /// Every caller key, revoked ones included, ordered by id.
+    fn keys(&self) -> Result<Vec<ApiKey>>;
     /// Stores a caller key.
     fn put_key(&mut self, key: &ApiKey) -> Result<()>;
     /// The invite `id`.

@@ -950,6 +950,13 @@ fn roles_of(q: &impl Query, user: &str) -> Result<Vec<(String, String)>> {
     .collect())
 }
 
+fn keys_of(q: &impl Query) -> Result<Vec<ApiKey>> {
+    q.rows("SELECT record FROM cedard_keys ORDER BY id", &[])?
+        .iter()
+        .map(|r| record("keys", r))
+        .collect()
+}
+
 fn members_of(q: &impl Query, account: &str) -> Result<Vec<(String, Membership)>> {
     Ok(q
         .rows(
@@ -1053,10 +1060,7 @@ impl View for PgView {
     }
 
     fn keys(&self) -> Result<Vec<ApiKey>> {
-        self.rows("SELECT record FROM cedard_keys ORDER BY id", &[])?
-            .iter()
-            .map(|r| record("keys", r))
-            .collect()
+        keys_of(self)
     }
 
     fn invites(&self, account: &str) -> Result<Vec<Invite>> {
@@ -1174,6 +1178,10 @@ impl Tx for PgTx<'_> {
             "SELECT record FROM cedard_keys WHERE id = $1",
             id,
         )
+    }
+
+    fn keys(&self) -> Result<Vec<ApiKey>> {
+        keys_of(self)
     }
 
     fn put_key(&mut self, key: &ApiKey) -> Result<()> {

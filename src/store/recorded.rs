@@ -76,6 +76,11 @@ impl<'t> Recorded<'t> {
         self.tx.key(id)
     }
 
+    /// Every caller key, revoked ones included.
+    pub fn keys(&self) -> Result<Vec<ApiKey>> {
+        self.tx.keys()
+    }
+
     /// The invite `id`.
     pub fn invite(&self, id: &str) -> Result<Option<Invite>> {
         self.tx.invite(id)

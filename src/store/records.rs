@@ -120,6 +120,10 @@ impl Invite {
     }
 }
 
+/// The scope that manages caller keys: the store keeps the last live key
+/// holding it (see [`super::Writer::revoke_key`]).
+pub const ADMIN_SCOPE: &str = "admin";
+
 /// A caller key: how a service proves who it is to cedard. Only the SHA-256
 /// of its secret is stored; the key itself is shown once, at creation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

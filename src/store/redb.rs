@@ -50,8 +50,8 @@ use super::{
 
 pub use super::tables::FORMAT_VERSION;
 use super::tables::{
-    ACCOUNTS, ACCOUNT_INVITES, EMAILS, INVITES, INVITE_TOKENS, KEYS, MEMBERS, META, USERS,
-    USER_ACCOUNTS,
+    private_file, ACCOUNTS, ACCOUNT_INVITES, EMAILS, INVITES, INVITE_TOKENS, KEYS, MEMBERS, META,
+    USERS, USER_ACCOUNTS,
 };
 
 /// A redb error as the backend-neutral fault it is: an I/O failure (not
@@ -253,14 +253,19 @@ impl RedbStore {
     /// opens in the damaged state ([`RedbStore::damage`]), holding the
     /// file's lock, and refuses every read and write, so that a daemon can
     /// keep answering what needs no stored fact and say what is wrong.
+    ///
+    /// The file holds emails and names: a folder cedard creates is `0700`
+    /// and a file it creates `0600`, whatever the umask; an existing file
+    /// that others may read is warned about, not changed.
     pub fn open(path: &Path) -> Result<Self, OpenError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|source| OpenError::CreateDir {
+            private_dir(parent).map_err(|source| OpenError::CreateDir {
                 path: parent.to_path_buf(),
                 source,
             })?;
         }
         let file = lock_file(path)?;
+        warn_if_shared(&file, path);
         let health = Health::new(path);
         let (opened, checked) = Self::open_locked(file, path)?;
         let store = match opened {
@@ -825,9 +830,37 @@ impl Drop for RedbStore {
     }
 }
 
-/// Opens (or creates) the data file and takes its lock, without waiting.
+/// Creates `dir` and its missing parents, each one created `0700`.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder.create(dir)
+}
+
+/// Warns, once at open, when users other than the owner may read or write
+/// the data file (emails and names are in it).
+fn warn_if_shared(file: &File, path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = file.metadata() {
+            let mode = meta.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                tracing::warn!(
+                    path = %path.display(),
+                    "the data file can be read by users other than its owner (mode {mode:o}); it holds emails and names: `chmod 600` it"
+                );
+            }
+        }
+    }
+}
+
+/// Opens (or creates, `0600`) the data file and takes its lock, without
+/// waiting.
 fn lock_file(path: &Path) -> Result<File, OpenError> {
-    let file = std::fs::OpenOptions::new()
+    let file = private_file()
         .read(true)
         .write(true)
         .create(true)
@@ -1266,15 +1299,7 @@ impl View for RedbView {
 
     /// Every caller key, revoked ones included, ordered by id.
     fn keys(&self) -> Result<Vec<ApiKey>> {
-        self.health.guard(|| {
-            let table = self.txn.open_table(KEYS)?;
-            let mut out = Vec::new();
-            for item in table.iter()? {
-                let (_, v) = item?;
-                out.push(decode("keys", v.value())?);
-            }
-            Ok(out)
-        })
+        self.health.guard(|| keys_in(&self.txn.open_table(KEYS)?))
     }
 
     /// The invites of an account, pending or not, ordered by id.
@@ -1343,6 +1368,16 @@ impl<F> Blameless<F> {
             std::panic::resume_unwind(panic);
         }
     }
+}
+
+/// Every key of the `keys` table, in id order.
+fn keys_in(table: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<Vec<ApiKey>> {
+    let mut out = Vec::new();
+    for item in table.iter()? {
+        let (_, v) = item?;
+        out.push(decode("keys", v.value())?);
+    }
+    Ok(out)
 }
 
 fn members_in(
@@ -1473,6 +1508,10 @@ impl Tx for RedbTx<'_> {
 
     fn key(&self, id: &str) -> Result<Option<ApiKey>> {
         self.get(KEYS, "keys", id)
+    }
+
+    fn keys(&self) -> Result<Vec<ApiKey>> {
+        keys_in(&self.txn.open_table(KEYS)?)
     }
 
     fn put_key(&mut self, key: &ApiKey) -> Result<()> {

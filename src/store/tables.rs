@@ -44,3 +44,14 @@ pub(super) const ACCOUNT_INVITES: TableDefinition<(&str, &str), ()> =
 pub(super) const KEYS: TableDefinition<&str, &[u8]> = TableDefinition::new("keys");
 /// Normalised email → user id: one user per address.
 pub(super) const EMAILS: TableDefinition<&str, &str> = TableDefinition::new("emails");
+
+/// Options that create a file of the store (the data file, its stamp)
+/// readable and writable by its owner only (`0600`), whatever the umask:
+/// the file holds emails and names. An existing file keeps its mode.
+pub(super) fn private_file() -> std::fs::OpenOptions {
+    #[allow(unused_mut)]
+    let mut options = std::fs::OpenOptions::new();
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+}

@@ -11,7 +11,7 @@
 use super::recorded::{Changed, Recorded};
 use super::{
     normalize_email, Account, AccountKind, ApiKey, GoneReason, Invite, InviteState, Membership,
-    Reads, Refusal, Result, User, WriteError,
+    Reads, Refusal, Result, User, WriteError, ADMIN_SCOPE,
 };
 
 /// The operations of one write transaction.
@@ -71,11 +71,23 @@ impl Writer<'_> {
     }
 
     /// Revokes the key `id` at `now` (revoking a revoked key keeps the first
-    /// time). An unknown id is `NoKey`.
+    /// time). An unknown id is `NoKey`. The last live key holding the
+    /// `admin` scope is not revoked (`LastAdminKey`): without it nobody
+    /// could manage keys, and rotation is create-then-revoke.
     pub fn revoke_key(&mut self, id: &str, now: i64) -> Result<ApiKey, WriteError> {
         let Some(mut key) = self.tx.key(id)? else {
             return Err(Refusal::NoKey(id.to_owned()).into());
         };
+        if key.revoked_at.is_none() && key.scopes.iter().any(|s| s == ADMIN_SCOPE) {
+            let other_admin = self.tx.keys()?.iter().any(|k| {
+                k.id != key.id
+                    && k.revoked_at.is_none()
+                    && k.scopes.iter().any(|s| s == ADMIN_SCOPE)
+            });
+            if !other_admin {
+                return Err(Refusal::LastAdminKey(key.id).into());
+            }
+        }
         key.revoked_at.get_or_insert(now);
         self.tx.put_key(&key)?;
         Ok(key)

@@ -554,6 +554,26 @@ async fn keys_are_made_listed_and_revoked_over_http() {
     )
     .await;
     assert_eq!((r.status, r.code()), (404, "not_found"), "{r:?}");
+
+    // The last live admin key is kept: without it nobody could manage keys.
+    let ops = &keys["ops"].record.id;
+    let r = call(
+        c,
+        Method::DELETE,
+        &app.url(&format!("/v1/keys/{ops}")),
+        Some(admin),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!((r.status, r.code()), (409, "conflict"), "{r:?}");
+    let message = r.body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(ops.as_str()) && message.contains("last live key"),
+        "{r:?}"
+    );
+    let r = call(c, Method::GET, &keys_url, Some(admin), None, None).await;
+    assert_eq!(r.status, 200, "the refused revocation left the key live");
     app.stop().await;
 }
 
@@ -587,11 +607,52 @@ async fn without_keys_loopback_is_served_until_the_first_key_exists() {
     let r = call(c, Method::GET, &app.url("/healthz"), None, None, None).await;
     assert_eq!(r.status, 200, "{r:?}");
 
-    // Revoking the last key returns to loopback-only without keys.
+    // Revoking keys never reopens the daemon: the last admin key is kept,
+    // and once another replaces it, the old one's revocation leaves the
+    // daemon as closed as before.
     let url = app.url(&format!("/v1/keys/{id}"));
     let r = call(c, Method::DELETE, &url, Some(&key), None, None).await;
+    assert_eq!((r.status, r.code()), (409, "conflict"), "{r:?}");
+    let body = json!({"name": "ops-next", "scopes": ["admin"]});
+    let next = call(
+        c,
+        Method::POST,
+        &app.url("/v1/keys"),
+        Some(&key),
+        None,
+        Some(&body),
+    )
+    .await;
+    assert_eq!(next.status, 201, "{next:?}");
+    let r = call(c, Method::DELETE, &url, Some(&key), None, None).await;
     assert_eq!(r.status, 200, "{r:?}");
-    let r = call(c, Method::GET, &policies, None, None, None).await;
+    for (method, path) in [(Method::GET, "/v1/policies"), (Method::POST, "/v1/keys")] {
+        let r = call(c, method, &app.url(path), None, None, Some(&body)).await;
+        assert!(r.is_unauthenticated(), "{path}: {r:?}");
+    }
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_data_file_whose_every_key_is_revoked_authenticates_nobody() {
+    // Keys revoked outside the API (the CLI, another tool): none is live,
+    // yet the file had keys, so the no-key mode does not come back.
+    let dir = support::copy_pack();
+    seed_keys(dir.path(), &[("svc", &[Scope::Decide], true)]);
+    let app = support::spawn_app_in(dir, |_| {}).await;
+    let c = &app.client;
+    let body = json!({"name": "intruder", "scopes": ["admin"]});
+    for (method, path) in [
+        (Method::GET, "/v1/policies"),
+        (Method::POST, "/v1/keys"),
+        (Method::POST, "/v1/is_authorized"),
+    ] {
+        let r = call(c, method, &app.url(path), None, None, Some(&body)).await;
+        assert!(r.is_unauthenticated(), "{path}: {r:?}");
+        let message = r.body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("every caller key is revoked"), "{r:?}");
+    }
+    let r = call(c, Method::GET, &app.url("/healthz"), None, None, None).await;
     assert_eq!(r.status, 200, "{r:?}");
     app.stop().await;
 }

@@ -147,6 +147,22 @@ async fn sign_in_http(c: &Console, key: &str) -> (reqwest::StatusCode, Option<St
     (status, cookie, set_cookie)
 }
 
+/// Makes one more `admin` key through the API; its secret.
+async fn another_admin_key(c: &Console, name: &str) -> String {
+    let created = c
+        .app
+        .client
+        .post(c.app.url("/v1/keys"))
+        .bearer_auth(c.key("admin"))
+        .json(&json!({"name": name, "scopes": ["admin"]}))
+        .send()
+        .await
+        .expect("create a key");
+    assert_eq!(created.status(), 201);
+    let created: Value = created.json().await.expect("JSON");
+    created["secret"].as_str().expect("secret").to_owned()
+}
+
 /// The CSRF token in a page's forms.
 fn csrf_of(html: &str) -> String {
     let at = html.find("name=\"csrf\" value=\"").expect("a csrf field") + 19;
@@ -257,7 +273,9 @@ async fn console_sessions_need_an_admin_key_and_forms_need_their_csrf_token() {
         .expect("post");
     assert_eq!(resp.status(), 415);
 
-    // Revoking the key ends its sessions at once.
+    // Revoking the key ends its sessions at once (after another admin key
+    // is made: the last live one cannot be revoked).
+    another_admin_key(&c, "spare admin").await;
     let admin_id = c.keys["admin"].record.id.clone();
     let resp = c
         .app
@@ -921,4 +939,99 @@ async fn in_a_browser_the_impact_page_lists_exactly_the_flipped_cells() {
     assert!(!c.app.policies().join("no-stop.cedar").exists());
     c.app.stop().await;
     b.client.clone().close().await.expect("close");
+}
+
+/// One admin key signing in over and over ends only its own oldest
+/// sessions: another admin's session stays, and the key's newest do too.
+#[tokio::test]
+async fn one_key_signing_in_over_and_over_signs_nobody_else_out() {
+    let c = console().await;
+    let other = another_admin_key(&c, "other admin").await;
+    let (status, kept, _) = sign_in_http(&c, &other).await;
+    assert_eq!(status, 303);
+    let kept = kept.expect("a session");
+
+    let mut mine = Vec::new();
+    for _ in 0..1100 {
+        let (status, cookie, _) = sign_in_http(&c, c.key("admin")).await;
+        assert_eq!(status, 303);
+        mine.push(cookie.expect("a session"));
+    }
+    let page = |cookie: String| {
+        let url = c.app.url("/ui/policies");
+        async move {
+            raw_client()
+                .get(url)
+                .header("cookie", cookie)
+                .send()
+                .await
+                .expect("get")
+                .status()
+        }
+    };
+    assert_eq!(page(kept).await, 200, "the other admin is still signed in");
+    let newest = mine.last().expect("signed in").clone();
+    assert_eq!(page(newest).await, 200, "the newest session works");
+    assert_eq!(
+        page(mine[0].clone()).await,
+        303,
+        "the key's first session was ended by its own sign-ins"
+    );
+}
+
+/// The Impact page's candidate folder is read only under
+/// `--candidates-root`: without it (the default) no server folder is
+/// read, and a path outside the root is refused the same whether it exists
+/// or not.
+#[tokio::test]
+async fn the_impact_page_reads_no_folder_outside_the_candidates_root() {
+    let c = console().await;
+    let (_, cookie, _) = sign_in_http(&c, c.key("admin")).await;
+    let cookie = cookie.expect("a session");
+    let page = raw_client()
+        .get(c.app.url("/ui/impact"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("page");
+    assert!(
+        !page.contains("name=\"folder\""),
+        "no folder field by default"
+    );
+    let token = csrf_of(&page);
+    let ask = |folder: &'static str| {
+        let (url, cookie, token) = (c.app.url("/ui/impact"), cookie.clone(), token.clone());
+        async move {
+            let resp = raw_client()
+                .post(url)
+                .header("cookie", cookie)
+                .form(&[
+                    ("csrf", token.as_str()),
+                    ("file", ""),
+                    ("text", ""),
+                    ("folder", folder),
+                ])
+                .send()
+                .await
+                .expect("post");
+            (resp.status().as_u16(), resp.text().await.expect("page"))
+        }
+    };
+    let (status, etc) = ask("/etc").await;
+    assert_eq!(status, 400);
+    assert!(etc.contains("reads no folder on the server"), "{etc}");
+    let (status, missing) = ask("/no/such/folder").await;
+    assert_eq!(status, 400);
+    let error = |page: &str| {
+        let at = page.find("id=\"impact-error\"").expect("an error");
+        page[at..]
+            .split("</section>")
+            .next()
+            .expect("section")
+            .to_owned()
+    };
+    assert_eq!(error(&etc), error(&missing), "no hint which folders exist");
 }

@@ -730,3 +730,85 @@ async fn bad_paths_and_oversized_requests_get_bounded_answers() {
     assert!(answer.len() < 1024, "{answer}");
     app.stop().await;
 }
+
+/// A line break in a policy file's name (or any logged value) cannot start
+/// a forged line of the daemon's log: every line the daemon writes begins
+/// with its own timestamp, and the name appears escaped.
+#[tokio::test]
+async fn a_line_break_in_a_file_name_cannot_forge_a_log_line() {
+    let dir = copy_pack();
+    let log = dir.path().join("daemon.log");
+    let bin = crate::support::spawn_binary_logging(dir.path(), &[], &log).await;
+    let forged = "x\n2026-01-01T00:00:00.000000Z  INFO cedard::server: policy set loaded generation=99 FORGED";
+    std::fs::write(
+        dir.path().join("policies").join(format!("{forged}.cedar")),
+        "permit(principal, action, resource) when { nonsense",
+    )
+    .expect("write the file");
+    wait_until(Duration::from_secs(20), || async {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("FORGED"))
+    })
+    .await;
+    drop(bin);
+    let text = std::fs::read_to_string(&log).expect("log");
+    for line in text.lines() {
+        assert!(
+            line.starts_with(|c: char| c.is_ascii_digit()),
+            "a log line that is not the daemon's own: {line:?}\n{text}"
+        );
+    }
+    assert!(
+        text.contains("x\\n2026-01-01"),
+        "the name is shown escaped: {text}"
+    );
+}
+
+/// Two links back to the policy folder (`a -> .`, `b -> .`) made the walk
+/// endless. The reload is refused naming a link, the served set stays, and
+/// the set loads again once they are gone.
+#[tokio::test]
+async fn links_back_to_the_folder_refuse_the_set_and_the_walk_ends() {
+    let app = spawn_app().await;
+    for link in ["a", "b"] {
+        std::os::unix::fs::symlink(".", app.policies().join(link)).expect("symlink");
+    }
+    // One more file so that the change is seen whatever the order.
+    std::fs::write(app.policies().join("touch.cedar"), "").expect("write");
+    wait_until(DEADLINE, || async {
+        app.get("/v1/policies").await.1["last_reload"]["ok"] == false
+    })
+    .await;
+    let (_, listing) = app.get("/v1/policies").await;
+    let errors = listing["last_reload"]["errors"].as_array().expect("errors");
+    assert!(
+        errors.iter().any(|e| {
+            ["a", "b"].contains(&e["file"].as_str().unwrap_or_default())
+                && e["message"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("already read")
+        }),
+        "{listing}"
+    );
+    assert_eq!(listing["revision"]["generation"], 1);
+    assert_eq!(decision(&app, "billing", "viewBilling").await, "allow");
+
+    // `cedard validate` ends too, with the same finding.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cedard"))
+        .arg("validate")
+        .current_dir(app.dir.path())
+        .output()
+        .expect("run cedard validate");
+    assert!(!out.status.success());
+    let said =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("already read"), "{said}");
+
+    for link in ["a", "b"] {
+        std::fs::remove_file(app.policies().join(link)).expect("remove");
+    }
+    wait_until(DEADLINE, || async {
+        app.get("/v1/policies").await.1["last_reload"]["ok"] == true
+    })
+    .await;
+}

@@ -452,3 +452,65 @@ async fn damage_met_while_serving_stops_the_writes() {
         "the damaged file was written to"
     );
 }
+
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// The data file holds emails and names: cedard creates it `0600` and its
+/// folders `0700` even under a umask that lets everyone read everything,
+/// and says at start when an existing file is readable by others.
+#[tokio::test]
+async fn the_data_file_and_its_folders_are_private_whatever_the_umask() {
+    use nix::sys::stat::{umask, Mode};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let data = dir.path().join("new").join("data").join("cedard.redb");
+    let old = umask(Mode::empty());
+    let opened = cedard::store::Store::open(&data);
+    umask(old);
+    let store = opened.expect("open");
+    store
+        .write(|w| {
+            w.sign_up(
+                &cedard::store::User {
+                    id: "ana".into(),
+                    email: "ana@example.com".into(),
+                    email_verified: false,
+                    name: None,
+                    created_at: 0,
+                },
+                "admin",
+            )
+        })
+        .expect("sign up");
+    drop(store);
+    assert_eq!(mode_of(&data), 0o600, "the data file");
+    assert_eq!(mode_of(&stamp_of(&data)), 0o600, "its stamp");
+    for folder in [dir.path().join("new"), dir.path().join("new").join("data")] {
+        assert_eq!(mode_of(&folder), 0o700, "{}", folder.display());
+    }
+
+    // A file made readable by others is left as it is, and warned about.
+    let pack = copy_pack();
+    let file = pack.path().join("data").join("cedard.redb");
+    std::fs::create_dir_all(file.parent().expect("folder")).expect("folder");
+    std::fs::copy(&data, &file).expect("copy");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    }
+    let log = pack.path().join("daemon.log");
+    let bin = crate::support::spawn_binary_logging(pack.path(), &[], &log).await;
+    drop(bin);
+    let said = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        said.contains("can be read by users other than its owner (mode 644)"),
+        "{said}"
+    );
+    assert_eq!(mode_of(&file), 0o644, "an existing file keeps its mode");
+}

@@ -470,13 +470,18 @@ fn maximal_body(n: usize) -> String {
     body
 }
 
-fn vm_hwm_kib(pid: u32) -> u64 {
+/// A `kB` field of the process' `/proc` status (`VmHWM`, `VmRSS`).
+fn proc_status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc status")
+        .unwrap_or_else(|| panic!("{field} in /proc status"))
+}
+
+fn vm_hwm_kib(pid: u32) -> u64 {
+    proc_status_kib(pid, "VmHWM")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -547,4 +552,239 @@ async fn sixteen_concurrent_maximal_requests_stay_under_512_mib_while_healthz_an
     assert_eq!(allowed + overloaded, ROUNDS * CLIENTS);
     assert!(allowed > 0, "every maximal request was refused");
     assert!(mib < 512.0, "peak RSS {mib:.1} MiB");
+}
+
+fn vm_rss_kib(pid: u32) -> u64 {
+    proc_status_kib(pid, "VmRSS")
+}
+
+/// The `cedard_http_requests_total` series of a `/metrics` page, as their
+/// label text.
+fn request_series(page: &str) -> Vec<String> {
+    page.lines()
+        .filter_map(|l| l.strip_prefix("cedard_http_requests_total{"))
+        .filter_map(|l| l.split_once('}').map(|(labels, _)| labels.to_owned()))
+        .collect()
+}
+
+/// Sends `count` requests without a key, each with its own invented method
+/// of `len` bytes to its own invented path, `round` keeping them apart
+/// from another call's; every one must be refused.
+async fn invented_requests(
+    client: &reqwest::Client,
+    base: &str,
+    round: &str,
+    count: usize,
+    len: usize,
+) {
+    let mut set = JoinSet::new();
+    for worker in 0..8 {
+        let (client, base, round) = (client.clone(), base.to_owned(), round.to_owned());
+        set.spawn(async move {
+            for i in (worker..count).step_by(8) {
+                let name = format!("{round}{i:08}");
+                let method = format!("{name}{}", "M".repeat(len.saturating_sub(name.len())));
+                let method = reqwest::Method::from_bytes(method.as_bytes()).expect("a token");
+                let answer = client
+                    .request(method, format!("{base}/v1/invented/{name}"))
+                    .send()
+                    .await
+                    .expect("request");
+                let status = answer.status().as_u16();
+                assert!(
+                    (400..500).contains(&status),
+                    "an invented method got {status}"
+                );
+            }
+        });
+    }
+    while let Some(done) = set.join_next().await {
+        done.expect("sender");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invented_methods_and_paths_leave_the_metrics_and_memory_flat() {
+    const COUNT: usize = 4000;
+    const LEN: usize = 8 * 1024;
+    let dir = copy_pack();
+    let bin = spawn_binary(dir.path(), &[]).await;
+    let client = reqwest::Client::new();
+    // A keyed daemon: what follows comes from callers without a key.
+    let created = client
+        .post(bin.url("/v1/keys"))
+        .json(&json!({"name": "ops", "scopes": ["admin"]}))
+        .send()
+        .await
+        .expect("create a key");
+    assert_eq!(created.status().as_u16(), 201);
+    let created: Value = created.json().await.expect("JSON");
+    let admin = created["secret"].as_str().expect("secret").to_owned();
+    let scrape = || async {
+        let page = client
+            .get(bin.url("/metrics"))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .expect("GET /metrics");
+        assert_eq!(page.status().as_u16(), 200);
+        page.text().await.expect("metrics text")
+    };
+
+    // Warm up: the same shapes, so that every series and buffer they need
+    // exists before memory is measured.
+    invented_requests(&client, &bin.url(""), "WARM", 400, LEN).await;
+    // A scrape counts itself after it is rendered: the first one makes
+    // the series that the next ones show.
+    scrape().await;
+    let before = request_series(&scrape().await);
+    let rss_before = vm_rss_kib(bin.child.id());
+
+    invented_requests(&client, &bin.url(""), "NEW", COUNT, LEN).await;
+    let page = scrape().await;
+    let after = request_series(&page);
+    let rss_after = vm_rss_kib(bin.child.id());
+
+    let known = [
+        "GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other",
+    ];
+    for labels in &after {
+        let method = labels
+            .split(',')
+            .find_map(|l| l.strip_prefix("method=\""))
+            .and_then(|m| m.strip_suffix('"'))
+            .unwrap_or_else(|| panic!("no method label in {labels}"));
+        assert!(
+            known.contains(&method),
+            "a method label from the client: {}",
+            &labels[..labels.len().min(120)]
+        );
+    }
+    assert_eq!(
+        after.len(),
+        before.len(),
+        "{COUNT} invented methods and paths added series"
+    );
+    assert!(page.len() < 64 * 1024, "the scrape is {} bytes", page.len());
+    // The methods alone were COUNT × 8 KiB = 32 MiB; as label values they
+    // would stay in memory for good.
+    let grown_mib = rss_after.saturating_sub(rss_before) / 1024;
+    eprintln!(
+        "{COUNT} invented {LEN}-byte methods: {} request series before and after, RSS {} → {} MiB",
+        after.len(),
+        rss_before / 1024,
+        rss_after / 1024
+    );
+    assert!(grown_mib < 12, "RSS grew {grown_mib} MiB");
+}
+
+/// `--metrics-listen` serves `/metrics` without a key, so a web page must
+/// not reach it through DNS rebinding: a `Host` cedard does not serve is
+/// refused there as on the main listener.
+#[tokio::test]
+async fn the_metrics_listener_refuses_a_host_it_does_not_serve() {
+    let dir = copy_pack();
+    let port = support::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let bin = spawn_binary(dir.path(), &["--metrics-listen", &addr]).await;
+    let client = reqwest::Client::new();
+    let url = format!("http://{addr}/metrics");
+    let wait_until_up = support::wait_until(Duration::from_secs(10), || async {
+        client.get(&url).send().await.is_ok()
+    });
+    wait_until_up.await;
+    let rebound = client
+        .get(&url)
+        .header("host", format!("attacker.example:{port}"))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(rebound.status().as_u16(), 400);
+    let body: Value = rebound.json().await.expect("JSON");
+    assert_eq!(body["error"]["code"], "invalid_host", "{body}");
+    let direct = client.get(&url).send().await.expect("request");
+    assert_eq!(direct.status().as_u16(), 200);
+    let text = direct.text().await.expect("text");
+    assert!(text.contains("cedard_build_info"), "{text}");
+    drop(bin);
+}
+
+/// The CPU time the process `pid` has used, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
+    // The fields after the command name (which may hold spaces), from the
+    // third: utime and stime are the 14th and 15th.
+    let rest = &stat[stat.rfind(')').expect("a command name") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
+/// Searches over 20,000 users that run out of time answer 503 `timeout`
+/// and stop there: the daemon is idle once they are answered, rather than
+/// searching on with its concurrency permits given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_search_that_runs_out_of_time_stops_computing() {
+    const USERS: usize = 20_000;
+    let dir = copy_pack();
+    let data = dir.path().join("data").join("cedard.redb");
+    {
+        let store = cedard::store::Store::open(&data).expect("open");
+        store
+            .write(|w| {
+                for i in 0..USERS {
+                    let id = format!("u{i:05}");
+                    w.sign_up(
+                        &cedard::store::User {
+                            email: format!("{id}@example.com"),
+                            id,
+                            email_verified: false,
+                            name: None,
+                            created_at: 0,
+                        },
+                        "admin",
+                    )?;
+                }
+                Ok(())
+            })
+            .expect("users");
+    }
+    let bin = spawn_binary(dir.path(), &["--request-timeout-ms", "1000"]).await;
+    let client = reqwest::Client::new();
+    // Who may use u00001's account? Only u00001: every candidate is tried.
+    let body = json!({
+        "subject": {"type": "User"},
+        "action": {"name": "useAccount"},
+        "resource": {"type": "Account", "id": "u00001"},
+    });
+    let mut set = JoinSet::new();
+    for _ in 0..6 {
+        let (client, url, body) = (
+            client.clone(),
+            bin.url("/access/v1/search/subject"),
+            body.clone(),
+        );
+        set.spawn(async move {
+            let answer = client.post(url).json(&body).send().await.expect("search");
+            let status = answer.status().as_u16();
+            let body: Value = answer.json().await.unwrap_or(Value::Null);
+            (status, body)
+        });
+    }
+    while let Some(done) = set.join_next().await {
+        let (status, body) = done.expect("search task");
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["error"]["code"], "timeout", "{body}");
+    }
+    // Once the answers are out, the work is over: at most a little CPU in
+    // the next second (the old code searched on for seconds, on both cores).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = bin.child.id();
+    let before = cpu_ticks(pid);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let used = cpu_ticks(pid) - before;
+    eprintln!("CPU used in the second after six timed-out searches: {used} ticks");
+    assert!(
+        used < 30,
+        "the daemon used {used} ticks of CPU after answering"
+    );
 }

@@ -531,6 +531,9 @@ impl Model {
     }
 
     /// `DELETE /v1/keys/{id}`: revoking a revoked key keeps it revoked.
+    /// The run's own admin key is never revoked, so the rule that keeps the
+    /// last live admin key never applies here (`auth.rs` and the store
+    /// contract test it).
     fn revoke_key(&mut self, id: &str) -> u16 {
         match self.keys.iter_mut().find(|k| k.id == id) {
             Some(k) => {

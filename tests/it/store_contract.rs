@@ -255,6 +255,23 @@ fn contract(store: &Store) {
     refused(store.write(|w| w.revoke_key("k9", 600)), |e| {
         matches!(e, Refusal::NoKey(_))
     });
+    // The last live admin key is kept; once another exists it may go.
+    let admin = |id: &str| ApiKey {
+        scopes: vec!["admin".into()],
+        ..key(id)
+    };
+    store.write(|w| w.create_key(&admin("a1"))).expect("key");
+    refused(
+        store.write(|w| w.revoke_key("a1", 700)),
+        |e| matches!(e, Refusal::LastAdminKey(id) if id == "a1"),
+    );
+    store.write(|w| w.create_key(&admin("a2"))).expect("key");
+    let gone = store.write(|w| w.revoke_key("a1", 700)).expect("revoke");
+    assert_eq!(gone.revoked_at, Some(700));
+    refused(
+        store.write(|w| w.revoke_key("a2", 800)),
+        |e| matches!(e, Refusal::LastAdminKey(id) if id == "a2"),
+    );
 
     // Listings and scans, in id order.
     let view = store.read().expect("read");
@@ -291,7 +308,15 @@ fn contract(store: &Store) {
         .into_iter()
         .map(|k| (k.id, k.revoked_at))
         .collect();
-    assert_eq!(keys, vec![("k1".into(), Some(500)), ("k2".into(), None)]);
+    assert_eq!(
+        keys,
+        vec![
+            ("a1".into(), Some(700)),
+            ("a2".into(), None),
+            ("k1".into(), Some(500)),
+            ("k2".into(), None)
+        ]
+    );
     let mut users = Vec::new();
     view.each_user(&mut |u, roles| users.push((u.id, roles.len())))
         .expect("each user");
@@ -331,13 +356,15 @@ fn contract(store: &Store) {
     drop(view);
 
     // Every committed write advanced the revision by exactly one.
-    let committed = 25;
     assert_eq!(
         store.revision(),
-        start + committed,
+        start + COMMITTED,
         "revisions: one per committed write"
     );
 }
+
+/// The writes [`contract`] commits (refused ones commit nothing).
+const COMMITTED: u64 = 28;
 
 #[test]
 fn the_contract_holds_on_redb() {
@@ -349,7 +376,7 @@ fn the_contract_holds_on_redb() {
     }
     // The revision survives a restart, so tokens stay meaningful.
     let store = Store::open(&path).expect("reopen");
-    assert_eq!(store.revision(), 25);
+    assert_eq!(store.revision(), COMMITTED);
 }
 
 #[test]
@@ -362,5 +389,5 @@ fn the_contract_holds_on_postgres() {
         contract(&store);
     }
     let store = Store::connect(&pg.url(), &Default::default()).expect("reconnect");
-    assert_eq!(store.revision(), 25);
+    assert_eq!(store.revision(), COMMITTED);
 }

@@ -123,7 +123,7 @@ pub(super) async fn sign_in_page(State(state): State<AppState>) -> Response {
 
 /// The sign-in page, with an error when a key was refused.
 pub(super) fn sign_in_with(state: &AppState, status: StatusCode, error: Option<&str>) -> Response {
-    let no_keys = state.keys.is_empty();
+    let no_keys = state.keys.never_keyed();
     page(
         status,
         layout(
@@ -707,6 +707,7 @@ fn impact_page(
     result: Option<Markup>,
     status: StatusCode,
     logged: bool,
+    candidates_root: Option<&std::path::Path>,
 ) -> Response {
     let body = html! {
         p { "See what a changed policy file would change before saving it: the role-matrix cells that flip"
@@ -720,8 +721,10 @@ fn impact_page(
             input #upload type="file" accept=".cedar,text/plain";
             label for="text" { "Its new text" }
             textarea #text name="text" rows="12" spellcheck="false" { (c.text) }
-            label for="folder" { "Or a candidate policy folder on the server" }
-            input #folder name="folder" value=(c.folder);
+            @if let Some(root) = candidates_root {
+                label for="folder" { "Or a candidate policy folder on the server, under " code { (root.display()) } }
+                input #folder name="folder" value=(c.folder);
+            }
             button type="submit" { "Show the impact" }
         }
         @if let Some(result) = result { (result) }
@@ -737,6 +740,7 @@ pub(super) async fn impact(State(state): State<AppState>, signed: SignedIn) -> R
         None,
         StatusCode::OK,
         state.console.decision_log.is_some(),
+        state.console.candidates_root.as_deref(),
     )
 }
 
@@ -790,10 +794,37 @@ pub(super) async fn impact_run(
             Ok(m) => (m, StatusCode::OK),
             Err((status, m)) => (m, status),
         };
-        impact_page(&signed, &c, Some(result), status, logged)
+        let root = state.console.candidates_root.clone();
+        impact_page(&signed, &c, Some(result), status, logged, root.as_deref())
     })
     .await
     .unwrap_or_else(|_| refused(StatusCode::SERVICE_UNAVAILABLE, "cedard cannot answer now."))
+}
+
+/// The candidate folder `asked` (relative to `root`, or absolute), once
+/// it is found to lie under `root` with every link followed. Without a
+/// root no folder on the server is read, and the answer says neither
+/// whether the folder exists nor anything of its content.
+fn candidate_folder(
+    root: Option<&std::path::Path>,
+    asked: &str,
+) -> Result<std::path::PathBuf, String> {
+    let Some(root) = root else {
+        return Err("folder: this daemon reads no folder on the server (start it with `--candidates-root DIR` to allow folders under DIR); edit or upload a file instead".into());
+    };
+    let outside = || {
+        format!(
+            "folder: name a folder under `{}`, the candidates root",
+            root.display()
+        )
+    };
+    let root = root.canonicalize().map_err(|_| outside())?;
+    let folder = root.join(asked).canonicalize().map_err(|_| outside())?;
+    if folder.starts_with(&root) && folder.is_dir() {
+        Ok(folder)
+    } else {
+        Err(outside())
+    }
 }
 
 fn compare(state: &AppState, c: &Candidate) -> Result<Markup, (StatusCode, Markup)> {
@@ -805,8 +836,10 @@ fn compare(state: &AppState, c: &Candidate) -> Result<Markup, (StatusCode, Marku
     };
     let live_sources = state.pdp.live().sources().clone();
     let candidate = if !c.folder.trim().is_empty() {
+        let folder = candidate_folder(state.console.candidates_root.as_deref(), c.folder.trim())
+            .map_err(|message| fail(StatusCode::BAD_REQUEST, message))?;
         let sources = crate::policy::Sources {
-            policies: c.folder.trim().into(),
+            policies: folder,
             ..live_sources.clone()
         };
         crate::policy::load(&sources, 0)
@@ -919,5 +952,29 @@ fn counts_table(id: &str, what: &str, counts: &BTreeMap<String, usize>) -> Marku
             thead { tr { th scope="col" { (what) } th scope="col" { "flips" } } }
             tbody { @for (k, n) in counts { tr { td { (k) } td { (n) } } } }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::candidate_folder;
+
+    #[test]
+    fn a_candidate_folder_must_lie_under_the_root_with_links_followed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path().join("root");
+        std::fs::create_dir_all(root.join("next")).expect("folders");
+        std::fs::create_dir_all(dir.path().join("outside")).expect("folders");
+        std::os::unix::fs::symlink(dir.path().join("outside"), root.join("escape")).expect("link");
+        let inside = candidate_folder(Some(&root), "next").expect("under the root");
+        assert!(inside.ends_with("root/next"), "{}", inside.display());
+        let absolute = root.join("next").display().to_string();
+        assert!(candidate_folder(Some(&root), &absolute).is_ok());
+        for outside in ["..", "../outside", "escape", "/etc", "missing"] {
+            let refused = candidate_folder(Some(&root), outside).expect_err(outside);
+            assert!(refused.contains("candidates root"), "{outside}: {refused}");
+        }
+        let off = candidate_folder(None, "next").expect_err("no root");
+        assert!(off.contains("--candidates-root"), "{off}");
     }
 }

@@ -15,8 +15,13 @@ use sha2::{Digest, Sha256};
 /// How long a console session lasts after sign-in.
 pub const SESSION_LIFETIME: Duration = Duration::from_secs(8 * 3600);
 
-/// The most sessions kept at once; signing in past it ends the oldest.
+/// The most sessions kept at once.
 const MAX_SESSIONS: usize = 1024;
+
+/// The most sessions one key holds at once; signing in past it ends that
+/// key's oldest, so that one key signing in over and over ends only its
+/// own sessions.
+pub const MAX_SESSIONS_PER_KEY: usize = 16;
 
 /// The session cookie's name.
 pub const COOKIE: &str = "cedard_session";
@@ -32,6 +37,9 @@ pub struct Console {
     secure: bool,
     /// The daemon's decision log, replayed by the Impact page.
     pub(crate) decision_log: Option<PathBuf>,
+    /// The folder under which the Impact page may read a candidate folder
+    /// (`--candidates-root`); `None`: no folder on the server is read.
+    pub(crate) candidates_root: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -54,7 +62,14 @@ impl Console {
             sessions: Mutex::new(HashMap::new()),
             secure,
             decision_log: decision_log.filter(|p| p.as_os_str() != "-"),
+            candidates_root: None,
         }
+    }
+
+    /// The same console, reading candidate folders under `root` only.
+    pub fn with_candidates_root(mut self, root: Option<PathBuf>) -> Self {
+        self.candidates_root = root;
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Session>> {
@@ -73,9 +88,26 @@ impl Console {
         let now = Instant::now();
         let mut sessions = self.lock();
         sessions.retain(|_, s| s.expires > now);
-        if sessions.len() >= MAX_SESSIONS {
+        let mine = sessions.values().filter(|s| s.key_id == key_id).count();
+        // Past a cap, a session of the key holding the most (this one's, at
+        // its own cap) ends: the oldest of them.
+        let evict = if mine >= MAX_SESSIONS_PER_KEY {
+            Some(key_id.to_owned())
+        } else if sessions.len() >= MAX_SESSIONS {
+            let mut held: HashMap<&str, usize> = HashMap::new();
+            for s in sessions.values() {
+                *held.entry(s.key_id.as_str()).or_default() += 1;
+            }
+            held.into_iter()
+                .max_by_key(|&(key, n)| (n, std::cmp::Reverse(key)))
+                .map(|(key, _)| key.to_owned())
+        } else {
+            None
+        };
+        if let Some(busiest) = evict {
             if let Some(oldest) = sessions
                 .iter()
+                .filter(|(_, s)| s.key_id == busiest)
                 .min_by_key(|(_, s)| s.opened)
                 .map(|(k, _)| *k)
             {
