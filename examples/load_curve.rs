@@ -39,6 +39,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             limits: Limits {
                 max_file_bytes: u64::MAX,
                 max_policies: usize::MAX,
+                ..Limits::default()
             },
             ..Default::default()
         };

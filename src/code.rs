@@ -30,6 +30,8 @@ pub enum Code {
     Gone,
     /// The body is over the limit.
     TooLarge,
+    /// The body did not arrive in time (`--body-timeout-ms`).
+    BodyTimeout,
     /// The body is not JSON (or a form, on the console).
     UnsupportedMediaType,
     /// cedard cannot answer now for a reason of its own (the schema cannot
@@ -62,6 +64,7 @@ impl Code {
             Code::Conflict => "conflict",
             Code::Gone => "gone",
             Code::TooLarge => "too_large",
+            Code::BodyTimeout => "body_timeout",
             Code::UnsupportedMediaType => "unsupported_media_type",
             Code::Unavailable => "unavailable",
             Code::StoreUnavailable => "store_unavailable",

@@ -26,6 +26,11 @@ pub struct PolicyArgs {
     /// The most policies and templates in the set; more refuses the set.
     #[arg(long, env = "CEDARD_MAX_POLICIES", default_value_t = policy::DEFAULT_MAX_POLICIES)]
     pub max_policies: usize,
+    /// Follow links that lead out of the policy, schema and entity folders
+    /// (a file or folder elsewhere on the server). Off by default: such a
+    /// link refuses the set, naming it, and nothing behind it is read.
+    #[arg(long, env = "CEDARD_FOLLOW_LINKS_OUT")]
+    pub follow_links_out: bool,
     /// A Cedar JSON entity file, or a folder of `*.json` entity files: the
     /// entities the policies need that cedard does not store (documents,
     /// routes, users of another directory). Validated against the schema and
@@ -44,6 +49,7 @@ impl PolicyArgs {
             limits: policy::Limits {
                 max_file_bytes: self.max_policy_file_bytes,
                 max_policies: self.max_policies,
+                links_out: self.follow_links_out,
             },
             entities: self.entities.clone(),
             reserved_types: [model::USER, model::ACCOUNT, model::ROLE]
@@ -155,6 +161,10 @@ pub struct Options {
     /// Milliseconds a request may take before it is answered with a 503.
     #[arg(long, env = "CEDARD_REQUEST_TIMEOUT_MS", default_value_t = 10_000)]
     pub request_timeout_ms: u64,
+    /// Milliseconds a client has to send a request's body, read before the
+    /// request takes one of `--max-concurrent`'s places (a 408 after it).
+    #[arg(long, env = "CEDARD_BODY_TIMEOUT_MS", default_value_t = 5_000)]
+    pub body_timeout_ms: u64,
     /// Milliseconds a client has to send a request's headers (slowloris).
     #[arg(long, env = "CEDARD_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
     pub header_timeout_ms: u64,
@@ -164,6 +174,11 @@ pub struct Options {
     /// The most open connections; more are closed at once.
     #[arg(long, env = "CEDARD_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
+    /// The most open connections from one peer address. At either limit,
+    /// the oldest connection that has not yet sent a whole request head is
+    /// closed to make room before a new one is refused.
+    #[arg(long, env = "CEDARD_MAX_CONNECTIONS_PER_PEER", default_value_t = 1024)]
+    pub max_connections_per_peer: usize,
     /// Write one JSON line per decision and management write to this file
     /// (`-` for standard output).
     #[arg(long, env = "CEDARD_DECISION_LOG")]

@@ -190,14 +190,30 @@ pub struct LogRead {
     pub unreadable_lines: Vec<usize>,
 }
 
+/// The longest line of a decision log that is read; a longer one (cedard
+/// writes none) is skipped as unreadable without being held.
+const MAX_LOG_LINE: u64 = 1024 * 1024;
+
 /// Reads the decision lines of a decision log, keeping at most the last
 /// `keep` decisions (all with `None`): a streamed window, so that memory is
-/// bounded by `keep` however long the log is.
-pub fn read_log(reader: impl BufRead, keep: Option<usize>) -> std::io::Result<LogRead> {
+/// bounded by `keep` (and a line by [`MAX_LOG_LINE`]) however long the log
+/// is.
+pub fn read_log(mut reader: impl BufRead, keep: Option<usize>) -> std::io::Result<LogRead> {
     let mut out = LogRead::default();
     let mut window = std::collections::VecDeque::new();
-    for (i, line) in reader.lines().enumerate() {
-        let line = line?;
+    let mut bytes = Vec::new();
+    for i in 0.. {
+        bytes.clear();
+        let n = std::io::Read::take(&mut reader, MAX_LOG_LINE).read_until(b'\n', &mut bytes)?;
+        if n == 0 {
+            break;
+        }
+        if !bytes.ends_with(b"\n") && n as u64 == MAX_LOG_LINE {
+            skip_line(&mut reader)?;
+            out.unreadable(i + 1);
+            continue;
+        }
+        let line = String::from_utf8_lossy(&bytes);
         if line.trim().is_empty() {
             continue;
         }
@@ -223,6 +239,26 @@ pub fn read_log(reader: impl BufRead, keep: Option<usize>) -> std::io::Result<Lo
     }
     out.decisions = window.into();
     Ok(out)
+}
+
+/// Reads past the rest of the current line without keeping it.
+fn skip_line(reader: &mut impl BufRead) -> std::io::Result<()> {
+    loop {
+        let chunk = reader.fill_buf()?;
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        match chunk.iter().position(|&b| b == b'\n') {
+            Some(at) => {
+                reader.consume(at + 1);
+                return Ok(());
+            }
+            None => {
+                let all = chunk.len();
+                reader.consume(all);
+            }
+        }
+    }
 }
 
 impl LogRead {

@@ -3,7 +3,9 @@
 //! protections that `axum::serve` lacks.
 //!
 //! This module owns everything between `accept(2)` and the router: the accept
-//! loop and its back-off on errors (EMFILE and friends), the connection limit,
+//! loop and its back-off on errors (EMFILE and friends), the connection limits
+//! (in all and per peer address, shedding the oldest connection that has not
+//! sent a whole request head before refusing a new one),
 //! the TLS handshake and certificate loading, HTTP/1.1 and HTTP/2 (picked by
 //! ALPN over TLS, by the connection preface in plain text), the slowloris and
 //! idle timeouts, handing each request the peer address as
@@ -94,7 +96,16 @@ pub struct ServeOptions {
     /// kernel's backlog gives an overloaded client an immediate, visible error
     /// instead of a hang of up to `idle_timeout` while keep-alive connections
     /// hold every slot. Zero refuses every connection.
+    ///
+    /// Before refusing, the oldest connection that has not yet sent a whole
+    /// request head (a slow head, or a socket opened and left silent) is
+    /// closed to make room: a client holding sockets with half-sent heads
+    /// cannot lock out clients that send whole requests.
     pub max_connections: usize,
+    /// The most connections one peer address holds at once; past it, that
+    /// peer's oldest connection without a whole request head is closed to
+    /// make room, or else the new one is refused.
+    pub max_connections_per_peer: usize,
 }
 
 impl Default for ServeOptions {
@@ -107,6 +118,7 @@ impl Default for ServeOptions {
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             max_connections: 512,
+            max_connections_per_peer: 128,
         }
     }
 }
@@ -290,14 +302,133 @@ pub async fn serve(
     serve_with_grace(listener, app, options, shutdown, SHUTDOWN_GRACE).await
 }
 
-/// What every connection task needs; shared, never mutated.
+/// What every connection task needs; shared.
 struct Shared {
     app: Router,
     http: auto::Builder<TokioExecutor>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     header_read_timeout: Duration,
     idle_timeout: Duration,
+    /// The open connections that have not yet sent a whole request head.
+    unproven: Unproven,
+    /// Open connections by peer address.
+    peers: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
 }
+
+/// The open connections that have not yet sent a whole request head, by
+/// the order they were accepted, each with the signal that closes it: the
+/// ones shed first when the connection limits are reached.
+#[derive(Default)]
+struct Unproven {
+    next: std::sync::atomic::AtomicU64,
+    waiting: std::sync::Mutex<
+        std::collections::BTreeMap<u64, (std::net::IpAddr, Arc<tokio::sync::Notify>)>,
+    >,
+}
+
+/// One connection's place in [`Unproven`], until it sends a whole head or
+/// ends.
+struct Pending {
+    shared: Arc<Shared>,
+    id: u64,
+    proven: std::sync::atomic::AtomicBool,
+    shed: Arc<tokio::sync::Notify>,
+}
+
+impl Unproven {
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::BTreeMap<u64, (std::net::IpAddr, Arc<tokio::sync::Notify>)>,
+    > {
+        // Entries are inserted and removed whole: a poisoned map is intact.
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Closes the oldest connection without a whole head (of `peer` only,
+    /// when given); whether there was one.
+    fn shed_oldest(&self, peer: Option<std::net::IpAddr>) -> bool {
+        let mut waiting = self.lock();
+        let oldest = waiting
+            .iter()
+            .find(|(_, (ip, _))| peer.is_none_or(|p| p == *ip))
+            .map(|(id, _)| *id);
+        match oldest.and_then(|id| waiting.remove(&id)) {
+            Some((_, shed)) => {
+                shed.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Pending {
+    fn enter(shared: &Arc<Shared>, peer: std::net::IpAddr) -> Self {
+        let id = shared
+            .unproven
+            .next
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let shed = Arc::new(tokio::sync::Notify::new());
+        shared.unproven.lock().insert(id, (peer, Arc::clone(&shed)));
+        Self {
+            shared: Arc::clone(shared),
+            id,
+            proven: std::sync::atomic::AtomicBool::new(false),
+            shed,
+        }
+    }
+
+    /// The connection sent a whole request head: it is no longer shed.
+    fn prove(&self) {
+        if !self.proven.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            self.shared.unproven.lock().remove(&self.id);
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.prove();
+    }
+}
+
+/// A connection's count against its peer's limit, given back on drop.
+struct PeerSlot {
+    shared: Arc<Shared>,
+    ip: std::net::IpAddr,
+}
+
+impl PeerSlot {
+    fn take(shared: &Arc<Shared>, ip: std::net::IpAddr, most: usize) -> Option<Self> {
+        let mut peers = shared.peers.lock().unwrap_or_else(|e| e.into_inner());
+        let n = peers.entry(ip).or_default();
+        if *n >= most {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            shared: Arc::clone(shared),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut peers = self.shared.peers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = peers.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                peers.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// How long the accept loop waits for a shed connection's place.
+const SHED_WAIT: Duration = Duration::from_millis(100);
 
 async fn serve_with_grace(
     listener: TcpListener,
@@ -321,6 +452,8 @@ async fn serve_with_grace(
         }),
         header_read_timeout: options.header_read_timeout,
         idle_timeout: options.idle_timeout,
+        unproven: Unproven::default(),
+        peers: std::sync::Mutex::default(),
     });
     // `Semaphore::new` panics above MAX_PERMITS; no real limit is that high.
     let slots = Arc::new(Semaphore::new(
@@ -346,7 +479,29 @@ async fn serve_with_grace(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     backoff = ACCEPT_BACKOFF_MIN;
-                    let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                    let ip = peer.ip().to_canonical();
+                    let most = options.max_connections_per_peer.max(1);
+                    let mut peer_slot = PeerSlot::take(&shared, ip, most);
+                    if peer_slot.is_none() && shared.unproven.shed_oldest(Some(ip)) {
+                        let deadline = Instant::now() + SHED_WAIT;
+                        while peer_slot.is_none() && Instant::now() < deadline {
+                            tokio::time::sleep(Duration::from_millis(2)).await;
+                            peer_slot = PeerSlot::take(&shared, ip, most);
+                        }
+                    }
+                    let Some(peer_slot) = peer_slot else {
+                        tracing::debug!(%peer, "per-peer connection limit reached; closing the new connection");
+                        drop(stream);
+                        continue;
+                    };
+                    let mut slot = Arc::clone(&slots).try_acquire_owned().ok();
+                    if slot.is_none() && shared.unproven.shed_oldest(None) {
+                        slot = tokio::time::timeout(SHED_WAIT, Arc::clone(&slots).acquire_owned())
+                            .await
+                            .ok()
+                            .and_then(Result::ok);
+                    }
+                    let Some(slot) = slot else {
                         let now = Instant::now();
                         if last_limit_warning.is_none_or(|at| now - at >= LIMIT_WARN_INTERVAL) {
                             last_limit_warning = Some(now);
@@ -359,12 +514,13 @@ async fn serve_with_grace(
                         drop(stream);
                         continue;
                     };
+                    let pending = Pending::enter(&shared, ip);
                     connections.spawn(connection(
                         stream,
                         peer,
                         Arc::clone(&shared),
                         stop_rx.clone(),
-                        slot,
+                        (slot, peer_slot, pending),
                     ));
                 }
                 Err(error) if is_per_connection_error(&error) => {
@@ -441,40 +597,58 @@ fn log_task_end(finished: Result<(), tokio::task::JoinError>) {
     }
 }
 
-/// Runs one connection: TLS handshake if configured, then HTTP. `_slot` is
-/// held for the connection's lifetime so it counts against the limit.
+/// Runs one connection: TLS handshake if configured, then HTTP. The slots
+/// are held for the connection's lifetime so that it counts against the
+/// limits; until it sends a whole request head it may be shed (closed at
+/// once) to make room for another.
 async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
-    _slot: OwnedSemaphorePermit,
+    (_slot, _peer_slot, pending): (OwnedSemaphorePermit, PeerSlot, Pending),
 ) {
     // Requests and responses are small; Nagle would only add latency.
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
     }
-    let Some(acceptor) = shared.tls.clone() else {
-        serve_http(stream, peer, &shared, stop).await;
-        return;
+    let pending = Arc::new(pending);
+    let shed = Arc::clone(&pending.shed);
+    let served = async {
+        let Some(acceptor) = shared.tls.clone() else {
+            serve_http(stream, peer, &shared, stop, &pending).await;
+            return;
+        };
+        // The handshake runs here, in the connection's own task, so a client
+        // that stalls it holds only its own connection, and only for this
+        // long.
+        let handshake = tokio::select! {
+            result = tokio::time::timeout(shared.header_read_timeout, acceptor.accept(stream)) => result,
+            () = stopped(&mut stop) => return,
+        };
+        match handshake {
+            Ok(Ok(tls)) => serve_http(tls, peer, &shared, stop, &pending).await,
+            Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
+            Err(_elapsed) => tracing::debug!(%peer, "TLS handshake timed out"),
+        }
     };
-    // The handshake runs here, in the connection's own task, so a client that
-    // stalls it holds only its own connection, and only for this long.
-    let handshake = tokio::select! {
-        result = tokio::time::timeout(shared.header_read_timeout, acceptor.accept(stream)) => result,
-        () = stopped(&mut stop) => return,
-    };
-    match handshake {
-        Ok(Ok(tls)) => serve_http(tls, peer, &shared, stop).await,
-        Ok(Err(error)) => tracing::debug!(%peer, %error, "TLS handshake failed"),
-        Err(_elapsed) => tracing::debug!(%peer, "TLS handshake timed out"),
+    tokio::select! {
+        () = served => {}
+        () = shed.notified() => {
+            tracing::debug!(%peer, "closed a connection without a whole request head to make room");
+        }
     }
 }
 
 /// Serves HTTP on one connection until the client closes it, it errors, the
 /// watchdog finds it idle, or the server shuts down.
-async fn serve_http<IO>(io: IO, peer: SocketAddr, shared: &Shared, mut stop: watch::Receiver<bool>)
-where
+async fn serve_http<IO>(
+    io: IO,
+    peer: SocketAddr,
+    shared: &Shared,
+    mut stop: watch::Receiver<bool>,
+    pending: &Arc<Pending>,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (activity_tx, activity_rx) = watch::channel(Activity::default());
@@ -483,9 +657,12 @@ where
     let service = {
         let app = shared.app.clone();
         let activity = Arc::clone(&activity);
+        let pending = Arc::clone(pending);
         hyper::service::service_fn(move |mut request: Request<Incoming>| {
             // Counted from the moment hyper has a full request head, which is
-            // when it calls the service.
+            // when it calls the service; from then on the connection is not
+            // shed.
+            pending.prove();
             let guard = InFlightGuard::enter(&activity);
             request.extensions_mut().insert(ConnectInfo(peer));
             let app = app.clone();
@@ -689,6 +866,7 @@ mod tests {
             header_read_timeout,
             idle_timeout,
             max_connections: 64,
+            max_connections_per_peer: 64,
         }
     }
 

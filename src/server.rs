@@ -312,6 +312,7 @@ pub async fn run(
             max_body: options.max_body_bytes,
             max_concurrent: options.max_concurrent.max(1),
             request_timeout: Duration::from_millis(options.request_timeout_ms.max(1)),
+            body_timeout: Duration::from_millis(options.body_timeout_ms.max(1)),
             hosts: allowed_hosts(&options),
             insecure_no_auth: options.insecure_no_auth,
             ..HttpLimits::default()
@@ -323,6 +324,7 @@ pub async fn run(
         header_read_timeout: Duration::from_millis(options.header_timeout_ms.max(1)),
         idle_timeout: Duration::from_secs(options.idle_timeout_secs.max(1)),
         max_connections: options.max_connections.max(1),
+        max_connections_per_peer: options.max_connections_per_peer.max(1),
     };
     if let Some(metrics_addr) = &options.metrics_listen {
         let listener = TcpListener::bind(metrics_addr).await.map_err(|e| {

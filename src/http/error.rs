@@ -28,6 +28,7 @@ pub fn status(code: Code) -> StatusCode {
         Code::Conflict => StatusCode::CONFLICT,
         Code::Gone => StatusCode::GONE,
         Code::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        Code::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
         Code::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         Code::Unavailable
@@ -62,6 +63,7 @@ fn public_message(code: Code) -> Option<&'static str> {
         | Code::Conflict
         | Code::Gone
         | Code::TooLarge
+        | Code::BodyTimeout
         | Code::UnsupportedMediaType
         | Code::Overloaded
         | Code::Timeout => None,

@@ -129,13 +129,90 @@ pub async fn authenticate(
         }
         Some(info)
     };
+    // One caller (a key, or a peer without one) holds at most its share of
+    // the concurrent places, so that it cannot take them all.
+    let caller = match &key {
+        Some(info) => format!("key {}", info.id),
+        None => request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or_else(
+                || "peer unknown".to_owned(),
+                |c| format!("peer {}", c.0.ip()),
+            ),
+    };
+    let most = super::state::Shares::most(state.limits.max_concurrent);
+    let Some(share) = state.limits.shares.take(&caller, most) else {
+        metrics::counter!("cedard_overload_rejections_total").increment(1);
+        let mut response = error_response(
+            Code::Overloaded,
+            &format!(
+                "this caller has {most} requests in progress, its share of cedard's limit of concurrent requests; retry shortly"
+            ),
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return response;
+    };
     let deadline = Instant::now() + state.limits.request_timeout * 3 / 4;
     request.extensions_mut().insert(CallerInfo {
         key,
         request_id,
         deadline: Some(deadline),
     });
-    next.run(request).await
+    let response = next.run(request).await;
+    drop(share);
+    response
+}
+
+/// Reads a request's body whole, within `--body-timeout-ms` and the body
+/// limit, before the request takes a place under `--max-concurrent` (this
+/// layer is outside that cap): a client sending its body slowly holds no
+/// place, and is answered 408 `body_timeout` once its time is up. A body
+/// over the limit is a 413 without being read further.
+pub async fn read_body(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    use http_body_util::BodyExt;
+    let (parts, body) = request.into_parts();
+    let max = state.limits.max_body;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        return too_large(max);
+    }
+    let limited = http_body_util::Limited::new(body, max);
+    let bytes = match tokio::time::timeout(state.limits.body_timeout, limited.collect()).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return too_large(max),
+        Ok(Err(e)) => {
+            return error_response(
+                Code::InvalidRequest,
+                &format!("the request body could not be read: {e}"),
+            )
+        }
+        Err(_) => {
+            metrics::counter!("cedard_request_timeouts_total").increment(1);
+            return error_response(
+                Code::BodyTimeout,
+                &format!(
+                    "the request body did not arrive within {} ms (`--body-timeout-ms`)",
+                    state.limits.body_timeout.as_millis()
+                ),
+            );
+        }
+    };
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await
+}
+
+fn too_large(max: usize) -> Response {
+    error_response(
+        Code::TooLarge,
+        &format!("the request body is over the {max}-byte limit (`--max-body-bytes`)"),
+    )
 }
 
 /// Refuses requests whose `Host` is not one cedard serves, so that a web

@@ -203,6 +203,9 @@ fn wired(state: AppState, extra: Router<AppState>) -> Router {
         .fallback(|| async { ApiError::new(Code::NotFound, "no such endpoint") })
         .layer(DefaultBodyLimit::max(limits.max_body))
         .layer(capped)
+        // Outside the cap: a body is read whole before its request takes a
+        // place, so that a slow sender holds none.
+        .layer(from_fn_with_state(state.clone(), guard::read_body))
         // The probes are outside the overload cap and the time limit: a
         // saturated daemon is alive and ready, not dead.
         .merge(health)
@@ -247,8 +250,9 @@ pub fn metrics_router(state: AppState) -> Router {
 }
 
 /// Declares the answers every route can give besides its own: a `Host`
-/// cedard does not serve (400), a body over the limit (413) or not JSON
-/// (415) where the route takes one, and an overload or timeout (503) except
+/// cedard does not serve (400), a body over the limit (413), not JSON
+/// (415) or not sent within `--body-timeout-ms` (408) where the route takes
+/// one, and an overload or timeout (503) except
 /// on the probes, which are outside the cap.
 fn with_common_responses(mut doc: OpenApiDoc) -> OpenApiDoc {
     use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
@@ -286,6 +290,9 @@ fn with_common_responses(mut doc: OpenApiDoc) -> OpenApiDoc {
                     .or_insert_with(|| error("The body is over `--max-body-bytes` (`too_large`)"));
                 responses.entry("415".into()).or_insert_with(|| {
                     error("The body is not `application/json` (`unsupported_media_type`)")
+                });
+                responses.entry("408".into()).or_insert_with(|| {
+                    error("The body did not arrive within `--body-timeout-ms` (`body_timeout`)")
                 });
             }
             if !probe {

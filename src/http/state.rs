@@ -22,6 +22,10 @@ pub struct HttpLimits {
     pub max_concurrent: usize,
     /// How long one request may take before it is answered with a 503.
     pub request_timeout: Duration,
+    /// How long a client may take to send a body, which is read whole
+    /// before the request takes a place under `max_concurrent` (a 408
+    /// after it): a slow sender holds no place.
+    pub body_timeout: Duration,
     /// Bodies larger than this are parsed off the async workers, so that a
     /// large entity set cannot delay `/healthz` and small decisions.
     pub blocking_threshold: usize,
@@ -29,6 +33,68 @@ pub struct HttpLimits {
     pub hosts: AllowedHosts,
     /// `--insecure-no-auth`: with no keys, answer callers off loopback too.
     pub insecure_no_auth: bool,
+    /// What each caller holds of `max_concurrent`.
+    pub shares: Arc<Shares>,
+}
+
+/// How many requests each caller (a key, or a peer address when no key is
+/// in use) has in progress, so that no one caller holds every place under
+/// `max_concurrent`: each holds at most [`Shares::most`] of them.
+#[derive(Debug, Default)]
+pub struct Shares {
+    held: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+}
+
+/// A caller's place, given back on drop.
+#[derive(Debug)]
+pub struct Share {
+    shares: Arc<Shares>,
+    caller: String,
+}
+
+impl Shares {
+    /// The most places one caller holds: three quarters of
+    /// `max_concurrent` (at least one), so that a quarter is always left to
+    /// the others.
+    pub fn most(max_concurrent: usize) -> usize {
+        (max_concurrent - max_concurrent / 4).max(1)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, usize>> {
+        // Counts only: a poisoned map is intact.
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A place for `caller`, unless it holds `most` already.
+    pub fn take(self: &Arc<Self>, caller: &str, most: usize) -> Option<Share> {
+        let mut held = self.lock();
+        let n = held.entry(caller.to_owned()).or_default();
+        if *n >= most {
+            return None;
+        }
+        *n += 1;
+        Some(Share {
+            shares: self.clone(),
+            caller: caller.to_owned(),
+        })
+    }
+
+    /// How many places `caller` holds.
+    pub fn held(&self, caller: &str) -> usize {
+        self.lock().get(caller).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        let mut held = self.shares.lock();
+        if let Some(n) = held.get_mut(&self.caller) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                held.remove(&self.caller);
+            }
+        }
+    }
 }
 
 impl Default for HttpLimits {
@@ -38,9 +104,11 @@ impl Default for HttpLimits {
             max_body: 1024 * 1024,
             max_concurrent: 256,
             request_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(5),
             blocking_threshold: 16 * 1024,
             hosts: AllowedHosts::default(),
             insecure_no_auth: false,
+            shares: Arc::default(),
         }
     }
 }
@@ -98,5 +166,29 @@ fn strip_port(host: &str) -> &str {
             name
         }
         _ => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_caller_holds_at_most_its_share_and_gives_places_back() {
+        assert_eq!(Shares::most(32), 24);
+        assert_eq!(Shares::most(4), 3);
+        assert_eq!(Shares::most(1), 1);
+        let shares = Arc::new(Shares::default());
+        let held: Vec<Share> = (0..3)
+            .map(|_| shares.take("key a", 3).expect("within the share"))
+            .collect();
+        assert!(shares.take("key a", 3).is_none(), "past the share");
+        let other = shares.take("key b", 3).expect("another caller");
+        assert_eq!(shares.held("key a"), 3);
+        drop(held);
+        assert_eq!(shares.held("key a"), 0, "places are given back");
+        assert!(shares.take("key a", 3).is_some());
+        drop(other);
+        assert_eq!(shares.held("key b"), 0);
     }
 }

@@ -573,6 +573,8 @@ pub struct Limits {
     pub max_file_bytes: u64,
     /// The most policies and templates in the whole set.
     pub max_policies: usize,
+    /// Whether links out of a folder are followed (`--follow-links-out`).
+    pub links_out: bool,
 }
 
 impl Default for Limits {
@@ -580,6 +582,7 @@ impl Default for Limits {
         Self {
             max_file_bytes: DEFAULT_MAX_FILE_BYTES,
             max_policies: DEFAULT_MAX_POLICIES,
+            links_out: false,
         }
     }
 }
@@ -667,6 +670,7 @@ impl Sources {
             Wanted {
                 name: is_policy_file,
                 max_bytes: self.limits.max_file_bytes,
+                links_out: self.limits.links_out,
             },
         );
         let mut schemas = Vec::new();
@@ -680,6 +684,7 @@ impl Sources {
                 Wanted {
                     name: is_schema_file,
                     max_bytes: self.limits.max_file_bytes,
+                    links_out: self.limits.links_out,
                 },
             );
             if schemas.is_empty() && errors.is_empty() {
@@ -770,6 +775,7 @@ impl Sources {
                 Wanted {
                     name: is_entity_file,
                     max_bytes: self.limits.max_file_bytes,
+                    links_out: self.limits.links_out,
                 },
             );
             // Named with the folder, so that an error names a path a user
@@ -918,6 +924,8 @@ fn is_schema_file(name: &str) -> bool {
 struct Wanted {
     name: fn(&str) -> bool,
     max_bytes: u64,
+    /// Whether links leading out of the walked folder are followed.
+    links_out: bool,
 }
 
 /// Why a file could not be taken.
@@ -1034,6 +1042,7 @@ fn collect(
 ) {
     let mut walk = Walk {
         root,
+        real_root: root.canonicalize().ok(),
         wanted,
         out,
         stamps,
@@ -1049,6 +1058,8 @@ fn collect(
 /// One folder walk's state (see [`collect`]).
 struct Walk<'a> {
     root: &'a Path,
+    /// The root with every link resolved: what "inside the folder" means.
+    real_root: Option<PathBuf>,
     wanted: Wanted,
     out: &'a mut Vec<SourceFile>,
     stamps: &'a mut Vec<Stamp>,
@@ -1111,6 +1122,34 @@ impl Walk<'_> {
         true
     }
 
+    /// Whether `entry` is a link out of the walked folder that is not
+    /// followed (`--follow-links-out` off): a folder or a file the walk
+    /// would read is refused naming the link, and nothing behind it is read
+    /// (so neither the answers nor the console ever show bytes of a file
+    /// elsewhere on the server); any other name is passed over. A dangling
+    /// link is not judged here: reading it reports it.
+    fn leads_out(&mut self, entry: &std::fs::DirEntry, path: &Path, name: &str) -> bool {
+        if self.wanted.links_out || !entry.file_type().is_ok_and(|t| t.is_symlink()) {
+            return false;
+        }
+        let (Some(root), Ok(target)) = (&self.real_root, path.canonicalize()) else {
+            return false;
+        };
+        if target.starts_with(root) {
+            return false;
+        }
+        if target.is_dir() || (self.wanted.name)(name) {
+            let file = self.rel(path);
+            self.refuse(
+                file,
+                "a link to a file or folder outside this folder: not followed \
+                 (start cedard with `--follow-links-out` to allow it)"
+                    .into(),
+            );
+        }
+        true
+    }
+
     fn folder(&mut self, dir: &Path, depth: usize) {
         let entries = match std::fs::read_dir(dir) {
             Ok(e) => e,
@@ -1128,6 +1167,9 @@ impl Walk<'_> {
                 continue;
             }
             let path = entry.path();
+            if self.leads_out(&entry, &path, &name) {
+                continue;
+            }
             if path.is_dir() {
                 if depth + 1 > MAX_DEPTH {
                     let file = self.rel(&path);

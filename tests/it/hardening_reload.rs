@@ -310,7 +310,9 @@ async fn a_file_written_in_two_steps_is_never_served_half_written() {
 
 #[tokio::test]
 async fn a_dangling_policy_symlink_refuses_the_set_naming_the_file() {
-    let app = spawn_app().await;
+    // The link leads out of the policy folder (a mount beside it), which
+    // only `--follow-links-out` allows.
+    let app = spawn_app_in(copy_pack(), |c| c.options.policy.follow_links_out = true).await;
     std::os::unix::fs::symlink(
         app.dir.path().join("mount/forbid.cedar"),
         app.policies().join("forbid.cedar"),
@@ -811,4 +813,48 @@ async fn links_back_to_the_folder_refuse_the_set_and_the_walk_ends() {
         app.get("/v1/policies").await.1["last_reload"]["ok"] == true
     })
     .await;
+}
+
+/// A `.cedar` link to a file elsewhere on the server (`zz.cedar ->
+/// /etc/shadow`, here a secret file beside the pack) is refused naming the
+/// link, and not one byte of the file reaches an answer; a link out of the
+/// folder is followed only with `--follow-links-out`.
+#[tokio::test]
+async fn a_link_out_of_the_policy_folder_is_refused_without_reading_it() {
+    let app = spawn_app().await;
+    let secret = app.dir.path().join("shadow");
+    std::fs::write(&secret, "root:*:20228:SECRET-HASH\n").expect("write");
+    std::os::unix::fs::symlink(&secret, app.policies().join("zz.cedar")).expect("symlink");
+    wait_until(DEADLINE, || async {
+        app.get("/v1/policies").await.1["last_reload"]["ok"] == false
+    })
+    .await;
+    let (_, listing) = app.get("/v1/policies").await;
+    let text = listing.to_string();
+    assert!(!text.contains("SECRET"), "{text}");
+    assert!(!text.contains("root:"), "{text}");
+    let err = &listing["last_reload"]["errors"][0];
+    assert_eq!(err["file"], "zz.cedar", "{listing}");
+    assert!(
+        err["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("outside this folder"),
+        "{listing}"
+    );
+    assert_eq!(listing["revision"]["generation"], 1);
+
+    // `cedard validate` says the same, and shows nothing of the file.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cedard"))
+        .arg("validate")
+        .current_dir(app.dir.path())
+        .output()
+        .expect("run cedard validate");
+    assert!(!out.status.success());
+    let said =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("zz.cedar") && !said.contains("SECRET"),
+        "{said}"
+    );
 }

@@ -410,3 +410,46 @@ cases:
     );
     assert_eq!(report["suites"]["now_passing"], json!([]));
 }
+
+/// Reading a long log keeps a window of the last `keep` decisions: what is
+/// held while reading is bounded by the window, not by the log (a 683 MB log
+/// once took 426 MB for one Impact click). The kept decisions are the last
+/// ones, in order, with their line numbers.
+#[test]
+fn a_long_log_is_read_through_a_bounded_window() {
+    const LINES: usize = 50_000;
+    const KEEP: usize = 1_000;
+    let mut text = String::new();
+    for i in 0..LINES {
+        if i == 100 {
+            // A line cedard never writes: 2 MiB with no line break. Skipped
+            // as unreadable, not held.
+            text.push_str(&"x".repeat(2 * 1024 * 1024));
+            text.push('\n');
+        }
+        text.push_str(&decision_line(
+            &format!("u{i:05}"),
+            "useAccount",
+            "Account::\"acme\"",
+            "deny",
+        ));
+        text.push('\n');
+    }
+    let read = cedard::impact::read_log(std::io::Cursor::new(text), Some(KEEP)).expect("read");
+    assert_eq!(read.decisions.len(), KEEP);
+    assert_eq!(
+        (read.unreadable, read.unreadable_lines.clone()),
+        (1, vec![101])
+    );
+    // Line numbers count the long line.
+    assert_eq!(read.decisions[0].line, LINES - KEEP + 2);
+    assert_eq!(read.decisions[0].principal, "User::\"u49000\"");
+    assert_eq!(read.decisions[KEEP - 1].line, LINES + 1);
+    // What was allocated for the decisions while reading: the window's own
+    // growth, never the whole log's.
+    assert!(
+        read.decisions.capacity() <= 2 * KEEP,
+        "{} decisions' room held for a window of {KEEP}",
+        read.decisions.capacity()
+    );
+}

@@ -2,8 +2,10 @@
 //! (413 `too_large`), the inline-entity and batch limits (400 naming the
 //! field), the concurrency cap (a fast 503 `overloaded` with `Retry-After`,
 //! the probes `/healthz` and `/readyz` outside it, and the slot freed again
-//! when the slow client finishes or leaves), the
-//! per-request time limit (503 `timeout`), the header-read timeout against
+//! when the slow request finishes or its client leaves), slow bodies (read
+//! before a request takes a slot, 408 `body_timeout` at their deadline),
+//! per-request time limits (a search stops at its deadline, 503
+//! `timeout`), one caller's share of the slots, the header-read timeout against
 //! slowloris clients, and the real binary's peak memory under sixteen
 //! concurrent maximal requests while `/healthz` keeps answering. No error
 //! answer here may carry a decision.
@@ -111,7 +113,6 @@ fn post_head(path: &str, content_length: usize) -> String {
 /// An HTTP/1.1 answer read off a raw socket.
 struct RawResponse {
     status: u16,
-    headers: HashMap<String, String>,
     body: Value,
 }
 
@@ -153,11 +154,7 @@ async fn read_response(stream: &mut (impl AsyncRead + Unpin)) -> RawResponse {
         buf.extend_from_slice(&chunk[..n]);
     }
     let body = serde_json::from_slice(&buf[head_end..head_end + length]).unwrap_or(Value::Null);
-    RawResponse {
-        status,
-        headers,
-        body,
-    }
+    RawResponse { status, body }
 }
 
 async fn status_of(app: &TestApp, path: &str) -> u16 {
@@ -169,17 +166,15 @@ async fn status_of(app: &TestApp, path: &str) -> u16 {
         .unwrap_or(0)
 }
 
-/// Opens a decision request whose body stops after a few bytes and waits
-/// until it holds the only request slot (a probe under the cap,
-/// `GET /v1/policies`, is refused). If
-/// a probe happened to hold the slot when the slow request arrived, the slow
-/// one is the request refused; then it tries again.
-async fn hold_the_only_slot(app: &TestApp, head: &str, first_bytes: &[u8]) -> TcpStream {
+/// Sends `request` (whole) and waits until it holds the only request slot
+/// (a probe under the cap, `GET /v1/policies`, is refused). If a probe
+/// happened to hold the slot when the request arrived, the request is the
+/// one refused; then it tries again.
+async fn hold_the_only_slot(app: &TestApp, request: &[u8]) -> TcpStream {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let mut slow = TcpStream::connect(app.addr).await.expect("connect");
-        slow.write_all(head.as_bytes()).await.expect("write head");
-        slow.write_all(first_bytes).await.expect("write some body");
+        slow.write_all(request).await.expect("write the request");
         loop {
             assert!(
                 Instant::now() < deadline,
@@ -198,6 +193,49 @@ async fn hold_the_only_slot(app: &TestApp, head: &str, first_bytes: &[u8]) -> Tc
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// A policy pack whose data file holds `users` signed-up users (each the
+/// admin of their personal account), so that a subject search over them is
+/// slow: a request that holds its slot for a while.
+fn pack_with_users(users: usize) -> tempfile::TempDir {
+    let dir = copy_pack();
+    let data = dir.path().join("data").join("cedard.redb");
+    let store = cedard::store::Store::open(&data).expect("open");
+    store
+        .write(|w| {
+            for i in 0..users {
+                let id = format!("u{i:05}");
+                w.sign_up(
+                    &cedard::store::User {
+                        email: format!("{id}@example.com"),
+                        id,
+                        email_verified: false,
+                        name: None,
+                        created_at: 0,
+                    },
+                    "admin",
+                )?;
+            }
+            Ok(())
+        })
+        .expect("users");
+    dir
+}
+
+/// "Who may use u00001's account?": every stored user is a candidate.
+fn slow_search() -> Value {
+    json!({
+        "subject": {"type": "User"},
+        "action": {"name": "useAccount"},
+        "resource": {"type": "Account", "id": "u00001"},
+    })
+}
+
+/// A whole raw request for `path` with a JSON `body`.
+fn raw_post(path: &str, body: &Value) -> Vec<u8> {
+    let text = body.to_string();
+    format!("{}{text}", post_head(path, text.len())).into_bytes()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -306,12 +344,17 @@ async fn too_many_inline_entities_or_batch_requests_are_400s_naming_the_field() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_concurrency_cap_others_get_a_fast_503_until_the_slot_is_free() {
-    let app = spawn_app_in(copy_pack(), |c| c.options.max_concurrent = 1).await;
+    // The slot is held by a search over 20,000 users: slow, and stopped at
+    // its deadline (three quarters of the 3 s time limit) if not done.
+    let app = spawn_app_in(pack_with_users(20_000), |c| {
+        c.options.max_concurrent = 1;
+        c.options.request_timeout_ms = 3000;
+    })
+    .await;
     let question = dana_starts_p1();
-    let full = padded(&question, 1000);
-    let head = post_head("/v1/is_authorized", 1000);
+    let search = raw_post("/access/v1/search/subject", &slow_search());
 
-    let mut slow = hold_the_only_slot(&app, &head, &full.as_bytes()[..10]).await;
+    let mut slow = hold_the_only_slot(&app, &search).await;
 
     // A decision request is refused at once, with Retry-After and no decision.
     let started = Instant::now();
@@ -350,20 +393,20 @@ async fn at_the_concurrency_cap_others_get_a_fast_503_until_the_slot_is_free() {
         assert_eq!(resp.status(), 200, "{probe}");
     }
 
-    // The slow client finishes its body: it was admitted, so it is answered…
-    slow.write_all(&full.as_bytes()[10..])
-        .await
-        .expect("write the rest");
+    // The search was admitted, so it is answered: its page, or a 503
+    // `timeout` at its deadline on a slow machine…
     let answer = tokio::time::timeout(ANSWER_WITHIN, read_response(&mut slow))
         .await
         .expect("the slow request is answered");
-    assert_dev_allow(answer.status, &answer.body);
+    if answer.status != 200 {
+        assert_error(answer.status, &answer.body, 503, "timeout");
+    }
     // …and the slot is free again.
     let (status, body) = app.post("/v1/is_authorized", &question).await;
     assert_dev_allow(status, &body);
 
     // A slow client that gives up frees the slot too.
-    let quitter = hold_the_only_slot(&app, &head, &full.as_bytes()[..10]).await;
+    let quitter = hold_the_only_slot(&app, &search).await;
     drop(quitter);
     support::wait_until(ANSWER_WITHIN, || async {
         status_of(&app, "/v1/policies").await == 200
@@ -374,39 +417,52 @@ async fn at_the_concurrency_cap_others_get_a_fast_503_until_the_slot_is_free() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_whose_body_trickles_past_the_time_limit_is_a_503_timeout() {
-    let app = spawn_app_in(copy_pack(), |c| c.options.request_timeout_ms = 300).await;
+async fn slow_bodies_hold_no_slot_and_are_answered_408_at_the_body_deadline() {
+    // Six clients trickle their bodies at one byte per 50 ms (each would
+    // take ~50 s) against a cap of two: a body is read before its request
+    // takes a slot, so the slots stay free for whole requests.
+    let app = spawn_app_in(copy_pack(), |c| {
+        c.options.max_concurrent = 2;
+        c.options.body_timeout_ms = 1500;
+    })
+    .await;
     let question = dana_starts_p1();
     let full = padded(&question, 1000).into_bytes();
-
-    let stream = TcpStream::connect(app.addr).await.expect("connect");
-    let (mut reader, mut writer) = stream.into_split();
-    writer
-        .write_all(post_head("/v1/is_authorized", full.len()).as_bytes())
-        .await
-        .expect("write head");
-    let trickle = tokio::spawn(async move {
-        // One byte every 50 ms: the whole body would take ~50 s.
-        for byte in full {
-            if writer.write_all(&[byte]).await.is_err() {
-                break;
+    let mut readers = Vec::new();
+    let mut trickles = Vec::new();
+    for _ in 0..6 {
+        let stream = TcpStream::connect(app.addr).await.expect("connect");
+        let (reader, mut writer) = stream.into_split();
+        writer
+            .write_all(post_head("/v1/is_authorized", full.len()).as_bytes())
+            .await
+            .expect("write head");
+        let body = full.clone();
+        trickles.push(tokio::spawn(async move {
+            for byte in body {
+                if writer.write_all(&[byte]).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    });
-    let answer = tokio::time::timeout(ANSWER_WITHIN, read_response(&mut reader))
-        .await
-        .expect("answered at the time limit instead of hanging");
-    trickle.abort();
-    assert_error(answer.status, &answer.body, 503, "timeout");
-    assert_eq!(
-        answer.headers.get("retry-after").map(String::as_str),
-        Some("1"),
-        "{:?}",
-        answer.headers
-    );
-
-    // A request that arrives whole is answered within the limit.
+        }));
+        readers.push(reader);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    for _ in 0..3 {
+        let (status, body) = app.post("/v1/is_authorized", &question).await;
+        assert_dev_allow(status, &body);
+    }
+    for mut reader in readers {
+        let answer = tokio::time::timeout(ANSWER_WITHIN, read_response(&mut reader))
+            .await
+            .expect("answered at the body deadline instead of hanging");
+        assert_error(answer.status, &answer.body, 408, "body_timeout");
+    }
+    for trickle in trickles {
+        trickle.abort();
+    }
+    // A request that arrives whole is answered.
     let (status, body) = app.post("/v1/is_authorized", &question).await;
     assert_dev_allow(status, &body);
 }
@@ -724,38 +780,11 @@ fn cpu_ticks(pid: u32) -> u64 {
 /// searching on with its concurrency permits given back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_search_that_runs_out_of_time_stops_computing() {
-    const USERS: usize = 20_000;
-    let dir = copy_pack();
-    let data = dir.path().join("data").join("cedard.redb");
-    {
-        let store = cedard::store::Store::open(&data).expect("open");
-        store
-            .write(|w| {
-                for i in 0..USERS {
-                    let id = format!("u{i:05}");
-                    w.sign_up(
-                        &cedard::store::User {
-                            email: format!("{id}@example.com"),
-                            id,
-                            email_verified: false,
-                            name: None,
-                            created_at: 0,
-                        },
-                        "admin",
-                    )?;
-                }
-                Ok(())
-            })
-            .expect("users");
-    }
+    let dir = pack_with_users(20_000);
     let bin = spawn_binary(dir.path(), &["--request-timeout-ms", "1000"]).await;
     let client = reqwest::Client::new();
     // Who may use u00001's account? Only u00001: every candidate is tried.
-    let body = json!({
-        "subject": {"type": "User"},
-        "action": {"name": "useAccount"},
-        "resource": {"type": "Account", "id": "u00001"},
-    });
+    let body = slow_search();
     let mut set = JoinSet::new();
     for _ in 0..6 {
         let (client, url, body) = (
@@ -787,4 +816,61 @@ async fn a_search_that_runs_out_of_time_stops_computing() {
         used < 30,
         "the daemon used {used} ticks of CPU after answering"
     );
+}
+
+/// Sockets that send half a request head (and reconnect when closed) fill
+/// the connection limits; a client sending whole requests is still served,
+/// because a new connection at a limit closes the oldest one that has not
+/// sent a whole head. Checked at the global limit and at the per-peer one
+/// (every client here is the one peer 127.0.0.1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_heads_cannot_lock_out_whole_requests() {
+    for (total, per_peer) in [(20, 1024), (4096, 20)] {
+        let app = spawn_app_in(copy_pack(), |c| {
+            c.options.max_connections = total;
+            c.options.max_connections_per_peer = per_peer;
+        })
+        .await;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut attackers = JoinSet::new();
+        for _ in 0..40 {
+            let (addr, stop) = (app.addr, stop.clone());
+            attackers.spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let Ok(mut socket) = TcpStream::connect(addr).await else {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    };
+                    let _ = socket
+                        .write_all(
+                            b"POST /v1/is_authorized HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Ty",
+                        )
+                        .await;
+                    // Held until the daemon closes it (or the test ends).
+                    let mut byte = [0u8; 1];
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(2), socket.read(&mut byte)).await;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // A new connection for every call, as a fresh client would open.
+        let client = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .expect("client");
+        for i in 0..10 {
+            let answer =
+                tokio::time::timeout(ANSWER_WITHIN, client.get(app.url("/healthz")).send())
+                    .await
+                    .unwrap_or_else(|_| panic!("call {i} hung ({total}, {per_peer})"));
+            let status = answer.map(|r| r.status().as_u16()).unwrap_or_else(|e| {
+                panic!("call {i} at limits ({total} in all, {per_peer} a peer) failed: {e}")
+            });
+            assert_eq!(status, 200);
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        attackers.abort_all();
+    }
 }
