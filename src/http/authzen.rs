@@ -55,7 +55,6 @@ pub fn discovery() -> OpenApiRouter<AppState> {
 
 /// A subject or resource: `{type, id, properties?}`.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct Entity {
     /// The entity type, as the schema names it (`user`, `Account`).
     #[serde(rename = "type")]
@@ -72,7 +71,6 @@ pub struct Entity {
 
 /// An action: `{name, properties?}`.
 #[derive(Debug, Clone, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct Action {
     /// The id of one of the schema's actions.
     name: String,
@@ -85,7 +83,6 @@ pub struct Action {
 
 /// Options of an evaluation call.
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct Options {
     /// `execute_all` (default), `deny_on_first_deny` or
     /// `permit_on_first_permit`.
@@ -109,7 +106,6 @@ impl Options {
 
 /// One access evaluation request.
 #[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct EvaluationBody {
     subject: Entity,
     action: Action,
@@ -123,7 +119,6 @@ pub struct EvaluationBody {
 
 /// One item of an evaluations call: each part overrides the top-level one.
 #[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct EvaluationItem {
     #[serde(default)]
     subject: Option<Entity>,
@@ -138,7 +133,6 @@ pub struct EvaluationItem {
 
 /// Several evaluations with top-level defaults.
 #[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct EvaluationsBody {
     #[serde(default)]
     subject: Option<Entity>,
@@ -157,7 +151,6 @@ pub struct EvaluationsBody {
 
 /// A page request: the token of the previous page, and a size.
 #[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct PageRequest {
     /// `page.next_token` of the previous answer.
     #[serde(default)]
@@ -172,7 +165,6 @@ pub struct PageRequest {
 
 /// A search request; the searched part names only its type.
 #[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
 pub struct SearchBody {
     subject: Entity,
     #[serde(default)]
@@ -229,6 +221,7 @@ pub struct Configuration {
 }
 
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    super::extract::refuse_repeated_keys(body)?;
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_json(format!("invalid request body: {e}")))
 }
@@ -472,7 +465,7 @@ fn evaluate_one(state: &AppState, caller: &CallerInfo, body: &[u8]) -> Result<Re
     request_body = EvaluationsBody,
     responses(
         (status = 200, description = "`{\"evaluations\": [...]}` in request order (cut short by `deny_on_first_deny` or `permit_on_first_permit`); without `evaluations`, one `{\"decision\"}`. A bad item is `{\"decision\": false, \"context\": {\"error\": ...}}`", body = EvaluationsResponse),
-        (status = 400, description = "The payload is malformed (an item lacks a part with no default, too many items)", body = ErrorBody),
+        (status = 400, description = "The payload is malformed (not the JSON of an evaluations call, a key given twice, too many items); an item that cannot be evaluated is answered in place instead", body = ErrorBody),
         (status = 401, description = "No valid caller key", body = ErrorBody),
         (status = 403, description = "The key lacks the `decide` scope", body = ErrorBody),
     ),
@@ -541,8 +534,10 @@ async fn evaluations(
             )
             .into());
         }
-        // Each item with the defaults filled in; an item that lacks a part
-        // the call gives no default for is a malformed payload.
+        // Each item with the defaults filled in. An item that cannot be
+        // evaluated (it lacks a part the call gives no default for, or a
+        // part does not fit the schema) is answered in place, as the spec's
+        // errors section asks: a deny with the error in its context.
         let mut asked: Vec<Result<Asked, InputError>> = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
             let field = format!("evaluations[{i}]");
@@ -552,23 +547,26 @@ async fn evaluations(
                     format!("required: the item has no `{part}` and the call gives no default"),
                 )
             };
-            let subject = item
-                .subject
-                .as_ref()
-                .or(body.subject.as_ref())
-                .ok_or_else(|| missing("subject"))?;
-            let action = item
-                .action
-                .as_ref()
-                .or(body.action.as_ref())
-                .ok_or_else(|| missing("action"))?;
-            let resource = item
-                .resource
-                .as_ref()
-                .or(body.resource.as_ref())
-                .ok_or_else(|| missing("resource"))?;
-            let context = item.context.as_ref().or(body.context.as_ref());
-            asked.push(Asked::new(subject, action, resource, context, &field));
+            let filled = (|| {
+                let subject = item
+                    .subject
+                    .as_ref()
+                    .or(body.subject.as_ref())
+                    .ok_or_else(|| missing("subject"))?;
+                let action = item
+                    .action
+                    .as_ref()
+                    .or(body.action.as_ref())
+                    .ok_or_else(|| missing("action"))?;
+                let resource = item
+                    .resource
+                    .as_ref()
+                    .or(body.resource.as_ref())
+                    .ok_or_else(|| missing("resource"))?;
+                let context = item.context.as_ref().or(body.context.as_ref());
+                Asked::new(subject, action, resource, context, &field)
+            })();
+            asked.push(filled);
         }
         let items: Vec<Result<Item<'_>, InputError>> = asked
             .iter()

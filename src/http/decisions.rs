@@ -119,6 +119,7 @@ pub struct BatchResponse {
 }
 
 fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    super::extract::refuse_repeated_keys(body)?;
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_json(format!("invalid request body: {e}")))
 }

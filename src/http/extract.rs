@@ -123,7 +123,8 @@ impl Body {
     /// disagree on which one wins, so a proxy and cedard could read two
     /// different requests.
     pub fn parse(bytes: &[u8], allowed: &[&str]) -> Result<Self, ApiError> {
-        let Strict(value) = serde_json::from_slice(bytes)
+        refuse_repeated_keys(bytes)?;
+        let value: Value = serde_json::from_slice(bytes)
             .map_err(|e| ApiError::bad_json(clip(&format!("invalid request body: {e}"))))?;
         let Value::Object(map) = value else {
             return Err(bad("body", "expected a JSON object"));
@@ -221,78 +222,134 @@ fn shown(value: &Value) -> String {
     clip(&value.to_string())
 }
 
-/// A JSON value parsed like `serde_json::Value`, except that an object
-/// holding the same key twice is an error naming the key.
-struct Strict(Value);
-
-impl<'de> serde::Deserialize<'de> for Strict {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(StrictVisitor).map(Strict)
+/// Refuses a JSON body in which an object holds a key twice, at any depth,
+/// with a 400 naming the key's path (`principal.id`,
+/// `requests[3].context.ip`): parsers disagree on which occurrence counts,
+/// so a proxy and cedard could otherwise read two different requests.
+/// Text that is not JSON passes (the parse that follows reports it).
+pub fn refuse_repeated_keys(bytes: &[u8]) -> Result<(), ApiError> {
+    use serde::de::DeserializeSeed;
+    let mut path = Vec::new();
+    let mut found = None;
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let _ = Walk {
+        path: &mut path,
+        found: &mut found,
+    }
+    .deserialize(&mut de);
+    match found {
+        Some(path) => Err(ApiError::from(InputError::new(
+            clip(&path),
+            "this key is given twice in one object; send it once",
+        ))),
+        None => Ok(()),
     }
 }
 
-struct StrictVisitor;
+/// A step into a JSON document.
+enum Step {
+    Key(String),
+    Index(usize),
+}
 
-impl<'de> serde::de::Visitor<'de> for StrictVisitor {
-    type Value = Value;
+/// Walks a JSON document without keeping it, noting the path of the first
+/// repeated key (and stopping there).
+struct Walk<'a> {
+    path: &'a mut Vec<Step>,
+    found: &'a mut Option<String>,
+}
+
+impl Walk<'_> {
+    fn shown(&self, key: &str) -> String {
+        let mut out = String::new();
+        for step in self.path.iter() {
+            match step {
+                Step::Key(k) if out.is_empty() => out.push_str(k),
+                Step::Key(k) => {
+                    out.push('.');
+                    out.push_str(k);
+                }
+                Step::Index(i) => out.push_str(&format!("[{i}]")),
+            }
+        }
+        if !out.is_empty() {
+            out.push('.');
+        }
+        out.push_str(key);
+        out
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Walk<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Walk<'_> {
+    type Value = ();
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a JSON value")
     }
 
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
+    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+        Ok(())
     }
 
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(v.into())
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        Ok(())
     }
 
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(v.into())
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        Ok(())
     }
 
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        Ok(())
     }
 
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_owned()))
+    fn visit_str<E>(self, _: &str) -> Result<(), E> {
+        Ok(())
     }
 
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
-        Ok(Value::String(v))
+    fn visit_unit<E>(self) -> Result<(), E> {
+        Ok(())
     }
 
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-
-    fn visit_none<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut items = Vec::new();
-        while let Some(Strict(v)) = seq.next_element()? {
-            items.push(v);
-        }
-        Ok(Value::Array(items))
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        let mut out = serde_json::Map::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if out.contains_key(&key) {
-                return Err(serde::de::Error::custom(format!(
-                    "duplicate key `{}`",
-                    clip(&key)
-                )));
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut i = 0;
+        loop {
+            self.path.push(Step::Index(i));
+            let more = seq.next_element_seed(Walk {
+                path: &mut *self.path,
+                found: &mut *self.found,
+            })?;
+            self.path.pop();
+            if more.is_none() {
+                return Ok(());
             }
-            let Strict(value) = map.next_value()?;
-            out.insert(key, value);
+            i += 1;
         }
-        Ok(Value::Object(out))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let mut seen = std::collections::HashSet::new();
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if !seen.insert(key.clone()) {
+                *self.found = Some(self.shown(&key));
+                return Err(serde::de::Error::custom("a repeated key"));
+            }
+            self.path.push(Step::Key(key.into_owned()));
+            map.next_value_seed(Walk {
+                path: &mut *self.path,
+                found: &mut *self.found,
+            })?;
+            self.path.pop();
+        }
+        Ok(())
     }
 }
 

@@ -147,6 +147,23 @@ async fn sign_in_http(c: &Console, key: &str) -> (reqwest::StatusCode, Option<St
     (status, cookie, set_cookie)
 }
 
+/// Signs in with the admin key and loads `path`: the session cookie and
+/// the page.
+async fn admin_page(c: &Console, path: &str) -> (String, String) {
+    let (_, cookie, _) = sign_in_http(c, c.key("admin")).await;
+    let cookie = cookie.expect("a session");
+    let page = raw_client()
+        .get(c.app.url(path))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("get")
+        .text()
+        .await
+        .expect("page");
+    (cookie, page)
+}
+
 /// Makes one more `admin` key through the API; its secret.
 async fn another_admin_key(c: &Console, name: &str) -> String {
     let created = c
@@ -986,17 +1003,7 @@ async fn one_key_signing_in_over_and_over_signs_nobody_else_out() {
 #[tokio::test]
 async fn the_impact_page_reads_no_folder_outside_the_candidates_root() {
     let c = console().await;
-    let (_, cookie, _) = sign_in_http(&c, c.key("admin")).await;
-    let cookie = cookie.expect("a session");
-    let page = raw_client()
-        .get(c.app.url("/ui/impact"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .expect("get")
-        .text()
-        .await
-        .expect("page");
+    let (cookie, page) = admin_page(&c, "/ui/impact").await;
     assert!(
         !page.contains("name=\"folder\""),
         "no folder field by default"
@@ -1034,4 +1041,36 @@ async fn the_impact_page_reads_no_folder_outside_the_candidates_root() {
             .to_owned()
     };
     assert_eq!(error(&etc), error(&missing), "no hint which folders exist");
+}
+
+/// The playground's JSON boxes are held to the API's rule: a key given
+/// twice is refused naming its path, never decided on.
+#[tokio::test]
+async fn the_playground_refuses_a_key_given_twice() {
+    let c = console().await;
+    let (cookie, page) = admin_page(&c, "/ui/playground").await;
+    let token = csrf_of(&page);
+    let resp = raw_client()
+        .post(c.app.url("/ui/playground"))
+        .header("cookie", &cookie)
+        .form(&[
+            ("csrf", token.as_str()),
+            ("principal_type", "User"),
+            ("principal_id", "carol"),
+            ("action", "Action::\"viewBilling\""),
+            ("resource_type", "Account"),
+            ("resource_id", "alice"),
+            ("context", r#"{"ip": "10.0.0.1", "ip": "192.0.2.1"}"#),
+        ])
+        .send()
+        .await
+        .expect("post");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.expect("page");
+    assert_eq!(status, 400, "{text}");
+    assert!(
+        text.contains("context.ip: this key is given twice"),
+        "{text}"
+    );
+    assert!(!text.contains("data-decision="), "no decision was shown");
 }

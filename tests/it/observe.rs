@@ -1437,7 +1437,7 @@ async fn the_openapi_document_describes_every_route_and_the_real_answers() {
         evs,
         evs,
         None,
-        Some(json!({"evaluations": [{}]})),
+        Some(json!({"evaluations": "not a list"})),
         400,
     )
     .await;

@@ -94,3 +94,57 @@ fn what_cedard_takes_as_valid_cedar_validates_over_the_corpus() {
     assert!(trusted > 10_000, "{trusted} scopes trusted");
     assert!(contexts > 5_000, "{contexts} contexts trusted");
 }
+
+/// A key given twice in one object, at any depth of any JSON body, is a 400
+/// naming the key's path: a proxy that reads the first occurrence and cedard
+/// the last would otherwise decide two different questions.
+#[tokio::test]
+async fn a_key_given_twice_is_refused_at_every_depth_naming_its_path() {
+    let app = crate::support::spawn_app().await;
+    let cases: [(&str, &str, &str); 7] = [
+        (
+            "/v1/is_authorized",
+            r#"{"principal": {"type": "User", "id": "u00009", "id": "u00001"}, "action": {"type": "Action", "id": "useAccount"}, "resource": {"type": "Account", "id": "acme"}}"#,
+            "principal.id",
+        ),
+        (
+            "/v1/is_authorized",
+            r#"{"principal": "User::\"bob\"", "action": "Action::\"useAccount\"", "resource": "Account::\"acme\"", "context": {"a": {"b": 1, "b": 2}}}"#,
+            "context.a.b",
+        ),
+        (
+            "/v1/is_authorized/batch",
+            r#"{"requests": [{"principal": "User::\"bob\"", "action": "Action::\"useAccount\"", "resource": "Account::\"acme\""}, {"principal": "User::\"bob\"", "action": "Action::\"useAccount\"", "resource": "Account::\"acme\"", "context": {"ip": "1", "ip": "2"}}]}"#,
+            "requests[1].context.ip",
+        ),
+        (
+            "/access/v1/evaluation",
+            r#"{"subject": {"type": "User", "id": "bob", "properties": {"email": "a", "email": "b"}}, "action": {"name": "useAccount"}, "resource": {"type": "Account", "id": "acme"}}"#,
+            "subject.properties.email",
+        ),
+        (
+            "/access/v1/evaluations",
+            r#"{"subject": {"type": "User", "id": "bob"}, "action": {"name": "useAccount"}, "evaluations": [{"resource": {"type": "Account", "id": "acme", "id": "other"}}]}"#,
+            "evaluations[0].resource.id",
+        ),
+        (
+            "/access/v1/search/subject",
+            r#"{"subject": {"type": "User"}, "action": {"name": "useAccount"}, "resource": {"type": "Account", "id": "acme"}, "page": {"limit": 1, "limit": 2}}"#,
+            "page.limit",
+        ),
+        (
+            "/v1/users",
+            r#"{"id": "zed", "email": "z@example.com", "name": "Zed", "name": "Zara"}"#,
+            "name",
+        ),
+    ];
+    for (path, body, key) in cases {
+        let (status, answer) = app.post_raw(path, body.to_owned()).await;
+        assert_eq!(status, 400, "{path} {key}: {answer}");
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.starts_with(&format!("{key}:")) && message.contains("given twice"),
+            "{path}: expected the path `{key}` named: {answer}"
+        );
+    }
+}

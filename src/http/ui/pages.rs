@@ -443,6 +443,9 @@ fn json_box(field: &str, text: &str) -> Result<Option<Value>, String> {
     if text.trim().is_empty() {
         return Ok(None);
     }
+    if let Err(e) = crate::http::extract::refuse_repeated_keys(text.as_bytes()) {
+        return Err(format!("{field}.{e}"));
+    }
     serde_json::from_str(text)
         .map(Some)
         .map_err(|e| format!("{field}: not valid JSON: {e}"))
