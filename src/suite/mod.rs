@@ -210,7 +210,7 @@ pub fn run(paths: &[PathBuf], options: &Options) -> Report {
                 Err(e) => files.push(FileResult::broken(path.display().to_string(), &e)),
             }
         } else if path.is_dir() {
-            walk(path, &mut found);
+            walk(path, &mut found, &mut std::collections::HashSet::new());
         } else if path.is_file() {
             found.push(Found {
                 path: path.clone(),
@@ -347,8 +347,17 @@ fn is_candidate(path: &Path) -> bool {
 
 /// Collects candidate test files below `dir`: YAML suites, and JSON files
 /// other than entity and schema files (which are recognised by name and
-/// never read here). Hidden files and folders are skipped.
-fn walk(dir: &Path, out: &mut Vec<Found>) {
+/// never read here). Hidden files and folders are skipped, and so is a
+/// folder already walked (by device and inode, links followed: a link back
+/// to `.` or a parent), so that the walk ends and no file is run twice.
+fn walk(dir: &Path, out: &mut Vec<Found>, seen: &mut std::collections::HashSet<(u64, u64)>) {
+    #[cfg(unix)]
+    if let Ok(meta) = std::fs::metadata(dir) {
+        use std::os::unix::fs::MetadataExt;
+        if !seen.insert((meta.dev(), meta.ino())) {
+            return;
+        }
+    }
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -359,7 +368,7 @@ fn walk(dir: &Path, out: &mut Vec<Found>) {
         }
         let path = entry.path();
         if path.is_dir() {
-            walk(&path, out);
+            walk(&path, out, seen);
             continue;
         }
         if is_yaml(&path) || is_candidate(&path) {

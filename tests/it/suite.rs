@@ -305,3 +305,17 @@ fn a_tar_gz_archive_is_searched_like_a_folder() {
     assert!(out.status.success(), "{text}");
     assert_eq!(summary(&text), (1, 0), "{text}");
 }
+
+/// A link back to the folder being searched (`loop -> .`) neither makes
+/// `cedard test` run forever nor runs a case twice.
+#[test]
+fn a_link_back_to_the_folder_is_walked_once() {
+    let dir = cedar_test_dir("allow");
+    std::fs::remove_file(dir.path().join("broken.json")).expect("remove broken file");
+    std::os::unix::fs::symlink(".", dir.path().join("loop")).expect("symlink");
+    std::os::unix::fs::symlink(".", dir.path().join("again")).expect("symlink");
+    let out = cedard_test(dir.path(), &["."]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}");
+    assert_eq!(summary(&text), (1, 0), "{text}");
+}
