@@ -1055,6 +1055,22 @@ fn collect(
     walk.folder(dir, 0);
 }
 
+/// A folder's device and inode, links followed: the same for every path
+/// that reaches it, so that a walk can tell a folder it has read already
+/// (a link back to `.` or a parent). `None` where that is not known.
+pub fn folder_identity(dir: &Path) -> Option<(u64, u64)> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(dir).ok().map(|m| (m.dev(), m.ino()))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        None
+    }
+}
+
 /// One folder walk's state (see [`collect`]).
 struct Walk<'a> {
     root: &'a Path,
@@ -1105,10 +1121,8 @@ impl Walk<'_> {
             }
             return false;
         }
-        #[cfg(unix)]
-        if let Ok(meta) = std::fs::metadata(dir) {
-            use std::os::unix::fs::MetadataExt;
-            if !self.seen.insert((meta.dev(), meta.ino())) {
+        if let Some(id) = folder_identity(dir) {
+            if !self.seen.insert(id) {
                 let file = self.rel(dir);
                 self.refuse(
                     file,

@@ -351,12 +351,8 @@ fn is_candidate(path: &Path) -> bool {
 /// folder already walked (by device and inode, links followed: a link back
 /// to `.` or a parent), so that the walk ends and no file is run twice.
 fn walk(dir: &Path, out: &mut Vec<Found>, seen: &mut std::collections::HashSet<(u64, u64)>) {
-    #[cfg(unix)]
-    if let Ok(meta) = std::fs::metadata(dir) {
-        use std::os::unix::fs::MetadataExt;
-        if !seen.insert((meta.dev(), meta.ino())) {
-            return;
-        }
+    if crate::policy::folder_identity(dir).is_some_and(|id| !seen.insert(id)) {
+        return;
     }
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;

@@ -317,17 +317,7 @@ async fn console_sessions_need_an_admin_key_and_forms_need_their_csrf_token() {
 async fn sign_out_needs_the_token_and_ends_the_session() {
     let c = console().await;
     let http = raw_client();
-    let (_, cookie, _) = sign_in_http(&c, c.key("admin")).await;
-    let cookie = cookie.expect("session");
-    let page = http
-        .get(c.app.url("/ui/policies"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .expect("get")
-        .text()
-        .await
-        .expect("body");
+    let (cookie, page) = admin_page(&c, "/ui/policies").await;
     let token = csrf_of(&page);
     let resp = http
         .post(c.app.url("/ui/sign-out"))

@@ -796,14 +796,7 @@ async fn links_back_to_the_folder_refuse_the_set_and_the_walk_ends() {
     assert_eq!(decision(&app, "billing", "viewBilling").await, "allow");
 
     // `cedard validate` ends too, with the same finding.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cedard"))
-        .arg("validate")
-        .current_dir(app.dir.path())
-        .output()
-        .expect("run cedard validate");
-    assert!(!out.status.success());
-    let said =
-        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    let said = validate_refuses(app.dir.path());
     assert!(said.contains("already read"), "{said}");
 
     for link in ["a", "b"] {
@@ -845,16 +838,21 @@ async fn a_link_out_of_the_policy_folder_is_refused_without_reading_it() {
     assert_eq!(listing["revision"]["generation"], 1);
 
     // `cedard validate` says the same, and shows nothing of the file.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cedard"))
-        .arg("validate")
-        .current_dir(app.dir.path())
-        .output()
-        .expect("run cedard validate");
-    assert!(!out.status.success());
-    let said =
-        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    let said = validate_refuses(app.dir.path());
     assert!(
         said.contains("zz.cedar") && !said.contains("SECRET"),
         "{said}"
     );
+}
+
+/// Runs `cedard validate` in `dir`, which must refuse the set; what it said
+/// (stderr, then stdout).
+fn validate_refuses(dir: &Path) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cedard"))
+        .arg("validate")
+        .current_dir(dir)
+        .output()
+        .expect("run cedard validate");
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout)
 }

@@ -937,13 +937,19 @@ impl Run {
         from.choose(&mut self.rng).copied()
     }
 
+    /// One of `candidates` with probability `p` (when there is one); any
+    /// user id otherwise, so that the run also asks about the wrong ones.
+    fn mostly(&mut self, candidates: &[&'static str], p: f64) -> &'static str {
+        match self.pick(candidates) {
+            Some(c) if self.chance(p) => c,
+            _ => self.any_user(),
+        }
+    }
+
     /// A signed-up user, mostly; anyone otherwise.
     fn signed_user(&mut self) -> &'static str {
         let signed: Vec<&'static str> = self.model.users.keys().copied().collect();
-        match self.pick(&signed) {
-            Some(u) if self.chance(0.85) => u,
-            _ => self.any_user(),
-        }
+        self.mostly(&signed, 0.85)
     }
 
     /// A team account, mostly; any account id otherwise.
@@ -952,10 +958,7 @@ impl Run {
             .into_iter()
             .filter(|a| self.model.is_team(a))
             .collect();
-        match self.pick(&teams) {
-            Some(t) if self.chance(0.85) => t,
-            _ => self.any_user(),
-        }
+        self.mostly(&teams, 0.85)
     }
 
     /// An admin of `account`, mostly; anyone otherwise.
@@ -964,10 +967,7 @@ impl Run {
             .into_iter()
             .filter(|u| self.model.role(account, u) == Some("admin"))
             .collect();
-        match self.pick(&admins) {
-            Some(a) if self.chance(0.8) => a,
-            _ => self.any_user(),
-        }
+        self.mostly(&admins, 0.8)
     }
 
     /// A member of `account`, mostly; anyone otherwise.
@@ -976,10 +976,7 @@ impl Run {
             .into_iter()
             .filter(|u| self.model.role(account, u).is_some())
             .collect();
-        match self.pick(&members) {
-            Some(m) if self.chance(0.8) => m,
-            _ => self.any_user(),
-        }
+        self.mostly(&members, 0.8)
     }
 
     /// An invite id: a pending one of `account`, mostly; another invite,
