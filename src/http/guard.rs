@@ -144,16 +144,12 @@ pub async fn authenticate(
     let most = super::state::Shares::most(state.limits.max_concurrent);
     let Some(share) = state.limits.shares.take(&caller, most) else {
         metrics::counter!("cedard_overload_rejections_total").increment(1);
-        let mut response = error_response(
+        return retry_shortly(
             Code::Overloaded,
             &format!(
                 "this caller has {most} requests in progress, its share of cedard's limit of concurrent requests; retry shortly"
             ),
         );
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return response;
     };
     let deadline = Instant::now() + state.limits.request_timeout * 3 / 4;
     request.extensions_mut().insert(CallerInfo {
@@ -379,6 +375,12 @@ pub async fn overloaded(error: tower::BoxError) -> Response {
         tracing::error!("request failed in a middleware: {error}");
         (Code::Unavailable, "cedard cannot answer now")
     };
+    retry_shortly(code, message)
+}
+
+/// A 503 that asks the caller to retry in a second (`Retry-After: 1`):
+/// an overload or a time limit, never a decision.
+fn retry_shortly(code: Code, message: &str) -> Response {
     let mut response = error_response(code, message);
     response
         .headers_mut()
