@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tracing::{info, warn};
 
-use crate::authz::Effect;
+use crate::authz::{Effect, SetAside};
 
 /// Name of the counter of log entries lost, whether to a full queue or to a failing sink.
 pub const DROPPED_METRIC: &str = "cedard_decision_log_dropped_total";
@@ -132,6 +132,11 @@ pub struct DecisionEvent {
     /// whatever the caller puts here (check [`DecisionLog::with_context`] to skip building it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub context: Option<serde_json::Value>,
+    /// What the question carried that the decision did not use (an AuthZEN
+    /// subject's properties when cedard knows the subject; undeclared
+    /// context attributes), with why; absent when nothing was.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignored: Vec<SetAside>,
 }
 
 /// One management write (members, roles, invites…), written as a `"kind": "write"` line,
@@ -745,6 +750,7 @@ mod tests {
             policy_sha256: "ab".repeat(32),
             latency_us: 42,
             context: Some(json!({"ip": "10.0.0.1"})),
+            ignored: Vec::new(),
         }
     }
 

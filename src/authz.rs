@@ -377,7 +377,7 @@ pub struct EvalError {
 /// The answer to one request.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Decision {
-    /// The decision: `allow` or `deny` on the wire (`true` here for allow).
+    /// The decision: `allow` or `deny`.
     #[serde(serialize_with = "ser_decision", rename = "decision")]
     #[schema(value_type = Effect)]
     pub allow: bool,
@@ -385,6 +385,26 @@ pub struct Decision {
     pub reasons: Vec<Reason>,
     /// The policies that failed to evaluate, sorted by id.
     pub errors: Vec<EvalError>,
+    /// What the question carried that the decision did not use (only an
+    /// AuthZEN question is answered so; cedard's own API refuses it).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ignored: Vec<SetAside>,
+}
+
+/// What a question carried that its decision did not use, and why: the
+/// properties of an entity cedard knows (its stored facts count, never a
+/// caller's), or context attributes the action does not declare (under
+/// strict validation no policy can read them, so leaving them out changes
+/// no answer).
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq, utoipa::ToSchema)]
+pub struct SetAside {
+    /// Where in the question: `context`, or `entities[i]` (an inline
+    /// entity: an AuthZEN subject's or resource's `properties`).
+    pub field: String,
+    /// The attribute names left out, sorted.
+    pub names: Vec<String>,
+    /// Why.
+    pub why: String,
 }
 
 fn ser_decision<S: serde::Serializer>(allow: &bool, s: S) -> Result<S::Ok, S::Error> {
@@ -482,6 +502,7 @@ fn to_decision(snapshot: &PolicySnapshot, response: &Response) -> Decision {
         allow,
         reasons,
         errors,
+        ignored: Vec::new(),
     }
 }
 

@@ -20,7 +20,7 @@ use std::sync::Mutex;
 use cedar_policy::{Entities, Entity, EntityUid, EvalResult};
 use serde_json::value::RawValue;
 
-use crate::authz::{self, InputError};
+use crate::authz::{self, InputError, SetAside};
 use crate::model::{
     account_entity, account_uid, user_entity, user_uid, ModelError, RoleCatalog, TYPES,
 };
@@ -415,6 +415,59 @@ impl<'a> Facts<'a> {
         Ok(entities)
     }
 
+    /// The inline entities `raw` holds without those cedard supplies itself
+    /// (a stored user or account, a role of a stored account, an entity of
+    /// the entity data files), and a note for each one left out naming the
+    /// attributes it carried: for a caller whose surplus is ignored
+    /// ([`crate::pdp::Surplus`]), so that cedard's facts count and the
+    /// caller's do not, without refusing the question. `None` when none is
+    /// left out (an array that cannot be read is left whole, for the
+    /// decoding that follows to refuse).
+    pub fn set_aside_known(
+        &self,
+        raw: &RawValue,
+    ) -> Result<(Option<Box<RawValue>>, Vec<SetAside>), EntityError> {
+        #[derive(serde::Deserialize)]
+        struct Head {
+            uid: serde_json::Value,
+            #[serde(default)]
+            attrs: serde_json::Map<String, serde_json::Value>,
+        }
+        let Ok(items) = serde_json::from_str::<Vec<&RawValue>>(raw.get()) else {
+            return Ok((None, Vec::new()));
+        };
+        let mut kept = Vec::with_capacity(items.len());
+        let mut notes = Vec::new();
+        for (i, item) in items.into_iter().enumerate() {
+            let head = serde_json::from_str::<Head>(item.get()).ok();
+            let uid = head
+                .as_ref()
+                .and_then(|h| authz::parse_uid_in(self.snapshot, "uid", &h.uid).ok());
+            let known = match &uid {
+                Some(uid) => self.snapshot.data.origin(uid).is_some() || self.stored(uid)?,
+                None => false,
+            };
+            match (known, uid, head) {
+                (true, Some(uid), Some(head)) => notes.push(SetAside {
+                    field: format!("entities[{i}]"),
+                    names: sorted(head.attrs.keys().cloned().collect()),
+                    why: format!(
+                        "cedard supplies `{uid}` itself: its own facts are used, never a caller's"
+                    ),
+                }),
+                _ => kept.push(item),
+            }
+        }
+        if notes.is_empty() {
+            return Ok((None, notes));
+        }
+        let text =
+            serde_json::to_string(&kept).map_err(|e| InputError::new("entities", e.to_string()))?;
+        let kept =
+            RawValue::from_string(text).map_err(|e| InputError::new("entities", e.to_string()))?;
+        Ok((Some(kept), notes))
+    }
+
     /// The one ownership check, first half, on the inline entities' uids
     /// before anything is merged: an entity cedard supplies itself (a
     /// stored user or account, a role of a stored account, an entity of the
@@ -537,6 +590,12 @@ impl<'a> Facts<'a> {
         }
         Ok(Some(entity))
     }
+}
+
+/// `names`, in order.
+fn sorted(mut names: Vec<String>) -> Vec<String> {
+    names.sort();
+    names
 }
 
 /// The 400 for an inline entity that cedard stores.

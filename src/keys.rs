@@ -30,7 +30,19 @@ pub const PREFIX: &str = "cdk_";
 
 /// What a key may do. No scope implies another: a service that only asks
 /// for decisions holds `decide` and nothing else.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     /// The decision routes (`/v1/is_authorized`, its batch).

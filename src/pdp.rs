@@ -18,6 +18,7 @@
 //! HTTP layer maps to status codes. It never answers allow on an error: an
 //! error is not a decision.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -25,7 +26,7 @@ use cedar_policy::{Entities, EntityUid};
 use serde_json::Value;
 
 use crate::audit::{DecisionEvent, DecisionLog};
-use crate::authz::{self, Decision, InputError, Reason};
+use crate::authz::{self, Decision, InputError, Reason, SetAside};
 use crate::code::Code;
 use crate::facts::{EntityError, EntityMemo, Facts, Inline};
 use crate::model::{self, RoleCatalog};
@@ -50,6 +51,26 @@ pub struct Caller {
     /// committed (it is refused, and says so), rather than committed after
     /// the caller was told it failed.
     pub deadline: Option<std::time::Instant>,
+    /// What becomes of what a question carries that cannot count.
+    pub surplus: Surplus,
+}
+
+/// What the pipeline does with what a question carries that cannot count
+/// towards its answer: the properties of an inline entity cedard supplies
+/// itself (a stored user or account, an entity of the data files: cedard's
+/// facts win, a caller never overrides them), and context attributes the
+/// action does not declare (under strict validation no policy can read
+/// them). Either way the answer is the one given without them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Surplus {
+    /// A 400 naming the field: cedard's own API, whose callers send Cedar's
+    /// shapes and should hear that part of what they sent means nothing.
+    #[default]
+    Refuse,
+    /// Left out of the question and noted on the decision (and its
+    /// decision-log line): AuthZEN, whose receivers must take free-form
+    /// context and the properties a PEP sends routinely.
+    Ignore,
 }
 
 /// How fresh the stored facts of an answer must be, as the caller asks.
@@ -233,6 +254,8 @@ pub struct Page {
     pub more: bool,
     /// The policy revision searched.
     pub revision: Option<Revision>,
+    /// What the search's question carried that its decisions did not use.
+    pub ignored: Vec<SetAside>,
 }
 
 /// Limits a question is held to before any work is spent on it.
@@ -386,7 +409,7 @@ impl Pdp {
             .iter()
             .enumerate()
             .map(|(i, q)| {
-                resolve(&snapshot, q).map_err(|e| match batch {
+                resolve(&snapshot, q, caller.surplus).map_err(|e| match batch {
                     true => e.within(&format!("requests[{i}]")),
                     false => e,
                 })
@@ -426,7 +449,7 @@ impl Pdp {
         for item in items {
             let outcome = match item {
                 Err(e) => Err(e.clone()),
-                Ok(item) => match resolve(&snapshot, &item.query) {
+                Ok(item) => match resolve(&snapshot, &item.query, caller.surplus) {
                     Err(e) => Err(e),
                     Ok(ask) => match call.decide(item.inline, vec![ask]) {
                         Ok(mut decisions) => decisions.pop().ok_or_else(|| {
@@ -478,6 +501,7 @@ impl Pdp {
         let mut call = self.call(caller, &snapshot, Record::Count)?;
         match self.search_in(&mut call, &snapshot, search, caller.deadline) {
             Ok(mut page) => {
+                page.ignored = call.set_aside.clone();
                 call.finish();
                 page.revision = Some(snapshot.revision.clone());
                 Ok(page)
@@ -501,6 +525,7 @@ impl Pdp {
             results: Vec::new(),
             more: false,
             revision: None,
+            ignored: Vec::new(),
         };
         // Takes the allowed candidates, in order, up to the limit; whether
         // one more was allowed.
@@ -538,6 +563,7 @@ impl Pdp {
                         action.clone(),
                         resource.clone(),
                         search.context,
+                        call.surplus(),
                     )
                     .ok()?;
                     Some((action.id().unescaped().to_owned(), ask))
@@ -567,6 +593,7 @@ impl Pdp {
                 )
             })?;
         let action = action_uid(snapshot, search.action)?;
+        let surplus = call.surplus();
         let mut after: Option<String> = search.after.map(str::to_owned);
         loop {
             // Checked between chunks: a search over many candidates stops at
@@ -597,6 +624,7 @@ impl Pdp {
                         action.clone(),
                         resource,
                         search.context,
+                        surplus,
                     )
                 })
                 .collect::<Result<Vec<_>, _>>()?;
@@ -728,6 +756,7 @@ impl Pdp {
                 action,
                 model::account_uid(account),
                 context,
+                Surplus::Refuse,
             )
         });
         let asked = match asked {
@@ -791,6 +820,9 @@ struct Call<'a> {
     errors: u64,
     /// Decision-log entries, written when the call ends.
     logged: Vec<DecisionEvent>,
+    /// What the call's questions carried that their decisions did not use,
+    /// each note once.
+    set_aside: Vec<SetAside>,
 }
 
 impl<'a> Call<'a> {
@@ -812,7 +844,13 @@ impl<'a> Call<'a> {
             denied: 0,
             errors: 0,
             logged: Vec::new(),
+            set_aside: Vec::new(),
         }
+    }
+
+    /// What becomes of what the call's questions carry that cannot count.
+    fn surplus(&self) -> Surplus {
+        self.caller.map(|c| c.surplus).unwrap_or_default()
     }
 
     /// Decides `asks`, which share the inline entities `inline`: the
@@ -825,6 +863,17 @@ impl<'a> Call<'a> {
         inline: Inline<'_>,
         asks: Vec<Resolved<'_>>,
     ) -> Result<Vec<Decision>, EntityError> {
+        // Inline entities cedard supplies itself are left out (not refused)
+        // when the caller's surplus is ignored: the ownership check then
+        // finds none of them.
+        let (kept, mut set_aside) = match (self.surplus(), inline) {
+            (Surplus::Ignore, Inline::Raw(raw)) => self.facts.set_aside_known(raw)?,
+            _ => (None, Vec::new()),
+        };
+        let inline = match &kept {
+            Some(raw) => Inline::raw(Some(&**raw)),
+            None => inline,
+        };
         let pairs: Vec<_> = asks.iter().map(|a| (&a.principal, &a.resource)).collect();
         let entities = self.facts.entities(inline, &pairs)?;
         let snapshot = self.snapshot;
@@ -839,9 +888,18 @@ impl<'a> Call<'a> {
                 .map(|a| authz::decide(snapshot, &a.request, &entities))
                 .collect()
         };
-        for (ask, d) in asks.iter().zip(&decisions) {
+        let mut decisions = decisions;
+        for (ask, d) in asks.iter().zip(decisions.iter_mut()) {
+            d.ignored = set_aside.clone();
+            d.ignored.extend(ask.ignored.iter().cloned());
+            for note in &d.ignored {
+                if !self.set_aside.contains(note) {
+                    self.set_aside.push(note.clone());
+                }
+            }
             self.note(ask, d);
         }
+        set_aside.clear();
         Ok(decisions)
     }
 
@@ -887,10 +945,11 @@ impl<'a> Call<'a> {
             policy_sha256: self.snapshot.revision.sha256.clone(),
             latency_us: 0,
             context: if log.with_context() {
-                ask.context.cloned()
+                ask.context.as_deref().cloned()
             } else {
                 None
             },
+            ignored: d.ignored.clone(),
         });
     }
 
@@ -950,37 +1009,49 @@ fn failed(caller: &Caller, e: &PdpError) {
 }
 
 /// One question read against the snapshot: the entities the store is asked
-/// about, the Cedar request, and the context as asked (for the log).
+/// about, the Cedar request, the context as decided (for the log), and what
+/// was left out of the question.
 struct Resolved<'q> {
     principal: EntityUid,
     resource: EntityUid,
     request: cedar_policy::Request,
-    context: Option<&'q Value>,
+    context: Option<Cow<'q, Value>>,
+    ignored: Vec<SetAside>,
 }
 
 /// A question as it arrived, read against the snapshot.
-fn resolve<'q>(snapshot: &PolicySnapshot, q: &Query<'q>) -> Result<Resolved<'q>, InputError> {
+fn resolve<'q>(
+    snapshot: &PolicySnapshot,
+    q: &Query<'q>,
+    surplus: Surplus,
+) -> Result<Resolved<'q>, InputError> {
     let principal = authz::parse_uid_in(snapshot, "principal", q.principal)?;
     let action = action_uid(snapshot, q.action)?;
     let resource = authz::parse_uid_in(snapshot, "resource", q.resource)?;
-    ask(snapshot, principal, action, resource, q.context)
+    ask(snapshot, principal, action, resource, q.context, surplus)
 }
 
 /// A question of known entities: the one place a served request is built
-/// (and validated against the schema).
+/// (and validated against the schema). With [`Surplus::Ignore`] the context
+/// attributes the action does not declare are left out first, and noted.
 fn ask<'q>(
     snapshot: &PolicySnapshot,
     principal: EntityUid,
     action: EntityUid,
     resource: EntityUid,
     context: Option<&'q Value>,
+    surplus: Surplus,
 ) -> Result<Resolved<'q>, InputError> {
+    let (context, ignored) = match surplus {
+        Surplus::Refuse => (context.map(Cow::Borrowed), Vec::new()),
+        Surplus::Ignore => declared_only(snapshot, &action, context),
+    };
     let request = authz::build_request(
         snapshot,
         principal.clone(),
         action,
         resource.clone(),
-        context,
+        context.as_deref(),
         true,
     )?;
     Ok(Resolved {
@@ -988,7 +1059,45 @@ fn ask<'q>(
         resource,
         request,
         context,
+        ignored,
     })
+}
+
+/// `context` without the attributes `action`'s context does not declare,
+/// and a note naming them. Unchanged when it declares them all, when it is
+/// not an object, or when the schema's declaration cannot be listed (then
+/// strict validation refuses what does not fit, as for any question).
+fn declared_only<'q>(
+    snapshot: &PolicySnapshot,
+    action: &EntityUid,
+    context: Option<&'q Value>,
+) -> (Option<Cow<'q, Value>>, Vec<SetAside>) {
+    let unchanged = (context.map(Cow::Borrowed), Vec::new());
+    let (Some(Value::Object(attrs)), Some(declared)) =
+        (context, snapshot.shapes.context_attributes(action))
+    else {
+        return unchanged;
+    };
+    let mut undeclared: Vec<String> = attrs
+        .keys()
+        .filter(|k| !declared.contains(k.as_str()))
+        .cloned()
+        .collect();
+    undeclared.sort();
+    if undeclared.is_empty() {
+        return unchanged;
+    }
+    let kept: serde_json::Map<String, Value> = attrs
+        .iter()
+        .filter(|(k, _)| declared.contains(k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let note = SetAside {
+        field: "context".into(),
+        names: undeclared,
+        why: format!("the schema declares no such attribute in the context of `{action}`, so no policy can read it"),
+    };
+    (Some(Cow::Owned(Value::Object(kept))), vec![note])
 }
 
 fn action_uid(snapshot: &PolicySnapshot, action: ActionRef<'_>) -> Result<EntityUid, InputError> {

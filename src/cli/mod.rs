@@ -45,13 +45,22 @@ pub enum Command {
     #[command(subcommand)]
     Keys(keys::KeysCommand),
     /// Print the OpenAPI 3.1 description of the HTTP API.
-    Openapi,
+    Openapi(OpenapiArgs),
     /// Replay AuthZEN interop suites against a running PDP.
     Interop(InteropArgs),
     /// Operations on a whole directory: check a redb data file, copy one to
     /// PostgreSQL.
     #[command(subcommand)]
     Store(store::StoreCommand),
+}
+
+/// Options of `cedard openapi`.
+#[derive(Debug, Args)]
+pub struct OpenapiArgs {
+    /// The base URL the description names as its server: the daemon's
+    /// `--public-url` (a running daemon's `/openapi.json` names its own).
+    #[arg(long, default_value = "http://127.0.0.1:8180")]
+    pub public_url: String,
 }
 
 /// Options of `cedard interop`.
@@ -96,10 +105,12 @@ pub fn main(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Keys(command) => Ok(keys::run(command)),
         Command::Interop(args) => interop(&args),
         Command::Store(command) => Ok(store::run(command)),
-        Command::Openapi => {
+        Command::Openapi(args) => {
             print_out(&format!(
                 "{}\n",
-                crate::http::openapi().to_pretty_json().unwrap_or_default()
+                crate::http::openapi(&args.public_url)
+                    .to_pretty_json()
+                    .unwrap_or_default()
             ));
             Ok(ExitCode::SUCCESS)
         }

@@ -66,6 +66,42 @@ impl From<&User> for UserView {
     }
 }
 
+/// The kinds of account.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[schema(rename_all = "lowercase")]
+pub enum AccountKind {
+    /// One user's own account, made at sign-up.
+    Personal,
+    /// A team account, converted from a personal one.
+    Team,
+}
+
+/// Whether an invite can still be accepted.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[schema(rename_all = "lowercase")]
+pub enum InviteStatus {
+    /// It can be accepted.
+    Pending,
+    /// It cannot (see `dead_reason`).
+    Dead,
+}
+
+/// Why an invite can no longer be accepted.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[schema(rename_all = "snake_case")]
+pub enum DeadReason {
+    /// Its creator was removed or demoted, or the policies no longer let
+    /// them grant its role.
+    CreatorCannotGrant,
+    /// The schema no longer declares its role.
+    RoleNotInSchema,
+    /// It is gone otherwise.
+    Gone,
+}
+
 /// An account.
 #[derive(Serialize, ToSchema)]
 pub struct AccountView {
@@ -74,6 +110,7 @@ pub struct AccountView {
     /// The display name.
     name: String,
     /// `personal` or `team`.
+    #[schema(value_type = AccountKind)]
     kind: String,
     /// The owner's user id.
     owner: String,
@@ -141,16 +178,18 @@ impl MemberView {
     }
 }
 
-/// A pending invite, without its secret.
+/// An invite not yet accepted, without its secret: pending, or dead.
 #[derive(Serialize, ToSchema)]
 pub struct InviteView {
     /// `pending` (it can be accepted) or `dead` (it cannot: see
     /// `dead_reason`).
+    #[schema(value_type = InviteStatus)]
     status: &'static str,
     /// Why a `dead` invite can no longer be accepted:
     /// `creator_cannot_grant` (its creator was removed or demoted, or the
     /// policies no longer let them grant its role), `role_not_in_schema`.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<DeadReason>)]
     dead_reason: Option<&'static str>,
     /// The invite's id.
     id: String,
@@ -240,6 +279,77 @@ pub struct Accepted {
     role: String,
 }
 
+/// The body of a sign-up.
+#[derive(serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct SignUpBody {
+    /// The new user's id: 1 to 128 letters, digits and `._@-`.
+    id: String,
+    /// The email address: stored trimmed and lowercase; no other user may
+    /// hold it.
+    email: String,
+    /// The product's word that the user controls the address (default
+    /// `false`).
+    email_verified: Option<bool>,
+    /// The display name.
+    name: Option<String>,
+}
+
+/// The body that records whether a user's email is verified.
+#[derive(serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct EmailVerifiedBody {
+    /// Whether the product verified the address.
+    email_verified: bool,
+}
+
+/// The body of a conversion to a team account.
+#[derive(serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct ConvertBody {
+    /// The team account's display name.
+    name: String,
+}
+
+/// The body of a role change.
+#[derive(serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct RoleBody {
+    /// One of the schema's roles (the seed's: `basic`, `billing`, `dev`,
+    /// `admin`).
+    role: String,
+}
+
+/// The body of a new invite.
+#[derive(serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct NewInviteBody {
+    /// The role the invite grants: one of the schema's roles that the
+    /// acting user may grant.
+    role: String,
+    /// Binds the invite to this email: only a user holding it, verified,
+    /// may accept.
+    email: Option<String>,
+    /// Hours until the invite stops working: default 168 (a week), at most
+    /// 8760 (a year).
+    #[schema(minimum = 1, maximum = 8760)]
+    expires_in_hours: Option<i64>,
+}
+
+/// The body of an acceptance.
+#[derive(serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct AcceptBody {
+    /// The invite's token (from its link).
+    token: String,
+}
+
 /// Runs a management operation off the async threads: it may wait for a
 /// durable commit.
 async fn blocking<T: Send + 'static>(
@@ -252,7 +362,7 @@ async fn blocking<T: Send + 'static>(
 
 /// Signs a user up, with a personal account they administer.
 #[utoipa::path(post, path = "/v1/users", tag = "management",
-    request_body(content = Object, description = "`{id, email, email_verified?, name?}`: the email is stored trimmed and lowercase, and must be free; `email_verified` (default false) is the product's word that the user controls it"),
+    request_body = SignUpBody,
     responses(
         (status = 201, body = SignedUp),
         (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
@@ -264,7 +374,7 @@ async fn sign_up(
     caller: CallerInfo,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let body = Body::parse(&body, &["id", "email", "email_verified", "name"])?;
+    let body = Body::parse_as::<SignUpBody>(&body)?;
     let input = SignUp {
         id: body.str("id")?,
         email: body.str("email")?,
@@ -285,7 +395,7 @@ async fn sign_up(
 /// Records whether a user's email is verified (the product verified it).
 #[utoipa::path(put, path = "/v1/users/{id}/email_verified", tag = "management",
     params(("id" = String, Path, description = "The user id")),
-    request_body(content = Object, description = "`{email_verified}`"),
+    request_body = EmailVerifiedBody,
     responses((status = 200, body = UserView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 404, body = ErrorBody)),
     security(("bearer" = ["manage"])))]
 async fn set_email_verified(
@@ -294,9 +404,9 @@ async fn set_email_verified(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Json<UserView>, ApiError> {
-    let verified = Body::parse(&body, &["email_verified"])?
+    let verified = Body::parse_as::<EmailVerifiedBody>(&body)?
         .opt_bool("email_verified")?
-        .ok_or_else(|| super::extract::bad("email_verified", "is required"))?;
+        .unwrap_or_default();
     let user = blocking(state, caller, move |a, c| {
         Ok(a.set_email_verified(c, &id, verified)?)
     })
@@ -343,7 +453,7 @@ async fn get_account(
 /// Converts a personal account to a team account (`convertToTeam`).
 #[utoipa::path(post, path = "/v1/accounts/{id}/convert", tag = "management",
     params(("id" = String, Path, description = "The account id"), ("X-Actor" = String, Header, description = "The acting user")),
-    request_body(content = Object, description = "`{name}`"),
+    request_body = ConvertBody,
     responses((status = 200, body = AccountView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = ["manage"])))]
 async fn convert(
@@ -353,7 +463,7 @@ async fn convert(
     Actor(actor): Actor,
     body: Bytes,
 ) -> Result<Json<AccountView>, ApiError> {
-    let name = Body::parse(&body, &["name"])?.str("name")?;
+    let name = Body::parse_as::<ConvertBody>(&body)?.str("name")?;
     let account = blocking(state, caller, move |a, c| {
         Ok(a.convert(c, &actor, &id, &name)?)
     })
@@ -381,7 +491,7 @@ async fn list_members(
 /// Gives a member another role (`changeMemberRole`).
 #[utoipa::path(put, path = "/v1/accounts/{id}/members/{user}", tag = "management",
     params(("id" = String, Path, description = "The account id"), ("user" = String, Path, description = "The member"), ("X-Actor" = String, Header, description = "The acting user")),
-    request_body(content = Object, description = "`{role}`"),
+    request_body = RoleBody,
     responses((status = 200, body = MemberView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, description = "The last admin", body = ErrorBody)),
     security(("bearer" = ["manage"])))]
 async fn set_role(
@@ -391,7 +501,7 @@ async fn set_role(
     Actor(actor): Actor,
     body: Bytes,
 ) -> Result<Json<MemberView>, ApiError> {
-    let role = Body::parse(&body, &["role"])?.str("role")?;
+    let role = Body::parse_as::<RoleBody>(&body)?.str("role")?;
     let target = user.clone();
     let m = blocking(state, caller, move |a, c| {
         Ok(a.set_role(c, &actor, &id, &user, &role)?)
@@ -421,7 +531,7 @@ async fn remove_member(
 /// Invites someone to a team account (`inviteMember`).
 #[utoipa::path(post, path = "/v1/accounts/{id}/invites", tag = "management",
     params(("id" = String, Path, description = "The account id"), ("X-Actor" = String, Header, description = "The acting user")),
-    request_body(content = Object, description = "`{role, email?, expires_in_hours?}`"),
+    request_body = NewInviteBody,
     responses((status = 201, body = IssuedInviteView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)),
     security(("bearer" = ["manage"])))]
 async fn create_invite(
@@ -431,7 +541,7 @@ async fn create_invite(
     Actor(actor): Actor,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let body = Body::parse(&body, &["role", "email", "expires_in_hours"])?;
+    let body = Body::parse_as::<NewInviteBody>(&body)?;
     let input = NewInvite {
         role: body.str("role")?,
         email: body.opt_str("email")?,
@@ -503,7 +613,7 @@ async fn revoke(
 /// Accepts an invite: the token is the authority.
 #[utoipa::path(post, path = "/v1/invites/accept", tag = "management",
     params(("X-Actor" = String, Header, description = "The accepting user")),
-    request_body(content = Object, description = "`{token}`"),
+    request_body = AcceptBody,
     responses((status = 200, body = Accepted), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 410, description = "Unknown, expired, revoked or used", body = ErrorBody)),
     security(("bearer" = ["manage"])))]
 async fn accept(
@@ -512,7 +622,7 @@ async fn accept(
     Actor(actor): Actor,
     body: Bytes,
 ) -> Result<Json<Accepted>, ApiError> {
-    let token = Body::parse(&body, &["token"])?.str("token")?;
+    let token = Body::parse_as::<AcceptBody>(&body)?.str("token")?;
     let invite = blocking(state, caller, move |a, c| Ok(a.accept(c, &actor, &token)?)).await?;
     Ok(Json(Accepted {
         account: invite.account,

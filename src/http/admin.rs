@@ -173,10 +173,31 @@ async fn list_policies(State(state): State<AppState>) -> Json<PolicyListing> {
     })
 }
 
+/// The role × action matrix: for each kind of account, each action's
+/// decision for each column.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct MatrixView {
+    /// The schema's roles.
+    roles: Vec<String>,
+    /// The columns: each role, then `non-member` (a user of no role there).
+    columns: Vec<String>,
+    /// The rows: the actions a user may be asked about.
+    actions: Vec<String>,
+    /// In a team account: action → column → decision.
+    team:
+        std::collections::HashMap<String, std::collections::HashMap<String, crate::authz::Effect>>,
+    /// In a personal account: action → column → decision.
+    personal:
+        std::collections::HashMap<String, std::collections::HashMap<String, crate::authz::Effect>>,
+    /// The policy set it was computed from.
+    revision: Revision,
+}
+
 /// The role × action matrix of the serving policy set (see `crate::matrix`),
 /// with the revision it was computed from.
 #[utoipa::path(get, path = "/v1/matrix", tag = "admin",
-    responses((status = 200, description = "`{roles, columns, actions, team, personal, revision}`", body = Object), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)),
+    responses((status = 200, body = MatrixView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = ["admin"])))]
 async fn matrix(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let snapshot = state.pdp.live().snapshot();
@@ -202,6 +223,7 @@ pub struct KeyView {
     /// Who holds it.
     name: String,
     /// What it may do.
+    #[schema(value_type = Vec<Scope>)]
     scopes: Vec<String>,
     /// When it was created (RFC 3339).
     created_at: String,
@@ -231,6 +253,17 @@ pub struct CreatedKey {
     secret: String,
 }
 
+/// The body of a new caller key.
+#[derive(serde::Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct NewKeyBody {
+    /// A name for people (which service holds the key).
+    name: String,
+    /// What the key may do: one or more of `decide`, `manage`, `admin`.
+    scopes: Vec<Scope>,
+}
+
 /// Every caller key, revoked ones included; never a secret.
 #[utoipa::path(get, path = "/v1/keys", tag = "admin",
     responses((status = 200, body = Vec<KeyView>), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
@@ -242,7 +275,7 @@ async fn list_keys(State(state): State<AppState>) -> Result<Json<Vec<KeyView>>, 
 
 /// Creates a caller key; the answer holds its secret, shown this once.
 #[utoipa::path(post, path = "/v1/keys", tag = "admin",
-    request_body(content = Object, description = "`{name, scopes: [\"decide\"|\"manage\"|\"admin\", …]}`"),
+    request_body = NewKeyBody,
     responses((status = 201, body = CreatedKey), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
     security(("bearer" = ["admin"])))]
 async fn create_key(
@@ -250,11 +283,9 @@ async fn create_key(
     caller: CallerInfo,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let body = Body::parse(&body, &["name", "scopes"])?;
+    let body = Body::parse_as::<NewKeyBody>(&body)?;
     let name = body.str("name")?;
-    let scopes = body
-        .opt_strings("scopes")?
-        .ok_or_else(|| bad("scopes", "is required"))?;
+    let scopes = body.opt_strings("scopes")?.unwrap_or_default();
     let scopes: Vec<Scope> = keys::parse_scopes(&scopes).map_err(|m| bad("scopes", m))?;
     let created = tokio::task::spawn_blocking(move || {
         state
@@ -276,7 +307,7 @@ async fn create_key(
 /// Revokes a caller key; it stops working at once.
 #[utoipa::path(delete, path = "/v1/keys/{id}", tag = "admin",
     params(("id" = String, Path, description = "The key id")),
-    responses((status = 200, body = KeyView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+    responses((status = 200, body = KeyView), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, description = "The last live key with the `admin` scope: revoking it would lock every operator out", body = ErrorBody)),
     security(("bearer" = ["admin"])))]
 async fn revoke_key(
     State(state): State<AppState>,

@@ -7,10 +7,13 @@
 //! resource, `context` the Cedar context. `properties` of a subject or
 //! resource make it an inline entity with those attributes (no parents),
 //! read against the schema, so a resource the PDP does not know (a todo, a
-//! pod) can be described by the caller; a subject or resource that cedard
-//! stores or an entity data file defines is refused with properties, as any
-//! inline entity of those is. The answers are exactly the spec's shapes:
-//! `{"decision": true}` unless the caller asks for an explanation with
+//! pod) can be described by the caller. Every call asks with
+//! [`Surplus::Ignore`]: the properties of a subject or resource that cedard
+//! stores or an entity data file defines, and context attributes the action
+//! does not declare, are left out (they cannot count) and the answer's
+//! `context.ignored` names them, spelled as the request spelled them. The
+//! answers are otherwise exactly the spec's shapes: `{"decision": true}`
+//! unless the caller asks for an explanation with
 //! `"options": {"explain": true}`.
 
 use axum::body::Bytes;
@@ -26,12 +29,13 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::{CallerInfo, ConsistencyBody};
+use super::extract::{Attributes, CallerInfo, ConsistencyBody, ContextBody};
 use super::state::AppState;
-use crate::authz::{Decision, InputError};
+use crate::authz::{Decision, InputError, SetAside};
 use crate::code::Code;
 use crate::facts::Inline;
-use crate::pdp::{ActionRef, Item, Query, Search, Slot, Until};
+use crate::pdp::{ActionRef, Item, Query, Search, Slot, Surplus, Until};
+use crate::policy::Revision;
 
 /// The most results one search page holds, and the page size when the
 /// caller names none.
@@ -65,7 +69,7 @@ pub struct Entity {
     /// Attributes of an entity the PDP does not know, read against the
     /// schema's declaration of the type.
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<Attributes>)]
     properties: Option<Map<String, Value>>,
 }
 
@@ -77,8 +81,22 @@ pub struct Action {
     /// Refused when not empty: Cedar actions have no attributes a request
     /// can set (send such facts in `context`).
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<Attributes>)]
     properties: Option<Map<String, Value>>,
+}
+
+/// Where an evaluations call stops (read as text, so that an unknown one
+/// is refused naming the three).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[schema(rename_all = "snake_case")]
+pub enum EvaluationsSemantic {
+    /// Answer every item (the default).
+    ExecuteAll,
+    /// Stop after the first deny (or item error).
+    DenyOnFirstDeny,
+    /// Stop after the first permit.
+    PermitOnFirstPermit,
 }
 
 /// Options of an evaluation call.
@@ -87,6 +105,7 @@ pub struct Options {
     /// `execute_all` (default), `deny_on_first_deny` or
     /// `permit_on_first_permit`.
     #[serde(default)]
+    #[schema(value_type = Option<EvaluationsSemantic>)]
     evaluations_semantic: Option<String>,
     /// Answer with a `context` naming the deciding policies, the evaluation
     /// errors and the policy revision.
@@ -111,7 +130,7 @@ pub struct EvaluationBody {
     action: Action,
     resource: Entity,
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<ContextBody>)]
     context: Option<Value>,
     #[serde(default)]
     options: Option<Options>,
@@ -127,7 +146,7 @@ pub struct EvaluationItem {
     #[serde(default)]
     resource: Option<Entity>,
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<ContextBody>)]
     context: Option<Value>,
 }
 
@@ -141,7 +160,7 @@ pub struct EvaluationsBody {
     #[serde(default)]
     resource: Option<Entity>,
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<ContextBody>)]
     context: Option<Value>,
     #[serde(default)]
     evaluations: Option<Vec<EvaluationItem>>,
@@ -171,7 +190,7 @@ pub struct SearchBody {
     action: Option<Action>,
     resource: Entity,
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<ContextBody>)]
     context: Option<Value>,
     #[serde(default)]
     page: Option<PageRequest>,
@@ -188,8 +207,42 @@ pub struct DecisionBody {
     /// Present on request (`options.explain`), on a per-item error, and on
     /// the item that stopped a short-circuiting call.
     #[serde(skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<DecisionContext>)]
     context: Option<Value>,
+}
+
+/// The `context` of an AuthZEN answer: each part present only where it
+/// applies.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct DecisionContext {
+    /// With `options.explain`: the ids of the deciding policies.
+    reasons: Option<Vec<String>>,
+    /// With `options.explain`: the policies that failed to evaluate.
+    errors: Option<Vec<crate::authz::EvalError>>,
+    /// With `options.explain`: the policy set that answered.
+    revision: Option<Revision>,
+    /// What the question carried that the decision did not use: the
+    /// properties of a subject or resource cedard knows (its own facts
+    /// count), context attributes the action does not declare.
+    ignored: Option<Vec<SetAside>>,
+    /// An item of an evaluations call that could not be evaluated: why.
+    error: Option<ItemError>,
+    /// On the deny that stopped a `deny_on_first_deny` call: `"200"`.
+    code: Option<String>,
+    /// On the deny that stopped a `deny_on_first_deny` call:
+    /// `"deny_on_first_deny"`.
+    reason: Option<String>,
+}
+
+/// Why an item of an evaluations call could not be evaluated.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ItemError {
+    /// `400`.
+    status: u16,
+    /// What is wrong, naming the field (`evaluations[2].subject.id: …`).
+    message: String,
 }
 
 /// The answers of an evaluations call, in order.
@@ -202,11 +255,45 @@ pub struct EvaluationsResponse {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SearchResponse {
     /// `{type, id}` for subject and resource search, `{name}` for actions.
-    #[schema(value_type = Vec<Object>)]
+    #[schema(value_type = Vec<SearchResult>)]
     results: Vec<Value>,
-    /// `next_token`: empty on the last page.
-    #[schema(value_type = Object)]
+    /// Where the next page starts.
+    #[schema(value_type = PageOut)]
     page: Value,
+    /// Present when the search's question carried something its decisions
+    /// did not use: `{"ignored": [{"field", "names", "why"}]}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<DecisionContext>)]
+    context: Option<Value>,
+}
+
+/// One search result.
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum SearchResult {
+    /// A subject or resource: `{type, id}`.
+    Entity {
+        /// The entity type.
+        #[serde(rename = "type")]
+        kind: String,
+        /// The entity id.
+        id: String,
+    },
+    /// An action: `{name}`.
+    Action {
+        /// The action's id.
+        name: String,
+    },
+}
+
+/// Where the next page of a search starts.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct PageOut {
+    /// Pass back as `page.next_token` for the next page; empty on the last
+    /// page.
+    next_token: String,
 }
 
 /// The AuthZEN metadata document.
@@ -281,7 +368,12 @@ fn inline_entities(
 /// `principal` is `subject`, `entities[i]` the `properties` of the part that
 /// became inline entity `i` (`inline` names them), under `prefix`.
 fn renamed(e: InputError, inline: &[&str], prefix: &str) -> InputError {
-    let field = e.field.as_str();
+    InputError::new(spelled(&e.field, inline, prefix), e.message)
+}
+
+/// A pipeline field name as the AuthZEN request spelled it (see
+/// [`renamed`]).
+fn spelled(field: &str, inline: &[&str], prefix: &str) -> String {
     let spelled = if let Some(rest) = field.strip_prefix("principal") {
         format!("subject{rest}")
     } else if field == "action" {
@@ -299,12 +391,28 @@ fn renamed(e: InputError, inline: &[&str], prefix: &str) -> InputError {
     } else {
         field.to_owned()
     };
-    let field = match (prefix.is_empty(), spelled.is_empty()) {
+    match (prefix.is_empty(), spelled.is_empty()) {
         (true, _) => spelled,
         (false, true) => prefix.to_owned(),
         (false, false) => format!("{prefix}.{spelled}"),
-    };
-    InputError::new(field, e.message)
+    }
+}
+
+/// What a decision left out of the question, as the request spelled it:
+/// `[{"field": "subject.properties", "names": [...], "why": ...}]`.
+fn ignored(notes: &[SetAside], inline: &[&str], prefix: &str) -> Value {
+    Value::Array(
+        notes
+            .iter()
+            .map(|n| {
+                json!({
+                    "field": spelled(&n.field, inline, prefix),
+                    "names": n.names,
+                    "why": n.why,
+                })
+            })
+            .collect(),
+    )
 }
 
 /// One evaluation, assembled: references, context and inline entities.
@@ -358,6 +466,19 @@ impl Asked {
         renamed(e, &self.inline_names, &self.prefix)
     }
 
+    /// The answer to this question as the spec shapes it (see [`shaped`]).
+    fn answer(&self, decision: &Decision, explain: bool, revision: &Revision) -> DecisionBody {
+        let mut body = shaped(decision, explain, revision);
+        if !decision.ignored.is_empty() {
+            let notes = ignored(&decision.ignored, &self.inline_names, &self.prefix);
+            body.context
+                .get_or_insert_with(|| json!({}))
+                .as_object_mut()
+                .map(|c| c.insert("ignored".into(), notes));
+        }
+        body
+    }
+
     fn item(&self) -> Item<'_> {
         Item {
             query: Query {
@@ -373,7 +494,7 @@ impl Asked {
 
 /// A decision as the spec shapes it; with `explain`, the deciding policies,
 /// the evaluation errors and the revision in `context`.
-fn shaped(decision: &Decision, explain: bool, revision: &crate::policy::Revision) -> DecisionBody {
+fn shaped(decision: &Decision, explain: bool, revision: &Revision) -> DecisionBody {
     DecisionBody {
         decision: decision.allow,
         context: explain.then(|| {
@@ -441,6 +562,7 @@ fn evaluate_one(state: &AppState, caller: &CallerInfo, body: &[u8]) -> Result<Re
         "",
     )?;
     let mut who = caller.caller("/access/v1/evaluation");
+    who.surplus = Surplus::Ignore;
     who.consistency = body
         .options
         .as_ref()
@@ -448,7 +570,7 @@ fn evaluate_one(state: &AppState, caller: &CallerInfo, body: &[u8]) -> Result<Re
         .unwrap_or_default();
     let mut evaluated = state.pdp.evaluate(&who, &[Ok(asked.item())], Until::All)?;
     match evaluated.outcomes.pop() {
-        Some(Ok(d)) => Ok(Json(shaped(&d, explain, &evaluated.revision)).into_response()),
+        Some(Ok(d)) => Ok(Json(asked.answer(&d, explain, &evaluated.revision)).into_response()),
         Some(Err(e)) => Err(asked.error(e).into()),
         None => Err(ApiError::new(
             Code::Internal,
@@ -480,6 +602,7 @@ async fn evaluations(
         let body: EvaluationsBody = parse(&body)?;
         let options = body.options.clone().unwrap_or_default();
         let mut who = caller.caller("/access/v1/evaluations");
+        who.surplus = Surplus::Ignore;
         who.consistency = options.consistency();
         let until = match options.evaluations_semantic.as_deref() {
             None | Some("execute_all") => Until::All,
@@ -514,9 +637,12 @@ async fn evaluations(
             let asked = Asked::new(subject, action, resource, body.context.as_ref(), "")?;
             let mut evaluated = state.pdp.evaluate(&who, &[Ok(asked.item())], Until::All)?;
             return match evaluated.outcomes.pop() {
-                Some(Ok(d)) => {
-                    Ok(Json(shaped(&d, options.explain, &evaluated.revision)).into_response())
-                }
+                Some(Ok(d)) => Ok(Json(asked.answer(
+                    &d,
+                    options.explain,
+                    &evaluated.revision,
+                ))
+                .into_response()),
                 Some(Err(e)) => Err(asked.error(e).into()),
                 None => Err(ApiError::new(Code::Internal,
                     "the pipeline answered no decision for one question",
@@ -576,7 +702,8 @@ async fn evaluations(
         let mut answers: Vec<DecisionBody> = Vec::with_capacity(items.len());
         for (outcome, asked) in evaluated.outcomes.into_iter().zip(&asked) {
             answers.push(match (outcome, asked) {
-                (Ok(d), _) => shaped(&d, options.explain, &evaluated.revision),
+                (Ok(d), Ok(asked)) => asked.answer(&d, options.explain, &evaluated.revision),
+                (Ok(d), Err(_)) => shaped(&d, options.explain, &evaluated.revision),
                 (Err(e), Ok(asked)) => item_error(&asked.error(e)),
                 (Err(e), Err(_)) => item_error(&e),
             });
@@ -763,6 +890,7 @@ async fn search(
             Slot::Action => "/access/v1/search/action",
         };
         let mut who = caller.caller(endpoint);
+        who.surplus = Surplus::Ignore;
         who.consistency = parsed
             .options
             .as_ref()
@@ -799,9 +927,12 @@ async fn search(
                 Slot::Action => json!({"name": id}),
             })
             .collect();
+        let context = (!found.ignored.is_empty())
+            .then(|| json!({"ignored": ignored(&found.ignored, &inline_names, "")}));
         Ok(Json(SearchResponse {
             results,
             page: json!({"next_token": next}),
+            context,
         })
         .into_response())
     })

@@ -13,7 +13,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::{CallerInfo, ConsistencyBody};
+use super::extract::{CallerInfo, CedarEntity, ConsistencyBody, ContextBody, EntityRef};
 use super::state::AppState;
 use crate::authz::{Decision, InputError};
 use crate::code::Code;
@@ -33,22 +33,22 @@ pub fn routes() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct CheckBody {
     /// `{"type": "User", "id": "alice"}` or `"User::\"alice\""`.
-    #[schema(value_type = Object)]
+    #[schema(value_type = EntityRef)]
     principal: Value,
     /// `{"type": "Action", "id": "startPod"}` or `"Action::\"startPod\""`.
-    #[schema(value_type = Object)]
+    #[schema(value_type = EntityRef)]
     action: Value,
     /// The resource reference.
-    #[schema(value_type = Object)]
+    #[schema(value_type = EntityRef)]
     resource: Value,
     /// The Cedar context, checked against the action's declared context.
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<ContextBody>)]
     context: Option<Value>,
     /// Entities in Cedar's JSON entity format. Kept as raw JSON text so that
     /// each entity is decoded through the snapshot's memo.
     #[serde(default)]
-    #[schema(value_type = Option<Vec<Object>>)]
+    #[schema(value_type = Option<Vec<CedarEntity>>)]
     entities: Option<Box<RawValue>>,
     /// How fresh the stored facts must be: `"minimize_latency"` (default),
     /// `"full"`, or `{"at_least": <store_revision of a write>}`.
@@ -61,17 +61,17 @@ pub struct CheckBody {
 #[serde(deny_unknown_fields)]
 pub struct BatchItem {
     /// The principal reference.
-    #[schema(value_type = Object)]
+    #[schema(value_type = EntityRef)]
     principal: Value,
     /// The action reference.
-    #[schema(value_type = Object)]
+    #[schema(value_type = EntityRef)]
     action: Value,
     /// The resource reference.
-    #[schema(value_type = Object)]
+    #[schema(value_type = EntityRef)]
     resource: Value,
     /// The Cedar context.
     #[serde(default)]
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<ContextBody>)]
     context: Option<Value>,
 }
 
@@ -89,7 +89,7 @@ pub struct BatchBody<'a> {
     /// raw JSON text, decoded through the snapshot's memo as for one
     /// question.
     #[serde(default, borrow)]
-    #[schema(value_type = Option<Vec<Object>>)]
+    #[schema(value_type = Option<Vec<CedarEntity>>)]
     entities: Option<&'a RawValue>,
     /// How fresh the stored facts must be, as for one question.
     #[serde(default)]

@@ -35,6 +35,7 @@ impl CallerInfo {
             request_id: self.request_id.clone(),
             endpoint,
             consistency: Default::default(),
+            surplus: Default::default(),
             deadline: self.deadline,
         }
     }
@@ -143,6 +144,30 @@ impl Body {
             ));
         }
         Ok(Self(map))
+    }
+
+    /// Parses `bytes` as the body `T` describes in `/openapi.json`: only
+    /// its fields, and each field it requires present (not `null`). So the
+    /// description is the one list of what a route reads, and cannot drift
+    /// from it.
+    pub fn parse_as<T: utoipa::PartialSchema>(bytes: &[u8]) -> Result<Self, ApiError> {
+        use utoipa::openapi::{schema::Schema, RefOr};
+        let (fields, required) = match T::schema() {
+            RefOr::T(Schema::Object(object)) => (
+                object.properties.keys().cloned().collect::<Vec<_>>(),
+                object.required,
+            ),
+            _ => (Vec::new(), Vec::new()),
+        };
+        let allowed: Vec<&str> = fields.iter().map(String::as_str).collect();
+        let body = Self::parse(bytes, &allowed)?;
+        if let Some(missing) = required
+            .iter()
+            .find(|f| matches!(body.0.get(f.as_str()), None | Some(Value::Null)))
+        {
+            return Err(bad(missing, "is required"));
+        }
+        Ok(body)
     }
 
     /// An optional string field.
@@ -386,4 +411,136 @@ impl From<ConsistencyBody> for crate::pdp::Consistency {
             ConsistencyBody::AtLeast { at_least } => Self::AtLeast(at_least),
         }
     }
+}
+
+/// An entity reference as a body writes it: `{"type": "User", "id":
+/// "alice"}`, or the string `User::"alice"` as Cedar writes it. This type
+/// describes the wire form in `/openapi.json`; the pipeline reads the JSON
+/// itself (`authz::parse_uid_in`), so both forms mean one thing everywhere.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum EntityRef {
+    /// `{"type", "id"}`.
+    Object(EntityRefObject),
+    /// `Type::"id"`, as Cedar writes it (`User::"alice"`).
+    Cedar(String),
+}
+
+/// `{"type": "User", "id": "alice"}`.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct EntityRefObject {
+    /// The entity type, with its namespace if any (`User`, `App::User`).
+    #[serde(rename = "type")]
+    kind: String,
+    /// The entity id.
+    id: String,
+}
+
+/// An entity in Cedar's JSON entity format, read against the loaded
+/// schema. Described here for `/openapi.json`; Cedar's parser (or the
+/// schema-directed decoder, which accepts a subset to the same effect) reads
+/// it.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct CedarEntity {
+    /// The entity (Cedar's entity format takes the object form only).
+    uid: EntityRefObject,
+    /// Its attributes, as the schema declares them (`{}` for none).
+    attrs: Attributes,
+    /// The entities it is a member of (`[]` for none).
+    parents: Vec<EntityRefObject>,
+    /// Its tags, where the schema declares them.
+    tags: Option<Attributes>,
+}
+
+/// Attributes by name, each a Cedar value in its JSON form.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct Attributes(std::collections::HashMap<String, CedarValue>);
+
+/// A request context: attribute name → Cedar value, as the action's
+/// declared context reads them.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ContextBody(std::collections::HashMap<String, CedarValue>);
+
+/// A Cedar value in JSON, as Cedar's JSON formats write one: a string, a
+/// long, a boolean, an entity `{"__entity": {"type", "id"}}`, an extension
+/// value `{"__extn": {"fn", "arg"}}` (`ip`, `decimal`, `datetime`,
+/// `duration`), a set (an array of values) or a record (values by name;
+/// where the schema expects an entity, `{"type", "id"}` alone is read as
+/// one). Described as `anyOf`, not `oneOf`: an entity or extension value is
+/// also a record.
+pub struct CedarValue;
+
+impl utoipa::PartialSchema for CedarValue {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{
+            AnyOfBuilder, ArrayBuilder, ObjectBuilder, SchemaType, Type,
+        };
+        use utoipa::openapi::Ref;
+        let typed = |ty: Type| ObjectBuilder::new().schema_type(ty);
+        let any = || ObjectBuilder::new().schema_type(SchemaType::AnyValue);
+        AnyOfBuilder::new()
+            .item(typed(Type::String))
+            .item(typed(Type::Integer).format(Some(utoipa::openapi::SchemaFormat::KnownFormat(
+                utoipa::openapi::KnownFormat::Int64,
+            ))))
+            .item(typed(Type::Boolean))
+            .item(Ref::from_schema_name("EntityValue"))
+            .item(Ref::from_schema_name("ExtensionValue"))
+            .item(ArrayBuilder::new().items(any()))
+            .item(typed(Type::Object).additional_properties(Some(any())))
+            .description(Some(
+                "A Cedar value in JSON: a string, a long, a boolean, an entity `{\"__entity\": {\"type\", \"id\"}}`, an extension value `{\"__extn\": {\"fn\", \"arg\"}}`, a set (an array) or a record (values by name)",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for CedarValue {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        use utoipa::PartialSchema;
+        schemas.push(("EntityValue".into(), EntityValue::schema()));
+        schemas.push(("EntityRefObject".into(), EntityRefObject::schema()));
+        schemas.push(("ExtensionValue".into(), ExtensionValue::schema()));
+        schemas.push(("ExtensionCall".into(), ExtensionCall::schema()));
+    }
+}
+
+/// `{"__entity": {"type", "id"}}`.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct EntityValue {
+    /// The entity referred to.
+    #[serde(rename = "__entity")]
+    entity: EntityRefObject,
+}
+
+/// `{"__extn": {"fn", "arg"}}`.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ExtensionValue {
+    /// The extension constructor and its argument.
+    #[serde(rename = "__extn")]
+    extension: ExtensionCall,
+}
+
+/// An extension constructor applied to a string: `{"fn": "ip", "arg":
+/// "10.0.0.1"}`.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct ExtensionCall {
+    /// The constructor: `ip`, `decimal`, `datetime`, `duration`.
+    #[serde(rename = "fn")]
+    function: String,
+    /// Its argument.
+    arg: String,
 }

@@ -56,7 +56,7 @@ use crate::keys::Scope;
         title = "cedard",
         description = "Cedar policies from files, hot-reloaded, answered over HTTP; accounts, members and invites. Every route but /healthz, /readyz and the AuthZEN metadata document takes `Authorization: Bearer <key>` once any caller key exists; each route names the scope its key needs.",
     ),
-    components(schemas(error::ErrorBody, error::ErrorDetail, crate::authz::Effect)),
+    components(schemas(error::ErrorBody, error::ErrorDetail, crate::authz::Effect, OpenApiDocument)),
     modifiers(&BearerScheme),
     tags(
         (name = "decisions", description = "Allow or deny (`decide` scope)"),
@@ -69,6 +69,23 @@ use crate::keys::Scope;
 struct ApiDoc;
 
 struct BearerScheme;
+
+/// An OpenAPI 3.1 document, as `/openapi.json` answers (its parts are
+/// OpenAPI's own; described here only as far as a client reads them).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+struct OpenApiDocument {
+    /// The OpenAPI version, `3.1.x`.
+    openapi: String,
+    /// The API's title, version and description.
+    info: std::collections::HashMap<String, serde_json::Value>,
+    /// Where the API is served (`--public-url`).
+    servers: Vec<std::collections::HashMap<String, serde_json::Value>>,
+    /// Every route.
+    paths: std::collections::HashMap<String, serde_json::Value>,
+    /// Schemas and security schemes.
+    components: std::collections::HashMap<String, serde_json::Value>,
+}
 
 impl utoipa::Modify for BearerScheme {
     fn modify(&self, openapi: &mut OpenApiDoc) {
@@ -154,12 +171,147 @@ async fn stamp_store_revision(
 }
 
 /// The API description: every route, body, answer and error shape, and the
-/// bearer-key security scheme, as OpenAPI 3.1.
-pub fn openapi() -> OpenApiDoc {
-    let (_, mut doc) = routes(None).split_for_parts();
+/// bearer-key security scheme, as OpenAPI 3.1, served at `public_url` (the
+/// document's one `servers` entry).
+pub fn openapi(public_url: &str) -> OpenApiDoc {
+    let (_, doc) = routes(None).split_for_parts();
+    described(doc, public_url)
+}
+
+/// The description of the routes of `doc`, the probes and `/openapi.json`
+/// itself, with the answers every route can give, a security requirement on
+/// every operation (an empty list where no key is needed) and the server.
+fn described(mut doc: OpenApiDoc, public_url: &str) -> OpenApiDoc {
     let (_, health) = admin::health().split_for_parts();
     doc.merge(health);
-    with_common_responses(with_description_route(doc))
+    let mut doc = with_common_responses(with_description_route(doc));
+    doc.servers = Some(vec![utoipa::openapi::Server::new(
+        public_url.trim_end_matches('/'),
+    )]);
+    for item in doc.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for op in operations.into_iter().flatten() {
+            let security = op.security.get_or_insert_with(Vec::new);
+            let (keyed, scoped) = security_needs(security);
+            let responses = &mut op.responses.responses;
+            if keyed {
+                responses.entry("401".into()).or_insert_with(|| {
+                    error_response_doc("No valid caller key (`unauthenticated`)")
+                });
+            }
+            if scoped {
+                responses.entry("403".into()).or_insert_with(|| {
+                    error_response_doc("The key lacks the scope the route needs, or the policies deny the acting user (`forbidden`)")
+                });
+            }
+        }
+    }
+    with_store_revision(doc)
+}
+
+/// Whether a security requirement list needs a key at all, and a scope.
+fn security_needs(security: &[utoipa::openapi::security::SecurityRequirement]) -> (bool, bool) {
+    let value = serde_json::to_value(security).unwrap_or_default();
+    let requirements = value.as_array().cloned().unwrap_or_default();
+    let keyed = requirements
+        .iter()
+        .any(|r| r.as_object().is_some_and(|r| !r.is_empty()));
+    let scoped = requirements.iter().any(|r| {
+        r.as_object().is_some_and(|r| {
+            r.values()
+                .any(|s| s.as_array().is_some_and(|s| !s.is_empty()))
+        })
+    });
+    (keyed, scoped)
+}
+
+/// An error answer in the one error shape, as the description declares one.
+fn error_response_doc(description: &str) -> utoipa::openapi::RefOr<utoipa::openapi::Response> {
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+    RefOr::T(
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build(),
+    )
+}
+
+/// Declares what [`stamp_store_revision`] adds to every successful write of
+/// the management API: the `Cedard-Store-Revision` header, and the
+/// `store_revision` field of a JSON object answer.
+fn with_store_revision(mut doc: OpenApiDoc) -> OpenApiDoc {
+    use utoipa::openapi::header::HeaderBuilder;
+    use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+    use utoipa::openapi::RefOr;
+    let revision = || {
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .minimum(Some(0))
+            .description(Some("The store revision the write committed (or a newer one): pass it as `\"consistency\": {\"at_least\": …}` so that a check on any replica sees the write. Present on the answers of writes."))
+            .build()
+    };
+    let mut stamped = std::collections::BTreeSet::new();
+    for item in doc.paths.paths.values_mut() {
+        let writes = [
+            &mut item.post,
+            &mut item.put,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for op in writes.into_iter().flatten() {
+            let management = op
+                .tags
+                .as_ref()
+                .is_some_and(|t| t.iter().any(|t| t == "management"));
+            if !management {
+                continue;
+            }
+            for (status, response) in op.responses.responses.iter_mut() {
+                let (true, RefOr::T(response)) = (status.starts_with('2'), response) else {
+                    continue;
+                };
+                response.headers.insert(
+                    "Cedard-Store-Revision".into(),
+                    HeaderBuilder::new()
+                        .schema(revision())
+                        .description(Some(
+                            "The store revision the write committed (or a newer one)",
+                        ))
+                        .build(),
+                );
+                let schema = response
+                    .content
+                    .get("application/json")
+                    .and_then(|c| c.schema.as_ref());
+                if let Some(RefOr::Ref(r)) = schema {
+                    if let Some(name) = r.ref_location.rsplit('/').next() {
+                        stamped.insert(name.to_owned());
+                    }
+                }
+            }
+        }
+    }
+    if let Some(components) = doc.components.as_mut() {
+        for name in stamped {
+            if let Some(RefOr::T(Schema::Object(object))) = components.schemas.get_mut(&name) {
+                object
+                    .properties
+                    .insert("store_revision".into(), revision().into());
+            }
+        }
+    }
+    doc
 }
 
 /// Builds the router.
@@ -170,11 +322,10 @@ pub fn router(state: AppState) -> Router {
 /// The router with `extra` routes among the API's, under every layer the
 /// daemon serves with (a test's handler meets the real wiring).
 fn wired(state: AppState, extra: Router<AppState>) -> Router {
-    let (router, mut doc) = routes(Some(&state)).split_for_parts();
+    let (router, doc) = routes(Some(&state)).split_for_parts();
     let router = router.merge(extra);
-    let (health, health_doc) = admin::health().split_for_parts();
-    doc.merge(health_doc);
-    let doc = Arc::new(with_common_responses(with_description_route(doc)));
+    let (health, _) = admin::health().split_for_parts();
+    let doc = Arc::new(described(doc, state.accounts.public_url()));
     let described = Router::new()
         .route(
             "/openapi.json",
@@ -308,14 +459,31 @@ fn with_common_responses(mut doc: OpenApiDoc) -> OpenApiDoc {
 /// Adds `/openapi.json` itself to the description.
 fn with_description_route(mut doc: OpenApiDoc) -> OpenApiDoc {
     use utoipa::openapi::path::{HttpMethod, OperationBuilder, PathItem};
-    use utoipa::openapi::ResponseBuilder;
+    use utoipa::openapi::security::SecurityRequirement;
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let json = |name: &str| {
+        ContentBuilder::new()
+            .schema(Some(Ref::from_schema_name(name)))
+            .build()
+    };
     let operation = OperationBuilder::new()
         .summary(Some("This document"))
+        .description(Some("Any caller key may read it, whatever its scopes."))
+        .operation_id(Some("openapi"))
         .tag("health")
         .response(
             "200",
-            ResponseBuilder::new().description("OpenAPI 3.1, as JSON"),
+            ResponseBuilder::new()
+                .description("OpenAPI 3.1, as JSON")
+                .content("application/json", json("OpenApiDocument")),
         )
+        .response(
+            "401",
+            ResponseBuilder::new()
+                .description("No valid caller key")
+                .content("application/json", json("ErrorBody")),
+        )
+        .security(SecurityRequirement::new("bearer", Vec::<String>::new()))
         .build();
     doc.paths.paths.insert(
         "/openapi.json".into(),

@@ -45,6 +45,10 @@ pub struct Shapes {
     /// The ids an enumerated entity type allows: a reference to another id
     /// is Cedar's parser's to refuse.
     enums: HashMap<String, HashSet<String>>,
+    /// By action, the names of the attributes its context declares; an
+    /// action whose context the reader cannot list (a record open to
+    /// additional attributes, a type it cannot resolve) is absent.
+    contexts: HashMap<EntityUid, HashSet<String>>,
 }
 
 #[derive(Debug)]
@@ -80,11 +84,17 @@ impl Shapes {
     /// that cannot be read as a JSON schema leaves the shapes empty.
     pub fn from_schema_files(files: &[SourceFile]) -> Self {
         let mut namespaces: Namespaces = HashMap::new();
+        let mut actions: Vec<(String, String, Value)> = Vec::new();
         for f in files {
             let Some(Value::Object(fragment)) = f.schema_json() else {
                 return Self::default();
             };
             for (ns, body) in fragment {
+                if let Some(Value::Object(declared)) = body.get("actions") {
+                    for (name, def) in declared {
+                        actions.push((ns.clone(), name.clone(), def.clone()));
+                    }
+                }
                 let entry = namespaces.entry(ns).or_default();
                 if let Some(Value::Object(types)) = body.get("entityTypes") {
                     entry.0.extend(types.clone());
@@ -127,11 +137,35 @@ impl Shapes {
                 shapes.insert(full, shape);
             }
         }
+        let mut contexts = HashMap::new();
+        for (ns, name, def) in &actions {
+            let Ok(ty) = qualify(ns, "Action").parse::<EntityTypeName>() else {
+                continue;
+            };
+            // No `appliesTo` or no `context`: the empty record.
+            let keys = match def.get("appliesTo").and_then(|a| a.get("context")) {
+                None => Some(HashSet::new()),
+                Some(context) => reader.record_keys(ns, context, 0),
+            };
+            if let Some(keys) = keys {
+                contexts.insert(
+                    EntityUid::from_type_name_and_id(ty, EntityId::new(name)),
+                    keys,
+                );
+            }
+        }
         Self {
             types: shapes,
             names,
             enums,
+            contexts,
         }
+    }
+
+    /// The attribute names `action`'s context declares, or `None` when they
+    /// cannot be listed (then nothing may be dropped from a context).
+    pub fn context_attributes(&self, action: &EntityUid) -> Option<&HashSet<String>> {
+        self.contexts.get(action)
     }
 
     /// Whether `ty` (a canonical name) is a declared entity type that is not
@@ -388,6 +422,40 @@ impl Reader<'_> {
             "Extension" => None,
             other => self.named(ns, other, depth),
         }
+    }
+
+    /// The attribute names of the record type `v` (written in namespace
+    /// `ns`), resolving common types; `None` for a record open to
+    /// additional attributes or a type that is not a record.
+    fn record_keys(&self, ns: &str, v: &Value, depth: usize) -> Option<HashSet<String>> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        let obj = v.as_object()?;
+        let kind = obj.get("type")?.as_str()?;
+        let name = match kind {
+            "Record" => {
+                if obj
+                    .get("additionalAttributes")
+                    .is_some_and(|a| a != &Value::Bool(false))
+                {
+                    return None;
+                }
+                return match obj.get("attributes") {
+                    None => Some(HashSet::new()),
+                    Some(attrs) => Some(attrs.as_object()?.keys().cloned().collect()),
+                };
+            }
+            "EntityOrCommon" => obj.get("name")?.as_str()?,
+            other => other,
+        };
+        if let Some((qns, n)) = name.rsplit_once("::") {
+            return self.record_keys(qns, self.common(qns, n)?, depth + 1);
+        }
+        let (scope, def) = [ns, ""]
+            .into_iter()
+            .find_map(|scope| self.common(scope, name).map(|def| (scope, def)))?;
+        self.record_keys(scope, def, depth + 1)
     }
 
     /// A type written by name, resolved in Cedar's order: a common type of

@@ -531,10 +531,6 @@ async fn single_evaluations_explain_on_request_and_refuse_what_they_cannot_mean(
             json!({"resource": {"type": "todo", "id": "1", "properties": {"ownerID": 7}}}),
             "resource.properties",
         ),
-        (
-            json!({"subject": {"type": "user", "id": MORTY, "properties": {"email": "x@y", "name": "X"}}}),
-            "subject.properties",
-        ),
     ] {
         let (status, body) = post(&app, "/access/v1/evaluation", question(extra.clone())).await;
         assert_eq!(status, 400, "{extra}: {body}");
@@ -728,12 +724,28 @@ async fn entity_files_reload_atomically_with_the_policies() {
     .await;
     assert_eq!(body["decision"], true);
     assert_eq!(body["context"]["reasons"], json!(["public-reads"]));
-    // A request may not redefine an entity of the data files.
+    // A request cannot redefine an entity of the data files: AuthZEN
+    // properties of one are left out, and said to be.
     let (status, body) = post(
         &app,
         "/access/v1/evaluation",
         json!({"subject": {"type": "Person", "id": "p"}, "action": {"name": "read"},
                "resource": {"type": "Doc", "id": "d1", "properties": {"owner": "ann"}}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["decision"], true, "{body}");
+    assert_eq!(
+        body["context"]["ignored"][0]["field"],
+        "resource.properties"
+    );
+    // cedard's own API refuses it, naming the file.
+    let (status, body) = post(
+        &app,
+        "/v1/is_authorized",
+        json!({"principal": {"type": "Person", "id": "p"}, "action": {"type": "Action", "id": "read"},
+               "resource": {"type": "Doc", "id": "d1"},
+               "entities": [{"uid": {"type": "Doc", "id": "d1"}, "attrs": {"owner": "ann"}, "parents": []}]}),
     )
     .await;
     assert_eq!(status, 400, "{body}");
@@ -811,4 +823,207 @@ async fn unknown_fields_are_ignored_at_every_level() {
     let (status, body) = post(&app, "/access/v1/search/resource", search).await;
     assert_ne!(status, 400, "{body}");
     assert_eq!(status, 200, "{body}");
+}
+
+/// Reads the decision log at `path` until a line for `endpoint` appears.
+async fn logged_line(path: &Path, endpoint: &str) -> Value {
+    for _ in 0..200 {
+        let found = std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|l| l["endpoint"] == endpoint);
+        if let Some(line) = found {
+            return line;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no decision-log line for {endpoint} in {}", path.display())
+}
+
+#[tokio::test]
+async fn properties_of_a_known_entity_and_undeclared_context_are_left_out_and_noted() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log = dir.path().join("decisions.jsonl");
+    let logged = log.clone();
+    let app = todo_app(move |c| c.options.decision_log = Some(logged)).await;
+    let rick_todo =
+        json!({"type": "todo", "id": "7", "properties": {"ownerID": "rick@the-citadel.com"}});
+    let morty_todo = todo_of("morty")["resource"].clone();
+    // Morty (an editor, from the entity data file) may update his own todo,
+    // not Rick's. Claiming Rick's email in properties changes nothing:
+    // cedard's facts about Morty count, the caller's do not.
+    let claim = json!({"type": "user", "id": MORTY,
+                       "properties": {"email": "rick@the-citadel.com", "name": "Rick"}});
+    let (status, body) = post(
+        &app,
+        "/access/v1/evaluation",
+        json!({"subject": claim, "action": {"name": "can_update_todo"}, "resource": rick_todo}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["decision"], false, "{body}");
+    let notes = body["context"]["ignored"]
+        .as_array()
+        .expect("ignored notes");
+    assert_eq!(notes.len(), 1, "{body}");
+    assert_eq!(notes[0]["field"], "subject.properties");
+    assert_eq!(notes[0]["names"], json!(["email", "name"]));
+    assert!(
+        notes[0]["why"].as_str().unwrap_or("").contains(MORTY),
+        "{body}"
+    );
+    let line = logged_line(&log, "/access/v1/evaluation").await;
+    assert_eq!(line["decision"], "deny", "{line}");
+    assert_eq!(line["ignored"][0]["field"], "entities[0]", "{line}");
+    assert_eq!(
+        line["ignored"][0]["names"],
+        json!(["email", "name"]),
+        "{line}"
+    );
+
+    // A context the action does not declare: dropped, the answer the one
+    // given without it, and noted.
+    let (status, body) = post(
+        &app,
+        "/access/v1/evaluation",
+        json!({"subject": {"type": "user", "id": MORTY}, "action": {"name": "can_update_todo"},
+               "resource": morty_todo, "context": {"time": "2026-12-07T10:00:00Z", "ip": "10.0.0.1"},
+               "options": {"explain": true}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["decision"], true, "{body}");
+    assert_eq!(body["context"]["reasons"], json!(["editor-update-own"]));
+    assert_eq!(body["context"]["ignored"][0]["field"], "context", "{body}");
+    assert_eq!(
+        body["context"]["ignored"][0]["names"],
+        json!(["ip", "time"])
+    );
+
+    // Evaluations name each item's notes where the item sits; an item that
+    // carries nothing surplus has none.
+    let (status, body) = post(
+        &app,
+        "/access/v1/evaluations",
+        json!({"subject": {"type": "user", "id": MORTY}, "action": {"name": "can_update_todo"},
+               "evaluations": [
+                   {"resource": morty_todo, "context": {"ip": "10.0.0.1"}},
+                   {"subject": claim, "resource": rick_todo},
+                   {"resource": morty_todo}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let answers = body["evaluations"].as_array().expect("evaluations");
+    assert_eq!(answers[0]["decision"], true, "{body}");
+    assert_eq!(
+        answers[0]["context"]["ignored"][0]["field"],
+        "evaluations[0].context"
+    );
+    assert_eq!(answers[1]["decision"], false, "{body}");
+    assert_eq!(
+        answers[1]["context"]["ignored"][0]["field"],
+        "evaluations[1].subject.properties"
+    );
+    assert_eq!(answers[2], json!({"decision": true}));
+
+    // A search with the known subject's properties and a free-form context
+    // lists what the same search lists without them, and says what it left
+    // out.
+    let search = |subject: Value, context: Value| {
+        json!({"subject": subject, "action": {"name": "can_read_user"},
+               "resource": {"type": "user"}, "context": context})
+    };
+    let (status, plain) = post(
+        &app,
+        "/access/v1/search/resource",
+        search(json!({"type": "user", "id": MORTY}), json!({})),
+    )
+    .await;
+    assert_eq!(status, 200, "{plain}");
+    assert!(plain.get("context").is_none(), "{plain}");
+    let (status, noted) = post(
+        &app,
+        "/access/v1/search/resource",
+        search(claim.clone(), json!({"ip": "10.0.0.1"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{noted}");
+    assert_eq!(noted["results"], plain["results"]);
+    let fields: Vec<&Value> = noted["context"]["ignored"]
+        .as_array()
+        .expect("notes")
+        .iter()
+        .map(|n| &n["field"])
+        .collect();
+    assert_eq!(
+        fields,
+        [&json!("subject.properties"), &json!("context")],
+        "{noted}"
+    );
+
+    // cedard's own API keeps refusing both, naming the field.
+    let v1 = |principal_entities: Value, context: Value| {
+        json!({"principal": {"type": "user", "id": MORTY},
+               "action": {"type": "Action", "id": "can_update_todo"},
+               "resource": {"type": "todo", "id": "1"},
+               "entities": principal_entities, "context": context})
+    };
+    let (status, body) = post(
+        &app,
+        "/v1/is_authorized",
+        v1(json!([]), json!({"ip": "10.0.0.1"})),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("context"),
+        "{body}"
+    );
+    let (status, body) = post(
+        &app,
+        "/v1/is_authorized",
+        v1(
+            json!([{"uid": {"type": "user", "id": MORTY}, "attrs": {"email": "x@y", "name": "X"}, "parents": []}]),
+            json!({}),
+        ),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("entities[0]"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_stored_users_properties_are_left_out_and_noted() {
+    let app = support::spawn_app().await;
+    assert_eq!(sign_up(&app, "kim").await.0, 201);
+    let asked = |properties: Value| {
+        json!({"subject": {"type": "User", "id": "kim", "properties": properties},
+               "action": {"name": "useAccount"},
+               "resource": {"type": "Account", "id": "kim"}})
+    };
+    let (status, plain) = post(&app, "/access/v1/evaluation", asked(json!({}))).await;
+    assert_eq!((status, &plain), (200, &json!({"decision": true})));
+    let (status, body) = post(
+        &app,
+        "/access/v1/evaluation",
+        asked(json!({"email": "someone@else.example", "email_verified": true})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["decision"], true, "{body}");
+    assert_eq!(body["context"]["ignored"][0]["field"], "subject.properties");
+    assert_eq!(
+        body["context"]["ignored"][0]["names"],
+        json!(["email", "email_verified"])
+    );
 }

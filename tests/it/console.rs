@@ -475,9 +475,13 @@ async fn scroll_to(b: &Browser, id: &str) {
         .expect("scroll");
 }
 
+/// The text of the element `css` selects, waiting (up to 10 s) for it to
+/// appear: a form's answer may still be loading when this is called.
 async fn text(b: &Browser, css: &str) -> String {
     b.client
-        .find(Locator::Css(css))
+        .wait()
+        .at_most(std::time::Duration::from_secs(10))
+        .for_element(Locator::Css(css))
         .await
         .unwrap_or_else(|e| panic!("no `{css}` on the page: {e}"))
         .text()

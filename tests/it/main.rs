@@ -19,6 +19,7 @@ mod limits;
 mod matrix;
 mod model;
 mod observe;
+mod openapi;
 mod pg;
 mod pg_tls;
 mod proxy;

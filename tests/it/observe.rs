@@ -1123,6 +1123,21 @@ impl Walker {
             operation.is_object(),
             "{method} {template} is not in the document"
         );
+        // A body the daemon accepted is one the document allows: a client
+        // generated from it can send what cedard answers.
+        if let (Some(sent), true) = (&body, (200..300).contains(&got)) {
+            let schema = &operation["requestBody"]["content"]["application/json"]["schema"];
+            assert!(
+                schema.is_object(),
+                "{method} {template} takes a body the document does not declare"
+            );
+            let errors = validate(&self.doc, schema, sent);
+            assert!(
+                errors.is_empty(),
+                "{method} {path}: the accepted body does not match its declared schema:\n{}\n{sent}",
+                errors.join("\n")
+            );
+        }
         let declared = &operation["responses"][got.to_string()];
         assert!(
             declared.is_object(),
