@@ -174,4 +174,9 @@ sed "s#$work/body.json#$work/batch.json#" "$work/post.lua" >"$work/batch.lua"
 calls=$(CONNECTIONS=4 rate http://127.0.0.1:8190/v1/is_authorized/batch "$work/batch.lua")
 awk -v c="$calls" 'BEGIN { printf "batch of 1000: %.1f calls/s = %.0f decisions/s\n", c, c * 1000 }'
 
-./target/release/examples/reload_latency "$work/policies" http://127.0.0.1:8190 ${ROUNDS:-20}
+# Save to served: a save by rename (as editors save), an in-place write
+# (which waits --settle-ms), and a ConfigMap-style swap of `..data` (last:
+# it changes the folder's layout).
+./target/release/examples/reload_latency "$work/policies" http://127.0.0.1:8190 ${ROUNDS:-20} rename
+./target/release/examples/reload_latency "$work/policies" http://127.0.0.1:8190 ${ROUNDS:-20} inplace
+./target/release/examples/reload_latency "$work/policies" http://127.0.0.1:8190 ${ROUNDS:-20} configmap

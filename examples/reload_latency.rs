@@ -3,7 +3,12 @@
 //! folder between two versions and times, from the moment the file is saved,
 //! until `/v1/is_authorized` answers with the new decision.
 //!
-//! Usage: `reload_latency <policies dir> <base url> [rounds]`
+//! Usage: `reload_latency <policies dir> <base url> [rounds] [mode]`, where
+//! `mode` is how the file is saved: `rename` (the default: written under
+//! another name, then renamed over it, as editors save), `configmap` (the
+//! folder laid out as a Kubernetes ConfigMap volume first, then each
+//! version written to a folder of its own and `..data` swapped to it), or
+//! `inplace` (written over the file where it is, which waits `--settle-ms`).
 
 use std::time::{Duration, Instant};
 
@@ -39,6 +44,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::path::PathBuf::from(args.next().ok_or("policies dir")?);
     let url = format!("{}/v1/is_authorized", args.next().ok_or("base url")?);
     let rounds: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(20);
+    let mode = args.next().unwrap_or_else(|| "rename".into());
+    if mode == "configmap" {
+        configmap_layout(&dir)?;
+        // The layout holds the same files: nothing to reload, but let the
+        // watcher's events pass.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let client = reqwest::Client::new();
     let body = body();
     let mut samples = Vec::with_capacity(rounds);
@@ -48,10 +60,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         } else {
             (BASIC, "deny")
         };
-        let tmp = dir.join(".basic.cedar.tmp");
-        std::fs::write(&tmp, text)?;
-        let start = Instant::now();
-        std::fs::rename(&tmp, dir.join("basic.cedar"))?;
+        let start = match mode.as_str() {
+            "configmap" => configmap_swap(&dir, round, text)?,
+            "inplace" => {
+                let start = Instant::now();
+                std::fs::write(dir.join("basic.cedar"), text)?;
+                start
+            }
+            _ => {
+                let tmp = dir.join(".basic.cedar.tmp");
+                std::fs::write(&tmp, text)?;
+                let start = Instant::now();
+                std::fs::rename(&tmp, dir.join("basic.cedar"))?;
+                start
+            }
+        };
         loop {
             let v: serde_json::Value = client
                 .post(&url)
@@ -75,11 +98,49 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     samples.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(
-        "reload latency over {rounds} saves: min {:.1} ms, median {:.1} ms, p95 {:.1} ms, max {:.1} ms",
+        "reload latency over {rounds} saves ({mode}): min {:.1} ms, median {:.1} ms, p95 {:.1} ms, max {:.1} ms",
         ms(samples[0]),
         ms(samples[rounds / 2]),
         ms(samples[(rounds * 95 / 100).min(rounds - 1)]),
         ms(samples[rounds - 1])
     );
     Ok(())
+}
+
+/// Lays the folder out as a ConfigMap volume: the files in `..v0000`,
+/// `..data` a link to it, each file a link through `..data`.
+fn configmap_layout(dir: &std::path::Path) -> std::io::Result<()> {
+    let version = dir.join("..v0000");
+    std::fs::create_dir(&version)?;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "cedar") {
+            let name = path.file_name().unwrap_or_default().to_owned();
+            std::fs::rename(&path, version.join(&name))?;
+            std::os::unix::fs::symlink(
+                std::path::Path::new("..data").join(&name),
+                dir.join(&name),
+            )?;
+        }
+    }
+    std::os::unix::fs::symlink("..v0000", dir.join("..data"))
+}
+
+/// Writes version `round + 1` with `basic.cedar` as `text` and swaps
+/// `..data` to it, as the kubelet does; returns when the swap happened.
+fn configmap_swap(dir: &std::path::Path, round: usize, text: &str) -> std::io::Result<Instant> {
+    let old = std::fs::read_link(dir.join("..data"))?;
+    let name = format!("..v{:04}", round + 1);
+    let new = dir.join(&name);
+    std::fs::create_dir(&new)?;
+    for entry in std::fs::read_dir(dir.join(&old))? {
+        let path = entry?.path();
+        std::fs::copy(&path, new.join(path.file_name().unwrap_or_default()))?;
+    }
+    std::fs::write(new.join("basic.cedar"), text)?;
+    std::os::unix::fs::symlink(&name, dir.join("..data_tmp"))?;
+    let start = Instant::now();
+    std::fs::rename(dir.join("..data_tmp"), dir.join("..data"))?;
+    std::fs::remove_dir_all(dir.join(old))?;
+    Ok(start)
 }

@@ -617,12 +617,48 @@ pub struct Stamp {
     pub len: u64,
     /// Its modification time, where the file system keeps one.
     pub modified: Option<std::time::SystemTime>,
+    /// Its status-change time (seconds, nanoseconds) and inode, on unix:
+    /// a rewrite or a file renamed over it changes them even when its size
+    /// and modification time stay the same.
+    pub changed: Option<(i64, i64, u64)>,
+}
+
+impl Stamp {
+    /// The stamp of the file at `path` whose metadata (links followed) is
+    /// `meta`.
+    fn of(path: &Path, meta: &std::fs::Metadata) -> Self {
+        #[cfg(unix)]
+        let changed = {
+            use std::os::unix::fs::MetadataExt;
+            Some((meta.ctime(), meta.ctime_nsec(), meta.ino()))
+        };
+        #[cfg(not(unix))]
+        let changed = None;
+        Self {
+            path: path.to_path_buf(),
+            len: meta.len(),
+            modified: meta.modified().ok(),
+            changed,
+        }
+    }
 }
 
 impl Files {
-    /// The most recent modification time of any file read.
-    pub fn youngest(&self) -> Option<std::time::SystemTime> {
-        self.stamps.iter().filter_map(|s| s.modified).max()
+    /// The most recent modification time of any file read but those that
+    /// `complete` holds (each a canonical path: a file, or a folder whose
+    /// files all count as complete).
+    pub fn youngest_but(&self, complete: &[PathBuf]) -> Option<std::time::SystemTime> {
+        self.stamps
+            .iter()
+            .filter(|s| {
+                complete.is_empty()
+                    || !s
+                        .path
+                        .canonicalize()
+                        .is_ok_and(|p| complete.iter().any(|c| p.starts_with(c)))
+            })
+            .filter_map(|s| s.modified)
+            .max()
     }
 
     /// The first file whose content, size or modification time differs
@@ -671,6 +707,7 @@ impl Sources {
                 name: is_policy_file,
                 max_bytes: self.limits.max_file_bytes,
                 links_out: self.limits.links_out,
+                contents: true,
             },
         );
         let mut schemas = Vec::new();
@@ -685,6 +722,7 @@ impl Sources {
                     name: is_schema_file,
                     max_bytes: self.limits.max_file_bytes,
                     links_out: self.limits.links_out,
+                    contents: true,
                 },
             );
             if schemas.is_empty() && errors.is_empty() {
@@ -756,6 +794,49 @@ impl Sources {
 }
 
 impl Sources {
+    /// The stamps of every file a read would take, without reading one
+    /// (the same walk, metadata only), sorted by path; `None` when a folder
+    /// or file cannot be looked at (a full read then reports it). What the
+    /// periodic check compares, so that an idle daemon reads no file.
+    pub fn stamps(&self) -> Option<Vec<Stamp>> {
+        let mut stamps = Vec::new();
+        let mut errors = Vec::new();
+        let mut none = Vec::new();
+        let mut walk = |dir: &Path, name: fn(&str) -> bool, stamps: &mut Vec<Stamp>| {
+            collect(
+                dir,
+                dir,
+                &mut none,
+                stamps,
+                &mut errors,
+                Wanted {
+                    name,
+                    max_bytes: self.limits.max_file_bytes,
+                    links_out: self.limits.links_out,
+                    contents: false,
+                },
+            )
+        };
+        walk(&self.policies, is_policy_file, &mut stamps);
+        for (path, name) in [
+            (Some(&self.schema), is_schema_file as fn(&str) -> bool),
+            (self.entities.as_ref(), is_entity_file),
+        ] {
+            let Some(path) = path else { continue };
+            if path.is_dir() {
+                walk(path, name, &mut stamps);
+            } else {
+                let meta = std::fs::metadata(path).ok()?;
+                stamps.push(Stamp::of(path, &meta));
+            }
+        }
+        if !errors.is_empty() {
+            return None;
+        }
+        stamps.sort_by(|a, b| a.path.cmp(&b.path));
+        Some(stamps)
+    }
+
     /// Reads the entity data file, or every `*.json` file below the folder.
     fn read_entities(
         &self,
@@ -776,6 +857,7 @@ impl Sources {
                     name: is_entity_file,
                     max_bytes: self.limits.max_file_bytes,
                     links_out: self.limits.links_out,
+                    contents: true,
                 },
             );
             // Named with the folder, so that an error names a path a user
@@ -926,6 +1008,8 @@ struct Wanted {
     max_bytes: u64,
     /// Whether links leading out of the walked folder are followed.
     links_out: bool,
+    /// Whether the files are read, or only their stamps taken.
+    contents: bool,
 }
 
 /// Why a file could not be taken.
@@ -1000,11 +1084,7 @@ fn read_capped(path: &Path, max: u64) -> Result<(String, Stamp), ReadError> {
     if size > max {
         return Err(ReadError::TooLarge { size, max });
     }
-    let stamp = Stamp {
-        path: path.to_path_buf(),
-        len: meta.len(),
-        modified: meta.modified().ok(),
-    };
+    let stamp = Stamp::of(path, &meta);
     let text = String::from_utf8(bytes).map_err(|e| {
         ReadError::Io(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
@@ -1205,6 +1285,14 @@ impl Walk<'_> {
                         );
                     }
                     return;
+                }
+                if !self.wanted.contents {
+                    match std::fs::metadata(&path) {
+                        Ok(meta) => self.stamps.push(Stamp::of(&path, &meta)),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => self.refuse(rel, format!("cannot look at the file: {e}")),
+                    }
+                    continue;
                 }
                 match read_capped(&path, self.wanted.max_bytes) {
                     Ok((text, stamp)) => {

@@ -7,17 +7,16 @@
 //! system events (debounced), by SIGHUP, and by a periodic content check that
 //! catches events the watcher missed.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use notify::RecursiveMode;
-use notify_debouncer_full::{new_debouncer, DebounceEventResult};
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use super::{load_files, Files, LoadError, PolicyError, PolicySnapshot, Sources};
+use super::{load_files, Files, LoadError, PolicyError, PolicySnapshot, Sources, Stamp};
 
 /// What started a reload attempt.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, utoipa::ToSchema)]
@@ -113,6 +112,10 @@ pub struct LivePolicies {
 
 struct ReloadState {
     generation: u64,
+    /// The stamps of the files the last attempt read (`None` when they
+    /// could not be read): the periodic check reads no file while these
+    /// are unchanged.
+    stamps: Option<Vec<Stamp>>,
 }
 
 impl LivePolicies {
@@ -120,8 +123,9 @@ impl LivePolicies {
     /// unchanged for `settle`. Fails with every error found when the set is
     /// invalid, so that the daemon refuses to start on it.
     pub fn start(sources: Sources, settle: Duration) -> Result<Arc<Self>, PolicyError> {
-        let files = read_settled(&sources, settle)?;
+        let files = read_settled(&sources, settle, &[])?;
         let snapshot = load_files(&files, 1)?;
+        let stamps = Some(files.stamps.clone());
         let last_reload = ReloadStatus {
             ok: true,
             trigger: Trigger::Startup,
@@ -138,7 +142,10 @@ impl LivePolicies {
                 snapshot,
                 last_reload,
             }),
-            state: Mutex::new(ReloadState { generation: 1 }),
+            state: Mutex::new(ReloadState {
+                generation: 1,
+                stamps,
+            }),
         }))
     }
 
@@ -191,24 +198,46 @@ impl LivePolicies {
     /// changing (see [`read_settled`]). Returns whether a new snapshot is
     /// now serving.
     pub fn reload(&self, trigger: Trigger, force: bool) -> bool {
+        self.reload_with(trigger, force, &[])
+    }
+
+    /// [`LivePolicies::reload`] after file events that show the files at
+    /// `complete` (canonical paths: files, or folders whose files all
+    /// count) appeared whole, by a rename: they are not waited on to
+    /// settle. Every other file still is.
+    pub fn reload_complete(&self, trigger: Trigger, complete: &[PathBuf]) -> bool {
+        self.reload_with(trigger, false, complete)
+    }
+
+    fn reload_with(&self, trigger: Trigger, force: bool, complete: &[PathBuf]) -> bool {
         let mut state = self.lock();
         // Only this function replaces `current`, under the lock: what it
         // loads here is the last attempt's outcome.
         let published = self.current.load_full();
         let last = &published.last_reload;
         if !force {
+            // The periodic check looks at the files' metadata only: while
+            // it is what the last attempt read, no file is read.
+            if trigger == Trigger::Poll
+                && state.stamps.is_some()
+                && self.sources.stamps() == state.stamps
+            {
+                return false;
+            }
             // A cheap first look: nothing changed since the last attempt.
             if let Ok(files) = self.sources.read() {
                 if files.sha256 == last.sha256
                     || (last.ok && files.sha256 == published.snapshot.revision.sha256)
                 {
+                    state.stamps = Some(files.stamps);
                     return false;
                 }
             }
         }
-        let files = match read_settled(&self.sources, self.settle) {
+        let files = match read_settled(&self.sources, self.settle, complete) {
             Ok(f) => f,
             Err(PolicyError(errors)) => {
+                state.stamps = None;
                 let lines = vec![None; errors.len()];
                 return self.refuse(
                     &state,
@@ -220,6 +249,7 @@ impl LivePolicies {
                 );
             }
         };
+        state.stamps = Some(files.stamps.clone());
         if !force && files.sha256 == last.sha256 {
             return false;
         }
@@ -320,7 +350,14 @@ impl LivePolicies {
 /// is therefore never taken half-written, as long as the writer does not
 /// pause longer than `settle`. Files still changing after
 /// [`MAX_SETTLE_PASSES`] reads are refused, naming the file.
-pub fn read_settled(sources: &Sources, settle: Duration) -> Result<Files, PolicyError> {
+///
+/// Files at `complete` (see [`LivePolicies::reload_complete`]) are not
+/// waited on: they appeared whole. They are still read twice like the rest.
+pub fn read_settled(
+    sources: &Sources,
+    settle: Duration,
+    complete: &[PathBuf],
+) -> Result<Files, PolicyError> {
     let mut previous = sources.read()?;
     if settle.is_zero() {
         return Ok(previous);
@@ -329,7 +366,7 @@ pub fn read_settled(sources: &Sources, settle: Duration) -> Result<Files, Policy
         // Wait until the youngest file is `settle` old; a modification time
         // in the future (clock skew) waits the whole interval.
         let wait = previous
-            .youngest()
+            .youngest_but(complete)
             .map(|t| match SystemTime::now().duration_since(t) {
                 Ok(age) => settle.saturating_sub(age),
                 Err(_) => settle,
@@ -358,47 +395,31 @@ pub fn read_settled(sources: &Sources, settle: Duration) -> Result<Files, Policy
     }]))
 }
 
-/// Keeps the watcher alive; dropping it stops watching.
+/// Keeps the watcher alive; dropping it stops watching (and ends the
+/// thread that reloads on its events).
 pub struct WatchGuard {
-    _debouncer: Box<dyn std::any::Any + Send>,
+    _watcher: Box<dyn std::any::Any + Send>,
 }
 
 /// Watches the policy folder, the schema path and the entity data path, and
 /// reloads on changes.
 ///
 /// Folders are watched rather than files, because editors save by writing a
-/// temporary file and renaming it over the original. Bursts of events are
-/// debounced into one reload, which reads the whole set again, so a change
-/// spanning several files is applied all at once or not at all.
+/// temporary file and renaming it over the original. The events of a burst
+/// are gathered until none has come for `debounce`, then one reload reads
+/// the whole set again, so a change spanning several files is applied all
+/// at once or not at all. The burst's events say which files appeared whole
+/// by a rename (see [`Burst`]): those are taken at once, every other change
+/// only once it has settled.
 pub fn watch(live: Arc<LivePolicies>, debounce: Duration) -> Result<WatchGuard, notify::Error> {
-    let handler_live = live.clone();
-    let mut backoff = Backoff::default();
-    let mut debouncer = new_debouncer(debounce, None, move |result: DebounceEventResult| {
-        let changed = match result {
-            Ok(events) => !events.is_empty(),
-            Err(errors) => {
-                // Something may have been missed: check the content. The
-                // same error repeated (a watched folder that is gone) is
-                // logged once per back-off step, not on every tick.
-                if backoff.ready() {
-                    for e in errors {
-                        tracing::warn!("file watcher error: {e}");
-                    }
-                }
-                true
-            }
-        };
-        if changed && backoff.ready() {
-            handler_live.reload(Trigger::Watch, false);
-            // Files that cannot be read at all (a missing folder, a mount
-            // gone away) are retried with a growing delay; the periodic
-            // check keeps looking meanwhile.
-            let last = handler_live.last_reload();
-            backoff.record(last.ok || !last.sha256.is_empty());
-        }
+    use notify::Watcher;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut watcher = notify::recommended_watcher(move |event| {
+        // The receiver is gone only when the watch is being dropped.
+        let _ = tx.send(event);
     })?;
     let sources = live.sources();
-    debouncer.watch(&sources.policies, RecursiveMode::Recursive)?;
+    watcher.watch(&sources.policies, RecursiveMode::Recursive)?;
     let schema_dir: &Path = if sources.schema.is_dir() {
         &sources.schema
     } else {
@@ -406,7 +427,7 @@ pub fn watch(live: Arc<LivePolicies>, debounce: Duration) -> Result<WatchGuard, 
     };
     let mut watched: Vec<&Path> = vec![sources.policies.as_path()];
     if !watched.iter().any(|w| schema_dir.starts_with(w)) {
-        debouncer.watch(schema_dir, RecursiveMode::Recursive)?;
+        watcher.watch(schema_dir, RecursiveMode::Recursive)?;
         watched.push(schema_dir);
     }
     if let Some(entities) = &sources.entities {
@@ -416,12 +437,125 @@ pub fn watch(live: Arc<LivePolicies>, debounce: Duration) -> Result<WatchGuard, 
             entities.parent().unwrap_or(Path::new("."))
         };
         if !watched.iter().any(|w| entities_dir.starts_with(w)) {
-            debouncer.watch(entities_dir, RecursiveMode::Recursive)?;
+            watcher.watch(entities_dir, RecursiveMode::Recursive)?;
         }
     }
+    std::thread::Builder::new()
+        .name("cedard-watch".into())
+        .spawn(move || reload_on_bursts(&live, &rx, debounce))
+        .map_err(notify::Error::io)?;
     Ok(WatchGuard {
-        _debouncer: Box::new(debouncer),
+        _watcher: Box::new(watcher),
     })
+}
+
+/// Reloads once per burst of events that may change something, until the
+/// watcher is dropped.
+fn reload_on_bursts(
+    live: &LivePolicies,
+    rx: &std::sync::mpsc::Receiver<notify::Result<notify::Event>>,
+    debounce: Duration,
+) {
+    use std::sync::mpsc::RecvTimeoutError;
+    let mut backoff = Backoff::default();
+    loop {
+        let mut burst = Burst::default();
+        // Wait for an event that may change something: opens and reads (the
+        // reloads' own among them) neither start a burst nor prolong one.
+        while !burst.changed {
+            match rx.recv() {
+                Ok(event) => {
+                    burst.add(event);
+                }
+                Err(_) => return,
+            }
+        }
+        let mut quiet_from = std::time::Instant::now() + debounce;
+        loop {
+            let wait = quiet_from.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(wait) {
+                Ok(event) => {
+                    if burst.add(event) {
+                        quiet_from = std::time::Instant::now() + debounce;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+        }
+        // The same error repeated (a watched folder that is gone) is logged
+        // once per back-off step, not on every event.
+        if !backoff.ready() {
+            continue;
+        }
+        for e in &burst.errors {
+            tracing::warn!("file watcher error: {e}");
+        }
+        live.reload_complete(Trigger::Watch, &burst.complete());
+        // Files that cannot be read at all (a missing folder, a mount gone
+        // away) are retried with a growing delay; the periodic check keeps
+        // looking meanwhile.
+        let last = live.last_reload();
+        backoff.record(last.ok || !last.sha256.is_empty());
+    }
+}
+
+/// What one burst of file events says.
+#[derive(Debug, Default)]
+struct Burst {
+    /// Whether anything may have changed. Opens and reads do not count:
+    /// the watch reports them (inotify's `IN_OPEN`), the reloads' own reads
+    /// included, and reacting to them would read the files for ever.
+    changed: bool,
+    /// Paths that appeared by a rename.
+    renamed: Vec<PathBuf>,
+    /// Paths written in place, created or otherwise touched.
+    written: Vec<PathBuf>,
+    /// What the watcher could not report (something may have been missed).
+    errors: Vec<notify::Error>,
+}
+
+impl Burst {
+    /// Adds one event; whether it may change something.
+    fn add(&mut self, event: notify::Result<notify::Event>) -> bool {
+        use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
+        let event = match event {
+            Ok(event) => event,
+            Err(e) => {
+                self.errors.push(e);
+                self.changed = true;
+                return true;
+            }
+        };
+        let mut paths = event.paths;
+        match event.kind {
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
+                self.written.append(&mut paths)
+            }
+            EventKind::Access(_) => return false,
+            EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => {
+                self.renamed.extend(paths.pop())
+            }
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)) => self.renamed.append(&mut paths),
+            EventKind::Modify(ModifyKind::Name(RenameMode::From))
+            | EventKind::Remove(_)
+            | EventKind::Modify(ModifyKind::Metadata(_)) => {}
+            _ => self.written.append(&mut paths),
+        }
+        self.changed = true;
+        true
+    }
+
+    /// The canonical paths that appeared by a rename and were not written
+    /// in place in the burst: complete files (an editor's save), or a
+    /// folder (a ConfigMap's `..data` link swapped to a new version).
+    fn complete(&self) -> Vec<PathBuf> {
+        self.renamed
+            .iter()
+            .filter(|p| !self.written.contains(p))
+            .filter_map(|p| p.canonicalize().ok())
+            .collect()
+    }
 }
 
 /// The delay before the watcher retries files it could not read: from

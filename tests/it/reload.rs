@@ -359,3 +359,157 @@ fn validate_accepts_the_default_pack() {
         "{want}"
     );
 }
+
+/// A settle time far longer than any test waits: a change served before
+/// it ran out was not waited on.
+const LONG_SETTLE_MS: u64 = 60_000;
+
+/// Dates every file below `dir` an hour back, so that a daemon settling
+/// for [`LONG_SETTLE_MS`] takes the copied pack at start without waiting.
+fn age_files(dir: &Path) {
+    let past = std::time::SystemTime::now() - Duration::from_secs(3600);
+    for entry in std::fs::read_dir(dir).expect("read") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            age_files(&path);
+        } else {
+            std::fs::File::options()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.set_modified(past))
+                .expect("date the file back");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_file_that_appears_by_rename_is_taken_without_waiting_to_settle() {
+    let dir = copy_pack();
+    age_files(dir.path());
+    let app = spawn_app_in(dir, |c| c.options.settle_ms = LONG_SETTLE_MS).await;
+    assert_eq!(decision(&app, "basic", "viewBilling").await, "deny");
+    // An editor's save: written whole under another name, then renamed.
+    save_by_rename(&app.policies().join("basic.cedar"), BASIC_WITH_BILLING);
+    // Served long before the minute of settling a file written in place
+    // would wait (`a_file_written_in_two_steps_is_never_served_half_written`
+    // holds those to it).
+    wait_for_decision(&app, "basic", "viewBilling", "allow").await;
+    let (_, listing) = app.get("/v1/policies").await;
+    assert_eq!(listing["last_reload"]["trigger"], "watch", "{listing}");
+    app.stop().await;
+}
+
+#[cfg(unix)]
+/// Lays `policies/` out as Kubernetes mounts a ConfigMap: the files in a
+/// hidden folder of their version, `..data` a link to it, and each policy
+/// file a link through `..data`.
+fn configmap_layout(policies: &Path) {
+    let version = policies.join("..2026_12_07_10_00_00.1");
+    std::fs::create_dir(&version).expect("mkdir");
+    for entry in std::fs::read_dir(policies).expect("read") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "cedar") {
+            let name = path.file_name().expect("name").to_owned();
+            std::fs::rename(&path, version.join(&name)).expect("move");
+            std::os::unix::fs::symlink(Path::new("..data").join(&name), policies.join(&name))
+                .expect("link");
+        }
+    }
+    std::os::unix::fs::symlink(version.file_name().expect("name"), policies.join("..data"))
+        .expect("link ..data");
+}
+
+#[cfg(unix)]
+/// Updates a ConfigMap mount as the kubelet does: the new version written
+/// whole in a folder of its own, `..data` swapped to it by renaming a new
+/// link over it, the old version removed.
+fn configmap_update(policies: &Path, name: &str, file: &str, text: &str) {
+    let old = std::fs::read_link(policies.join("..data")).expect("..data");
+    let new = policies.join(name);
+    std::fs::create_dir(&new).expect("mkdir");
+    for entry in std::fs::read_dir(policies.join(&old)).expect("read") {
+        let path = entry.expect("entry").path();
+        std::fs::copy(&path, new.join(path.file_name().expect("name"))).expect("copy");
+    }
+    std::fs::write(new.join(file), text).expect("write");
+    std::os::unix::fs::symlink(name, policies.join("..data_tmp")).expect("link");
+    std::fs::rename(policies.join("..data_tmp"), policies.join("..data")).expect("swap");
+    std::fs::remove_dir_all(policies.join(old)).expect("remove the old version");
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_configmap_style_swap_is_taken_at_once_and_whole() {
+    let dir = copy_pack();
+    configmap_layout(&dir.path().join("policies"));
+    age_files(dir.path());
+    let app = spawn_app_in(dir, |c| c.options.settle_ms = LONG_SETTLE_MS).await;
+    assert_eq!(decision(&app, "basic", "viewBilling").await, "deny");
+    let (_, listing) = app.get("/v1/policies").await;
+    let files: Vec<Value> = listing["policies"]
+        .as_array()
+        .expect("policies")
+        .iter()
+        .map(|p| p["file"].clone())
+        .collect();
+    assert!(files.contains(&json!("basic.cedar")), "{listing}");
+    assert!(
+        !files
+            .iter()
+            .any(|f| f.as_str().unwrap_or("").starts_with("..")),
+        "a version folder was read as well as the links: {listing}"
+    );
+    configmap_update(
+        &app.policies(),
+        "..2026_12_07_10_05_00.2",
+        "basic.cedar",
+        BASIC_WITH_BILLING,
+    );
+    wait_for_decision(&app, "basic", "viewBilling", "allow").await;
+    let (_, listing) = app.get("/v1/policies").await;
+    assert_eq!(listing["last_reload"]["ok"], true, "{listing}");
+    assert_eq!(listing["revision"]["generation"], 2, "{listing}");
+    assert_eq!(
+        listing["policies"].as_array().map(Vec::len),
+        Some(crate::support::pack_policy_ids().len()),
+        "{listing}"
+    );
+    app.stop().await;
+}
+
+/// The bytes a process has read, from `/proc/<pid>/io`.
+#[cfg(target_os = "linux")]
+fn bytes_read(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .expect("read /proc/<pid>/io")
+        .lines()
+        .find_map(|l| l.strip_prefix("rchar: "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("rchar")
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn an_idle_daemon_reads_no_policy_file() {
+    let dir = copy_pack();
+    let set: u64 = ["policies", "schema"]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(dir.path().join(d)).expect("read"))
+        .map(|e| e.expect("entry").metadata().expect("metadata").len())
+        .sum();
+    // The periodic check forty times over the window, the watcher on.
+    let bin = spawn_binary(dir.path(), &["--poll-secs", "0.05"]).await;
+    let client = reqwest::Client::new();
+    let ready = client.get(bin.url("/readyz")).send().await.expect("readyz");
+    assert_eq!(ready.status(), 200);
+    let pid = bin.child.id();
+    // Start-up reads (the files, the data file) are behind us once ready.
+    let before = bytes_read(pid);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let read = bytes_read(pid) - before;
+    assert!(
+        read < set,
+        "an idle daemon read {read} bytes in 2 s: at least the whole policy set ({set} bytes) \
+         again, while nothing changed"
+    );
+}
