@@ -266,6 +266,7 @@ pub async fn run(
     let mut tasks = vec![tokio::spawn(watch::poll(
         live.clone(),
         options.poll_interval(),
+        watcher.is_some(),
     ))];
     #[cfg(unix)]
     {

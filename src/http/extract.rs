@@ -271,20 +271,22 @@ pub fn refuse_repeated_keys(bytes: &[u8]) -> Result<(), ApiError> {
     }
 }
 
-/// A step into a JSON document.
-enum Step {
-    Key(String),
+/// A step into a JSON document. Keys are borrowed from the body where
+/// they hold no escape: the walk runs on every JSON body, and allocates
+/// nothing for a body without one.
+enum Step<'de> {
+    Key(std::borrow::Cow<'de, str>),
     Index(usize),
 }
 
 /// Walks a JSON document without keeping it, noting the path of the first
 /// repeated key (and stopping there).
-struct Walk<'a> {
-    path: &'a mut Vec<Step>,
+struct Walk<'a, 'de> {
+    path: &'a mut Vec<Step<'de>>,
     found: &'a mut Option<String>,
 }
 
-impl Walk<'_> {
+impl Walk<'_, '_> {
     fn shown(&self, key: &str) -> String {
         let mut out = String::new();
         for step in self.path.iter() {
@@ -305,7 +307,7 @@ impl Walk<'_> {
     }
 }
 
-impl<'de> serde::de::DeserializeSeed<'de> for Walk<'_> {
+impl<'de> serde::de::DeserializeSeed<'de> for Walk<'_, 'de> {
     type Value = ();
 
     fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
@@ -313,7 +315,40 @@ impl<'de> serde::de::DeserializeSeed<'de> for Walk<'_> {
     }
 }
 
-impl<'de> serde::de::Visitor<'de> for Walk<'_> {
+/// Reads an object key, borrowed from the body when it holds no escape
+/// (serde's own `Cow` always copies).
+struct KeySeed;
+
+impl<'de> serde::de::DeserializeSeed<'de> for KeySeed {
+    type Value = std::borrow::Cow<'de, str>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for KeySeed {
+    type Value = std::borrow::Cow<'de, str>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_borrowed_str<E>(self, key: &'de str) -> Result<Self::Value, E> {
+        Ok(std::borrow::Cow::Borrowed(key))
+    }
+
+    fn visit_str<E>(self, key: &str) -> Result<Self::Value, E> {
+        Ok(std::borrow::Cow::Owned(key.to_owned()))
+    }
+}
+
+/// Objects with up to this many keys are checked for a repeat by a scan of
+/// the keys seen (no hashing, no allocation beyond one small vector);
+/// larger ones through a set.
+const SCANNED_KEYS: usize = 16;
+
+impl<'de> serde::de::Visitor<'de> for Walk<'_, 'de> {
     type Value = ();
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -361,13 +396,25 @@ impl<'de> serde::de::Visitor<'de> for Walk<'_> {
     }
 
     fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let mut seen = std::collections::HashSet::new();
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            if !seen.insert(key.clone()) {
+        use std::borrow::Cow;
+        let mut few: Vec<Cow<'de, str>> = Vec::new();
+        let mut many: std::collections::HashSet<Cow<'de, str>> = std::collections::HashSet::new();
+        while let Some(key) = map.next_key_seed(KeySeed)? {
+            let repeated = if many.is_empty() && few.len() < SCANNED_KEYS {
+                let seen = few.contains(&key);
+                if !seen {
+                    few.push(key.clone());
+                }
+                seen
+            } else {
+                many.extend(few.drain(..));
+                !many.insert(key.clone())
+            };
+            if repeated {
                 *self.found = Some(self.shown(&key));
                 return Err(serde::de::Error::custom("a repeated key"));
             }
-            self.path.push(Step::Key(key.into_owned()));
+            self.path.push(Step::Key(key));
             map.next_value_seed(Walk {
                 path: &mut *self.path,
                 found: &mut *self.found,
@@ -543,4 +590,34 @@ pub struct ExtensionCall {
     function: String,
     /// Its argument.
     arg: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::refuse_repeated_keys;
+
+    fn refused(body: &str) -> Option<String> {
+        refuse_repeated_keys(body.as_bytes())
+            .err()
+            .map(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_repeated_key_is_found_at_any_depth_escaped_or_not_in_small_and_large_objects() {
+        assert_eq!(refused(r#"{"a": 1, "b": {"c": [1, {"d": 2}]}}"#), None);
+        let message = refused(r#"{"a": 1, "b": {"c": [1, {"d": 2, "d": 3}]}}"#).expect("refused");
+        assert!(message.contains("b.c[1].d"), "{message}");
+        // The same key written with an escape is the same key.
+        let message = refused(r#"{"x": {"ab": 1, "\u0061b": 2}}"#).expect("refused");
+        assert!(message.contains("x.ab"), "{message}");
+        // Past the keys checked by a scan, through the set.
+        let many: Vec<String> = (0..40).map(|i| format!("\"k{i}\": {i}")).collect();
+        assert_eq!(refused(&format!("{{{}}}", many.join(","))), None);
+        let message = refused(&format!("{{{}, \"k3\": 0}}", many.join(","))).expect("refused");
+        assert!(message.contains("k3"), "{message}");
+        let message = refused(&format!("{{{}, \"k39\": 0}}", many.join(","))).expect("refused");
+        assert!(message.contains("k39"), "{message}");
+        // Not JSON passes: the parse that follows reports it.
+        assert_eq!(refused("{not json"), None);
+    }
 }

@@ -116,6 +116,9 @@ struct ReloadState {
     /// could not be read): the periodic check reads no file while these
     /// are unchanged.
     stamps: Option<Vec<Stamp>>,
+    /// The stamps the periodic check last saw differ, left to the watcher
+    /// for one interval.
+    deferred: Option<Option<Vec<Stamp>>>,
 }
 
 impl LivePolicies {
@@ -145,6 +148,7 @@ impl LivePolicies {
             state: Mutex::new(ReloadState {
                 generation: 1,
                 stamps,
+                deferred: None,
             }),
         }))
     }
@@ -209,6 +213,29 @@ impl LivePolicies {
         self.reload_with(trigger, false, complete)
     }
 
+    /// The periodic check: looks at the files' metadata only, and reloads
+    /// when it differs from what the last attempt read. With a watcher
+    /// running (`watched`), a difference is left to it for one interval
+    /// first: the watcher knows which files appeared whole by a rename,
+    /// and a check racing it would hold them to settle. A difference still
+    /// there at the next check is one the watcher missed.
+    pub fn check(&self, watched: bool) -> bool {
+        let stamps = self.sources.stamps();
+        {
+            let mut state = self.lock();
+            if stamps.is_some() && stamps == state.stamps {
+                state.deferred = None;
+                return false;
+            }
+            if watched && state.deferred.as_ref() != Some(&stamps) {
+                state.deferred = Some(stamps);
+                return false;
+            }
+            state.deferred = None;
+        }
+        self.reload(Trigger::Poll, false)
+    }
+
     fn reload_with(&self, trigger: Trigger, force: bool, complete: &[PathBuf]) -> bool {
         let mut state = self.lock();
         // Only this function replaces `current`, under the lock: what it
@@ -216,14 +243,6 @@ impl LivePolicies {
         let published = self.current.load_full();
         let last = &published.last_reload;
         if !force {
-            // The periodic check looks at the files' metadata only: while
-            // it is what the last attempt read, no file is read.
-            if trigger == Trigger::Poll
-                && state.stamps.is_some()
-                && self.sources.stamps() == state.stamps
-            {
-                return false;
-            }
             // A cheap first look: nothing changed since the last attempt.
             if let Ok(files) = self.sources.read() {
                 if files.sha256 == last.sha256
@@ -582,17 +601,18 @@ impl Backoff {
     }
 }
 
-/// Re-checks the files' content every `interval`, for file systems or editors
-/// whose events the watcher misses. Cheap: it hashes the files and rebuilds
-/// only when they differ from the last attempt.
-pub async fn poll(live: Arc<LivePolicies>, interval: Duration) {
+/// Re-checks the files every `interval`, for file systems or editors whose
+/// events the watcher misses (see [`LivePolicies::check`]: their metadata,
+/// then their content only when that changed). `watched`: whether a
+/// watcher runs too.
+pub async fn poll(live: Arc<LivePolicies>, interval: Duration, watched: bool) {
     let mut ticker = tokio::time::interval(interval);
     ticker.tick().await;
     loop {
         ticker.tick().await;
         let live = live.clone();
         // File reads and parsing are blocking work.
-        let _ = tokio::task::spawn_blocking(move || live.reload(Trigger::Poll, false)).await;
+        let _ = tokio::task::spawn_blocking(move || live.check(watched)).await;
     }
 }
 
