@@ -406,20 +406,7 @@ pub fn metrics_router(state: AppState) -> Router {
 /// one, and an overload or timeout (503) except
 /// on the probes, which are outside the cap.
 fn with_common_responses(mut doc: OpenApiDoc) -> OpenApiDoc {
-    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
-    let error = |description: &str| {
-        RefOr::T(
-            ResponseBuilder::new()
-                .description(description)
-                .content(
-                    "application/json",
-                    ContentBuilder::new()
-                        .schema(Some(Ref::from_schema_name("ErrorBody")))
-                        .build(),
-                )
-                .build(),
-        )
-    };
+    let error = error_response_doc;
     for (path, item) in doc.paths.paths.iter_mut() {
         let probe = path == "/healthz" || path == "/readyz";
         let operations = [
