@@ -569,11 +569,17 @@ impl Burst {
     /// in place in the burst: complete files (an editor's save), or a
     /// folder (a ConfigMap's `..data` link swapped to a new version).
     fn complete(&self) -> Vec<PathBuf> {
-        self.renamed
+        let mut complete: Vec<PathBuf> = self
+            .renamed
             .iter()
             .filter(|p| !self.written.contains(p))
             .filter_map(|p| p.canonicalize().ok())
-            .collect()
+            .collect();
+        // inotify reports a rename within the watch as `From`, `To` and
+        // `Both`: one path, named once.
+        complete.sort();
+        complete.dedup();
+        complete
     }
 }
 
@@ -631,5 +637,144 @@ pub async fn reload_on_sighup(live: Arc<LivePolicies>) {
         tracing::info!("SIGHUP: reloading policies");
         let live = live.clone();
         let _ = tokio::task::spawn_blocking(move || live.reload(Trigger::Signal, true)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use notify::event::{
+        AccessKind, AccessMode, CreateKind, DataChange, EventKind, ModifyKind, RemoveKind,
+        RenameMode,
+    };
+    use notify::Event;
+
+    use super::Burst;
+
+    fn event(kind: EventKind, paths: &[&Path]) -> notify::Result<Event> {
+        Ok(Event {
+            kind,
+            paths: paths.iter().map(|p| p.to_path_buf()).collect(),
+            attrs: Default::default(),
+        })
+    }
+
+    fn burst(events: Vec<notify::Result<Event>>) -> Burst {
+        let mut burst = Burst::default();
+        for e in events {
+            burst.add(e);
+        }
+        burst
+    }
+
+    #[test]
+    fn opens_and_reads_are_not_changes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("a.cedar");
+        let b = burst(vec![
+            event(
+                EventKind::Access(AccessKind::Open(AccessMode::Any)),
+                &[&file],
+            ),
+            event(EventKind::Access(AccessKind::Read), &[&file]),
+            event(
+                EventKind::Access(AccessKind::Close(AccessMode::Read)),
+                &[&file],
+            ),
+        ]);
+        assert!(!b.changed);
+    }
+
+    #[test]
+    fn a_file_renamed_in_is_complete_and_one_written_in_place_is_not() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (tmp, file) = (dir.path().join(".a.cedar.tmp"), dir.path().join("a.cedar"));
+        std::fs::write(&file, "x").expect("write");
+        // An editor's save: the temporary file written, then renamed over.
+        let save = burst(vec![
+            event(EventKind::Create(CreateKind::File), &[&tmp]),
+            event(
+                EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+                &[&tmp],
+            ),
+            event(
+                EventKind::Access(AccessKind::Close(AccessMode::Write)),
+                &[&tmp],
+            ),
+            event(
+                EventKind::Modify(ModifyKind::Name(RenameMode::From)),
+                &[&tmp],
+            ),
+            event(
+                EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+                &[&file],
+            ),
+            event(
+                EventKind::Modify(ModifyKind::Name(RenameMode::Both)),
+                &[&tmp, &file],
+            ),
+        ]);
+        assert!(save.changed);
+        let complete: Vec<PathBuf> = save.complete();
+        assert_eq!(complete, [file.canonicalize().expect("canonical")]);
+        // Written in place: waits to settle.
+        let in_place = burst(vec![
+            event(
+                EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+                &[&file],
+            ),
+            event(
+                EventKind::Access(AccessKind::Close(AccessMode::Write)),
+                &[&file],
+            ),
+        ]);
+        assert!(in_place.changed);
+        assert!(in_place.complete().is_empty());
+        // Renamed in, then written in place in the same burst: waits too.
+        let both = burst(vec![
+            event(
+                EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+                &[&file],
+            ),
+            event(
+                EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+                &[&file],
+            ),
+        ]);
+        assert!(both.complete().is_empty());
+        // An event the watcher could not deliver: something may have changed.
+        let lost = burst(vec![Err(notify::Error::generic("queue overflow"))]);
+        assert!(lost.changed && lost.complete().is_empty());
+        let removed = burst(vec![event(EventKind::Remove(RemoveKind::File), &[&file])]);
+        assert!(removed.changed && removed.complete().is_empty());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_configmap_swap_makes_its_new_version_folder_complete() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let version = dir.path().join("..2026_12_07_10_05_00.2");
+        std::fs::create_dir(&version).expect("mkdir");
+        std::fs::write(version.join("a.cedar"), "x").expect("write");
+        let data = dir.path().join("..data");
+        std::os::unix::fs::symlink(&version, &data).expect("link");
+        let tmp = dir.path().join("..data_tmp");
+        let swap = burst(vec![
+            event(EventKind::Create(CreateKind::Folder), &[&version]),
+            event(
+                EventKind::Access(AccessKind::Close(AccessMode::Write)),
+                &[&version.join("a.cedar")],
+            ),
+            event(EventKind::Create(CreateKind::Any), &[&tmp]),
+            event(
+                EventKind::Modify(ModifyKind::Name(RenameMode::Both)),
+                &[&tmp, &data],
+            ),
+        ]);
+        assert_eq!(
+            swap.complete(),
+            [version.canonicalize().expect("canonical")]
+        );
     }
 }
