@@ -321,10 +321,16 @@ struct Shared {
 #[derive(Default)]
 struct Unproven {
     next: std::sync::atomic::AtomicU64,
-    waiting: std::sync::Mutex<
-        std::collections::BTreeMap<u64, (std::net::IpAddr, Arc<tokio::sync::Notify>)>,
-    >,
+    waiting: std::sync::Mutex<std::collections::BTreeMap<u64, Waiting>>,
 }
+
+/// A connection in [`Unproven`]: its peer, the signal that closes it, and
+/// whether it has sent anything yet.
+type Waiting = (
+    std::net::IpAddr,
+    Arc<tokio::sync::Notify>,
+    Arc<std::sync::atomic::AtomicBool>,
+);
 
 /// One connection's place in [`Unproven`], until it sends a whole head or
 /// ends.
@@ -333,29 +339,34 @@ struct Pending {
     id: u64,
     proven: std::sync::atomic::AtomicBool,
     shed: Arc<tokio::sync::Notify>,
+    /// Set once the client has sent a byte.
+    spoke: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Unproven {
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<
-        '_,
-        std::collections::BTreeMap<u64, (std::net::IpAddr, Arc<tokio::sync::Notify>)>,
-    > {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<u64, Waiting>> {
         // Entries are inserted and removed whole: a poisoned map is intact.
         self.waiting.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Closes the oldest connection without a whole head (of `peer` only,
-    /// when given); whether there was one.
+    /// when given); whether there was one. One that sent part of a head
+    /// (a slow or stalled sender) goes before one that has sent nothing
+    /// yet (most likely a client that just connected and is about to send
+    /// its whole request), so that a burst of half-sent heads cannot shed
+    /// a client between its connect and its request.
     fn shed_oldest(&self, peer: Option<std::net::IpAddr>) -> bool {
+        use std::sync::atomic::Ordering;
         let mut waiting = self.lock();
+        let of_peer = |(_, (ip, _, _)): &(&u64, &Waiting)| peer.is_none_or(|p| p == *ip);
         let oldest = waiting
             .iter()
-            .find(|(_, (ip, _))| peer.is_none_or(|p| p == *ip))
+            .filter(of_peer)
+            .find(|(_, (_, _, spoke))| spoke.load(Ordering::Relaxed))
+            .or_else(|| waiting.iter().find(of_peer))
             .map(|(id, _)| *id);
         match oldest.and_then(|id| waiting.remove(&id)) {
-            Some((_, shed)) => {
+            Some((_, shed, _)) => {
                 shed.notify_one();
                 true
             }
@@ -371,12 +382,17 @@ impl Pending {
             .next
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let shed = Arc::new(tokio::sync::Notify::new());
-        shared.unproven.lock().insert(id, (peer, Arc::clone(&shed)));
+        let spoke = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        shared
+            .unproven
+            .lock()
+            .insert(id, (peer, Arc::clone(&shed), Arc::clone(&spoke)));
         Self {
             shared: Arc::clone(shared),
             id,
             proven: std::sync::atomic::AtomicBool::new(false),
             shed,
+            spoke,
         }
     }
 
@@ -612,6 +628,10 @@ async fn connection(
     if let Err(error) = stream.set_nodelay(true) {
         tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
     }
+    let stream = Heard {
+        io: stream,
+        spoke: Arc::clone(&pending.spoke),
+    };
     let pending = Arc::new(pending);
     let shed = Arc::clone(&pending.shed);
     let served = async {
@@ -637,6 +657,58 @@ async fn connection(
         () = shed.notified() => {
             tracing::debug!(%peer, "closed a connection without a whole request head to make room");
         }
+    }
+}
+
+/// A connection's stream that notes when the client first sent a byte
+/// (see [`Unproven::shed_oldest`]).
+struct Heard<IO> {
+    io: IO,
+    spoke: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Heard<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.spoke.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        polled
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Heard<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
     }
 }
 
