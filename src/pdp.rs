@@ -866,7 +866,7 @@ impl<'a> Call<'a> {
         // Inline entities cedard supplies itself are left out (not refused)
         // when the caller's surplus is ignored: the ownership check then
         // finds none of them.
-        let (kept, mut set_aside) = match (self.surplus(), inline) {
+        let (kept, set_aside) = match (self.surplus(), inline) {
             (Surplus::Ignore, Inline::Raw(raw)) => self.facts.set_aside_known(raw)?,
             _ => (None, Vec::new()),
         };
@@ -877,7 +877,7 @@ impl<'a> Call<'a> {
         let pairs: Vec<_> = asks.iter().map(|a| (&a.principal, &a.resource)).collect();
         let entities = self.facts.entities(inline, &pairs)?;
         let snapshot = self.snapshot;
-        let decisions: Vec<Decision> = if asks.len() >= PARALLEL_BATCH {
+        let mut decisions: Vec<Decision> = if asks.len() >= PARALLEL_BATCH {
             use rayon::prelude::*;
             let entities: &Entities = &entities;
             asks.par_iter()
@@ -888,7 +888,6 @@ impl<'a> Call<'a> {
                 .map(|a| authz::decide(snapshot, &a.request, &entities))
                 .collect()
         };
-        let mut decisions = decisions;
         for (ask, d) in asks.iter().zip(decisions.iter_mut()) {
             d.ignored = set_aside.clone();
             d.ignored.extend(ask.ignored.iter().cloned());
@@ -899,7 +898,6 @@ impl<'a> Call<'a> {
             }
             self.note(ask, d);
         }
-        set_aside.clear();
         Ok(decisions)
     }
 

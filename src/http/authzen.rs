@@ -29,12 +29,12 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::{Attributes, CallerInfo, ConsistencyBody, ContextBody};
+use super::extract::{parse_json, Attributes, CallerInfo, ConsistencyBody, ContextBody};
 use super::state::AppState;
 use crate::authz::{Decision, InputError, SetAside};
 use crate::code::Code;
 use crate::facts::Inline;
-use crate::pdp::{ActionRef, Item, Query, Search, Slot, Surplus, Until};
+use crate::pdp::{ActionRef, Caller, Item, Query, Search, Slot, Surplus, Until};
 use crate::policy::Revision;
 
 /// The most results one search page holds, and the page size when the
@@ -67,7 +67,9 @@ pub struct Entity {
     #[serde(default)]
     id: Option<String>,
     /// Attributes of an entity the PDP does not know, read against the
-    /// schema's declaration of the type.
+    /// schema's declaration of the type; left out (and said to be, in the
+    /// answer's `context.ignored`) for one it stores or a data file
+    /// defines.
     #[serde(default)]
     #[schema(value_type = Option<Attributes>)]
     properties: Option<Map<String, Value>>,
@@ -307,10 +309,14 @@ pub struct Configuration {
     search_action_endpoint: String,
 }
 
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    super::extract::refuse_repeated_keys(body)?;
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_json(format!("invalid request body: {e}")))
+/// The pipeline's caller for an AuthZEN call at `endpoint`: what cannot
+/// count towards an answer is left out and noted ([`Surplus::Ignore`]), and
+/// the stored facts are as fresh as `options` ask.
+fn asker(caller: &CallerInfo, endpoint: &'static str, options: Option<&Options>) -> Caller {
+    let mut who = caller.caller(endpoint);
+    who.surplus = Surplus::Ignore;
+    who.consistency = options.map(Options::consistency).unwrap_or_default();
+    who
 }
 
 /// An entity reference for the pipeline.
@@ -543,7 +549,7 @@ async fn evaluation(
 }
 
 fn evaluate_one(state: &AppState, caller: &CallerInfo, body: &[u8]) -> Result<Response, ApiError> {
-    let body: EvaluationBody = parse(body)?;
+    let body: EvaluationBody = parse_json(body)?;
     let explain = body.options.as_ref().is_some_and(|o| o.explain);
     if let Some(o) = &body.options {
         if o.evaluations_semantic.is_some() {
@@ -561,13 +567,7 @@ fn evaluate_one(state: &AppState, caller: &CallerInfo, body: &[u8]) -> Result<Re
         body.context.as_ref(),
         "",
     )?;
-    let mut who = caller.caller("/access/v1/evaluation");
-    who.surplus = Surplus::Ignore;
-    who.consistency = body
-        .options
-        .as_ref()
-        .map(Options::consistency)
-        .unwrap_or_default();
+    let who = asker(caller, "/access/v1/evaluation", body.options.as_ref());
     let mut evaluated = state.pdp.evaluate(&who, &[Ok(asked.item())], Until::All)?;
     match evaluated.outcomes.pop() {
         Some(Ok(d)) => Ok(Json(asked.answer(&d, explain, &evaluated.revision)).into_response()),
@@ -599,11 +599,9 @@ async fn evaluations(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     tokio::task::spawn_blocking(move || {
-        let body: EvaluationsBody = parse(&body)?;
+        let body: EvaluationsBody = parse_json(&body)?;
         let options = body.options.clone().unwrap_or_default();
-        let mut who = caller.caller("/access/v1/evaluations");
-        who.surplus = Surplus::Ignore;
-        who.consistency = options.consistency();
+        let who = asker(&caller, "/access/v1/evaluations", Some(&options));
         let until = match options.evaluations_semantic.as_deref() {
             None | Some("execute_all") => Until::All,
             Some("deny_on_first_deny") => Until::FirstDeny,
@@ -805,8 +803,12 @@ fn token(binding: &str, last: &str) -> String {
     format!("{binding}.{}", hex::encode(last))
 }
 
+/// What a page token binds to: a digest of the request without its page.
+/// `body` has been read once already ([`parse_json`]), so it is JSON with
+/// no key given twice.
 fn binding(body: &[u8]) -> Result<String, ApiError> {
-    let mut value: Value = parse(body)?;
+    let mut value: Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_json(format!("invalid request body: {e}")))?;
     if let Value::Object(map) = &mut value {
         map.remove("page");
     }
@@ -839,7 +841,7 @@ async fn search(
 ) -> Result<Response, ApiError> {
     // A search may decide thousands of candidates: off the async workers.
     tokio::task::spawn_blocking(move || {
-        let parsed: SearchBody = parse(&body)?;
+        let parsed: SearchBody = parse_json(&body)?;
         let page = parsed.page.as_ref();
         let limit = page.and_then(|p| p.limit).unwrap_or(MAX_PAGE);
         if !(1..=MAX_PAGE).contains(&limit) {
@@ -889,13 +891,7 @@ async fn search(
             Slot::Resource => "/access/v1/search/resource",
             Slot::Action => "/access/v1/search/action",
         };
-        let mut who = caller.caller(endpoint);
-        who.surplus = Surplus::Ignore;
-        who.consistency = parsed
-            .options
-            .as_ref()
-            .map(Options::consistency)
-            .unwrap_or_default();
+        let who = asker(&caller, endpoint, parsed.options.as_ref());
         let found = state.pdp.search(
             &who,
             &Search {

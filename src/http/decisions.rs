@@ -13,7 +13,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorBody};
-use super::extract::{CallerInfo, CedarEntity, ConsistencyBody, ContextBody, EntityRef};
+use super::extract::{
+    parse_json, CallerInfo, CedarEntity, ConsistencyBody, ContextBody, EntityRef,
+};
 use super::state::AppState;
 use crate::authz::{Decision, InputError};
 use crate::code::Code;
@@ -116,12 +118,6 @@ pub struct BatchResponse {
     revision: Revision,
     /// The store revision the stored facts were at least as new as.
     store_revision: u64,
-}
-
-fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
-    super::extract::refuse_repeated_keys(body)?;
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_json(format!("invalid request body: {e}")))
 }
 
 /// Runs `f` on the async worker for small bodies and off it for large ones:

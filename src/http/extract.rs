@@ -235,6 +235,15 @@ impl Body {
     }
 }
 
+/// Reads a JSON request body as `T`, refusing a key given twice first
+/// (see [`refuse_repeated_keys`]): the one reading of the decision and
+/// AuthZEN bodies.
+pub fn parse_json<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    refuse_repeated_keys(body)?;
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_json(format!("invalid request body: {e}")))
+}
+
 /// A 400 naming `field`.
 pub fn bad(field: &str, message: impl Into<String>) -> ApiError {
     ApiError::from(InputError::new(field, message))

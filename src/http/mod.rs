@@ -188,30 +188,6 @@ fn described(mut doc: OpenApiDoc, public_url: &str) -> OpenApiDoc {
     doc.servers = Some(vec![utoipa::openapi::Server::new(
         public_url.trim_end_matches('/'),
     )]);
-    for item in doc.paths.paths.values_mut() {
-        let operations = [
-            &mut item.get,
-            &mut item.post,
-            &mut item.put,
-            &mut item.delete,
-            &mut item.patch,
-        ];
-        for op in operations.into_iter().flatten() {
-            let security = op.security.get_or_insert_with(Vec::new);
-            let (keyed, scoped) = security_needs(security);
-            let responses = &mut op.responses.responses;
-            if keyed {
-                responses.entry("401".into()).or_insert_with(|| {
-                    error_response_doc("No valid caller key (`unauthenticated`)")
-                });
-            }
-            if scoped {
-                responses.entry("403".into()).or_insert_with(|| {
-                    error_response_doc("The key lacks the scope the route needs, or the policies deny the acting user (`forbidden`)")
-                });
-            }
-        }
-    }
     with_store_revision(doc)
 }
 
@@ -400,11 +376,13 @@ pub fn metrics_router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Declares the answers every route can give besides its own: a `Host`
-/// cedard does not serve (400), a body over the limit (413), not JSON
-/// (415) or not sent within `--body-timeout-ms` (408) where the route takes
-/// one, and an overload or timeout (503) except
-/// on the probes, which are outside the cap.
+/// Declares what every route has besides its own answers: a security
+/// requirement (an empty list where no key is needed), and the answers a
+/// `Host` cedard does not serve (400), a body over the limit (413), not
+/// JSON (415) or not sent within `--body-timeout-ms` (408) where the route
+/// takes one, a missing key (401) and a missing scope (403) where it needs
+/// them, and an overload or timeout (503) except on the probes, which are
+/// outside the cap.
 fn with_common_responses(mut doc: OpenApiDoc) -> OpenApiDoc {
     let error = error_response_doc;
     for (path, item) in doc.paths.paths.iter_mut() {
@@ -418,7 +396,18 @@ fn with_common_responses(mut doc: OpenApiDoc) -> OpenApiDoc {
         ];
         for op in operations.into_iter().flatten() {
             let takes_body = op.request_body.is_some();
+            let (keyed, scoped) = security_needs(op.security.get_or_insert_with(Vec::new));
             let responses = &mut op.responses.responses;
+            if keyed {
+                responses
+                    .entry("401".into())
+                    .or_insert_with(|| error("No valid caller key (`unauthenticated`)"));
+            }
+            if scoped {
+                responses.entry("403".into()).or_insert_with(|| {
+                    error("The key lacks the scope the route needs, or the policies deny the acting user (`forbidden`)")
+                });
+            }
             responses.entry("400".into()).or_insert_with(|| {
                 error("Bad input, or a `Host` cedard does not serve (`invalid_host`)")
             });

@@ -126,6 +126,13 @@ def expect_list(step, response, model):
     return parsed
 
 
+def asked(label, question, *args, **kwargs):
+    """One decision step: `question(step, *args, **kwargs)` checks its answer."""
+    step = start(label)
+    question(step, *args, **kwargs)
+    ok(step)
+
+
 def user(uid):
     return EntityRefObject(type_="User", id=uid)
 
@@ -316,21 +323,11 @@ def main():
 
     # 5. Before accepting, the invitee is no member: deny, asked with the
     #    object form of a UID and with Cedar's string form.
-    step = start("before accept: createPod is deny on /v1")
-    ask_v1(step, "createPod", Effect.DENY)
-    ok(step)
-    step = start("before accept: createPod is deny on /v1 (string UID)")
-    ask_v1(step, "createPod", Effect.DENY, principal=f'User::"{invitee}"')
-    ok(step)
-    step = start("before accept: createPod is false on AuthZEN")
-    ask_authzen(step, "createPod", False)
-    ok(step)
-    step = start("before accept: startPod on the team's Pod is deny on /v1 (inline CedarEntity)")
-    ask_pod_v1(step, "startPod", Effect.DENY)
-    ok(step)
-    step = start("before accept: connectPod on the team's Pod is false on AuthZEN (typed properties)")
-    ask_pod_authzen(step, "connectPod", False)
-    ok(step)
+    asked("before accept: createPod is deny on /v1", ask_v1, "createPod", Effect.DENY)
+    asked("before accept: createPod is deny on /v1 (string UID)", ask_v1, "createPod", Effect.DENY, principal=f'User::"{invitee}"')
+    asked("before accept: createPod is false on AuthZEN", ask_authzen, "createPod", False)
+    asked("before accept: startPod on the team's Pod is deny on /v1 (inline CedarEntity)", ask_pod_v1, "startPod", Effect.DENY)
+    asked("before accept: connectPod on the team's Pod is false on AuthZEN (typed properties)", ask_pod_authzen, "connectPod", False)
 
     # 6. The invitee accepts.
     step = start(f"{invitee} accepts")
@@ -343,12 +340,8 @@ def main():
 
     # Write-then-check: the accept's store revision, passed back as the typed
     # consistency `{"at_least": n}`.
-    step = start(f"write-then-check: createPod is allow on /v1 at_least {accepted_at}")
-    ask_v1(step, "createPod", Effect.ALLOW, at_least=accepted_at)
-    ok(step)
-    step = start(f"write-then-check: createPod is true on AuthZEN at_least {accepted_at}")
-    ask_authzen(step, "createPod", True, at_least=accepted_at)
-    ok(step)
+    asked(f"write-then-check: createPod is allow on /v1 at_least {accepted_at}", ask_v1, "createPod", Effect.ALLOW, at_least=accepted_at)
+    asked(f"write-then-check: createPod is true on AuthZEN at_least {accepted_at}", ask_authzen, "createPod", True, at_least=accepted_at)
 
     step = start("invite no longer pending")
     invites = expect_list(step, list_invites.sync_detailed(account, client=client, x_actor=owner), InviteView)
@@ -362,26 +355,14 @@ def main():
     ok(step)
 
     # 7. As a dev, the same question is now allow, on /v1 and on AuthZEN.
-    step = start("as dev: createPod is allow on /v1")
-    ask_v1(step, "createPod", Effect.ALLOW)
-    ok(step)
-    step = start("as dev: createPod is allow on /v1 (string UID)")
-    ask_v1(step, "createPod", Effect.ALLOW, principal=f'User::"{invitee}"')
-    ok(step)
-    step = start("as dev: createPod is true on AuthZEN")
-    ask_authzen(step, "createPod", True)
-    ok(step)
+    asked("as dev: createPod is allow on /v1", ask_v1, "createPod", Effect.ALLOW)
+    asked("as dev: createPod is allow on /v1 (string UID)", ask_v1, "createPod", Effect.ALLOW, principal=f'User::"{invitee}"')
+    asked("as dev: createPod is true on AuthZEN", ask_authzen, "createPod", True)
 
     # 7b. As a dev, on a Pod of the team account: startPod and connectPod.
-    step = start(f"as dev: startPod on the team's Pod is allow on /v1 at_least {accepted_at} (inline CedarEntity)")
-    ask_pod_v1(step, "startPod", Effect.ALLOW, reason="dev", at_least=accepted_at)
-    ok(step)
-    step = start("as dev: connectPod on the team's Pod is allow on /v1 (inline CedarEntity)")
-    ask_pod_v1(step, "connectPod", Effect.ALLOW, reason="dev")
-    ok(step)
-    step = start(f"as dev: startPod on the team's Pod is true on AuthZEN at_least {accepted_at} (typed properties)")
-    ask_pod_authzen(step, "startPod", True, reason="dev", at_least=accepted_at)
-    ok(step)
+    asked(f"as dev: startPod on the team's Pod is allow on /v1 at_least {accepted_at} (inline CedarEntity)", ask_pod_v1, "startPod", Effect.ALLOW, reason="dev", at_least=accepted_at)
+    asked("as dev: connectPod on the team's Pod is allow on /v1 (inline CedarEntity)", ask_pod_v1, "connectPod", Effect.ALLOW, reason="dev")
+    asked(f"as dev: startPod on the team's Pod is true on AuthZEN at_least {accepted_at} (typed properties)", ask_pod_authzen, "startPod", True, reason="dev", at_least=accepted_at)
 
     # 8. The owner makes the invitee basic: createPod is deny, useAccount allow.
     step = start(f"change role of {invitee} to basic")
@@ -392,28 +373,14 @@ def main():
     demoted_at = written_revision(step, member, got)
     ok(step)
 
-    step = start(f"as basic: startPod on the team's Pod is deny on /v1 at_least {demoted_at} (inline CedarEntity)")
-    ask_pod_v1(step, "startPod", Effect.DENY, at_least=demoted_at)
-    ok(step)
-    step = start(f"as basic: startPod on the team's Pod is false on AuthZEN at_least {demoted_at} (typed properties)")
-    ask_pod_authzen(step, "startPod", False, at_least=demoted_at)
-    ok(step)
-    step = start("as basic: connectPod on the team's Pod is allow on /v1 (inline CedarEntity)")
-    ask_pod_v1(step, "connectPod", Effect.ALLOW, reason="basic")
-    ok(step)
-    step = start("as basic: connectPod on the team's Pod is true on AuthZEN (typed properties)")
-    ask_pod_authzen(step, "connectPod", True, reason="basic")
-    ok(step)
+    asked(f"as basic: startPod on the team's Pod is deny on /v1 at_least {demoted_at} (inline CedarEntity)", ask_pod_v1, "startPod", Effect.DENY, at_least=demoted_at)
+    asked(f"as basic: startPod on the team's Pod is false on AuthZEN at_least {demoted_at} (typed properties)", ask_pod_authzen, "startPod", False, at_least=demoted_at)
+    asked("as basic: connectPod on the team's Pod is allow on /v1 (inline CedarEntity)", ask_pod_v1, "connectPod", Effect.ALLOW, reason="basic")
+    asked("as basic: connectPod on the team's Pod is true on AuthZEN (typed properties)", ask_pod_authzen, "connectPod", True, reason="basic")
 
-    step = start("as basic: createPod is deny on /v1")
-    ask_v1(step, "createPod", Effect.DENY)
-    ok(step)
-    step = start("as basic: createPod is false on AuthZEN")
-    ask_authzen(step, "createPod", False)
-    ok(step)
-    step = start("as basic: useAccount is allow on /v1")
-    ask_v1(step, "useAccount", Effect.ALLOW)
-    ok(step)
+    asked("as basic: createPod is deny on /v1", ask_v1, "createPod", Effect.DENY)
+    asked("as basic: createPod is false on AuthZEN", ask_authzen, "createPod", False)
+    asked("as basic: useAccount is allow on /v1", ask_v1, "useAccount", Effect.ALLOW)
 
     # 9. The owner removes the invitee: 204, then deny, and no longer listed.
     step = start(f"remove {invitee}")
@@ -422,18 +389,10 @@ def main():
           f"expected 204, got {int(got.status_code)}: {got.content.decode('utf-8', 'replace')[:500]}")
     ok(step)
 
-    step = start("after removal: useAccount is deny on /v1")
-    ask_v1(step, "useAccount", Effect.DENY)
-    ok(step)
-    step = start("after removal: useAccount is false on AuthZEN")
-    ask_authzen(step, "useAccount", False)
-    ok(step)
-    step = start("after removal: connectPod on the team's Pod is deny on /v1 (inline CedarEntity)")
-    ask_pod_v1(step, "connectPod", Effect.DENY)
-    ok(step)
-    step = start("after removal: connectPod on the team's Pod is false on AuthZEN (typed properties)")
-    ask_pod_authzen(step, "connectPod", False)
-    ok(step)
+    asked("after removal: useAccount is deny on /v1", ask_v1, "useAccount", Effect.DENY)
+    asked("after removal: useAccount is false on AuthZEN", ask_authzen, "useAccount", False)
+    asked("after removal: connectPod on the team's Pod is deny on /v1 (inline CedarEntity)", ask_pod_v1, "connectPod", Effect.DENY)
+    asked("after removal: connectPod on the team's Pod is false on AuthZEN (typed properties)", ask_pod_authzen, "connectPod", False)
 
     step = start("members after removal")
     now = members(step)
