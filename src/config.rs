@@ -9,6 +9,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser};
 
 use crate::model;
 use crate::policy::{self, Sources};
+use crate::prove;
 
 /// Where the policy set lives.
 #[derive(Debug, Args, Clone)]
@@ -59,6 +60,44 @@ impl PolicyArgs {
     }
 }
 
+/// How proofs about policy sets are made (`--prove`, the console's proof
+/// views, the reload guard).
+#[derive(Debug, Args, Clone)]
+pub struct SolverArgs {
+    /// The SMT solver (cvc5) proofs run; without it, the `CVC5` variable,
+    /// then `cvc5` on `PATH`.
+    #[arg(long, env = "CEDARD_SOLVER")]
+    pub solver: Option<PathBuf>,
+    /// Milliseconds one solver query may take before it is given up (and
+    /// its environment reported undecided).
+    #[arg(long, env = "CEDARD_PROVE_QUERY_MS", default_value_t = 10_000)]
+    pub prove_query_ms: u64,
+    /// Milliseconds a whole proof may take; what is left is undecided.
+    #[arg(long, env = "CEDARD_PROVE_RUN_MS", default_value_t = 120_000)]
+    pub prove_run_ms: u64,
+}
+
+impl SolverArgs {
+    /// The prover these arguments describe.
+    pub fn prover(&self) -> prove::Prover {
+        prove::Prover {
+            solver: self.solver.clone(),
+            query_limit: Duration::from_millis(self.prove_query_ms.max(1)),
+            run_limit: Duration::from_millis(self.prove_run_ms.max(1)),
+        }
+    }
+}
+
+/// What a reload must prove before it goes live, beyond validity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReloadGuard {
+    /// Nothing more.
+    Off,
+    /// That the new set allows nothing the live set denies (or that its
+    /// hash is listed in the policy folder's `acknowledged.sha256`).
+    NoWidening,
+}
+
 /// Which decisions the decision log keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogOnly {
@@ -72,6 +111,16 @@ pub struct Options {
     /// Where the policy set lives.
     #[command(flatten)]
     pub policy: PolicyArgs,
+    /// How proofs are made (the console's proof views, the reload guard).
+    #[command(flatten)]
+    pub solver: SolverArgs,
+    /// `no-widening`: a reload whose set could allow a request the live set
+    /// denies is refused like an invalid edit (with the environment and a
+    /// counterexample), unless its hash is in the policy folder's
+    /// `acknowledged.sha256` (`cedard impact --prove --acknowledge` writes
+    /// it). Needs a solver; `off` by default.
+    #[arg(long, env = "CEDARD_RELOAD_GUARD", value_enum, default_value_t = ReloadGuard::Off)]
+    pub reload_guard: ReloadGuard,
     /// Address to listen on. Without caller keys only a loopback address is
     /// accepted (see `--insecure-no-auth`).
     #[arg(long, env = "CEDARD_LISTEN", default_value = "127.0.0.1:8180")]

@@ -606,12 +606,19 @@ pub fn suite_changes(
 pub struct Impact {
     /// The flipped matrix cells.
     pub matrix: Vec<CellFlip>,
+    /// Why the role matrix was not compared (a set of another account
+    /// model, proved only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub matrix_not_compared: Option<String>,
     /// The replayed log, when one was given.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log: Option<Replay>,
     /// The suites, when given.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub suites: Option<SuiteChanges>,
+    /// The proof of what can change, when asked (`--prove`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proof: Option<crate::prove::Proof>,
 }
 
 impl Impact {
@@ -629,7 +636,9 @@ impl Impact {
     /// The report for people.
     pub fn to_text(&self) -> String {
         let mut out = String::new();
-        if self.matrix.is_empty() {
+        if let Some(why) = &self.matrix_not_compared {
+            out.push_str(&format!("matrix: not compared: {why}\n"));
+        } else if self.matrix.is_empty() {
             out.push_str("matrix: no cell flips\n");
         } else {
             out.push_str(&format!("matrix: {} cell(s) flip\n", self.matrix.len()));
@@ -698,6 +707,9 @@ impl Impact {
                     c.file, c.case, c.failure
                 ));
             }
+        }
+        if let Some(proof) = &self.proof {
+            out.push_str(&proof.to_text());
         }
         out
     }

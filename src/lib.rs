@@ -22,6 +22,7 @@ pub mod matrix;
 pub mod model;
 pub mod pdp;
 pub mod policy;
+pub mod prove;
 pub mod serve;
 pub mod server;
 pub mod store;

@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use crate::accounts::Accounts;
 use crate::audit::{DecisionLog, LogConfig};
 use crate::clock::Clock;
-use crate::config::{LogOnly, Options};
+use crate::config::{LogOnly, Options, ReloadGuard};
 use crate::http::state::AllowedHosts;
 use crate::http::{self, AppState, HttpLimits};
 use crate::keys::KeyRing;
@@ -242,11 +242,28 @@ pub async fn run(
     let settle = options.settle();
     let live = blocking(move || LivePolicies::start(sources, settle)).await??;
     {
-        // A reload whose schema no longer fits the stored data is refused.
+        // A reload whose schema no longer fits the stored data is refused;
+        // with `--reload-guard no-widening`, so is one that could allow what
+        // the live set denies.
         let store = store.clone();
         let clock = config.clock.clone();
-        live.set_guard(Box::new(move |snapshot| {
-            crate::fit::check(&store, snapshot, clock.now_secs())
+        let prover = match options.reload_guard {
+            ReloadGuard::Off => None,
+            ReloadGuard::NoWidening => {
+                let prover = options.solver.prover();
+                let path = prover.solver_path().map_err(|e| {
+                    Error::Config(format!("--reload-guard no-widening needs a solver: {e}"))
+                })?;
+                tracing::info!(solver = %path.display(), "reload guard: a reload must prove it widens nothing");
+                Some(prover)
+            }
+        };
+        live.set_guard(Box::new(move |live, snapshot, files| {
+            crate::fit::check(&store, snapshot, clock.now_secs())?;
+            match &prover {
+                Some(prover) => crate::prove::no_widening(prover, live, snapshot, files),
+                None => Ok(()),
+            }
         }));
     }
     let snapshot = live.snapshot();
@@ -297,7 +314,8 @@ pub async fn run(
     tasks.push(tokio::spawn(recover_writes(store.clone())));
     let console = Arc::new(
         http::ui::Console::new(tls.is_some(), options.decision_log.clone())
-            .with_candidates_root(options.candidates_root.clone()),
+            .with_candidates_root(options.candidates_root.clone())
+            .with_prover(options.solver.prover()),
     );
     let metrics = http::metrics::handle();
     if let Some(handle) = &metrics {

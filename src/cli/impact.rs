@@ -2,7 +2,9 @@
 //! for CI. Exit status: 0 when nothing flips, 1 when something does, 2 when
 //! the comparison cannot be made (a candidate that does not validate or
 //! that the stored data does not fit, an unreadable log, a store held by a
-//! running daemon).
+//! running daemon). With `--prove`, the proof decides it: 0 when the
+//! candidate is equivalent or narrower everywhere, 1 when it is wider
+//! somewhere, 2 when something could not be decided (never 0 then).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -10,7 +12,7 @@ use std::process::ExitCode;
 use clap::Args;
 
 use super::{print_errors, print_out};
-use crate::config::PolicyArgs;
+use crate::config::{PolicyArgs, SolverArgs};
 use crate::impact;
 use crate::policy::{self, LoadError, PolicySnapshot, Sources};
 use crate::store::{OpenError, Store};
@@ -41,6 +43,20 @@ pub struct ImpactArgs {
     /// `text` or `json`.
     #[arg(long, value_enum, default_value_t = ImpactFormat::Text)]
     pub format: ImpactFormat,
+    /// Prove, for every request environment of the schema, whether the
+    /// candidate is equivalent to the live set, narrower, wider or both,
+    /// with a counterexample for each change (needs cvc5). The exit status
+    /// is then the proof's: 0 never wider, 1 wider, 2 undecided.
+    #[arg(long)]
+    pub prove: bool,
+    /// With `--prove`: after the report, add the candidate's hash to its
+    /// folder's `acknowledged.sha256`, so that a daemon running
+    /// `--reload-guard no-widening` lets this reviewed set go live.
+    #[arg(long, requires = "prove")]
+    pub acknowledge: bool,
+    /// The solver and its time limits, for `--prove`.
+    #[command(flatten)]
+    pub solver: SolverArgs,
 }
 
 /// How `cedard impact` prints.
@@ -117,6 +133,17 @@ pub fn run(args: &ImpactArgs) -> ExitCode {
     );
     let compared = match compared {
         Ok(c) => c,
+        // A set of another account model has no role matrix; its proof
+        // still stands.
+        Err(e) if args.prove => impact::Comparison {
+            unfit: None,
+            impact: impact::Impact {
+                matrix_not_compared: Some(e.to_string()),
+                ..Default::default()
+            },
+            log_error: None,
+            unreadable: (0, Vec::new()),
+        },
         Err(e) => return cannot(format!("cannot compute the role matrix: {e}")),
     };
     if let Some(errors) = &compared.unfit {
@@ -140,7 +167,13 @@ pub fn run(args: &ImpactArgs) -> ExitCode {
             if *unreadable > shown.len() { ", …" } else { "" }
         );
     }
-    let report = compared.impact;
+    let mut report = compared.impact;
+    if args.prove {
+        match crate::prove::compare(&args.solver.prover(), &live, &candidate) {
+            Ok(proof) => report.proof = Some(proof),
+            Err(e) => return cannot(e),
+        }
+    }
     match args.format {
         ImpactFormat::Text => print_out(&report.to_text()),
         ImpactFormat::Json => print_out(&format!(
@@ -148,11 +181,60 @@ pub fn run(args: &ImpactArgs) -> ExitCode {
             serde_json::to_string_pretty(&report).unwrap_or_default()
         )),
     }
+    if let Some(proof) = &report.proof {
+        if args.acknowledge {
+            if let Err(e) = acknowledge(&args.candidate, &candidate.revision.sha256, proof) {
+                return cannot(e);
+            }
+        }
+        return ExitCode::from(proof.verdict().code());
+    }
     if report.flips() {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// Adds `sha256` to `folder`'s acknowledgement file (unless it is listed
+/// already), saying on stderr what was written.
+fn acknowledge(folder: &Path, sha256: &str, proof: &crate::prove::Proof) -> Result<(), String> {
+    use std::io::Write;
+    let path = folder.join(policy::ACKNOWLEDGED_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(format!("cannot read `{}`: {e}", path.display())),
+    };
+    if policy::parse_acknowledged(&text).contains(sha256) {
+        eprintln!("acknowledged already: {sha256} in {}", path.display());
+        return Ok(());
+    }
+    let widened: Vec<String> = proof.widened().map(|e| e.env.to_string()).collect();
+    let when = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let line = format!(
+        "{}{sha256}  # {when}: {}\n",
+        if text.is_empty() || text.ends_with('\n') {
+            ""
+        } else {
+            "\n"
+        },
+        if widened.is_empty() {
+            format!("{:?}", proof.verdict()).to_lowercase()
+        } else {
+            format!("widens {}", widened.join(", "))
+        }
+    );
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| f.write_all(line.as_bytes()).and_then(|()| f.sync_all()))
+        .map_err(|e| format!("cannot write `{}`: {e}", path.display()))?;
+    eprintln!("acknowledged: {sha256} added to {}", path.display());
+    Ok(())
 }
 
 /// Prints the stored-data errors with the schema path a user can open.

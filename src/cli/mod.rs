@@ -31,8 +31,9 @@ pub struct Cli {
 pub enum Command {
     /// Serve decisions over HTTP, reloading the policies when they change.
     Serve(Box<ServeArgs>),
-    /// Check the policy folder against the schema as a load does.
-    Validate(PolicyArgs),
+    /// Check the policy folder against the schema as a load does
+    /// (`--prove`: and prove its health).
+    Validate(ValidateArgs),
     /// Run policy test files (Cedar's integration-test JSON, or YAML suites).
     Test(TestArgs),
     /// Print the role × action table computed from the policies.
@@ -146,7 +147,73 @@ fn interop(args: &InteropArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn validate(args: &PolicyArgs) -> ExitCode {
+/// Options of `cedard validate`.
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Where the policy set lives.
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// Also prove the set's health (needs cvc5): policies that can never
+    /// match a request the schema admits, policies that can error at
+    /// evaluation (each with a request that makes it error), environments
+    /// the set always allows or always denies. Exit status: 0 healthy, 1
+    /// invalid or a dead or erring policy, 2 something undecided.
+    #[arg(long)]
+    pub prove: bool,
+    /// `text` or `json` (the health report, with `--prove`).
+    #[arg(long, value_enum, default_value_t = impact::ImpactFormat::Text)]
+    pub format: impact::ImpactFormat,
+    /// The solver and its time limits, for `--prove`.
+    #[command(flatten)]
+    pub solver: crate::config::SolverArgs,
+}
+
+fn validate(args: &ValidateArgs) -> ExitCode {
+    // A JSON report is alone on stdout.
+    let json = args.prove && args.format == impact::ImpactFormat::Json;
+    let status = validate_set(&args.policy, json);
+    let Some(snapshot) = status else {
+        return ExitCode::FAILURE;
+    };
+    if !args.prove {
+        return ExitCode::SUCCESS;
+    }
+    let health = match crate::prove::health(&args.solver.prover(), &snapshot) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match args.format {
+        impact::ImpactFormat::Text => print_out(&health.to_text()),
+        impact::ImpactFormat::Json => print_out(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(&health).unwrap_or_default()
+        )),
+    }
+    if health.findings() {
+        ExitCode::FAILURE
+    } else if health.undecided() {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Loads and reports the set as `cedard validate` does; the snapshot when
+/// it is valid.
+fn validate_set(
+    args: &PolicyArgs,
+    to_stderr: bool,
+) -> Option<std::sync::Arc<policy::PolicySnapshot>> {
+    let say = |line: String| {
+        if to_stderr {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    };
     match policy::load(&args.sources(), 1) {
         Ok(snapshot) => {
             let base = &args.policies;
@@ -157,26 +224,26 @@ fn validate(args: &PolicyArgs) -> ExitCode {
                 };
                 eprintln!("warning: {shown}");
             }
-            println!(
+            say(format!(
                 "ok: {} policies in {} valid against {}",
                 snapshot.meta.len(),
                 args.policies.display(),
                 args.schema.display()
-            );
+            ));
             if let Some(entities) = &args.entities {
-                println!(
+                say(format!(
                     "ok: {} entities in {} valid against {}",
                     snapshot.data.len(),
                     entities.display(),
                     args.schema.display()
-                );
+                ));
             }
-            ExitCode::SUCCESS
+            Some(snapshot)
         }
         Err(e) => {
             print_errors(&args.policies, &e.0);
             eprintln!("{} error(s): the policy set is invalid", e.0.len());
-            ExitCode::FAILURE
+            None
         }
     }
 }

@@ -606,6 +606,24 @@ pub struct Files {
     /// Size and modification time of every file read, sorted by path: with
     /// the content, what tells a file that is still being written.
     pub stamps: Vec<Stamp>,
+    /// The text of the policy folder's [`ACKNOWLEDGED_FILE`] (empty when
+    /// there is none): the candidates a reload guard was told to let
+    /// through. Not part of `sha256`, which names the set itself.
+    pub acknowledged: String,
+}
+
+/// The file in the policy folder that lists the hashes (`sha256` of
+/// [`Files`]) of the policy sets an admin acknowledged after review, one per
+/// line (`#` starts a comment): the reload guard lets them through.
+pub const ACKNOWLEDGED_FILE: &str = "acknowledged.sha256";
+
+/// The hashes an acknowledgement file's text lists.
+pub fn parse_acknowledged(text: &str) -> std::collections::BTreeSet<String> {
+    text.lines()
+        .map(|l| l.split('#').next().unwrap_or_default().trim())
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 /// A file's size and modification time when it was read.
@@ -762,6 +780,17 @@ impl Sources {
         if !errors.is_empty() {
             return Err(PolicyError(errors));
         }
+        // Absent (or unreadable) means nothing acknowledged.
+        let acknowledged = match read_capped(
+            &self.policies.join(ACKNOWLEDGED_FILE),
+            self.limits.max_file_bytes,
+        ) {
+            Ok((text, stamp)) => {
+                stamps.push(stamp);
+                text
+            }
+            Err(_) => String::new(),
+        };
         policies.sort_by(|a, b| a.name.cmp(&b.name));
         schemas.sort_by(|a, b| a.name.cmp(&b.name));
         entities.sort_by(|a, b| a.name.cmp(&b.name));
@@ -789,6 +818,7 @@ impl Sources {
             sha256: hex::encode(hasher.finalize()),
             limits: self.limits,
             stamps,
+            acknowledged,
         })
     }
 }
@@ -818,6 +848,10 @@ impl Sources {
             )
         };
         walk(&self.policies, is_policy_file, &mut stamps);
+        let acknowledged = self.policies.join(ACKNOWLEDGED_FILE);
+        if let Ok(meta) = std::fs::metadata(&acknowledged) {
+            stamps.push(Stamp::of(&acknowledged, &meta));
+        }
         for (path, name) in [
             (Some(&self.schema), is_schema_file as fn(&str) -> bool),
             (self.entities.as_ref(), is_entity_file),

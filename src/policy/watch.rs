@@ -74,9 +74,14 @@ fn offending_lines(files: &Files, errors: &[LoadError]) -> Vec<Option<String>> {
 }
 
 /// A check a new snapshot must pass before it replaces the live one, beyond
-/// its own validity: the server installs one that checks the stored data
-/// still fits the new schema, so that this module knows nothing of the store.
-pub type Guard = Box<dyn Fn(&PolicySnapshot) -> Result<(), Vec<LoadError>> + Send + Sync>;
+/// its own validity, given the live snapshot, the new one and the files it
+/// was read from: the server installs one that checks the stored data still
+/// fits the new schema, and with `--reload-guard no-widening` one that
+/// proves the new set allows nothing the live one denies, so that this
+/// module knows nothing of the store or the solver.
+pub type Guard = Box<
+    dyn Fn(&PolicySnapshot, &PolicySnapshot, &Files) -> Result<(), Vec<LoadError>> + Send + Sync,
+>;
 
 /// A snapshot and the outcome of the reload attempt that left it serving,
 /// published together in one atomic swap: a reader never sees a status that
@@ -119,6 +124,9 @@ struct ReloadState {
     /// The stamps the periodic check last saw differ, left to the watcher
     /// for one interval.
     deferred: Option<Option<Vec<Stamp>>>,
+    /// The acknowledgement file's text at the last attempt: a refused set
+    /// is tried again when it changes, even if the set did not.
+    acknowledged: String,
 }
 
 impl LivePolicies {
@@ -149,6 +157,7 @@ impl LivePolicies {
                 generation: 1,
                 stamps,
                 deferred: None,
+                acknowledged: files.acknowledged.clone(),
             }),
         }))
     }
@@ -245,7 +254,7 @@ impl LivePolicies {
         if !force {
             // A cheap first look: nothing changed since the last attempt.
             if let Ok(files) = self.sources.read() {
-                if files.sha256 == last.sha256
+                if (files.sha256 == last.sha256 && files.acknowledged == state.acknowledged)
                     || (last.ok && files.sha256 == published.snapshot.revision.sha256)
                 {
                     state.stamps = Some(files.stamps);
@@ -269,12 +278,16 @@ impl LivePolicies {
             }
         };
         state.stamps = Some(files.stamps.clone());
-        if !force && files.sha256 == last.sha256 {
+        if !force && files.sha256 == last.sha256 && files.acknowledged == state.acknowledged {
             return false;
         }
+        state.acknowledged = files.acknowledged.clone();
         let guard = self.guard.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let loaded = load_files(&files, state.generation + 1).and_then(|snapshot| {
-            match guard.as_ref().map_or(Ok(()), |g| g(&snapshot)) {
+            match guard
+                .as_ref()
+                .map_or(Ok(()), |g| g(&published.snapshot, &snapshot, &files))
+            {
                 Ok(()) => Ok(snapshot),
                 Err(errors) => Err(PolicyError(errors)),
             }

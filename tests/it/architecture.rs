@@ -463,6 +463,7 @@ fn modules_know_nothing_of_what_their_invariants_exclude() {
         ("impact", &http),
         ("matrix", &http),
         ("suite", &http),
+        ("prove", &http),
         (
             "store",
             &[

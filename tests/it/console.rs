@@ -952,6 +952,139 @@ async fn in_a_browser_the_impact_page_lists_exactly_the_flipped_cells() {
     b.client.clone().close().await.expect("close");
 }
 
+/// The Impact page proves what a pasted file can change (cvc5), with the
+/// counterexample and both answers; the Policies page proves the live
+/// set's health.
+#[tokio::test]
+async fn in_a_browser_the_impact_page_proves_a_widening_and_the_policies_page_its_health() {
+    if let Err(e) = cedard::prove::Prover::default().solver_path() {
+        crate::support::not_run(
+            "in_a_browser_the_impact_page_proves_a_widening",
+            &e.to_string(),
+        );
+        return;
+    }
+    let Some(b) = browser().await else { return };
+    let c = console().await;
+    sign_in(&b, &c, c.key("admin")).await;
+    b.client
+        .wait()
+        .for_element(Locator::Css("#policies"))
+        .await
+        .expect("signed in");
+    b.client.goto(&c.app.url("/ui/impact")).await.expect("goto");
+    let widened = std::fs::read_to_string(c.app.policies().join("billing.cedar"))
+        .expect("billing.cedar")
+        .replace(
+            r#"action in Action::"billing","#,
+            r#"action in [Action::"billing", Action::"useAccount"],"#,
+        );
+    for (id, keys) in [("file", "billing.cedar"), ("text", widened.as_str())] {
+        b.client
+            .find(Locator::Id(id))
+            .await
+            .expect(id)
+            .send_keys(keys)
+            .await
+            .expect("type");
+    }
+    b.client
+        .find(Locator::Id("prove"))
+        .await
+        .expect("the prove box")
+        .click()
+        .await
+        .expect("tick");
+    b.client
+        .find(Locator::Css("form.candidate button[type=submit]"))
+        .await
+        .expect("button")
+        .click()
+        .await
+        .expect("click");
+    let proof = b
+        .client
+        .wait()
+        .for_element(Locator::Id("proof"))
+        .await
+        .expect("a proof");
+    assert_eq!(
+        proof.attr("data-verdict").await.expect("attr").as_deref(),
+        Some("wider")
+    );
+    let mut changed = BTreeSet::new();
+    for row in b
+        .client
+        .find_all(Locator::Css(
+            "#proof-environments tbody tr:not([data-change=equivalent])",
+        ))
+        .await
+        .expect("rows")
+    {
+        changed.insert((
+            row.attr("data-action")
+                .await
+                .expect("attr")
+                .expect("action"),
+            row.attr("data-change")
+                .await
+                .expect("attr")
+                .expect("change"),
+        ));
+    }
+    assert_eq!(
+        changed,
+        BTreeSet::from([(r#"Action::"useAccount""#.to_owned(), "wider".to_owned())])
+    );
+    let row = r#"#proof-environments tr[data-change=wider] details.wider"#;
+    b.client
+        .find(Locator::Css(&format!("{row} summary")))
+        .await
+        .expect("the counterexample")
+        .click()
+        .await
+        .expect("open it");
+    let shown = text(&b, row).await;
+    assert!(
+        shown.contains("wider: principal User::")
+            && shown.contains("now: deny (no policy)")
+            && shown.contains("with the candidate: allow [billing]"),
+        "{shown}"
+    );
+    scroll_to(&b, "proof").await;
+    screenshot(&b, "impact-proof").await;
+    // The live set's health, proved on the Policies page.
+    b.client
+        .goto(&c.app.url("/ui/policies"))
+        .await
+        .expect("goto");
+    b.client
+        .find(Locator::Css("#prove-health button"))
+        .await
+        .expect("the prove button")
+        .click()
+        .await
+        .expect("click");
+    b.client
+        .wait()
+        .for_element(Locator::Id("health"))
+        .await
+        .expect("health");
+    let summary = text(&b, "#health-summary").await;
+    assert!(
+        summary.starts_with("0 dead, 0 can error, of 9 policies; 14 environment(s)"),
+        "{summary}"
+    );
+    // Nothing was saved.
+    assert!(
+        !std::fs::read_to_string(c.app.policies().join("billing.cedar"))
+            .expect("billing.cedar")
+            .contains("useAccount")
+    );
+    c.app.stop().await;
+    b.client.clone().close().await.expect("close");
+}
+
 /// One admin key signing in over and over ends only its own oldest
 /// sessions: another admin's session stays, and the key's newest do too.
 #[tokio::test]

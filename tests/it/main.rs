@@ -22,6 +22,8 @@ mod observe;
 mod openapi;
 mod pg;
 mod pg_tls;
+mod prove;
+mod prove_corpus;
 mod proxy;
 mod reload;
 mod replica_faults;

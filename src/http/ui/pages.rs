@@ -194,12 +194,49 @@ fn source(snapshot: &PolicySnapshot, id: &str) -> String {
         .unwrap_or_default()
 }
 
-/// `GET /ui/policies`: every loaded policy, the revision, the last reload.
-pub(super) async fn policies(State(state): State<AppState>, signed: SignedIn) -> Response {
+/// What `GET /ui/policies` may be asked.
+#[derive(Debug, Default, serde::Deserialize)]
+pub(super) struct PoliciesQuery {
+    /// Prove the live set's health (`?prove=1`).
+    #[serde(default)]
+    prove: Option<String>,
+}
+
+/// `GET /ui/policies`: the live set, its last reload, its policies; with
+/// `?prove=1`, its proved health first.
+pub(super) async fn policies(
+    State(state): State<AppState>,
+    signed: SignedIn,
+    query: Result<UrlQuery<PoliciesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
     let published = state.pdp.live().published();
+    let prove = query.map(|q| q.0.prove.is_some()).unwrap_or(false);
+    let health = if prove {
+        let snapshot = published.snapshot.clone();
+        let prover = state.console.prover.clone();
+        Some(
+            tokio::task::spawn_blocking(move || crate::prove::health(&prover, &snapshot))
+                .await
+                .map_err(|e| format!("the proof stopped: {e}"))
+                .and_then(|r| r.map_err(|e| e.to_string())),
+        )
+    } else {
+        None
+    };
     let snapshot = &published.snapshot;
     let last = &published.last_reload;
     let body = html! {
+        @match &health {
+            None => {
+                form.card #prove-health method="get" action="/ui/policies" {
+                    input type="hidden" name="prove" value="1";
+                    button type="submit" { "Prove the set's health" }
+                    " dead policies, policies that can error, requests always allowed or denied (cvc5)"
+                }
+            }
+            Some(Err(e)) => { section.card.failed #health-error role="alert" { h2 { "Health" } p.error { (e) } } }
+            Some(Ok(h)) => { (health_view(h)) }
+        }
         section.card #revision {
             h2 { "Live set" }
             dl {
@@ -702,6 +739,9 @@ pub(super) struct Candidate {
     /// Or: a candidate policy folder on the server.
     #[serde(default)]
     folder: String,
+    /// Whether to prove what can change (a checkbox: present when ticked).
+    #[serde(default)]
+    prove: Option<String>,
 }
 
 fn impact_page(
@@ -727,6 +767,10 @@ fn impact_page(
             @if let Some(root) = candidates_root {
                 label for="folder" { "Or a candidate policy folder on the server, under " code { (root.display()) } }
                 input #folder name="folder" value=(c.folder);
+            }
+            label.check {
+                input #prove type="checkbox" name="prove" value="on" checked[c.prove.is_some()];
+                " Prove what can change, for every request of the schema (cvc5)"
             }
             button type="submit" { "Show the impact" }
         }
@@ -902,6 +946,10 @@ fn compare(state: &AppState, c: &Candidate) -> Result<Markup, (StatusCode, Marku
             format!("the role matrix cannot be computed: {e}"),
         )
     })?;
+    let proof = c
+        .prove
+        .is_some()
+        .then(|| crate::prove::compare(&state.console.prover, &live, &candidate));
     let fit = compared.unfit;
     let flips = compared.impact.matrix;
     let replay = log.map(|_| match (compared.log_error, compared.impact.log) {
@@ -916,6 +964,11 @@ fn compare(state: &AppState, c: &Candidate) -> Result<Markup, (StatusCode, Marku
                     h2 { "The daemon would refuse this set" }
                     (errors_list("fit-errors", errors, &[]))
                 }
+            }
+            @match &proof {
+                None => {}
+                Some(Err(e)) => { section.failed #proof-error role="alert" { h2 { "Proof" } p.error { (e.to_string()) } } }
+                Some(Ok(p)) => { (proof_view(p)) }
             }
             h2 { "Role matrix" }
             @if flips.is_empty() {
@@ -947,6 +1000,90 @@ fn compare(state: &AppState, c: &Candidate) -> Result<Markup, (StatusCode, Marku
             }
         }
     })
+}
+
+/// A proof: its verdict, then every environment that is not equivalent,
+/// with its counterexamples and both sets' answers.
+fn proof_view(p: &crate::prove::Proof) -> Markup {
+    use crate::prove::Verdict;
+    let verdict = p.verdict();
+    let (word, class) = match verdict {
+        Verdict::NeverWider => (
+            "never wider: the candidate allows nothing the live set denies",
+            "ok",
+        ),
+        Verdict::Wider => (
+            "wider: the candidate allows requests the live set denies",
+            "failed",
+        ),
+        Verdict::Undecided => ("undecided: not every environment could be proved", "failed"),
+    };
+    html! {
+        section #proof data-verdict=(format!("{verdict:?}").to_lowercase()) {
+            h2 { "Proof" }
+            p class=(class) #proof-verdict { (word) " (" (p.environments.len()) " environment(s), " (p.millis) " ms)" }
+            table #proof-environments {
+                thead { tr { th scope="col" { "principal" } th scope="col" { "action" } th scope="col" { "resource" } th scope="col" { "change" } th scope="col" { "counterexample" } } }
+                tbody {
+                    @for e in &p.environments {
+                        tr data-change=(e.change.as_str()) data-action=(e.env.action) {
+                            td { (e.env.principal) } td { code { (e.env.action) } } td { (e.env.resource) }
+                            td class=(e.change.as_str()) { (e.change.as_str()) @if let Some(n) = &e.note { " " small { "(" (n) ")" } } }
+                            td {
+                                @for (word, d) in [("wider", &e.wider), ("narrower", &e.narrower)] {
+                                    @if let Some(d) = d {
+                                        details class=(word) {
+                                            summary { (word) ": " code { (d.witness.request_line()) } }
+                                            p { "now: " (d.live.describe()) }
+                                            p { "with the candidate: " (d.candidate.describe()) }
+                                            pre { code { (serde_json::to_string_pretty(&d.witness.entities).unwrap_or_default()) } }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            @for u in &p.unconfirmed { p.error role="alert" { "A counterexample the decision path does not confirm (a bug, not a finding): " (u) } }
+            @for t in &p.templates { p.note { "Template " (t) ": not analyzed (unlinked, it decides nothing)." } }
+        }
+    }
+}
+
+/// A set's proved health: dead policies, policies that can error, and
+/// environments always allowed or denied.
+fn health_view(h: &crate::prove::Health) -> Markup {
+    html! {
+        section.card #health {
+            h2 { "Health (proved)" }
+            p #health-summary {
+                (h.policies.iter().filter(|p| p.status == "dead").count()) " dead, "
+                (h.policies.iter().filter(|p| !p.errors.is_empty()).count()) " can error, of "
+                (h.policies.len()) " policies; " (h.environments.len()) " environment(s) (" (h.millis) " ms)."
+            }
+            ul #health-findings {
+                @for p in &h.policies {
+                    @if p.status != "live" {
+                        li data-policy=(p.id) data-status=(p.status) { code { (p.file) ":" (p.line) } " " code { (p.id) } ": " (p.status) @for n in &p.notes { " (" (n) ")" } }
+                    }
+                    @for e in &p.errors {
+                        li data-policy=(p.id) data-status="can-error" {
+                            code { (p.file) ":" (p.line) } " " code { (p.id) } " can error in " (e.env.to_string()) ": " (e.message)
+                            details { summary { "the request" } p { code { (e.witness.request_line()) } } pre { code { (serde_json::to_string_pretty(&e.witness.entities).unwrap_or_default()) } } }
+                        }
+                    }
+                }
+                @for e in &h.environments {
+                    @if let Some(effect) = e.always {
+                        li data-env=(e.env.to_string()) data-always=(effect.as_str()) { (e.env.to_string()) " always " (effect.as_str()) }
+                    }
+                    @if let Some(n) = &e.note { li data-env=(e.env.to_string()) data-status="undecided" { (e.env.to_string()) " undecided: " (n) } }
+                }
+                @for u in &h.unconfirmed { li.error { "A counterexample the decision path does not confirm (a bug, not a finding): " (u) } }
+            }
+        }
+    }
 }
 
 fn counts_table(id: &str, what: &str, counts: &BTreeMap<String, usize>) -> Markup {

@@ -40,6 +40,9 @@ pub struct Console {
     /// The folder under which the Impact page may read a candidate folder
     /// (`--candidates-root`); `None`: no folder on the server is read.
     pub(crate) candidates_root: Option<PathBuf>,
+    /// How the Impact page's proof and the Policies page's health are
+    /// proved.
+    pub(crate) prover: crate::prove::Prover,
 }
 
 #[derive(Debug, Clone)]
@@ -63,7 +66,14 @@ impl Console {
             secure,
             decision_log: decision_log.filter(|p| p.as_os_str() != "-"),
             candidates_root: None,
+            prover: crate::prove::Prover::default(),
         }
+    }
+
+    /// The same console, proving with `prover`.
+    pub fn with_prover(mut self, prover: crate::prove::Prover) -> Self {
+        self.prover = prover;
+        self
     }
 
     /// The same console, reading candidate folders under `root` only.
