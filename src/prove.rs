@@ -50,6 +50,12 @@ pub const DEFAULT_QUERY_LIMIT: Duration = Duration::from_secs(10);
 /// The time limit of a whole run, by default.
 pub const DEFAULT_RUN_LIMIT: Duration = Duration::from_secs(300);
 
+/// The stack of the thread a proof runs on: the symbolic compiler and the
+/// reading of the solver's model recurse as deep as a set is long (a
+/// 1,000-policy set overflowed the default 2 MiB). Reserved, not used:
+/// pages are touched only as deep as a proof goes.
+const PROOF_STACK_BYTES: usize = 1 << 30;
+
 /// How to run the solver.
 #[derive(Debug, Clone)]
 pub struct Prover {
@@ -119,8 +125,12 @@ impl Prover {
     ) -> Result<T, ProveError> {
         let path = self.solver_path()?;
         std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
+            std::thread::Builder::new()
+                .name("cedard-prove".into())
+                // The compiler and the solver's answers are walked
+                // recursively, as deep as the set is long.
+                .stack_size(PROOF_STACK_BYTES)
+                .spawn_scoped(scope, || {
                     let runtime = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()
@@ -135,6 +145,7 @@ impl Prover {
                     };
                     Ok(runtime.block_on(work(&mut session)))
                 })
+                .map_err(|e| ProveError::NoSolver(format!("cannot start the proof's thread: {e}")))?
                 .join()
                 .unwrap_or_else(|_| {
                     Err(ProveError::NoSolver(

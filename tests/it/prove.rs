@@ -409,6 +409,20 @@ fn validate_prove_finds_a_dead_policy_and_one_that_can_error_with_the_request() 
     // The request makes it error: the principal's age is the largest long.
     let entities = error["witness"]["entities"].to_string();
     assert!(entities.contains("9223372036854775807"), "{entities}");
+    // An optional attribute read without `has` never gets this far:
+    // strict validation refuses it, naming the file and line.
+    std::fs::write(
+        dir.path().join("policies/nick.cedar"),
+        "@id(\"nick\")\npermit (principal, action, resource)\nwhen { principal.nick == \"x\" };\n",
+    )
+    .expect("write");
+    let refused = validate(dir.path(), &["--prove"]);
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("nick.cedar:3:"),
+        "{refused:?}"
+    );
+    std::fs::remove_file(dir.path().join("policies/nick.cedar")).expect("remove");
     let text = String::from_utf8_lossy(&validate(dir.path(), &["--prove"]).stdout).into_owned();
     assert!(
         text.contains("doc.cedar:5: never: dead")
@@ -670,4 +684,36 @@ async fn the_reload_guard_without_a_solver_stops_the_start_saying_how_to_install
             && message.contains("apt-get install cvc5"),
         "{message}"
     );
+}
+
+#[test]
+fn a_thousand_policy_set_is_proved_without_running_out_of_stack() {
+    if !solver_here("a_thousand_policy_set_is_proved_without_running_out_of_stack") {
+        return;
+    }
+    // The compiler and the model reader recurse as deep as the set is long:
+    // on a 2 MiB thread this aborted the process.
+    let sets = Sets::new();
+    let grants: String = (0..1000)
+        .map(|i| {
+            format!(
+                "@id(\"g{i}\")\npermit (principal == User::\"u{i}\", action in [Action::\"basic\"], resource)\nwhen {{ resource.account == Account::\"a{}\" }};\n\n",
+                i % 50
+            )
+        })
+        .collect();
+    for side in ["live", "candidate"] {
+        std::fs::write(
+            sets.dir.path().join(side).join("policies/generated.cedar"),
+            &grants,
+        )
+        .expect("write");
+    }
+    sets.write(
+        "policies/copy.cedar",
+        "@id(\"copy\")\npermit (principal, action, resource)\nwhen { principal in resource.account.roles.admin };\n",
+    );
+    let (code, proof) = sets.proof();
+    assert_eq!(code, 0, "{proof:#}");
+    assert_eq!(changes(&proof), Vec::<(String, String)>::new(), "{proof:#}");
 }
