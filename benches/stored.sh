@@ -64,7 +64,7 @@ echo "start-up to ready, no stamp (checked in full):    $unstamped ms"
 for _ in $(seq 100); do curl -s -o /dev/null http://127.0.0.1:8291/v1/is_authorized && break; sleep 0.05; done
 
 # A random stored user u<i>, a member of account a<i % ACCOUNTS> (with a
-# role by i % 4, admin for the first ACCOUNTS users), asks to start that
+# role by i % 4 in the sorted order, admin for the first ACCOUNTS users), asks to start that
 # account's pod, sent inline.
 cat >"$work/stored.lua" <<LUA
 wrk.method = "POST"
@@ -79,13 +79,16 @@ request = function()
   return wrk.format(nil, nil, nil, body)
 end
 LUA
-# The answers are right: u2 is a dev of a2 (allow), u1 billing of a1 (deny).
+# The answers are right. Past the first ACCOUNTS users (the admins), user
+# u<i> holds the schema's roles in their sorted order by i % 4 (admin,
+# basic, billing, dev): u<ACCOUNTS+3> is a dev of a3 (allow),
+# u<ACCOUNTS+2> billing of a2 (deny).
 ask() {
   curl -sf -H 'content-type: application/json' "http://127.0.0.1:$port/v1/is_authorized" -d \
     "{\"principal\": {\"type\": \"User\", \"id\": \"u$1\"}, \"action\": {\"type\": \"Action\", \"id\": \"startPod\"}, \"resource\": {\"type\": \"Pod\", \"id\": \"pod-$2\"}, \"entities\": [{\"uid\": {\"type\": \"Pod\", \"id\": \"pod-$2\"}, \"attrs\": {\"account\": {\"type\": \"Account\", \"id\": \"a$2\"}}, \"parents\": [{\"type\": \"Account\", \"id\": \"a$2\"}]}]}"
 }
-ask $((ACCOUNTS + 2)) 2 | grep -q '"decision":"allow"' || { echo "the stored dev was not allowed" >&2; exit 1; }
-ask $((ACCOUNTS + 1)) 1 | grep -q '"decision":"deny"' || { echo "the stored billing member was not denied" >&2; exit 1; }
+ask $((ACCOUNTS + 3)) 3 | grep -q '"decision":"allow"' || { echo "the stored dev was not allowed" >&2; exit 1; }
+ask $((ACCOUNTS + 2)) 2 | grep -q '"decision":"deny"' || { echo "the stored billing member was not denied" >&2; exit 1; }
 
 run() {  # URL -> "requests rate"
   wrk -t1 -c"$CONNECTIONS" -d"$DURATION" -s "$work/stored.lua" "$1" \

@@ -984,20 +984,43 @@ fn count(
     errors: u64,
     elapsed: std::time::Duration,
 ) {
-    metrics::histogram!("cedard_decision_duration_seconds", "endpoint" => endpoint)
-        .record(elapsed.as_secs_f64());
-    if allowed > 0 {
-        metrics::counter!("cedard_decisions_total", "endpoint" => endpoint, "decision" => "allow")
-            .increment(allowed);
-    }
-    if denied > 0 {
-        metrics::counter!("cedard_decisions_total", "endpoint" => endpoint, "decision" => "deny")
-            .increment(denied);
-    }
-    if errors > 0 {
-        metrics::counter!("cedard_evaluation_errors_total", "endpoint" => endpoint)
-            .increment(errors);
-    }
+    DECISION_METRICS.with_borrow_mut(|endpoints| {
+        let m = endpoints
+            .entry(endpoint)
+            .or_insert_with(|| DecisionMetrics {
+                duration: metrics::histogram!("cedard_decision_duration_seconds", "endpoint" => endpoint),
+                allowed: metrics::counter!("cedard_decisions_total", "endpoint" => endpoint, "decision" => "allow"),
+                denied: metrics::counter!("cedard_decisions_total", "endpoint" => endpoint, "decision" => "deny"),
+                errors: metrics::counter!("cedard_evaluation_errors_total", "endpoint" => endpoint),
+            });
+        m.duration.record(elapsed.as_secs_f64());
+        if allowed > 0 {
+            m.allowed.increment(allowed);
+        }
+        if denied > 0 {
+            m.denied.increment(denied);
+        }
+        if errors > 0 {
+            m.errors.increment(errors);
+        }
+    });
+}
+
+/// The decision metric handles of one endpoint.
+struct DecisionMetrics {
+    duration: metrics::Histogram,
+    allowed: metrics::Counter,
+    denied: metrics::Counter,
+    errors: metrics::Counter,
+}
+
+thread_local! {
+    /// Each thread's decision metric handles by endpoint, registered on
+    /// first use, so that a call's counting builds no key (endpoints are a
+    /// fixed set of names).
+    static DECISION_METRICS: std::cell::RefCell<
+        std::collections::HashMap<&'static str, DecisionMetrics>,
+    > = std::cell::RefCell::new(std::collections::HashMap::new());
 }
 
 /// Counts a call that got no decision.

@@ -336,22 +336,57 @@ fn method_label(method: &Method) -> &'static str {
     }
 }
 
+/// The metric handles of one route: its latency, and its request count by
+/// method and status.
+struct RouteMetrics {
+    duration: metrics::Histogram,
+    requests: Vec<(&'static str, u16, metrics::Counter)>,
+}
+
+thread_local! {
+    /// Each thread's handles by route, registered on first use: the
+    /// `metrics` macros build, hash and look up a key on every call. Bounded:
+    /// routes are templates (and `unmatched`), methods a fixed set, statuses
+    /// the few cedard answers.
+    static HTTP_METRICS: std::cell::RefCell<std::collections::HashMap<String, RouteMetrics>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
 /// Counts requests by route (a route's template, or `unmatched`), method
 /// ([`method_label`]) and status, with their latency.
 pub async fn count(request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
+    let route = request.extensions().get::<MatchedPath>().cloned();
     let method = method_label(request.method());
     let response = next.run(request).await;
-    let status = response.status().as_u16().to_string();
-    metrics::counter!("cedard_http_requests_total", "route" => route.clone(), "method" => method, "status" => status)
-        .increment(1);
-    metrics::histogram!("cedard_http_request_duration_seconds", "route" => route)
-        .record(started.elapsed().as_secs_f64());
+    let status = response.status().as_u16();
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
+    let elapsed = started.elapsed().as_secs_f64();
+    HTTP_METRICS.with_borrow_mut(|routes| {
+        if !routes.contains_key(route) {
+            let metrics = RouteMetrics {
+                duration: metrics::histogram!("cedard_http_request_duration_seconds", "route" => route.to_owned()),
+                requests: Vec::new(),
+            };
+            routes.insert(route.to_owned(), metrics);
+        }
+        let Some(metrics) = routes.get_mut(route) else {
+            return;
+        };
+        metrics.duration.record(elapsed);
+        match metrics
+            .requests
+            .iter()
+            .find(|(m, s, _)| *m == method && *s == status)
+        {
+            Some((_, _, counter)) => counter.increment(1),
+            None => {
+                let counter = metrics::counter!("cedard_http_requests_total", "route" => route.to_owned(), "method" => method, "status" => status.to_string());
+                counter.increment(1);
+                metrics.requests.push((method, status, counter));
+            }
+        }
+    });
     response
 }
 
