@@ -480,6 +480,10 @@ pub struct EnvChange {
     /// Why it is undecided, or what else to know.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// Templates of either set whose action scope covers this environment:
+    /// not analyzed (unlinked, they decide nothing).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_analyzed: Vec<String>,
     /// How long its proof took, in milliseconds.
     pub millis: u64,
 }
@@ -561,6 +565,13 @@ impl Proof {
             self.millis
         ));
         for e in &self.environments {
+            if !e.not_analyzed.is_empty() {
+                out.push_str(&format!(
+                    "  {} not analyzed: template(s) {} (unlinked, they decide nothing)\n",
+                    e.env,
+                    e.not_analyzed.join(", ")
+                ));
+            }
             if e.change == Change::Equivalent {
                 continue;
             }
@@ -582,11 +593,6 @@ impl Proof {
                     d.witness.entities
                 ));
             }
-        }
-        for t in &self.templates {
-            out.push_str(&format!(
-                "  template {t}: not analyzed (unlinked, it decides nothing)\n"
-            ));
         }
         for u in &self.unconfirmed {
             out.push_str(&format!("  BUG, not a finding: {u}\n"));
@@ -610,6 +616,40 @@ fn templates_of(sets: &[&PolicySnapshot]) -> Vec<String> {
         .collect();
     out.sort();
     out.dedup();
+    out
+}
+
+/// The templates of `sets` whose action scope covers `env`'s action
+/// (directly or through an action group), by id, file and line.
+fn templates_in(sets: &[&PolicySnapshot], env: &RequestEnv) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for set in sets {
+        let groups: Vec<&EntityUid> = set
+            .action_entities
+            .ancestors(env.action())
+            .map(Iterator::collect)
+            .unwrap_or_default();
+        let covers = |uid: &EntityUid| uid == env.action() || groups.contains(&uid);
+        for t in set.policies.templates() {
+            let applies = match t.action_constraint() {
+                cedar_policy::ActionConstraint::Any => true,
+                cedar_policy::ActionConstraint::Eq(uid) => covers(&uid),
+                cedar_policy::ActionConstraint::In(uids) => uids.iter().any(covers),
+            };
+            if !applies {
+                continue;
+            }
+            let id = t.id().to_string();
+            let named = match set.meta_of(t.id()) {
+                Some(m) => format!("{} ({}:{})", m.id, m.file, m.line),
+                None => id,
+            };
+            if !out.contains(&named) {
+                out.push(named);
+            }
+        }
+    }
+    out.sort();
     out
 }
 
@@ -654,6 +694,7 @@ pub fn compare(
             )
             .await;
             change.env = name.clone();
+            change.not_analyzed = templates_in(&[live, candidate], env);
             change.millis = millis(began);
             if !live_envs.contains(name) && change.note.is_none() {
                 change.note = Some(
@@ -672,6 +713,7 @@ pub fn compare(
             wider: None,
             narrower: None,
             note: Some("the candidate's schema does not declare it".into()),
+            not_analyzed: Vec::new(),
             millis: 0,
         });
     }
@@ -700,6 +742,7 @@ async fn compare_env(
         wider: None,
         narrower: None,
         note: None,
+        not_analyzed: Vec::new(),
         millis: 0,
     };
     let compiled = CompiledPolicySet::compile(before, env, schema)

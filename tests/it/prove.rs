@@ -717,3 +717,49 @@ fn a_thousand_policy_set_is_proved_without_running_out_of_stack() {
     assert_eq!(code, 0, "{proof:#}");
     assert_eq!(changes(&proof), Vec::<(String, String)>::new(), "{proof:#}");
 }
+
+#[test]
+fn templates_are_reported_not_analyzed_in_each_environment_they_cover() {
+    if !solver_here("templates_are_reported_not_analyzed_in_each_environment_they_cover") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(
+        dir.path().join("schema.cedarschema"),
+        "entity User;\nentity Doc;\naction view, edit appliesTo { principal: User, resource: Doc };\n",
+    )
+    .expect("schema");
+    std::fs::create_dir_all(dir.path().join("policies")).expect("dir");
+    std::fs::write(
+        dir.path().join("policies/p.cedar"),
+        "@id(\"viewers\")\npermit (principal == ?principal, action == Action::\"view\", resource);\n\n@id(\"editors\")\npermit (principal, action == Action::\"edit\", resource);\n",
+    )
+    .expect("policies");
+    let out = Command::new(env!("CARGO_BIN_EXE_cedard"))
+        .args(["impact", "--prove", "--format", "json"])
+        .args(["--policies", "policies", "--schema", "schema.cedarschema"])
+        .args(["--candidate", "policies"])
+        .current_dir(dir.path())
+        .output()
+        .expect("run cedard impact");
+    let report: Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    assert_eq!(out.status.code(), Some(0), "{report:#}");
+    let envs = report["proof"]["environments"]
+        .as_array()
+        .expect("environments");
+    let view = envs
+        .iter()
+        .find(|e| e["env"]["action"] == r#"Action::"view""#)
+        .expect("view");
+    let edit = envs
+        .iter()
+        .find(|e| e["env"]["action"] == r#"Action::"edit""#)
+        .expect("edit");
+    assert_eq!(
+        view["not_analyzed"],
+        serde_json::json!(["viewers (p.cedar:1)"]),
+        "{report:#}"
+    );
+    assert!(edit["not_analyzed"].is_null(), "{report:#}");
+}
