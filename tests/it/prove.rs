@@ -616,6 +616,29 @@ fn a_hung_solver_is_killed_at_the_time_limit_and_the_proof_is_undecided() {
     assert!(left.is_empty(), "solver processes left running: {left:?}");
 }
 
+/// A folder with `schema` as `schema.cedarschema` and each `(folder,
+/// policies)` as `folder/p.cedar`; then `cedard impact --prove --format json`
+/// with the first folder live and the last the candidate: its exit code and
+/// report.
+fn prove_small(schema: &str, sides: &[(&str, &str)]) -> (i32, Value) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("schema.cedarschema"), schema).expect("schema");
+    for (side, policies) in sides {
+        std::fs::create_dir_all(dir.path().join(side)).expect("dir");
+        std::fs::write(dir.path().join(side).join("p.cedar"), policies).expect("policies");
+    }
+    let (live, candidate) = (sides[0].0, sides[sides.len() - 1].0);
+    let out = Command::new(env!("CARGO_BIN_EXE_cedard"))
+        .args(["impact", "--prove", "--format", "json"])
+        .args(["--policies", live, "--schema", "schema.cedarschema"])
+        .args(["--candidate", candidate])
+        .current_dir(dir.path())
+        .output()
+        .expect("run cedard impact");
+    let report = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
+    (out.status.code().expect("exit code"), report)
+}
+
 #[test]
 fn a_change_only_requests_naming_unknown_entities_see_is_found_too() {
     if !solver_here("a_change_only_requests_naming_unknown_entities_see_is_found_too") {
@@ -624,31 +647,17 @@ fn a_change_only_requests_naming_unknown_entities_see_is_found_too() {
     // Over well-formed entities the two sets are equivalent (the solver's
     // domain); for a principal nobody holds, reading `x` errors and the
     // live policy is skipped, while the candidate allows.
-    let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::write(
-        dir.path().join("schema.cedarschema"),
+    let (code, report) = prove_small(
         "entity User { x: Long };\nentity Doc;\naction view appliesTo { principal: User, resource: Doc };\n",
-    )
-    .expect("schema");
-    for (side, policy) in [
-        (
-            "live",
-            "permit (principal, action, resource) when { principal.x == principal.x };",
-        ),
-        ("candidate", "permit (principal, action, resource);"),
-    ] {
-        std::fs::create_dir_all(dir.path().join(side)).expect("dir");
-        std::fs::write(dir.path().join(side).join("p.cedar"), policy).expect("policy");
-    }
-    let out = Command::new(env!("CARGO_BIN_EXE_cedard"))
-        .args(["impact", "--prove", "--format", "json"])
-        .args(["--policies", "live", "--schema", "schema.cedarschema"])
-        .args(["--candidate", "candidate"])
-        .current_dir(dir.path())
-        .output()
-        .expect("run cedard impact");
-    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
-    assert_eq!(out.status.code(), Some(1), "{report:#}");
+        &[
+            (
+                "live",
+                "permit (principal, action, resource) when { principal.x == principal.x };",
+            ),
+            ("candidate", "permit (principal, action, resource);"),
+        ],
+    );
+    assert_eq!(code, 1, "{report:#}");
     let e = &report["proof"]["environments"][0];
     assert_eq!(e["change"], "wider", "{e:#}");
     assert_eq!(e["wider"]["witness"]["principal"], r#"User::"""#);
@@ -723,28 +732,14 @@ fn templates_are_reported_not_analyzed_in_each_environment_they_cover() {
     if !solver_here("templates_are_reported_not_analyzed_in_each_environment_they_cover") {
         return;
     }
-    let dir = tempfile::tempdir().expect("temp dir");
-    std::fs::write(
-        dir.path().join("schema.cedarschema"),
+    let (code, report) = prove_small(
         "entity User;\nentity Doc;\naction view, edit appliesTo { principal: User, resource: Doc };\n",
-    )
-    .expect("schema");
-    std::fs::create_dir_all(dir.path().join("policies")).expect("dir");
-    std::fs::write(
-        dir.path().join("policies/p.cedar"),
-        "@id(\"viewers\")\npermit (principal == ?principal, action == Action::\"view\", resource);\n\n@id(\"editors\")\npermit (principal, action == Action::\"edit\", resource);\n",
-    )
-    .expect("policies");
-    let out = Command::new(env!("CARGO_BIN_EXE_cedard"))
-        .args(["impact", "--prove", "--format", "json"])
-        .args(["--policies", "policies", "--schema", "schema.cedarschema"])
-        .args(["--candidate", "policies"])
-        .current_dir(dir.path())
-        .output()
-        .expect("run cedard impact");
-    let report: Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {out:?}"));
-    assert_eq!(out.status.code(), Some(0), "{report:#}");
+        &[(
+            "policies",
+            "@id(\"viewers\")\npermit (principal == ?principal, action == Action::\"view\", resource);\n\n@id(\"editors\")\npermit (principal, action == Action::\"edit\", resource);\n",
+        )],
+    );
+    assert_eq!(code, 0, "{report:#}");
     let envs = report["proof"]["environments"]
         .as_array()
         .expect("environments");
