@@ -70,10 +70,10 @@ pub struct SolverArgs {
     pub solver: Option<PathBuf>,
     /// Milliseconds one solver query may take before it is given up (and
     /// its environment reported undecided).
-    #[arg(long, env = "CEDARD_PROVE_QUERY_MS", default_value_t = 10_000)]
+    #[arg(long, env = "CEDARD_PROVE_QUERY_MS", default_value_t = prove::DEFAULT_QUERY_LIMIT.as_millis() as u64)]
     pub prove_query_ms: u64,
     /// Milliseconds a whole proof may take; what is left is undecided.
-    #[arg(long, env = "CEDARD_PROVE_RUN_MS", default_value_t = 120_000)]
+    #[arg(long, env = "CEDARD_PROVE_RUN_MS", default_value_t = prove::DEFAULT_RUN_LIMIT.as_millis() as u64)]
     pub prove_run_ms: u64,
 }
 

@@ -778,19 +778,22 @@ pub struct Comparison {
 }
 
 /// Compares `candidate` with `live` on the role matrix and whatever `with`
-/// gives. Fails only when the role matrix cannot be computed.
-pub fn compare(
-    live: &PolicySnapshot,
-    candidate: &PolicySnapshot,
-    with: &Inputs<'_>,
-) -> Result<Comparison, MatrixError> {
+/// gives. A set of another account model has no role matrix: the rest is
+/// compared, and `matrix_not_compared` says why (each caller decides what
+/// to make of it).
+pub fn compare(live: &PolicySnapshot, candidate: &PolicySnapshot, with: &Inputs<'_>) -> Comparison {
     let unfit = with
         .store
         .and_then(|store| crate::fit::check(store, candidate, with.now).err());
+    let (matrix, matrix_not_compared) = match matrix_impact(live, candidate) {
+        Ok(flips) => (flips, None),
+        Err(e) => (Vec::new(), Some(e.to_string())),
+    };
     let mut comparison = Comparison {
         unfit,
         impact: Impact {
-            matrix: matrix_impact(live, candidate)?,
+            matrix,
+            matrix_not_compared,
             ..Default::default()
         },
         log_error: None,
@@ -812,5 +815,5 @@ pub fn compare(
     if let Some((paths, live_sources, candidate_sources)) = with.suites {
         comparison.impact.suites = Some(suite_changes(paths, live_sources, candidate_sources));
     }
-    Ok(comparison)
+    comparison
 }

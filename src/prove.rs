@@ -48,7 +48,7 @@ use crate::policy::{parse_acknowledged, Files, LoadError, PolicySnapshot, ACKNOW
 pub const DEFAULT_QUERY_LIMIT: Duration = Duration::from_secs(10);
 
 /// The time limit of a whole run, by default.
-pub const DEFAULT_RUN_LIMIT: Duration = Duration::from_secs(300);
+pub const DEFAULT_RUN_LIMIT: Duration = Duration::from_secs(120);
 
 /// The stack of the thread a proof runs on: the symbolic compiler and the
 /// reading of the solver's model recurse as deep as a set is long (a
@@ -84,6 +84,9 @@ pub enum ProveError {
     /// No solver could be started.
     #[error("no SMT solver: {0}. Install cvc5 (`apt-get install cvc5`, or a release from https://github.com/cvc5/cvc5/releases), put it on PATH or name it with `--solver PATH` (or the CVC5 variable)")]
     NoSolver(String),
+    /// The proof's thread or runtime could not run.
+    #[error("the proof could not run: {0}")]
+    Failed(String),
 }
 
 impl Prover {
@@ -134,9 +137,7 @@ impl Prover {
                     let runtime = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()
-                        .map_err(|e| {
-                            ProveError::NoSolver(format!("cannot start the solver's runtime: {e}"))
-                        })?;
+                        .map_err(|e| ProveError::Failed(format!("no runtime: {e}")))?;
                     let mut session = Session {
                         path,
                         query_limit: self.query_limit,
@@ -145,13 +146,9 @@ impl Prover {
                     };
                     Ok(runtime.block_on(work(&mut session)))
                 })
-                .map_err(|e| ProveError::NoSolver(format!("cannot start the proof's thread: {e}")))?
+                .map_err(|e| ProveError::Failed(format!("no thread: {e}")))?
                 .join()
-                .unwrap_or_else(|_| {
-                    Err(ProveError::NoSolver(
-                        "the proof's thread panicked".to_owned(),
-                    ))
-                })
+                .unwrap_or_else(|_| Err(ProveError::Failed("its thread panicked".to_owned())))
         })
     }
 }
@@ -336,19 +333,20 @@ pub struct Witness {
 }
 
 impl Witness {
-    fn of(env: &Env) -> Self {
+    /// `request` with `entities`, written as a caller would send them (the
+    /// schema's actions left out).
+    fn new(request: &Request, entities: &Entities) -> Self {
         let uid = |u: Option<&EntityUid>| u.map(ToString::to_string).unwrap_or_default();
         Self {
-            principal: uid(env.request.principal()),
-            action: uid(env.request.action()),
-            resource: uid(env.request.resource()),
-            context: env
-                .request
+            principal: uid(request.principal()),
+            action: uid(request.action()),
+            resource: uid(request.resource()),
+            context: request
                 .context()
                 .map(context_json)
                 .unwrap_or_else(|| serde_json::json!({})),
             entities: Entities::from_entities(
-                env.entities
+                entities
                     .iter()
                     .filter(|e| e.uid().type_name().basename() != "Action")
                     .cloned(),
@@ -388,13 +386,8 @@ fn context_json(context: &cedar_policy::Context) -> serde_json::Value {
         .unwrap_or_else(|| serde_json::Value::String(context.to_string()))
 }
 
-/// The entities a counterexample is decided with: the solver's, plus the
-/// schema's action entities it left out (the daemon always has those).
-fn entities_of(env: &Env, snapshot: &PolicySnapshot) -> Entities {
-    with_actions(&env.entities, snapshot)
-}
-
-/// `entities` and the schema's action entities it lacks.
+/// `entities` and the schema's action entities it lacks: what a
+/// counterexample is decided with (the daemon always has the actions).
 fn with_actions(entities: &Entities, snapshot: &PolicySnapshot) -> Entities {
     let have: BTreeSet<String> = entities.iter().map(|e| e.uid().to_string()).collect();
     let actions: Vec<cedar_policy::Entity> = snapshot
@@ -496,9 +489,6 @@ pub struct Proof {
     /// Counterexamples the decision path did not confirm: each is a bug to
     /// report, and makes the proof undecided.
     pub unconfirmed: Vec<String>,
-    /// Templates of either set: unlinked, they decide nothing and are not
-    /// analyzed.
-    pub templates: Vec<String>,
     /// How long the whole proof took, in milliseconds.
     pub millis: u64,
 }
@@ -515,6 +505,24 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// `never_wider`, `wider` or `undecided`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::NeverWider => "never_wider",
+            Verdict::Wider => "wider",
+            Verdict::Undecided => "undecided",
+        }
+    }
+
+    /// What it means, for people.
+    pub fn sentence(self) -> &'static str {
+        match self {
+            Verdict::NeverWider => "never wider: the candidate allows nothing the live set denies",
+            Verdict::Wider => "wider: the candidate allows requests the live set denies",
+            Verdict::Undecided => "undecided: not every environment could be proved",
+        }
+    }
+
     /// The exit status: 0, 1 or 2.
     pub fn code(self) -> u8 {
         match self {
@@ -597,26 +605,10 @@ impl Proof {
         for u in &self.unconfirmed {
             out.push_str(&format!("  BUG, not a finding: {u}\n"));
         }
-        out.push_str(match self.verdict() {
-            Verdict::NeverWider => {
-                "never wider: the candidate allows nothing the live set denies\n"
-            }
-            Verdict::Wider => "wider: the candidate allows requests the live set denies\n",
-            Verdict::Undecided => "undecided: not every environment could be proved\n",
-        });
+        out.push_str(self.verdict().sentence());
+        out.push('\n');
         out
     }
-}
-
-fn templates_of(sets: &[&PolicySnapshot]) -> Vec<String> {
-    let mut out: Vec<String> = sets
-        .iter()
-        .flat_map(|s| s.meta.iter().filter(|m| m.template))
-        .map(|m| format!("{} ({}:{})", m.id, m.file, m.line))
-        .collect();
-    out.sort();
-    out.dedup();
-    out
 }
 
 /// The templates of `sets` whose action scope covers `env`'s action
@@ -676,27 +668,14 @@ pub fn compare(
     let mut proof = prover.run(async |session: &mut Session| {
         let mut environments = Vec::new();
         let mut unconfirmed = Vec::new();
-        let nothing = PolicySet::new();
         for (name, env) in &candidate_envs {
             let began = Instant::now();
-            let before = if live_envs.contains(name) {
-                &live.policies
-            } else {
-                &nothing
-            };
-            let mut change = compare_env(
-                session,
-                (before, &candidate.policies),
-                env,
-                &candidate.schema,
-                (live, candidate),
-                &mut unconfirmed,
-            )
-            .await;
-            change.env = name.clone();
+            let declared = live_envs.contains(name);
+            let mut change =
+                compare_env(session, env, (live, candidate), declared, &mut unconfirmed).await;
             change.not_analyzed = templates_in(&[live, candidate], env);
             change.millis = millis(began);
-            if !live_envs.contains(name) && change.note.is_none() {
+            if !declared && change.note.is_none() {
                 change.note = Some(
                     "new: the live schema does not declare it (its requests were refused)".into(),
                 );
@@ -721,21 +700,21 @@ pub fn compare(
     Ok(Proof {
         environments: proof.0,
         unconfirmed: proof.1,
-        templates: templates_of(&[live, candidate]),
         millis: millis(started),
     })
 }
 
-/// One environment of [`compare`]; `env` and `millis` are filled in by the
-/// caller.
+/// One environment of [`compare`]; `millis` and `not_analyzed` are filled
+/// in by the caller. `live_declared`: whether the live schema declares the
+/// environment (if not, the live daemon refuses its requests).
 async fn compare_env(
     session: &mut Session,
-    (before, after): (&PolicySet, &PolicySet),
     env: &RequestEnv,
-    schema: &Schema,
-    (live, candidate): (&PolicySnapshot, &PolicySnapshot),
+    sets: (&PolicySnapshot, &PolicySnapshot),
+    live_declared: bool,
     unconfirmed: &mut Vec<String>,
 ) -> EnvChange {
+    let (live, candidate) = sets;
     let mut out = EnvChange {
         env: EnvName::of(env),
         change: Change::Undecided,
@@ -745,13 +724,20 @@ async fn compare_env(
         not_analyzed: Vec::new(),
         millis: 0,
     };
+    let nothing = PolicySet::new();
+    let before = if live_declared {
+        &live.policies
+    } else {
+        &nothing
+    };
+    let schema = &candidate.schema;
     let compiled = CompiledPolicySet::compile(before, env, schema)
-        .map_err(|e| format!("the live set cannot be analyzed here: {e}"));
-    let compiled = compiled.and_then(|b| {
-        CompiledPolicySet::compile(after, env, schema)
-            .map(|a| (b, a))
-            .map_err(|e| format!("the candidate cannot be analyzed here: {e}"))
-    });
+        .map_err(|e| format!("the live set cannot be analyzed here: {e}"))
+        .and_then(|b| {
+            CompiledPolicySet::compile(&candidate.policies, env, schema)
+                .map(|a| (b, a))
+                .map_err(|e| format!("the candidate cannot be analyzed here: {e}"))
+        });
     let (b, a) = match compiled {
         Ok(pair) => pair,
         Err(note) => {
@@ -773,48 +759,31 @@ async fn compare_env(
             return out;
         }
     };
-    let mut confirm = |cex: Env, widens: bool| {
-        let witness = Witness::of(&cex);
-        let live_answer = Answer::of(live, &cex.request, &entities_of(&cex, live));
-        let candidate_answer = Answer::of(candidate, &cex.request, &entities_of(&cex, candidate));
-        let expected = if widens {
+    let mut confirm = |cex: Env, widening: bool| {
+        let d = decide_both(&cex.request, &cex.entities, sets, live_declared);
+        if widens(&d) == Some(widening) {
+            return Some(d);
+        }
+        let (was, now) = if widening {
             (Effect::Deny, Effect::Allow)
         } else {
             (Effect::Allow, Effect::Deny)
         };
-        // A request only the candidate's schema declares is refused by the
-        // live daemon: a deny, whatever its policies would say.
-        let live_decision = if std::ptr::eq(before, &live.policies) {
-            live_answer.decision
-        } else {
-            Effect::Deny
-        };
-        if (live_decision, candidate_answer.decision) != expected {
-            unconfirmed.push(format!(
-                "{}: the solver's counterexample ({}) was to be {} by the live set and {} by the candidate, but the decision path answers {} and {}",
-                EnvName::of(env),
-                witness.request_line(),
-                expected.0,
-                expected.1,
-                live_decision,
-                candidate_answer.decision
-            ));
-            return None;
-        }
-        Some(Difference {
-            witness,
-            live: live_answer,
-            candidate: candidate_answer,
-            note: None,
-        })
+        unconfirmed.push(format!(
+            "{}: the solver's counterexample ({}) was to be {was} by the live set and {now} by the candidate, but the decision path answers {} and {}",
+            out.env,
+            d.witness.request_line(),
+            d.live.decision,
+            d.candidate.decision
+        ));
+        None
     };
     let mut wider = wider.map(|cex| confirm(cex, true));
     let mut narrower = narrower.map(|cex| confirm(cex, false));
     // Outside the solver's domain: a request naming entities cedard does
     // not have, decided here concretely.
-    let live_declared = std::ptr::eq(before, &live.policies);
-    if let Some((difference, widens)) = unknown_entities(env, (live, candidate), live_declared) {
-        let slot = if widens { &mut wider } else { &mut narrower };
+    if let Some((difference, widening)) = unknown_entities(env, sets, live_declared) {
+        let slot = if widening { &mut wider } else { &mut narrower };
         if slot.is_none() {
             *slot = Some(Some(difference));
         }
@@ -834,6 +803,43 @@ async fn compare_env(
     out
 }
 
+/// `request` with `entities` (and each schema's actions) decided by both
+/// sets through `authz::decide`. A request only the candidate's schema
+/// declares (`live_declared` false) is refused by the live daemon: a deny
+/// by no policy, whatever the live policies would say.
+fn decide_both(
+    request: &Request,
+    entities: &Entities,
+    (live, candidate): (&PolicySnapshot, &PolicySnapshot),
+    live_declared: bool,
+) -> Difference {
+    let live_answer = if live_declared {
+        Answer::of(live, request, &with_actions(entities, live))
+    } else {
+        Answer {
+            decision: Effect::Deny,
+            policies: Vec::new(),
+            errors: Vec::new(),
+        }
+    };
+    Difference {
+        witness: Witness::new(request, entities),
+        live: live_answer,
+        candidate: Answer::of(candidate, request, &with_actions(entities, candidate)),
+        note: None,
+    }
+}
+
+/// `Some(true)` when the candidate allows what the live set denies,
+/// `Some(false)` the reverse, `None` when both answer alike.
+fn widens(d: &Difference) -> Option<bool> {
+    match (d.live.decision, d.candidate.decision) {
+        (Effect::Deny, Effect::Allow) => Some(true),
+        (Effect::Allow, Effect::Deny) => Some(false),
+        _ => None,
+    }
+}
+
 /// The request of `env` whose principal and resource are entities nobody
 /// holds (neither the store, the data files nor the request), with an
 /// empty context, decided by both sets: the solver proves over entity
@@ -844,10 +850,10 @@ async fn compare_env(
 /// agree, or when the action needs a context.
 fn unknown_entities(
     env: &RequestEnv,
-    (live, candidate): (&PolicySnapshot, &PolicySnapshot),
+    sets: (&PolicySnapshot, &PolicySnapshot),
     live_declared: bool,
 ) -> Option<(Difference, bool)> {
-    if !candidate.valid_requests.empty_context(env.action()) {
+    if !sets.1.valid_requests.empty_context(env.action()) {
         return None;
     }
     let unknown = |t: &cedar_policy::EntityTypeName| {
@@ -861,40 +867,38 @@ fn unknown_entities(
         None,
     )
     .ok()?;
-    let none = Entities::empty();
-    let live_answer = Answer::of(live, &request, &with_actions(&none, live));
-    let candidate_answer = Answer::of(candidate, &request, &with_actions(&none, candidate));
-    // A request only the candidate's schema declares is refused by the
-    // live daemon.
-    let live_decision = if live_declared {
-        live_answer.decision
-    } else {
-        Effect::Deny
-    };
-    let widens = match (live_decision, candidate_answer.decision) {
-        (Effect::Deny, Effect::Allow) => true,
-        (Effect::Allow, Effect::Deny) => false,
-        _ => return None,
-    };
-    let uid = |u: Option<&EntityUid>| u.map(ToString::to_string).unwrap_or_default();
-    Some((
-        Difference {
-            witness: Witness {
-                principal: uid(request.principal()),
-                action: uid(request.action()),
-                resource: uid(request.resource()),
-                context: serde_json::json!({}),
-                entities: serde_json::json!([]),
-            },
-            live: live_answer,
-            candidate: candidate_answer,
-            note: Some(
-                "neither entity is known (no stored or data entity): decided without the solver"
-                    .into(),
-            ),
-        },
-        widens,
-    ))
+    let mut difference = decide_both(&request, &Entities::empty(), sets, live_declared);
+    let widening = widens(&difference)?;
+    difference.note = Some(
+        "neither entity is known (no stored or data entity): decided without the solver".into(),
+    );
+    Some((difference, widening))
+}
+
+/// What a health proof found of one policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyStatus {
+    /// It can match some request.
+    Live,
+    /// It can never match a request the schema admits.
+    Dead,
+    /// A template: unlinked, it decides nothing; not analyzed.
+    Template,
+    /// Not decided (see its notes).
+    Undecided,
+}
+
+impl PolicyStatus {
+    /// The word printed for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyStatus::Live => "live",
+            PolicyStatus::Dead => "dead",
+            PolicyStatus::Template => "template",
+            PolicyStatus::Undecided => "undecided",
+        }
+    }
 }
 
 /// The health of one policy.
@@ -906,10 +910,8 @@ pub struct PolicyHealth {
     pub file: String,
     /// The line it starts on.
     pub line: usize,
-    /// `live` (it can match some request), `dead` (it can never match any
-    /// request the schema admits), `template` (unlinked: not analyzed), or
-    /// `undecided`.
-    pub status: String,
+    /// Whether it can match.
+    pub status: PolicyStatus,
     /// Environments where it can error at evaluation, each with a request
     /// that makes it error.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -957,11 +959,25 @@ pub struct Health {
 }
 
 impl Health {
-    /// Whether a policy is dead or can error.
-    pub fn findings(&self) -> bool {
+    /// How many policies are dead.
+    pub fn dead(&self) -> usize {
         self.policies
             .iter()
-            .any(|p| p.status == "dead" || !p.errors.is_empty())
+            .filter(|p| p.status == PolicyStatus::Dead)
+            .count()
+    }
+
+    /// How many policies can error.
+    pub fn erring(&self) -> usize {
+        self.policies
+            .iter()
+            .filter(|p| !p.errors.is_empty())
+            .count()
+    }
+
+    /// Whether a policy is dead or can error.
+    pub fn findings(&self) -> bool {
+        self.dead() + self.erring() > 0
     }
 
     /// Whether something could not be decided.
@@ -974,22 +990,16 @@ impl Health {
     /// The report for people.
     pub fn to_text(&self) -> String {
         let mut out = String::new();
-        let dead = self.policies.iter().filter(|p| p.status == "dead").count();
-        let erring = self
-            .policies
-            .iter()
-            .filter(|p| !p.errors.is_empty())
-            .count();
         out.push_str(&format!(
             "health: {} policies: {} dead, {} can error; {} environment(s) ({} ms)\n",
             self.policies.len(),
-            dead,
-            erring,
+            self.dead(),
+            self.erring(),
             self.environments.len(),
             self.millis
         ));
         for p in &self.policies {
-            if p.status == "dead" {
+            if p.status == PolicyStatus::Dead {
                 out.push_str(&format!(
                     "  {}:{}: {}: dead: it can never match a request the schema admits\n",
                     p.file, p.line, p.id
@@ -1014,7 +1024,11 @@ impl Health {
                 ));
             }
         }
-        for p in self.policies.iter().filter(|p| p.status == "template") {
+        for p in self
+            .policies
+            .iter()
+            .filter(|p| p.status == PolicyStatus::Template)
+        {
             out.push_str(&format!(
                 "  {}:{}: {}: template: not analyzed (unlinked, it decides nothing)\n",
                 p.file, p.line, p.id
@@ -1048,13 +1062,13 @@ pub fn health(prover: &Prover, snapshot: &PolicySnapshot) -> Result<Health, Prov
                 id: meta.id.clone(),
                 file: meta.file.clone(),
                 line: meta.line,
-                status: "dead".to_owned(),
+                status: PolicyStatus::Dead,
                 errors: Vec::new(),
                 notes: Vec::new(),
             };
             let policy = cedar_policy::PolicyId::new(&meta.id);
             let Some(policy) = snapshot.policies.policy(&policy) else {
-                health.status = "template".to_owned();
+                health.status = PolicyStatus::Template;
                 policies.push(health);
                 continue;
             };
@@ -1069,8 +1083,8 @@ pub fn health(prover: &Prover, snapshot: &PolicySnapshot) -> Result<Health, Prov
                 )
                 .await;
             }
-            if health.status == "dead" && !health.notes.is_empty() {
-                health.status = "undecided".to_owned();
+            if health.status == PolicyStatus::Dead && !health.notes.is_empty() {
+                health.status = PolicyStatus::Undecided;
             }
             policies.push(health);
         }
@@ -1107,13 +1121,13 @@ async fn policy_in_env(
             return;
         }
     };
-    if health.status == "dead" {
+    if health.status == PolicyStatus::Dead {
         match session
             .ask(async |c| c.check_never_matches_opt(&compiled).await)
             .await
         {
             Ok(true) => {}
-            Ok(false) => health.status = "live".to_owned(),
+            Ok(false) => health.status = PolicyStatus::Live,
             Err(e) => health.notes.push(format!("{name}: {e}")),
         }
     }
@@ -1126,8 +1140,12 @@ async fn policy_in_env(
     {
         Ok(None) => {}
         Ok(Some(cex)) => {
-            let witness = Witness::of(&cex);
-            let d = authz::decide(snapshot, &cex.request, &entities_of(&cex, snapshot));
+            let witness = Witness::new(&cex.request, &cex.entities);
+            let d = authz::decide(
+                snapshot,
+                &cex.request,
+                &with_actions(&cex.entities, snapshot),
+            );
             match d.errors.iter().find(|e| e.policy_id == health.id) {
                 Some(e) => health.errors.push(PolicyError {
                     env: name.clone(),

@@ -131,21 +131,11 @@ pub fn run(args: &ImpactArgs) -> ExitCode {
             now,
         },
     );
-    let compared = match compared {
-        Ok(c) => c,
-        // A set of another account model has no role matrix; its proof
-        // still stands.
-        Err(e) if args.prove => impact::Comparison {
-            unfit: None,
-            impact: impact::Impact {
-                matrix_not_compared: Some(e.to_string()),
-                ..Default::default()
-            },
-            log_error: None,
-            unreadable: (0, Vec::new()),
-        },
-        Err(e) => return cannot(format!("cannot compute the role matrix: {e}")),
-    };
+    // A set of another account model has no role matrix: only a proof
+    // then compares it.
+    if let (Some(e), false) = (&compared.impact.matrix_not_compared, args.prove) {
+        return cannot(format!("cannot compute the role matrix: {e}"));
+    }
     if let Some(errors) = &compared.unfit {
         print_fit(&candidate_sources.schema, errors);
         eprintln!(
@@ -222,7 +212,7 @@ fn acknowledge(folder: &Path, sha256: &str, proof: &crate::prove::Proof) -> Resu
             "\n"
         },
         if widened.is_empty() {
-            format!("{:?}", proof.verdict()).to_lowercase()
+            proof.verdict().as_str().to_owned()
         } else {
             format!("widens {}", widened.join(", "))
         }

@@ -11,16 +11,17 @@ use cedard::store::{Store, User};
 use serde_json::{json, Value};
 use tempfile::TempDir;
 
-use crate::support::{copy_pack, spawn_app_in};
+use crate::support::{copy_dir, copy_pack, spawn_app_in};
 
 /// The default pack in `live/{policies,schema}` and an identical candidate
-/// in `candidate/{policies,schema}`, to be edited by the test.
-struct Sets {
+/// in `candidate/{policies,schema}`, to be edited by the test (the proofs'
+/// tests use it too).
+pub(crate) struct Sets {
     dir: TempDir,
 }
 
 impl Sets {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let pack = copy_pack();
         let dir = tempfile::tempdir().expect("temp dir");
         for side in ["live", "candidate"] {
@@ -31,17 +32,17 @@ impl Sets {
         Self { dir }
     }
 
-    fn path(&self, rel: &str) -> PathBuf {
+    pub(crate) fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }
 
     /// Writes a file of the candidate.
-    fn write(&self, rel: &str, text: &str) {
+    pub(crate) fn write(&self, rel: &str, text: &str) {
         std::fs::write(self.path("candidate").join(rel), text).expect("write candidate file");
     }
 
     /// Replaces `from` with `to` in every file below the candidate's `sub`.
-    fn replace_all(&self, sub: &str, from: &str, to: &str) {
+    pub(crate) fn replace_all(&self, sub: &str, from: &str, to: &str) {
         let dir = self.path("candidate").join(sub);
         for entry in std::fs::read_dir(&dir).expect("read dir") {
             let path = entry.expect("entry").path();
@@ -50,8 +51,17 @@ impl Sets {
         }
     }
 
+    /// Replaces `from` with `to` in one file of the candidate, which must
+    /// hold it.
+    pub(crate) fn edit(&self, rel: &str, from: &str, to: &str) {
+        let path = self.path("candidate").join(rel);
+        let text = std::fs::read_to_string(&path).expect("read candidate file");
+        assert!(text.contains(from), "{rel} has no `{from}`");
+        std::fs::write(&path, text.replace(from, to)).expect("write candidate file");
+    }
+
     /// Runs `cedard impact` on the two sets with `extra` arguments.
-    fn impact(&self, extra: &[&str]) -> Output {
+    pub(crate) fn impact(&self, extra: &[&str]) -> Output {
         Command::new(env!("CARGO_BIN_EXE_cedard"))
             .arg("impact")
             .args(["--policies", "live/policies", "--schema", "live/schema"])
@@ -64,7 +74,7 @@ impl Sets {
     }
 
     /// Runs it with `--format json` and returns the exit code and report.
-    fn impact_json(&self, extra: &[&str]) -> (i32, Value) {
+    pub(crate) fn impact_json(&self, extra: &[&str]) -> (i32, Value) {
         let mut args = vec!["--format", "json"];
         args.extend_from_slice(extra);
         let out = self.impact(&args);
@@ -76,14 +86,6 @@ impl Sets {
             )
         });
         (out.status.code().expect("exit code"), report)
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("create dir");
-    for entry in std::fs::read_dir(from).expect("read dir") {
-        let entry = entry.expect("entry");
-        std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
     }
 }
 

@@ -17,7 +17,8 @@ use cedar_policy::{
 use serde_json::Value;
 use tempfile::TempDir;
 
-use crate::reload::{decision, disk_sha};
+use crate::impact::Sets;
+use crate::reload::{decision, disk_sha, wait_for_attempt_on_disk};
 use crate::support::{copy_pack, not_run, repo_root, spawn_app_in, wait_until};
 
 /// Whether cvc5 is here; under CI its absence fails the test.
@@ -31,83 +32,30 @@ fn solver_here(test: &str) -> bool {
     }
 }
 
-/// The default pack as `live/` and an identical `candidate/`.
-struct Sets {
-    dir: TempDir,
+/// `cedard impact --prove` on the sets with `extra` arguments.
+fn prove(sets: &Sets, extra: &[&str]) -> Output {
+    let mut args = vec!["--prove"];
+    args.extend_from_slice(extra);
+    sets.impact(&args)
 }
 
-impl Sets {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        for side in ["live", "candidate"] {
-            for sub in ["policies", "schema"] {
-                copy_dir(&repo_root().join(sub), &dir.path().join(side).join(sub));
-            }
-        }
-        Self { dir }
-    }
-
-    fn candidate(&self, rel: &str) -> PathBuf {
-        self.dir.path().join("candidate").join(rel)
-    }
-
-    fn write(&self, rel: &str, text: &str) {
-        std::fs::write(self.candidate(rel), text).expect("write candidate file");
-    }
-
-    fn edit(&self, rel: &str, from: &str, to: &str) {
-        let text = std::fs::read_to_string(self.candidate(rel)).expect("read");
-        assert!(text.contains(from), "{rel} has no `{from}`");
-        self.write(rel, &text.replace(from, to));
-    }
-
-    fn prove(&self, extra: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_cedard"))
-            .arg("impact")
-            .args(["--policies", "live/policies", "--schema", "live/schema"])
-            .args(["--candidate", "candidate/policies", "--prove"])
-            .args(extra)
-            .current_dir(self.dir.path())
-            .env("RUST_LOG", "warn")
-            .output()
-            .expect("run cedard impact")
-    }
-
-    /// The exit code and the proof of `--format json`.
-    fn proof(&self) -> (i32, Value) {
-        let out = self.prove(&["--format", "json"]);
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
-            panic!(
-                "not a JSON report ({e}): {stdout}\nstderr: {}",
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
-        (
-            out.status.code().expect("exit code"),
-            report["proof"].clone(),
-        )
-    }
-
-    fn snapshot(&self, side: &str) -> std::sync::Arc<cedard::policy::PolicySnapshot> {
-        cedard::policy::load(
-            &cedard::policy::Sources {
-                policies: self.dir.path().join(side).join("policies"),
-                schema: self.dir.path().join(side).join("schema"),
-                ..Default::default()
-            },
-            1,
-        )
-        .expect("a valid set")
-    }
+/// The exit code and the proof of `cedard impact --prove --format json`.
+fn proof(sets: &Sets) -> (i32, Value) {
+    let (code, report) = sets.impact_json(&["--prove"]);
+    (code, report["proof"].clone())
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("create dir");
-    for entry in std::fs::read_dir(from).expect("read dir") {
-        let entry = entry.expect("entry");
-        std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
-    }
+/// One side of the sets, loaded as the daemon loads it.
+fn snapshot(sets: &Sets, side: &str) -> std::sync::Arc<cedard::policy::PolicySnapshot> {
+    cedard::policy::load(
+        &cedard::policy::Sources {
+            policies: sets.path(side).join("policies"),
+            schema: sets.path(side).join("schema"),
+            ..Default::default()
+        },
+        1,
+    )
+    .expect("a valid set")
 }
 
 /// The environments of a proof with their change, but the equivalent ones.
@@ -141,7 +89,7 @@ fn env<'a>(proof: &'a Value, action: &str) -> &'a Value {
 fn cedar_decides(sets: &Sets, side: &str, witness: &Value) -> Decision {
     let read_dir = |sub: &str, ext: &str| -> String {
         let mut text = String::new();
-        let mut paths: Vec<PathBuf> = std::fs::read_dir(sets.dir.path().join(side).join(sub))
+        let mut paths: Vec<PathBuf> = std::fs::read_dir(sets.path(side).join(sub))
             .expect("read dir")
             .map(|e| e.expect("entry").path())
             .filter(|p| p.to_string_lossy().ends_with(ext))
@@ -191,7 +139,7 @@ fn the_default_pack_reordered_and_reformatted_is_proved_equivalent_and_exits_0()
     let sets = Sets::new();
     // Every policy in one file, in the reverse order, reformatted.
     let mut all = Vec::new();
-    for entry in std::fs::read_dir(sets.candidate("policies")).expect("read dir") {
+    for entry in std::fs::read_dir(sets.path("candidate/policies")).expect("read dir") {
         let path = entry.expect("entry").path();
         all.push(std::fs::read_to_string(&path).expect("read"));
         std::fs::remove_file(&path).expect("remove");
@@ -204,11 +152,11 @@ fn the_default_pack_reordered_and_reformatted_is_proved_equivalent_and_exits_0()
         .collect::<Vec<_>>()
         .join("\n");
     sets.write("policies/all.cedar", &text);
-    let (code, proof) = sets.proof();
+    let (code, proof) = proof(&sets);
     assert_eq!(code, 0, "{proof:#}");
     assert_eq!(changes(&proof), Vec::<(String, String)>::new(), "{proof:#}");
     assert_eq!(proof["environments"].as_array().map(Vec::len), Some(14));
-    let text = String::from_utf8_lossy(&sets.prove(&[]).stdout).into_owned();
+    let text = String::from_utf8_lossy(&prove(&sets, &[]).stdout).into_owned();
     assert!(
         text.contains("14 equivalent") && text.contains("never wider"),
         "{text}"
@@ -222,7 +170,7 @@ fn a_new_forbid_is_proved_narrower_only_with_a_confirmed_counterexample() {
     }
     let sets = Sets::new();
     sets.write("policies/no-stop.cedar", NO_STOP);
-    let (code, proof) = sets.proof();
+    let (code, proof) = proof(&sets);
     assert_eq!(code, 0, "narrower only exits 0: {proof:#}");
     assert_eq!(
         changes(&proof),
@@ -257,7 +205,7 @@ fn a_widened_permit_is_proved_wider_with_a_counterexample_cedar_confirms() {
         r#"action in Action::"billing","#,
         r#"action in [Action::"billing", Action::"useAccount"],"#,
     );
-    let (code, proof) = sets.proof();
+    let (code, proof) = proof(&sets);
     assert_eq!(code, 1, "wider exits 1: {proof:#}");
     assert_eq!(
         changes(&proof),
@@ -279,7 +227,7 @@ fn a_widened_permit_is_proved_wider_with_a_counterexample_cedar_confirms() {
         Decision::Allow
     );
     // The text report names the environment, the request and both answers.
-    let text = String::from_utf8_lossy(&sets.prove(&[]).stdout).into_owned();
+    let text = String::from_utf8_lossy(&prove(&sets, &[]).stdout).into_owned();
     assert!(
         text.contains(r#"(User, Action::"useAccount", Account) wider"#)
             && text.contains("live: deny (no policy)")
@@ -297,7 +245,7 @@ fn a_renamed_role_is_proved_wider_and_narrower() {
     let sets = Sets::new();
     // The dev policy now names the billing role.
     sets.edit("policies/dev.cedar", "roles.dev", "roles.billing");
-    let (code, proof) = sets.proof();
+    let (code, proof) = proof(&sets);
     assert_eq!(code, 1, "{proof:#}");
     // Dev's own actions (Pods) are both: billing gains them, dev loses them.
     for action in ["startPod", "stopPod", "createPod"] {
@@ -321,16 +269,16 @@ fn the_cli_proof_agrees_with_the_library_on_the_same_sets() {
     }
     let sets = Sets::new();
     sets.write("policies/no-stop.cedar", NO_STOP);
-    let proof = cedard::prove::compare(
+    let library = cedard::prove::compare(
         &cedard::prove::Prover::default(),
-        &sets.snapshot("live"),
-        &sets.snapshot("candidate"),
+        &snapshot(&sets, "live"),
+        &snapshot(&sets, "candidate"),
     )
     .expect("a proof");
-    assert_eq!(proof.verdict(), cedard::prove::Verdict::NeverWider);
-    assert!(proof.unconfirmed.is_empty(), "{:?}", proof.unconfirmed);
-    let (_, json) = sets.proof();
-    assert_eq!(changes(&json).len(), proof.widened().count() + 1);
+    assert_eq!(library.verdict(), cedard::prove::Verdict::NeverWider);
+    assert!(library.unconfirmed.is_empty(), "{:?}", library.unconfirmed);
+    let (_, json) = proof(&sets);
+    assert_eq!(changes(&json).len(), library.widened().count() + 1);
 }
 
 /// A small set with one policy that can error (a long overflows), one that
@@ -449,7 +397,7 @@ fn validate_prove_on_the_default_pack_is_healthy() {
 #[test]
 fn without_a_solver_prove_exits_2_and_says_how_to_install_one() {
     let sets = Sets::new();
-    let out = sets.prove(&["--solver", "/nonexistent/cvc5"]);
+    let out = prove(&sets, &["--solver", "/nonexistent/cvc5"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
@@ -466,6 +414,13 @@ fn without_a_solver_prove_exits_2_and_says_how_to_install_one() {
         .expect("run cedard validate");
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("`cvc5` is not on PATH"));
+}
+
+/// Replaces `from` with `to` in the file at `path`, which must hold it.
+fn replace_in(path: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).expect("read");
+    assert!(text.contains(from), "{} has no `{from}`", path.display());
+    std::fs::write(path, text.replace(from, to)).expect("write");
 }
 
 #[tokio::test]
@@ -488,22 +443,13 @@ async fn the_reload_guard_refuses_a_widening_edit_until_it_is_acknowledged() {
     std::fs::write(live_copy.path().join("policies/no-stop.cedar"), NO_STOP).expect("write");
     // A widening one is refused, located at the policy that widens, with
     // the environment, the counterexample and the hash to acknowledge.
-    let billing = app.policies().join("billing.cedar");
-    let text = std::fs::read_to_string(&billing).expect("read");
-    std::fs::write(
-        &billing,
-        text.replace(
-            r#"action in Action::"billing","#,
-            r#"action in [Action::"billing", Action::"useAccount"],"#,
-        ),
-    )
-    .expect("write");
+    replace_in(
+        &app.policies().join("billing.cedar"),
+        r#"action in Action::"billing","#,
+        r#"action in [Action::"billing", Action::"useAccount"],"#,
+    );
     let sha = disk_sha(&app);
-    wait_until(deadline, || async {
-        app.get("/v1/policies").await.1["last_reload"]["sha256"] == sha.as_str()
-    })
-    .await;
-    let (_, listing) = app.get("/v1/policies").await;
+    let listing = wait_for_attempt_on_disk(&app).await;
     assert_eq!(listing["last_reload"]["ok"], false, "{listing:#}");
     let error = &listing["last_reload"]["errors"][0];
     assert_eq!(error["file"], "billing.cedar", "{error:#}");
@@ -538,22 +484,12 @@ async fn the_reload_guard_refuses_a_widening_edit_until_it_is_acknowledged() {
     .await;
     // The acknowledgement is of that set only: a further widening is
     // refused again.
-    let basic = app.policies().join("basic.cedar");
-    let text = std::fs::read_to_string(&basic).expect("read");
-    std::fs::write(
-        &basic,
-        text.replace(
-            r#"action in Action::"basic","#,
-            r#"action in [Action::"basic", Action::"billing"],"#,
-        ),
-    )
-    .expect("write");
-    let sha = disk_sha(&app);
-    wait_until(deadline, || async {
-        app.get("/v1/policies").await.1["last_reload"]["sha256"] == sha.as_str()
-    })
-    .await;
-    let (_, listing) = app.get("/v1/policies").await;
+    replace_in(
+        &app.policies().join("basic.cedar"),
+        r#"action in Action::"basic","#,
+        r#"action in [Action::"basic", Action::"billing"],"#,
+    );
+    let listing = wait_for_attempt_on_disk(&app).await;
     assert_eq!(listing["last_reload"]["ok"], false, "{listing:#}");
     assert_eq!(decision(&app, "basic", "viewBilling").await, "deny");
     app.stop().await;
@@ -563,7 +499,7 @@ async fn the_reload_guard_refuses_a_widening_edit_until_it_is_acknowledged() {
 fn a_hung_solver_is_killed_at_the_time_limit_and_the_proof_is_undecided() {
     let sets = Sets::new();
     // A "solver" that answers `--version` and then never answers a query.
-    let solver = sets.dir.path().join("hung-solver");
+    let solver = sets.path("hung-solver");
     // Its sleep has an argument no other process has, to find it by.
     let marker = format!("999.{}", std::process::id());
     std::fs::write(
@@ -584,14 +520,17 @@ fn a_hung_solver_is_killed_at_the_time_limit_and_the_proof_is_undecided() {
         r#"action in [Action::"billing", Action::"useAccount"],"#,
     );
     let started = std::time::Instant::now();
-    let out = sets.prove(&[
-        "--solver",
-        solver.to_str().expect("utf-8 path"),
-        "--prove-query-ms",
-        "200",
-        "--prove-run-ms",
-        "1500",
-    ]);
+    let out = prove(
+        &sets,
+        &[
+            "--solver",
+            solver.to_str().expect("utf-8 path"),
+            "--prove-query-ms",
+            "200",
+            "--prove-run-ms",
+            "1500",
+        ],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(2), "undecided exits 2: {stdout}");
     assert!(
@@ -712,17 +651,13 @@ fn a_thousand_policy_set_is_proved_without_running_out_of_stack() {
         })
         .collect();
     for side in ["live", "candidate"] {
-        std::fs::write(
-            sets.dir.path().join(side).join("policies/generated.cedar"),
-            &grants,
-        )
-        .expect("write");
+        std::fs::write(sets.path(side).join("policies/generated.cedar"), &grants).expect("write");
     }
     sets.write(
         "policies/copy.cedar",
         "@id(\"copy\")\npermit (principal, action, resource)\nwhen { principal in resource.account.roles.admin };\n",
     );
-    let (code, proof) = sets.proof();
+    let (code, proof) = proof(&sets);
     assert_eq!(code, 0, "{proof:#}");
     assert_eq!(changes(&proof), Vec::<(String, String)>::new(), "{proof:#}");
 }

@@ -63,7 +63,7 @@ pub(crate) fn disk_sha(app: &TestApp) -> String {
 
 /// Waits until the daemon has attempted to load exactly the files on disk,
 /// and returns `/v1/policies`.
-async fn wait_for_attempt_on_disk(app: &TestApp) -> Value {
+pub(crate) async fn wait_for_attempt_on_disk(app: &TestApp) -> Value {
     let want = disk_sha(app);
     wait_until(DEADLINE, || async {
         app.get("/v1/policies").await.1["last_reload"]["sha256"] == want.as_str()

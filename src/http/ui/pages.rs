@@ -939,13 +939,13 @@ fn compare(state: &AppState, c: &Candidate) -> Result<Markup, (StatusCode, Marku
             suites: None,
             now: state.accounts.clock().now_secs(),
         },
-    )
-    .map_err(|e| {
-        fail(
+    );
+    if let Some(e) = &compared.impact.matrix_not_compared {
+        return Err(fail(
             StatusCode::BAD_REQUEST,
             format!("the role matrix cannot be computed: {e}"),
-        )
-    })?;
+        ));
+    }
     let proof = c
         .prove
         .is_some()
@@ -1005,30 +1005,27 @@ fn compare(state: &AppState, c: &Candidate) -> Result<Markup, (StatusCode, Marku
 /// A proof: its verdict, then every environment that is not equivalent,
 /// with its counterexamples and both sets' answers.
 fn proof_view(p: &crate::prove::Proof) -> Markup {
-    use crate::prove::Verdict;
     let verdict = p.verdict();
-    let (word, class) = match verdict {
-        Verdict::NeverWider => (
-            "never wider: the candidate allows nothing the live set denies",
-            "ok",
-        ),
-        Verdict::Wider => (
-            "wider: the candidate allows requests the live set denies",
-            "failed",
-        ),
-        Verdict::Undecided => ("undecided: not every environment could be proved", "failed"),
+    let class = if verdict == crate::prove::Verdict::NeverWider {
+        "ok"
+    } else {
+        "failed"
     };
     html! {
-        section #proof data-verdict=(format!("{verdict:?}").to_lowercase()) {
+        section #proof data-verdict=(verdict.as_str()) {
             h2 { "Proof" }
-            p class=(class) #proof-verdict { (word) " (" (p.environments.len()) " environment(s), " (p.millis) " ms)" }
+            p class=(class) #proof-verdict { (verdict.sentence()) " (" (p.environments.len()) " environment(s), " (p.millis) " ms)" }
             table #proof-environments {
                 thead { tr { th scope="col" { "principal" } th scope="col" { "action" } th scope="col" { "resource" } th scope="col" { "change" } th scope="col" { "counterexample" } } }
                 tbody {
                     @for e in &p.environments {
                         tr data-change=(e.change.as_str()) data-action=(e.env.action) {
                             td { (e.env.principal) } td { code { (e.env.action) } } td { (e.env.resource) }
-                            td class=(e.change.as_str()) { (e.change.as_str()) @if let Some(n) = &e.note { " " small { "(" (n) ")" } } }
+                            td class=(e.change.as_str()) {
+                                (e.change.as_str())
+                                @if let Some(n) = &e.note { " " small { "(" (n) ")" } }
+                                @if !e.not_analyzed.is_empty() { " " small.note { "(not analyzed: template(s) " (e.not_analyzed.join(", ")) ", unlinked, they decide nothing)" } }
+                            }
                             td {
                                 @for (word, d) in [("wider", &e.wider), ("narrower", &e.narrower)] {
                                     @if let Some(d) = d {
@@ -1046,7 +1043,6 @@ fn proof_view(p: &crate::prove::Proof) -> Markup {
                 }
             }
             @for u in &p.unconfirmed { p.error role="alert" { "A counterexample the decision path does not confirm (a bug, not a finding): " (u) } }
-            @for t in &p.templates { p.note { "Template " (t) ": not analyzed (unlinked, it decides nothing)." } }
         }
     }
 }
@@ -1058,14 +1054,14 @@ fn health_view(h: &crate::prove::Health) -> Markup {
         section.card #health {
             h2 { "Health (proved)" }
             p #health-summary {
-                (h.policies.iter().filter(|p| p.status == "dead").count()) " dead, "
-                (h.policies.iter().filter(|p| !p.errors.is_empty()).count()) " can error, of "
+                (h.dead()) " dead, "
+                (h.erring()) " can error, of "
                 (h.policies.len()) " policies; " (h.environments.len()) " environment(s) (" (h.millis) " ms)."
             }
             ul #health-findings {
                 @for p in &h.policies {
-                    @if p.status != "live" {
-                        li data-policy=(p.id) data-status=(p.status) { code { (p.file) ":" (p.line) } " " code { (p.id) } ": " (p.status) @for n in &p.notes { " (" (n) ")" } }
+                    @if p.status != crate::prove::PolicyStatus::Live {
+                        li data-policy=(p.id) data-status=(p.status.as_str()) { code { (p.file) ":" (p.line) } " " code { (p.id) } ": " (p.status.as_str()) @for n in &p.notes { " (" (n) ")" } }
                     }
                     @for e in &p.errors {
                         li data-policy=(p.id) data-status="can-error" {
