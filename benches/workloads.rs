@@ -17,7 +17,7 @@ use std::time::Duration;
 use cedar_policy::{Authorizer, Context, Entities, EntityUid, Request};
 use cedard::audit::DecisionLog;
 use cedard::facts::Inline;
-use cedard::pdp::{ActionRef, Caller, Limits, Pdp, Query};
+use cedard::pdp::{ActionRef, Caller, Limits, Pdp, Principal, Query};
 use cedard::policy::watch::LivePolicies;
 use cedard::policy::Sources;
 use cedard::store::Store;
@@ -54,6 +54,8 @@ fn load(dir: &Path, size: &str) -> Loaded {
     let entities_file = dir.join(size).join("entities.json");
     let live = LivePolicies::start(
         Sources {
+            issuers: None,
+            reserved_attributes: Vec::new(),
             policies: dir.join("policies"),
             schema: dir.join("schema"),
             entities: Some(entities_file.clone()),
@@ -180,7 +182,7 @@ fn bench(c: &mut Criterion) {
 
 fn check(pdp: &Pdp, caller: &Caller, r: &Value) -> bool {
     let query = Query {
-        principal: &r["principal"],
+        principal: Principal::Ref(&r["principal"]),
         action: ActionRef::Uid(&r["action"]),
         resource: &r["resource"],
         context: r.get("context"),

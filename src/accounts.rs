@@ -79,6 +79,9 @@ impl From<PdpError> for AccountsError {
             // Management checks decide a few questions, never a search, and
             // give no deadline: still a 503, never an answer.
             e @ PdpError::OutOfTime => AccountsError::Unavailable(e.to_string()),
+            // Management checks decide about the actor's stored facts, with
+            // no token claims: not met, and never an answer if it were.
+            PdpError::Claims(m) => AccountsError::Unavailable(m),
         }
     }
 }

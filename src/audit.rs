@@ -137,6 +137,22 @@ pub struct DecisionEvent {
     /// context attributes), with why; absent when nothing was.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ignored: Vec<SetAside>,
+    /// For a principal identified by a token: its issuer, subject and `jti`
+    /// (never the token itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<TokenFacts>,
+}
+
+/// Who a verified token said the principal is, for the record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenFacts {
+    /// The issuer (`iss`).
+    pub issuer: String,
+    /// The subject (`sub`, else the issuer's id claim).
+    pub subject: String,
+    /// The token's `jti`, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
 }
 
 /// One management write (members, roles, invites…), written as a `"kind": "write"` line,
@@ -781,6 +797,7 @@ mod tests {
             latency_us: 42,
             context: Some(json!({"ip": "10.0.0.1"})),
             ignored: Vec::new(),
+            token: None,
         }
     }
 

@@ -39,6 +39,13 @@ pub struct PolicyArgs {
     /// `Account` or `Role` entities, which come from the store.
     #[arg(long, env = "CEDARD_ENTITIES")]
     pub entities: Option<PathBuf>,
+    /// A folder of trusted issuer files (`*.yaml`): the OpenID Connect /
+    /// JWT issuers whose tokens identify principals (`principal_token`,
+    /// AuthZEN's `subject.properties.token`, the management API's user
+    /// tokens). Reloaded with the policies; a broken file keeps the last
+    /// good set and is reported with file and line.
+    #[arg(long, env = "CEDARD_ISSUERS")]
+    pub issuers: Option<PathBuf>,
 }
 
 impl PolicyArgs {
@@ -56,6 +63,11 @@ impl PolicyArgs {
             reserved_types: [model::USER, model::ACCOUNT, model::ROLE]
                 .map(str::to_owned)
                 .to_vec(),
+            reserved_attributes: model::USER_ATTRIBUTES
+                .iter()
+                .map(|a| (model::USER.to_owned(), (*a).to_owned()))
+                .collect(),
+            issuers: self.issuers.clone(),
         }
     }
 }
@@ -96,6 +108,16 @@ pub enum ReloadGuard {
     /// That the new set allows nothing the live set denies (or that its
     /// hash is listed in the policy folder's `acknowledged.sha256`).
     NoWidening,
+}
+
+/// What may name the acting user of a management call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ActorMode {
+    /// `X-Actor` from a `manage` key, or a verified user token.
+    #[default]
+    HeaderOrToken,
+    /// Only a verified user token.
+    TokenOnly,
 }
 
 /// Which decisions the decision log keeps.
@@ -186,6 +208,18 @@ pub struct Options {
     /// you fully trust, never for production.
     #[arg(long, env = "CEDARD_INSECURE_NO_AUTH")]
     pub insecure_no_auth: bool,
+    /// Who the acting user of a management call may be named by:
+    /// `header-or-token` (default) believes `X-Actor` from a `manage` key
+    /// (for backends that authenticate users themselves) or a verified user
+    /// token (`X-Actor-Token`, or the token alone on the routes an end user
+    /// calls); `token-only` refuses `X-Actor`, so that only a token the
+    /// issuer signed names the actor.
+    #[arg(long, env = "CEDARD_ACTOR", value_enum, default_value_t = ActorMode::HeaderOrToken)]
+    pub actor: ActorMode,
+    /// The most bytes of verified tokens remembered (keyed by the whole
+    /// token, never past its `exp`); 0 verifies every token afresh.
+    #[arg(long, env = "CEDARD_TOKEN_CACHE_BYTES", default_value_t = crate::identity::DEFAULT_TOKEN_CACHE_BYTES)]
+    pub token_cache_bytes: usize,
     /// TLS certificate chain (PEM). With `--tls-key`, cedard serves HTTPS.
     #[arg(long, env = "CEDARD_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,

@@ -21,6 +21,7 @@ use cedar_policy::{Entities, Entity, EntityUid, EvalResult};
 use serde_json::value::RawValue;
 
 use crate::authz::{self, InputError, SetAside};
+use crate::identity::Verified;
 use crate::model::{
     account_entity, account_uid, user_entity, user_uid, ModelError, RoleCatalog, TYPES,
 };
@@ -41,6 +42,10 @@ pub enum EntityError {
     /// schema is fixed).
     #[error(transparent)]
     Schema(#[from] ModelError),
+    /// A verified token's claims do not fit the schema where its issuer
+    /// maps them (a 401 `token_claims`).
+    #[error("{0}")]
+    Claims(String),
 }
 
 /// The inline entities of a request, as they arrived: the raw JSON text of
@@ -371,6 +376,101 @@ impl<'a> Facts<'a> {
         self.raw_entities(raw, pairs).map(Cow::Owned)
     }
 
+    /// `entities` with each token subject's entity as the token makes it:
+    /// cedard's own facts for it (stored, or of the entity data files; its
+    /// parents only from those) with the token's mapped claims added as
+    /// attributes, checked against the schema whole. A token subject sent
+    /// inline is refused (cedard supplies it), and a claim that does not
+    /// fit, or that would replace an attribute cedard's facts give, refuses
+    /// the call naming the claim: never half-applied.
+    pub fn with_token_subjects(
+        &self,
+        entities: Cow<'a, Entities>,
+        subjects: &[(&EntityUid, &Verified)],
+    ) -> Result<Cow<'a, Entities>, EntityError> {
+        let mut updated: Vec<Entity> = Vec::new();
+        let mut seen: HashSet<&EntityUid> = HashSet::new();
+        for (uid, token) in subjects {
+            if !seen.insert(*uid) {
+                continue;
+            }
+            let present = entities.get(uid);
+            let known = self.lookup(uid)?.is_some() || self.snapshot.data.origin(uid).is_some();
+            if present.is_some() && !known {
+                return Err(InputError::new(
+                    "entities",
+                    format!("`{uid}` is the subject of the principal token: cedard supplies it (its stored facts and the token's claims); do not send it inline"),
+                )
+                .into());
+            }
+            if token.attributes.is_empty() {
+                continue;
+            }
+            let base = match present {
+                Some(e) => e
+                    .to_json_value()
+                    .map_err(|e| EntityError::Schema(ModelError(describe(&e))))?,
+                None => serde_json::json!({
+                    "uid": {"type": uid.type_name().to_string(), "id": uid.id().unescaped()},
+                    "attrs": {},
+                    "parents": [],
+                }),
+            };
+            updated.push(self.claimed(uid, base, token)?);
+        }
+        if updated.is_empty() {
+            return Ok(entities);
+        }
+        // Each entity was checked against the schema as it was built.
+        entities
+            .into_owned()
+            .upsert_entities(updated, None)
+            .map(Cow::Owned)
+            .map_err(|e| EntityError::Schema(ModelError(describe(&e))))
+    }
+
+    /// The entity `base` (Cedar's JSON form) with `token`'s mapped claims
+    /// as attributes, built against the schema.
+    fn claimed(
+        &self,
+        uid: &EntityUid,
+        base: serde_json::Value,
+        token: &Verified,
+    ) -> Result<Entity, EntityError> {
+        let with = |claims: &[(String, serde_json::Value)]| -> Result<Entity, String> {
+            let mut json = base.clone();
+            let attrs = json
+                .get_mut("attrs")
+                .and_then(serde_json::Value::as_object_mut)
+                .ok_or_else(|| "the entity has no attributes object".to_owned())?;
+            for (attribute, value) in claims {
+                if attrs.contains_key(attribute) {
+                    return Err(format!(
+                        "cedard's facts already give `{uid}` the attribute `{attribute}`"
+                    ));
+                }
+                attrs.insert(attribute.clone(), value.clone());
+            }
+            Entity::from_json_value(json, Some(&self.snapshot.schema)).map_err(|e| describe(&e))
+        };
+        with(&token.attributes).map_err(|whole| {
+            // Name the first claim that does not fit on its own.
+            let culprit = token
+                .attributes
+                .iter()
+                .zip(&token.claims)
+                .find_map(|(pair, claim)| {
+                    with(std::slice::from_ref(pair))
+                        .err()
+                        .map(|m| format!("the claim `{claim}` (mapped to `{}`): {m}", pair.0))
+                });
+            EntityError::Claims(format!(
+                "the token's claims do not fit the schema for `{uid}`: {}",
+                culprit.unwrap_or(whole)
+            ))
+        })
+    }
+
     /// [`Facts::entities`] for inline entities as raw JSON text: decoded and
     /// assembled through the snapshot's memo, refused where cedard stores
     /// one of them or one claims a role of a stored account.
@@ -669,6 +769,8 @@ mod tests {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         let snapshot = policy::load(
             &Sources {
+                issuers: None,
+                reserved_attributes: Vec::new(),
                 policies: root.join("policies"),
                 schema: root.join("schema"),
                 ..Default::default()

@@ -15,6 +15,7 @@ pub mod config;
 pub mod facts;
 pub mod fit;
 pub mod http;
+pub mod identity;
 pub mod impact;
 pub mod interop;
 pub mod keys;

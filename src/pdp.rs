@@ -29,6 +29,7 @@ use crate::audit::{DecisionEvent, DecisionLog};
 use crate::authz::{self, Decision, InputError, Reason, SetAside};
 use crate::code::Code;
 use crate::facts::{EntityError, EntityMemo, Facts, Inline};
+use crate::identity::Verified;
 use crate::model::{self, RoleCatalog};
 use crate::policy::watch::LivePolicies;
 use crate::policy::{PolicySnapshot, Revision};
@@ -101,12 +102,23 @@ pub enum ActionRef<'a> {
     Name(&'a str),
 }
 
+/// Who a question is about.
+#[derive(Debug, Clone, Copy)]
+pub enum Principal<'a> {
+    /// An entity reference the caller names.
+    Ref(&'a Value),
+    /// The subject of a verified token: the entity of the issuer's mapped
+    /// type and id, with cedard's stored facts for it and the token's
+    /// mapped claims as attributes.
+    Token(&'a Verified),
+}
+
 /// One question as it arrived: entity references and context as JSON,
 /// read against the snapshot's schema by the pipeline.
 #[derive(Debug, Clone, Copy)]
 pub struct Query<'a> {
-    /// The principal reference.
-    pub principal: &'a Value,
+    /// The principal.
+    pub principal: Principal<'a>,
     /// The action.
     pub action: ActionRef<'a>,
     /// The resource reference.
@@ -154,6 +166,10 @@ pub enum PdpError {
     /// and was stopped: no answer was made (a 503).
     #[error("the request ran out of its time (`--request-timeout-ms`) and was stopped; no answer was made")]
     OutOfTime,
+    /// A verified token's claims do not fit the schema where its issuer
+    /// maps them (a 401 `token_claims`): never half-applied.
+    #[error("{0}")]
+    Claims(String),
 }
 
 impl PdpError {
@@ -165,6 +181,7 @@ impl PdpError {
             PdpError::Unavailable(_) => Code::Unavailable,
             PdpError::Store(f) => f.code(),
             PdpError::OutOfTime => Code::Timeout,
+            PdpError::Claims(_) => Code::Unauthenticated,
         }
     }
 }
@@ -175,6 +192,7 @@ impl From<EntityError> for PdpError {
             EntityError::Input(e) => PdpError::Input(e),
             EntityError::Store(e) => PdpError::Store(e),
             EntityError::Schema(e) => PdpError::Unavailable(e.to_string()),
+            EntityError::Claims(m) => PdpError::Claims(m),
         }
     }
 }
@@ -876,6 +894,15 @@ impl<'a> Call<'a> {
         };
         let pairs: Vec<_> = asks.iter().map(|a| (&a.principal, &a.resource)).collect();
         let entities = self.facts.entities(inline, &pairs)?;
+        let subjects: Vec<(&EntityUid, &Verified)> = asks
+            .iter()
+            .filter_map(|a| a.token.map(|t| (&a.principal, t)))
+            .collect();
+        let entities = if subjects.is_empty() {
+            entities
+        } else {
+            self.facts.with_token_subjects(entities, &subjects)?
+        };
         let snapshot = self.snapshot;
         let mut decisions: Vec<Decision> = if asks.len() >= PARALLEL_BATCH {
             use rayon::prelude::*;
@@ -948,6 +975,11 @@ impl<'a> Call<'a> {
                 None
             },
             ignored: d.ignored.clone(),
+            token: ask.token.map(|t| crate::audit::TokenFacts {
+                issuer: t.issuer.clone(),
+                subject: t.sub.clone().unwrap_or_else(|| t.id.clone()),
+                jti: t.jti.clone(),
+            }),
         });
     }
 
@@ -1038,6 +1070,8 @@ struct Resolved<'q> {
     request: cedar_policy::Request,
     context: Option<Cow<'q, Value>>,
     ignored: Vec<SetAside>,
+    /// The verified token the principal is the subject of.
+    token: Option<&'q Verified>,
 }
 
 /// A question as it arrived, read against the snapshot.
@@ -1046,10 +1080,25 @@ fn resolve<'q>(
     q: &Query<'q>,
     surplus: Surplus,
 ) -> Result<Resolved<'q>, InputError> {
-    let principal = authz::parse_uid_in(snapshot, "principal", q.principal)?;
+    let (principal, token) = match q.principal {
+        Principal::Ref(v) => (authz::parse_uid_in(snapshot, "principal", v)?, None),
+        Principal::Token(t) => (token_subject(snapshot, t)?, Some(t)),
+    };
     let action = action_uid(snapshot, q.action)?;
     let resource = authz::parse_uid_in(snapshot, "resource", q.resource)?;
-    ask(snapshot, principal, action, resource, q.context, surplus)
+    let mut resolved = ask(snapshot, principal, action, resource, q.context, surplus)?;
+    resolved.token = token;
+    Ok(resolved)
+}
+
+/// The entity a verified token's subject is: the issuer's mapped type
+/// (which the schema declared when the issuer files were loaded) and id.
+fn token_subject(snapshot: &PolicySnapshot, token: &Verified) -> Result<EntityUid, InputError> {
+    authz::parse_uid_in(
+        snapshot,
+        "principal_token",
+        &serde_json::json!({"type": token.principal_type, "id": token.id}),
+    )
 }
 
 /// A question of known entities: the one place a served request is built
@@ -1081,6 +1130,7 @@ fn ask<'q>(
         request,
         context,
         ignored,
+        token: None,
     })
 }
 

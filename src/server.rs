@@ -334,9 +334,11 @@ pub async fn run(
             body_timeout: Duration::from_millis(options.body_timeout_ms.max(1)),
             hosts: allowed_hosts(&options),
             insecure_no_auth: options.insecure_no_auth,
+            actor: options.actor,
             ..HttpLimits::default()
         }),
         metrics,
+        identity: Arc::new(crate::identity::Identity::new(options.token_cache_bytes)),
     };
     let serve_options = ServeOptions {
         tls,

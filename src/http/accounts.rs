@@ -24,8 +24,6 @@ use crate::store::{Account, GoneReason, Invite, Membership, User};
 /// The management routes.
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
-        .routes(routes!(sign_up))
-        .routes(routes!(get_user))
         .routes(routes!(set_email_verified))
         .routes(routes!(get_account))
         .routes(routes!(convert))
@@ -34,8 +32,18 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(create_invite, list_invites))
         .routes(routes!(relink))
         .routes(routes!(revoke))
-        .routes(routes!(accept))
         .routes(routes!(show_invite))
+}
+
+/// The management routes an end user may call with their own token alone
+/// (`Authorization: Bearer <token>`), as well as a `manage` key may:
+/// sign-up from the token, their own user and memberships, accepting an
+/// invite.
+pub fn user_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(sign_up))
+        .routes(routes!(get_user))
+        .routes(routes!(accept))
 }
 
 /// A user.
@@ -360,7 +368,11 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(move || f(&state.accounts, &caller.caller("management"))).await?
 }
 
-/// Signs a user up, with a personal account they administer.
+/// Signs a user up, with a personal account they administer. With a
+/// verified user token (the bearer alone, or `X-Actor-Token` beside a
+/// `manage` key) the user is the token's subject, signed up from its
+/// claims (just-in-time provisioning: the id, the email, whether the
+/// issuer verified it, the name) and the body is empty or `{}`.
 #[utoipa::path(post, path = "/v1/users", tag = "management",
     request_body = SignUpBody,
     responses(
@@ -374,12 +386,17 @@ async fn sign_up(
     caller: CallerInfo,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let body = Body::parse_as::<SignUpBody>(&body)?;
-    let input = SignUp {
-        id: body.str("id")?,
-        email: body.str("email")?,
-        email_verified: body.opt_bool("email_verified")?.unwrap_or(false),
-        name: body.opt_str("name")?,
+    let input = match &caller.user {
+        Some(user) => from_token(user, &body)?,
+        None => {
+            let body = Body::parse_as::<SignUpBody>(&body)?;
+            SignUp {
+                id: body.str("id")?,
+                email: body.str("email")?,
+                email_verified: body.opt_bool("email_verified")?.unwrap_or(false),
+                name: body.opt_str("name")?,
+            }
+        }
     };
     let (user, account) = blocking(state, caller, move |a, c| Ok(a.sign_up(c, input)?)).await?;
     Ok((
@@ -390,6 +407,41 @@ async fn sign_up(
         }),
     )
         .into_response())
+}
+
+/// A sign-up from a verified token's claims; the body adds nothing.
+fn from_token(user: &crate::identity::Verified, body: &[u8]) -> Result<SignUp, ApiError> {
+    let empty = body.trim_ascii().is_empty()
+        || serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body)
+            .is_ok_and(|m| m.is_empty());
+    if !empty {
+        return Err(ApiError::from(crate::authz::InputError::new(
+            "body",
+            "with a user token the sign-up comes from its claims: send no body, or `{}`",
+        )));
+    }
+    if user.principal_type != crate::model::USER {
+        return Err(ApiError::denied(
+            format!(
+                "the token's subject is a `{}`, not a `{}`: only users sign up",
+                user.principal_type,
+                crate::model::USER
+            ),
+            Vec::new(),
+        ));
+    }
+    let email = user.email.clone().ok_or_else(|| {
+        ApiError::from(crate::authz::InputError::new(
+            "email",
+            "the token carries no email claim (the issuer file's `profile.email_claim`), which a sign-up needs",
+        ))
+    })?;
+    Ok(SignUp {
+        id: user.id.clone(),
+        email,
+        email_verified: user.email_verified,
+        name: user.name.clone(),
+    })
 }
 
 /// Records whether a user's email is verified (the product verified it).

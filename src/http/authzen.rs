@@ -31,11 +31,15 @@ use utoipa_axum::routes;
 use super::error::{ApiError, ErrorBody};
 use super::extract::{parse_json, Attributes, CallerInfo, ConsistencyBody, ContextBody};
 use super::state::AppState;
+use super::tokens;
 use crate::authz::{Decision, InputError, SetAside};
 use crate::code::Code;
 use crate::facts::Inline;
-use crate::pdp::{ActionRef, Caller, Item, Query, Search, Slot, Surplus, Until};
+use crate::identity::Verified;
+use crate::pdp::{ActionRef, Caller, Item, Principal, Query, Search, Slot, Surplus, Until};
 use crate::policy::Revision;
+use std::collections::HashMap;
+use std::sync::Arc;
 
 /// The most results one search page holds, and the page size when the
 /// caller names none.
@@ -332,6 +336,91 @@ fn id_of<'a>(entity: &'a Entity, field: &str) -> Result<&'a str, InputError> {
         .ok_or_else(|| InputError::new(format!("{field}.id"), "required"))
 }
 
+/// The verified tokens of a call, by their text.
+type Tokens = HashMap<String, Arc<Verified>>;
+
+/// The token a subject carries in `properties.token`, if any; with one,
+/// the subject's `type` and `id` may be left empty, and must otherwise name
+/// the token's subject (checked against the verified token).
+fn subject_token<'a>(subject: &'a Entity, field: &str) -> Result<Option<&'a str>, InputError> {
+    match subject.properties.as_ref().and_then(|p| p.get("token")) {
+        None => Ok(None),
+        Some(Value::String(t)) => Ok(Some(t)),
+        Some(_) => Err(InputError::new(
+            format!("{field}.properties.token"),
+            "must be a string: the subject's OpenID Connect / JWT token",
+        )),
+    }
+}
+
+/// Verifies every `subject.properties.token` of an AuthZEN body (the
+/// call's subject and each evaluation's) before it is decided; a refused
+/// token refuses the call (a 401 with its reason).
+async fn verify_subject_tokens(state: &AppState, body: &[u8]) -> Result<Tokens, ApiError> {
+    let mut tokens = Tokens::new();
+    const FIELD: &[u8] = b"\"token\"";
+    if !body.windows(FIELD.len()).any(|w| w == FIELD) {
+        return Ok(tokens);
+    }
+    let Ok(value) = serde_json::from_slice::<Value>(body) else {
+        return Ok(tokens);
+    };
+    // (token, id, type) of each subject with a token, owned, before any
+    // verification awaits.
+    let mut subjects: Vec<(String, Option<String>, Option<String>)> = Vec::new();
+    let mut take = |subject: Option<&Value>| {
+        let Some(subject) = subject else { return };
+        if let Some(token) = subject
+            .get("properties")
+            .and_then(|p| p.get("token"))
+            .and_then(Value::as_str)
+        {
+            let text = |k: &str| {
+                subject
+                    .get(k)
+                    .and_then(Value::as_str)
+                    .filter(|v| !v.is_empty())
+                    .map(str::to_owned)
+            };
+            subjects.push((token.to_owned(), text("id"), text("type")));
+        }
+    };
+    take(value.get("subject"));
+    if let Some(items) = value.get("evaluations").and_then(Value::as_array) {
+        for item in items {
+            take(item.get("subject"));
+        }
+    }
+    for (token, id, kind) in subjects {
+        let verified = match tokens.get(&token) {
+            Some(v) => v.clone(),
+            None => tokens::verify(state, &token, "subject.properties.token", false).await?,
+        };
+        if id.as_ref().is_some_and(|id| *id != verified.id) {
+            return Err(InputError::new(
+                "subject.id",
+                format!(
+                    "the token's subject is `{}`; leave `id` empty or name the same",
+                    verified.id
+                ),
+            )
+            .into());
+        }
+        if kind.as_ref().is_some_and(|k| *k != verified.principal_type) {
+            return Err(InputError::new(
+                "subject.type",
+                format!(
+                    "the token's subject is a `{}`; leave `type` empty or name the same",
+                    verified.principal_type
+                ),
+            )
+            .into());
+        }
+        tokens.insert(token, verified);
+    }
+    Ok(tokens)
+}
+
 /// Refuses action properties: Cedar cannot give an action request-time
 /// attributes, and ignoring them could change what the caller meant.
 fn check_action(action: &Action, field: &str) -> Result<(), InputError> {
@@ -432,6 +521,11 @@ struct Asked {
     inline_names: Vec<&'static str>,
     /// Where the question sits in the request (`evaluations[2]`).
     prefix: String,
+    /// The verified token of `subject.properties.token`, whose subject is
+    /// the principal.
+    token: Option<Arc<Verified>>,
+    /// What of the subject was set aside for the token's facts.
+    notes: Vec<SetAside>,
 }
 
 impl Asked {
@@ -441,6 +535,7 @@ impl Asked {
         resource: &Entity,
         context: Option<&Value>,
         prefix: &str,
+        tokens: &Tokens,
     ) -> Result<Self, InputError> {
         let at = |f: &str| {
             if prefix.is_empty() {
@@ -449,9 +544,42 @@ impl Asked {
                 format!("{prefix}.{f}")
             }
         };
-        let subject_id = id_of(subject, &at("subject"))?;
         let resource_id = id_of(resource, &at("resource"))?;
         check_action(action, &at("action"))?;
+        if let Some(token) = subject_token(subject, &at("subject"))? {
+            let verified = tokens.get(token).cloned().ok_or_else(|| {
+                InputError::new(at("subject.properties.token"), "was not verified")
+            })?;
+            let (inline, inline_names) =
+                inline_entities(&[(resource, resource_id, "resource.properties")]);
+            let mut notes = Vec::new();
+            let rest: Vec<String> = subject
+                .properties
+                .iter()
+                .flat_map(|p| p.keys())
+                .filter(|k| k.as_str() != "token")
+                .cloned()
+                .collect();
+            if !rest.is_empty() {
+                notes.push(SetAside {
+                    field: "subject.properties".into(),
+                    names: rest,
+                    why: "the subject is the token's: its facts come from the token and cedard's store, never a caller's".into(),
+                });
+            }
+            return Ok(Self {
+                principal: reference(subject, &verified.id),
+                action: action.name.clone(),
+                resource: reference(resource, resource_id),
+                context: context.cloned(),
+                inline,
+                inline_names,
+                prefix: prefix.to_owned(),
+                token: Some(verified),
+                notes,
+            });
+        }
+        let subject_id = id_of(subject, &at("subject"))?;
         let (inline, inline_names) = inline_entities(&[
             (subject, subject_id, "subject.properties"),
             (resource, resource_id, "resource.properties"),
@@ -464,6 +592,8 @@ impl Asked {
             inline,
             inline_names,
             prefix: prefix.to_owned(),
+            token: None,
+            notes: Vec::new(),
         })
     }
 
@@ -475,8 +605,14 @@ impl Asked {
     /// The answer to this question as the spec shapes it (see [`shaped`]).
     fn answer(&self, decision: &Decision, explain: bool, revision: &Revision) -> DecisionBody {
         let mut body = shaped(decision, explain, revision);
-        if !decision.ignored.is_empty() {
-            let notes = ignored(&decision.ignored, &self.inline_names, &self.prefix);
+        if !decision.ignored.is_empty() || !self.notes.is_empty() {
+            let all: Vec<SetAside> = self
+                .notes
+                .iter()
+                .chain(&decision.ignored)
+                .cloned()
+                .collect();
+            let notes = ignored(&all, &self.inline_names, &self.prefix);
             body.context
                 .get_or_insert_with(|| json!({}))
                 .as_object_mut()
@@ -488,7 +624,10 @@ impl Asked {
     fn item(&self) -> Item<'_> {
         Item {
             query: Query {
-                principal: &self.principal,
+                principal: match &self.token {
+                    Some(t) => Principal::Token(t),
+                    None => Principal::Ref(&self.principal),
+                },
                 action: ActionRef::Name(&self.action),
                 resource: &self.resource,
                 context: self.context.as_ref(),
@@ -540,15 +679,21 @@ async fn evaluation(
     caller: CallerInfo,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let tokens = verify_subject_tokens(&state, &body).await?;
     // A remote store's reads block: they run off the async workers.
     if state.pdp.store().is_remote() {
-        tokio::task::spawn_blocking(move || evaluate_one(&state, &caller, &body)).await?
+        tokio::task::spawn_blocking(move || evaluate_one(&state, &caller, &body, &tokens)).await?
     } else {
-        evaluate_one(&state, &caller, &body)
+        evaluate_one(&state, &caller, &body, &tokens)
     }
 }
 
-fn evaluate_one(state: &AppState, caller: &CallerInfo, body: &[u8]) -> Result<Response, ApiError> {
+fn evaluate_one(
+    state: &AppState,
+    caller: &CallerInfo,
+    body: &[u8],
+    tokens: &Tokens,
+) -> Result<Response, ApiError> {
     let body: EvaluationBody = parse_json(body)?;
     let explain = body.options.as_ref().is_some_and(|o| o.explain);
     if let Some(o) = &body.options {
@@ -566,6 +711,7 @@ fn evaluate_one(state: &AppState, caller: &CallerInfo, body: &[u8]) -> Result<Re
         &body.resource,
         body.context.as_ref(),
         "",
+        tokens,
     )?;
     let who = asker(caller, "/access/v1/evaluation", body.options.as_ref());
     let mut evaluated = state.pdp.evaluate(&who, &[Ok(asked.item())], Until::All)?;
@@ -598,6 +744,7 @@ async fn evaluations(
     caller: CallerInfo,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let tokens = verify_subject_tokens(&state, &body).await?;
     tokio::task::spawn_blocking(move || {
         let body: EvaluationsBody = parse_json(&body)?;
         let options = body.options.clone().unwrap_or_default();
@@ -632,7 +779,14 @@ async fn evaluations(
                 )
                 .into());
             };
-            let asked = Asked::new(subject, action, resource, body.context.as_ref(), "")?;
+            let asked = Asked::new(
+                subject,
+                action,
+                resource,
+                body.context.as_ref(),
+                "",
+                &tokens,
+            )?;
             let mut evaluated = state.pdp.evaluate(&who, &[Ok(asked.item())], Until::All)?;
             return match evaluated.outcomes.pop() {
                 Some(Ok(d)) => Ok(Json(asked.answer(
@@ -688,7 +842,7 @@ async fn evaluations(
                     .or(body.resource.as_ref())
                     .ok_or_else(|| missing("resource"))?;
                 let context = item.context.as_ref().or(body.context.as_ref());
-                Asked::new(subject, action, resource, context, &field)
+                Asked::new(subject, action, resource, context, &field, &tokens)
             })();
             asked.push(filled);
         }

@@ -17,10 +17,12 @@ use super::extract::{
     parse_json, CallerInfo, CedarEntity, ConsistencyBody, ContextBody, EntityRef,
 };
 use super::state::AppState;
+use super::tokens;
 use crate::authz::{Decision, InputError};
 use crate::code::Code;
 use crate::facts::Inline;
-use crate::pdp::{ActionRef, Query};
+use crate::identity::Verified;
+use crate::pdp::{ActionRef, Principal, Query};
 use crate::policy::Revision;
 
 /// The decision routes.
@@ -34,9 +36,17 @@ pub fn routes() -> OpenApiRouter<AppState> {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckBody {
-    /// `{"type": "User", "id": "alice"}` or `"User::\"alice\""`.
-    #[schema(value_type = EntityRef)]
-    principal: Value,
+    /// `{"type": "User", "id": "alice"}` or `"User::\"alice\""`. Either
+    /// this or `principal_token`.
+    #[serde(default)]
+    #[schema(value_type = Option<EntityRef>)]
+    principal: Option<Value>,
+    /// An OpenID Connect / JWT token of a trusted issuer (`--issuers`),
+    /// instead of `principal`: the decision is about the token's subject,
+    /// with cedard's stored facts for it and the claims its issuer maps. An
+    /// invalid, expired or untrusted token is a 401 with a `reason`.
+    #[serde(default)]
+    principal_token: Option<String>,
     /// `{"type": "Action", "id": "startPod"}` or `"Action::\"startPod\""`.
     #[schema(value_type = EntityRef)]
     action: Value,
@@ -62,9 +72,11 @@ pub struct CheckBody {
 #[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchItem {
-    /// The principal reference.
-    #[schema(value_type = EntityRef)]
-    principal: Value,
+    /// The principal reference; absent when the batch has a
+    /// `principal_token`.
+    #[serde(default)]
+    #[schema(value_type = Option<EntityRef>)]
+    principal: Option<Value>,
     /// The action reference.
     #[schema(value_type = EntityRef)]
     action: Value,
@@ -93,6 +105,12 @@ pub struct BatchBody<'a> {
     #[serde(default, borrow)]
     #[schema(value_type = Option<Vec<CedarEntity>>)]
     entities: Option<&'a RawValue>,
+    /// A token whose subject is the principal of every question (AVP's
+    /// `BatchIsAuthorizedWithToken`); the questions then name no
+    /// `principal`.
+    #[serde(default, borrow)]
+    #[schema(value_type = Option<String>)]
+    principal_token: Option<&'a str>,
     /// How fresh the stored facts must be, as for one question.
     #[serde(default)]
     consistency: Option<ConsistencyBody>,
@@ -134,6 +152,35 @@ async fn off_worker_if<T: Send + 'static>(
     }
 }
 
+/// The principal of a question: the entity `named`, or the subject of the
+/// call's verified token (`sent`: whether the body has `principal_token`);
+/// exactly one. `field` names the principal in errors.
+fn principal<'a>(
+    named: Option<&'a Value>,
+    sent: bool,
+    token: Option<&'a Verified>,
+    field: &str,
+) -> Result<Principal<'a>, InputError> {
+    match (named, sent, token) {
+        (Some(_), true, _) => Err(InputError::new(
+            field,
+            "give `principal` or `principal_token`, not both",
+        )),
+        (Some(p), false, _) => Ok(Principal::Ref(p)),
+        (None, true, Some(t)) => Ok(Principal::Token(t)),
+        // The token was read before the body; a body whose token was not
+        // found there is not decided.
+        (None, true, None) => Err(InputError::new(
+            "principal_token",
+            "must be a string at the top level of the body",
+        )),
+        (None, false, _) => Err(InputError::new(
+            field,
+            "required: an entity reference, or `principal_token`",
+        )),
+    }
+}
+
 /// May this principal do this action on this resource?
 #[utoipa::path(
     post,
@@ -143,7 +190,7 @@ async fn off_worker_if<T: Send + 'static>(
     responses(
         (status = 200, description = "The decision (a deny is an answer, not an error)", body = CheckResponse),
         (status = 400, description = "Malformed or invalid question; the message names the field", body = ErrorBody),
-        (status = 401, description = "No valid caller key", body = ErrorBody),
+        (status = 401, description = "No valid caller key, or a `principal_token` refused (`reason` says why)", body = ErrorBody),
         (status = 403, description = "The key lacks the `decide` scope", body = ErrorBody),
         (status = 503, description = "cedard cannot answer now; no decision", body = ErrorBody),
     ),
@@ -156,11 +203,17 @@ async fn is_authorized(
 ) -> Result<Response, ApiError> {
     // A remote store's reads block: they run off the async workers too.
     let heavy = body.len() > state.limits.blocking_threshold || state.pdp.store().is_remote();
+    let token = tokens::principal_token(&state, &body).await?;
     off_worker_if(heavy, move || {
         let body: CheckBody = parse_json(&body)?;
         let inline = Inline::raw(body.entities.as_deref());
         let query = Query {
-            principal: &body.principal,
+            principal: principal(
+                body.principal.as_ref(),
+                body.principal_token.is_some(),
+                token.as_deref(),
+                "principal",
+            )?,
             action: ActionRef::Uid(&body.action),
             resource: &body.resource,
             context: body.context.as_ref(),
@@ -198,7 +251,7 @@ async fn is_authorized(
     responses(
         (status = 200, description = "One decision per question, in order", body = BatchResponse),
         (status = 400, description = "A malformed question (named `requests[i]`) fails the whole batch", body = ErrorBody),
-        (status = 401, description = "No valid caller key", body = ErrorBody),
+        (status = 401, description = "No valid caller key, or a `principal_token` refused (`reason` says why)", body = ErrorBody),
         (status = 403, description = "The key lacks the `decide` scope", body = ErrorBody),
         (status = 503, description = "cedard cannot answer now; no decision", body = ErrorBody),
     ),
@@ -211,6 +264,7 @@ async fn is_authorized_batch(
 ) -> Result<Response, ApiError> {
     // A batch may ask the store about up to three entities per question, so
     // it always runs off the async threads.
+    let token = tokens::principal_token(&state, &body).await?;
     off_worker_if(true, move || {
         let body: BatchBody = parse_json(&body)?;
         let limit = state.limits.batch_limit;
@@ -232,13 +286,21 @@ async fn is_authorized_batch(
         }
         let queries: Vec<Query<'_>> = items
             .iter()
-            .map(|item| Query {
-                principal: &item.principal,
-                action: ActionRef::Uid(&item.action),
-                resource: &item.resource,
-                context: item.context.as_ref(),
+            .enumerate()
+            .map(|(i, item)| {
+                Ok(Query {
+                    principal: principal(
+                        item.principal.as_ref(),
+                        body.principal_token.is_some(),
+                        token.as_deref(),
+                        &format!("requests[{i}].principal"),
+                    )?,
+                    action: ActionRef::Uid(&item.action),
+                    resource: &item.resource,
+                    context: item.context.as_ref(),
+                })
             })
-            .collect();
+            .collect::<Result<_, InputError>>()?;
         let inline = Inline::raw(body.entities);
         let mut caller = caller.caller("/v1/is_authorized/batch");
         caller.consistency = body.consistency.map(Into::into).unwrap_or_default();

@@ -85,6 +85,8 @@ pub struct ApiError {
     /// A missing or wrong bearer key: the answer carries
     /// `WWW-Authenticate: Bearer`.
     pub challenge: bool,
+    /// For a refused token: why (`token_expired`, `token_audience`, …).
+    pub reason: Option<&'static str>,
 }
 
 impl ApiError {
@@ -95,6 +97,17 @@ impl ApiError {
             message: message.into(),
             reasons: Vec::new(),
             challenge: false,
+            reason: None,
+        }
+    }
+
+    /// A refused token (a 401 with its reason code); `challenge` when it
+    /// came in `Authorization`.
+    pub fn token(e: &crate::identity::TokenError, what: &str, challenge: bool) -> Self {
+        Self {
+            challenge,
+            reason: Some(e.reason()),
+            ..Self::new(Code::Unauthenticated, format!("{what}: {e}"))
         }
     }
 
@@ -141,6 +154,13 @@ pub struct ErrorDetail {
     /// For a denial: the deciding policies.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reasons: Option<Vec<Reason>>,
+    /// For a refused token (`unauthenticated`): why — `token_malformed`,
+    /// `token_algorithm`, `token_issuer`, `token_audience`,
+    /// `token_expired`, `token_not_yet_valid`, `token_signature`,
+    /// `token_key_unknown`, `token_keys_unavailable`, `token_claims`,
+    /// `token_subject`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 impl From<InputError> for ApiError {
@@ -172,6 +192,10 @@ impl From<PdpError> for ApiError {
         let code = e.code();
         match e {
             PdpError::Denied { message, reasons } => Self::denied(message, reasons),
+            PdpError::Claims(message) => Self {
+                reason: Some("token_claims"),
+                ..Self::new(code, message)
+            },
             PdpError::Input(_)
             | PdpError::Unavailable(_)
             | PdpError::Store(_)
@@ -224,14 +248,29 @@ impl IntoResponse for ApiError {
                 }})),
             )
                 .into_response()
+        } else if let Some(reason) = self.reason {
+            (
+                status(self.code),
+                Json(json!({"error": {
+                    "code": self.code.as_str(),
+                    "reason": reason,
+                    "message": message,
+                }})),
+            )
+                .into_response()
         } else {
             error_response(self.code, &message)
         };
         if self.challenge {
-            response.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"cedard\""),
-            );
+            // RFC 6750 §3: a refused bearer token says `invalid_token`.
+            let value = if self.reason.is_some() {
+                "Bearer realm=\"cedard\", error=\"invalid_token\""
+            } else {
+                "Bearer realm=\"cedard\""
+            };
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(value));
         }
         response
     }

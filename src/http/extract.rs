@@ -18,6 +18,9 @@ use crate::pdp::Caller;
 pub struct CallerInfo {
     /// The key that authenticated the request.
     pub key: Option<KeyInfo>,
+    /// The acting user's verified token (`X-Actor-Token`, or the bearer on
+    /// the routes an end user calls).
+    pub user: Option<std::sync::Arc<crate::identity::Verified>>,
     /// The request's `X-Request-ID`.
     pub request_id: Option<String>,
     /// When the work of the request must be done: three quarters of the
@@ -57,10 +60,12 @@ impl<S: Send + Sync> FromRequestParts<S> for CallerInfo {
 /// echoed back.
 const MAX_ACTOR: usize = 128;
 
-/// The acting user named by `X-Actor`. Believed only because the guard let
-/// the request through: from a `manage` key, or from loopback when no keys
-/// exist. Missing: 401. A value that is not an id cannot name a stored user,
-/// so it is denied like an unknown user.
+/// The acting user: the subject of a verified user token (`X-Actor-Token`,
+/// or the bearer on the routes an end user calls), else the one `X-Actor`
+/// names. `X-Actor` is believed only because the guard let the request
+/// through: from a `manage` key, or from loopback when no keys exist, and
+/// not at all with `--actor token-only`. Missing: 401. A value that is not
+/// an id cannot name a stored user, so it is denied like an unknown user.
 #[derive(Debug, Clone)]
 pub struct Actor(pub String);
 
@@ -68,10 +73,27 @@ impl<S: Send + Sync> FromRequestParts<S> for Actor {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        if let Some(user) = parts
+            .extensions
+            .get::<CallerInfo>()
+            .and_then(|c| c.user.as_ref())
+        {
+            if user.principal_type != crate::model::USER {
+                return Err(ApiError::denied(
+                    format!(
+                        "the token's subject is a `{}`, not a `{}`: only a user acts on the directory",
+                        user.principal_type,
+                        crate::model::USER
+                    ),
+                    Vec::new(),
+                ));
+            }
+            return Ok(Actor(user.id.clone()));
+        }
         let required = || {
             ApiError::new(
                 Code::Unauthenticated,
-                "the `X-Actor` header naming the acting user is required",
+                "the acting user is required: `X-Actor-Token` with their token, or `X-Actor` naming them",
             )
         };
         let Some(value) = parts.headers.get("x-actor") else {
@@ -104,7 +126,11 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for Actor {
         parts: &mut Parts,
         state: &S,
     ) -> Result<Option<Self>, Self::Rejection> {
-        if parts.headers.contains_key("x-actor") {
+        let by_token = parts
+            .extensions
+            .get::<CallerInfo>()
+            .is_some_and(|c| c.user.is_some());
+        if by_token || parts.headers.contains_key("x-actor") {
             <Actor as FromRequestParts<S>>::from_request_parts(parts, state)
                 .await
                 .map(Some)

@@ -26,7 +26,9 @@ use tower_http::request_id::{MakeRequestId, RequestId};
 use super::error::{error_response, ApiError};
 use super::extract::CallerInfo;
 use super::state::AppState;
+use super::tokens;
 use crate::code::Code;
+use crate::config::ActorMode;
 use crate::keys::Scope;
 
 /// What a group of routes requires of its caller.
@@ -36,6 +38,18 @@ pub enum Need {
     Scope(Scope),
     /// Any valid key (the API description).
     AnyKey,
+    /// A key holding `manage`, or an end user's own token as the bearer
+    /// (the routes an end user calls directly: sign-up, accepting an
+    /// invite, their own user and memberships).
+    ManageOrUser,
+}
+
+/// Whether a bearer credential is a JWT (three base64url parts) rather
+/// than a caller key.
+fn is_jwt(presented: &str) -> bool {
+    !presented.starts_with(crate::keys::PREFIX)
+        && presented.split('.').count() == 3
+        && presented.len() > 16
 }
 
 /// Authenticates the caller and checks the route's scope, then attaches
@@ -69,71 +83,83 @@ pub async fn authenticate(
         )
         .into_response();
     }
-    let key = if state.keys.never_keyed() {
-        let peer = request
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip());
-        // No known peer counts as off loopback: fail closed. `to_canonical`
-        // reads `::ffff:127.0.0.1` on a dual-stack listener as loopback.
-        let loopback = peer.is_some_and(|ip| ip.to_canonical().is_loopback());
-        if !loopback && !state.limits.insecure_no_auth {
-            return ApiError::no_key("no caller keys exist, so cedard answers only callers on loopback; create a key with `cedard keys create`")
-            .into_response();
-        }
-        None
-    } else {
-        let presented = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            // The scheme's name is case-insensitive (RFC 9110 §11.1).
-            .and_then(|v| {
-                v.get(..7)
-                    .filter(|p| p.eq_ignore_ascii_case("bearer "))
-                    .and_then(|_| v.get(7..))
-            })
-            .map(str::trim);
-        if state.keys.live_count() == 0 {
-            return ApiError::no_key(
-                "every caller key is revoked, so nobody is authenticated: create one with `cedard keys create`",
-            )
-            .into_response();
-        }
-        let Some(presented) = presented else {
-            return ApiError::no_key(
-                "a caller key is required: send `Authorization: Bearer <key>`",
-            )
-            .into_response();
-        };
-        let info = match state.keys.verify(presented) {
-            Ok(info) => info,
+    if state.limits.actor == ActorMode::TokenOnly && request.headers().contains_key("x-actor") {
+        metrics::counter!("cedard_auth_failures_total", "reason" => "x_actor_off").increment(1);
+        return ApiError::new(
+            Code::Unauthenticated,
+            "`X-Actor` is turned off (`--actor token-only`): send the acting user's token in `X-Actor-Token`",
+        )
+        .into_response();
+    }
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        // The scheme's name is case-insensitive (RFC 9110 §11.1).
+        .and_then(|v| {
+            v.get(..7)
+                .filter(|p| p.eq_ignore_ascii_case("bearer "))
+                .and_then(|_| v.get(7..))
+        })
+        .map(str::trim)
+        .map(str::to_owned);
+    let user_bearer = need == Need::ManageOrUser && presented.as_deref().is_some_and(is_jwt);
+    let (key, user) = if user_bearer {
+        // An end user calling for themselves: the token is the credential
+        // and the actor.
+        let token = presented.as_deref().unwrap_or_default();
+        match tokens::verify(&state, token, "the bearer token", true).await {
+            Ok(user) => (None, Some(user)),
             Err(e) => {
-                metrics::counter!("cedard_auth_failures_total", "reason" => "invalid_key")
+                metrics::counter!("cedard_auth_failures_total", "reason" => "user_token")
                     .increment(1);
-                return ApiError::no_key(e.to_string()).into_response();
-            }
-        };
-        if let Need::Scope(scope) = need {
-            if !info.allows(scope) {
-                metrics::counter!("cedard_auth_failures_total", "reason" => "scope").increment(1);
-                return ApiError::denied(
-                    format!(
-                        "the key `{}` lacks the `{scope}` scope this route needs",
-                        info.id
-                    ),
-                    Vec::new(),
-                )
-                .into_response();
+                return e.into_response();
             }
         }
-        Some(info)
+    } else {
+        let key = match caller_key(&state, &request, need, presented.as_deref()) {
+            Ok(key) => key,
+            Err(response) => return *response,
+        };
+        let user = match request
+            .headers()
+            .get(tokens::ACTOR_TOKEN)
+            .filter(|_| matches!(need, Need::Scope(Scope::Manage) | Need::ManageOrUser))
+        {
+            None => None,
+            Some(value) => {
+                if request.headers().contains_key("x-actor") {
+                    return ApiError::from(crate::authz::InputError::new(
+                        "X-Actor-Token",
+                        "send `X-Actor` or `X-Actor-Token`, not both",
+                    ))
+                    .into_response();
+                }
+                let Ok(token) = value.to_str() else {
+                    return ApiError::from(crate::authz::InputError::new(
+                        "X-Actor-Token",
+                        "must be visible ASCII text",
+                    ))
+                    .into_response();
+                };
+                match tokens::verify(&state, token, "X-Actor-Token", false).await {
+                    Ok(user) => Some(user),
+                    Err(e) => {
+                        metrics::counter!("cedard_auth_failures_total", "reason" => "actor_token")
+                            .increment(1);
+                        return e.into_response();
+                    }
+                }
+            }
+        };
+        (key, user)
     };
     // One caller (a key, or a peer without one) holds at most its share of
     // the concurrent places, so that it cannot take them all.
-    let caller = match &key {
-        Some(info) => format!("key {}", info.id),
-        None => request
+    let caller = match (&key, &user) {
+        (Some(info), _) => format!("key {}", info.id),
+        (None, Some(user)) => format!("token {} {}", user.issuer, user.id),
+        (None, None) => request
             .extensions()
             .get::<ConnectInfo<SocketAddr>>()
             .map_or_else(
@@ -154,6 +180,7 @@ pub async fn authenticate(
     let deadline = Instant::now() + state.limits.request_timeout * 3 / 4;
     request.extensions_mut().insert(CallerInfo {
         key,
+        user,
         request_id,
         deadline: Some(deadline),
     });
@@ -421,4 +448,74 @@ fn retry_shortly(code: Code, message: &str) -> Response {
         .headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     response
+}
+
+/// The caller's key, checked for `need`'s scope: `None` when no key was
+/// ever stored and the peer may be served without one; the answer to send
+/// otherwise.
+fn caller_key(
+    state: &AppState,
+    request: &Request,
+    need: Need,
+    presented: Option<&str>,
+) -> Result<Option<crate::keys::KeyInfo>, Box<Response>> {
+    Ok(if state.keys.never_keyed() {
+        let peer = request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        // No known peer counts as off loopback: fail closed. `to_canonical`
+        // reads `::ffff:127.0.0.1` on a dual-stack listener as loopback.
+        let loopback = peer.is_some_and(|ip| ip.to_canonical().is_loopback());
+        if !loopback && !state.limits.insecure_no_auth {
+            return Err(ApiError::no_key("no caller keys exist, so cedard answers only callers on loopback; create a key with `cedard keys create`")
+            .into_response().into());
+        }
+        None
+    } else {
+        if state.keys.live_count() == 0 {
+            return Err(ApiError::no_key(
+                "every caller key is revoked, so nobody is authenticated: create one with `cedard keys create`",
+            )
+            .into_response().into());
+        }
+        let Some(presented) = presented else {
+            return Err(ApiError::no_key(
+                "a caller key is required: send `Authorization: Bearer <key>`",
+            )
+            .into_response().into());
+        };
+        let info = match state.keys.verify(presented) {
+            Ok(info) => info,
+            Err(e) => {
+                metrics::counter!("cedard_auth_failures_total", "reason" => "invalid_key")
+                    .increment(1);
+                let message = if is_jwt(presented) {
+                    "the bearer is a token, not a caller key: a user's token alone is accepted only on the routes an end user calls (sign-up, accepting an invite, their own user); elsewhere send a caller key, with the user's token in `X-Actor-Token` or as `principal_token`".to_owned()
+                } else {
+                    e.to_string()
+                };
+                return Err(ApiError::no_key(message).into_response().into());
+            }
+        };
+        let scope = match need {
+            Need::Scope(scope) => Some(scope),
+            Need::ManageOrUser => Some(Scope::Manage),
+            Need::AnyKey => None,
+        };
+        if let Some(scope) = scope {
+            if !info.allows(scope) {
+                metrics::counter!("cedard_auth_failures_total", "reason" => "scope").increment(1);
+                return Err(ApiError::denied(
+                    format!(
+                        "the key `{}` lacks the `{scope}` scope this route needs",
+                        info.id
+                    ),
+                    Vec::new(),
+                )
+                .into_response().into());
+            }
+        }
+        Some(info)
+    })
 }

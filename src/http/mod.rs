@@ -22,6 +22,7 @@ pub mod extract;
 pub mod guard;
 pub mod metrics;
 pub mod state;
+pub mod tokens;
 pub mod ui;
 
 use std::sync::Arc;
@@ -119,6 +120,10 @@ fn routes(state: Option<&AppState>) -> OpenApiRouter<AppState> {
         .merge(stamped(guarded(
             accounts::routes(),
             Need::Scope(Scope::Manage),
+        )))
+        .merge(stamped(guarded(
+            accounts::user_routes(),
+            Need::ManageOrUser,
         )))
         .merge(guarded(admin::routes(), Need::Scope(Scope::Admin)))
 }
@@ -543,6 +548,8 @@ mod tests {
     fn state(dir: &std::path::Path) -> AppState {
         let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         let sources = crate::policy::Sources {
+            issuers: None,
+            reserved_attributes: Vec::new(),
             policies: root.join("policies"),
             schema: root.join("schema"),
             ..Default::default()
@@ -572,6 +579,7 @@ mod tests {
             limits: Arc::new(HttpLimits::default()),
             metrics: None,
             console: Arc::new(ui::session::Console::new(false, None)),
+            identity: Arc::new(crate::identity::Identity::new(0)),
         }
     }
 

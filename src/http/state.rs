@@ -33,6 +33,8 @@ pub struct HttpLimits {
     pub hosts: AllowedHosts,
     /// `--insecure-no-auth`: with no keys, answer callers off loopback too.
     pub insecure_no_auth: bool,
+    /// `--actor`: whether `X-Actor` may name the acting user.
+    pub actor: crate::config::ActorMode,
     /// What each caller holds of `max_concurrent`.
     pub shares: Arc<Shares>,
 }
@@ -108,6 +110,7 @@ impl Default for HttpLimits {
             blocking_threshold: 16 * 1024,
             hosts: AllowedHosts::default(),
             insecure_no_auth: false,
+            actor: crate::config::ActorMode::HeaderOrToken,
             shares: Arc::default(),
         }
     }
@@ -128,6 +131,8 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// The web console's sessions and settings.
     pub console: Arc<super::ui::session::Console>,
+    /// Verifies user and service tokens against the live set's issuers.
+    pub identity: Arc<crate::identity::Identity>,
 }
 
 /// The hosts cedard answers to.

@@ -22,6 +22,8 @@ use crate::store::{Account, User};
 
 /// The entity type of people.
 pub const USER: &str = "User";
+/// The attributes of a stored user that [`person`] builds from its record.
+pub const USER_ATTRIBUTES: [&str; 2] = ["email", "name"];
 /// The entity type of roles.
 pub const ROLE: &str = "Role";
 /// The entity type of accounts.

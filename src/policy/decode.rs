@@ -162,6 +162,16 @@ impl Shapes {
         }
     }
 
+    /// Whether the entity type `ty` (a canonical name) declares
+    /// `attribute`; `None` when the decoder does not read the type (Cedar
+    /// then checks each entity built with it).
+    pub fn declares(&self, ty: &str, attribute: &str) -> Option<bool> {
+        self.types
+            .get(ty)?
+            .as_ref()
+            .map(|s| s.attrs.contains_key(attribute))
+    }
+
     /// The attribute names `action`'s context declares, or `None` when they
     /// cannot be listed (then nothing may be dropped from a context).
     pub fn context_attributes(&self, action: &EntityUid) -> Option<&HashSet<String>> {

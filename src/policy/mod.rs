@@ -9,6 +9,7 @@
 
 pub mod data;
 pub mod decode;
+pub mod issuers;
 pub mod memo;
 pub mod requests;
 pub mod slice;
@@ -173,6 +174,9 @@ pub struct PolicySnapshot {
     /// (empty until the schema files are known: every request is then
     /// validated in full).
     pub valid_requests: requests::ValidRequests,
+    /// The trusted issuers of the issuer files (`--issuers`), checked
+    /// against the schema.
+    pub issuers: Arc<crate::identity::Issuers>,
 }
 
 impl PolicySnapshot {
@@ -269,6 +273,7 @@ impl PolicySnapshot {
         Ok(Self {
             slices,
             valid_requests: requests::ValidRequests::default(),
+            issuers: Arc::default(),
             policies,
             meta,
             by_id,
@@ -556,6 +561,12 @@ pub struct Sources {
     pub entities: Option<PathBuf>,
     /// Entity types a data file may not define (the types cedard stores).
     pub reserved_types: Vec<String>,
+    /// `(type, attribute)`: the attributes cedard builds from its records,
+    /// which no token claim may be mapped to.
+    pub reserved_attributes: Vec<(String, String)>,
+    /// A folder of trusted issuer files (`*.yaml`, `*.yml`): the OpenID
+    /// Connect / JWT issuers whose tokens identify principals.
+    pub issuers: Option<PathBuf>,
 }
 
 /// The largest policy or schema file read, by default: 16 MiB.
@@ -596,8 +607,15 @@ pub struct Files {
     pub schemas: Vec<SourceFile>,
     /// Entity data files, sorted by relative path.
     pub entities: Vec<SourceFile>,
+    /// Trusted issuer files, named with their folder, sorted.
+    pub issuers: Vec<SourceFile>,
+    /// The folder of the issuer files (their relative paths are read from
+    /// it).
+    pub issuers_dir: Option<PathBuf>,
     /// The types data files may not define.
     pub reserved_types: Vec<String>,
+    /// The attributes no claim may be mapped to (see [`Sources`]).
+    pub reserved_attributes: Vec<(String, String)>,
     /// SHA-256 of all of the above.
     pub sha256: String,
     /// The bounds the files were read under (the policy count is checked
@@ -687,6 +705,7 @@ impl Files {
                 .iter()
                 .chain(&f.schemas)
                 .chain(&f.entities)
+                .chain(&f.issuers)
                 .map(|s| (s.name.clone(), s.text.clone()))
                 .collect::<BTreeMap<_, _>>()
         };
@@ -777,6 +796,36 @@ impl Sources {
         if let Some(path) = &self.entities {
             self.read_entities(path, &mut entities, &mut stamps, &mut errors);
         }
+        let mut issuers = Vec::new();
+        if let Some(dir) = &self.issuers {
+            if dir.is_dir() {
+                let mut found = Vec::new();
+                collect(
+                    dir,
+                    dir,
+                    &mut found,
+                    &mut stamps,
+                    &mut errors,
+                    Wanted {
+                        name: is_issuer_file,
+                        max_bytes: self.limits.max_file_bytes,
+                        links_out: self.limits.links_out,
+                        contents: true,
+                    },
+                );
+                issuers.extend(found.into_iter().map(|f| SourceFile {
+                    name: dir.join(&f.name).display().to_string(),
+                    text: f.text,
+                }));
+            } else {
+                errors.push(LoadError {
+                    file: dir.display().to_string(),
+                    line: None,
+                    column: None,
+                    message: "the issuers folder (`--issuers`) is not a folder".into(),
+                });
+            }
+        }
         if !errors.is_empty() {
             return Err(PolicyError(errors));
         }
@@ -794,12 +843,14 @@ impl Sources {
         policies.sort_by(|a, b| a.name.cmp(&b.name));
         schemas.sort_by(|a, b| a.name.cmp(&b.name));
         entities.sort_by(|a, b| a.name.cmp(&b.name));
+        issuers.sort_by(|a, b| a.name.cmp(&b.name));
         stamps.sort_by(|a, b| a.path.cmp(&b.path));
         let mut hasher = Sha256::new();
         for (kind, list) in [
             ("policy", &policies),
             ("schema", &schemas),
             ("entities", &entities),
+            ("issuer", &issuers),
         ] {
             for f in list {
                 hasher.update(kind.as_bytes());
@@ -814,7 +865,10 @@ impl Sources {
             policies,
             schemas,
             entities,
+            issuers,
+            issuers_dir: self.issuers.clone(),
             reserved_types: self.reserved_types.clone(),
+            reserved_attributes: self.reserved_attributes.clone(),
             sha256: hex::encode(hasher.finalize()),
             limits: self.limits,
             stamps,
@@ -855,6 +909,7 @@ impl Sources {
         for (path, name) in [
             (Some(&self.schema), is_schema_file as fn(&str) -> bool),
             (self.entities.as_ref(), is_entity_file),
+            (self.issuers.as_ref(), is_issuer_file),
         ] {
             let Some(path) = path else { continue };
             if path.is_dir() {
@@ -1020,6 +1075,9 @@ pub fn load_files(files: &Files, generation: u64) -> Result<Arc<PolicySnapshot>,
             })?;
         snapshot.data = data;
     }
+    if !files.issuers.is_empty() {
+        snapshot.issuers = Arc::new(issuers::load(files, &snapshot)?);
+    }
     Ok(Arc::new(snapshot))
 }
 
@@ -1029,6 +1087,10 @@ fn is_policy_file(name: &str) -> bool {
 
 fn is_entity_file(name: &str) -> bool {
     name.ends_with(".json")
+}
+
+fn is_issuer_file(name: &str) -> bool {
+    name.ends_with(".yaml") || name.ends_with(".yml")
 }
 
 fn is_schema_file(name: &str) -> bool {

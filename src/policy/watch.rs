@@ -66,6 +66,7 @@ fn offending_lines(files: &Files, errors: &[LoadError]) -> Vec<Option<String>> {
                 .iter()
                 .chain(&files.schemas)
                 .chain(&files.entities)
+                .chain(&files.issuers)
                 .find(|f| f.name == e.file)?;
             let text = file.text.lines().nth(line.checked_sub(1)?)?;
             Some(text.chars().take(240).collect())
@@ -470,6 +471,12 @@ pub fn watch(live: Arc<LivePolicies>, debounce: Duration) -> Result<WatchGuard, 
         };
         if !watched.iter().any(|w| entities_dir.starts_with(w)) {
             watcher.watch(entities_dir, RecursiveMode::Recursive)?;
+            watched.push(entities_dir);
+        }
+    }
+    if let Some(issuers) = sources.issuers.as_deref().filter(|d| d.is_dir()) {
+        if !watched.iter().any(|w| issuers.starts_with(w)) {
+            watcher.watch(issuers, RecursiveMode::Recursive)?;
         }
     }
     std::thread::Builder::new()

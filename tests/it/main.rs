@@ -32,3 +32,4 @@ mod request_validation;
 mod store_contract;
 mod suite;
 mod support;
+mod tokens;

@@ -252,6 +252,9 @@ fn text_of(items: &[Item]) -> String {
 /// validated.
 fn snapshot(policies: &str, schema: &SourceFile) -> Result<Arc<PolicySnapshot>, String> {
     let files = Files {
+        issuers: Vec::new(),
+        issuers_dir: None,
+        reserved_attributes: Vec::new(),
         policies: vec![SourceFile {
             name: "policies.cedar".into(),
             text: policies.to_owned(),

@@ -17,7 +17,7 @@ use crate::facts::Inline;
 use crate::http::state::AppState;
 use crate::impact::{self, CellFlip, Outcome};
 use crate::matrix::{self, Matrix};
-use crate::pdp::{ActionRef, Caller, PdpError, Query};
+use crate::pdp::{ActionRef, Caller, PdpError, Principal, Query};
 use crate::policy::{LoadError, PolicySnapshot};
 
 /// The most decisions of the daemon's log the Impact page replays (the
@@ -535,7 +535,7 @@ fn decide(
     let action = Value::String(q.action.clone());
     let resource = json!({"type": q.resource_type, "id": q.resource_id});
     let query = Query {
-        principal: &principal,
+        principal: Principal::Ref(&principal),
         action: ActionRef::Uid(&action),
         resource: &resource,
         context: context.as_ref(),
@@ -886,6 +886,8 @@ fn compare(state: &AppState, c: &Candidate) -> Result<Markup, (StatusCode, Marku
         let folder = candidate_folder(state.console.candidates_root.as_deref(), c.folder.trim())
             .map_err(|message| fail(StatusCode::BAD_REQUEST, message))?;
         let sources = crate::policy::Sources {
+            issuers: None,
+            reserved_attributes: Vec::new(),
             policies: folder,
             ..live_sources.clone()
         };
