@@ -35,8 +35,6 @@ fn bench(c: &mut Criterion) {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let snapshot = policy::load(
         &Sources {
-            issuers: None,
-            reserved_attributes: Vec::new(),
             policies: root.join("policies"),
             schema: root.join("schema"),
             ..Default::default()

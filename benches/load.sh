@@ -4,7 +4,9 @@
 # measured in the same run; the same check on a second cedard with a caller
 # key, /metrics and the decision log all on ("production") against the first
 # with all off; AuthZEN's evaluation against /v1/is_authorized on the same
-# question; plus the latency of a saved policy edit.
+# question; a `principal_token` against naming the same principal (one
+# token, then a new token in every request); plus the latency of a saved
+# policy edit.
 #
 #   bash benches/load.sh            # needs wrk (apt-get install wrk)
 #   DURATION=10s CONNECTIONS=16 bash benches/load.sh
@@ -13,14 +15,17 @@ cd "$(dirname "$0")/.."
 DURATION=${DURATION:-10s}
 CONNECTIONS=${CONNECTIONS:-16}
 THREADS=${THREADS:-1}
-cargo build --release --bin cedard --example bare --example reload_latency >/dev/null
+cargo build --release --bin cedard --example bare --example reload_latency --example mint_tokens >/dev/null
 
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 cp -r policies schema "$work/"
+# A trusted issuer (a JWKS file, nothing fetched) and ES256 tokens for dana,
+# each with its own jti.
+./target/release/examples/mint_tokens "$work/issuers" dana "${TOKENS:-100000}" "$work/tokens.txt"
 
 ./target/release/cedard serve --policies "$work/policies" --schema "$work/schema" \
-  --data "$work/plain.redb" --listen 127.0.0.1:8190 2>"$work/cedard.log" &
+  --issuers "$work/issuers" --data "$work/plain.redb" --listen 127.0.0.1:8190 2>"$work/cedard.log" &
 # The production configuration: a caller key, metrics, the decision log.
 KEY=$(./target/release/cedard keys create --data "$work/prod.redb" --name bench --scope decide 2>/dev/null)
 ./target/release/cedard serve --policies "$work/policies" --schema "$work/schema" \
@@ -153,6 +158,48 @@ echo "same question, /v1/is_authorized:    $v1a, $v1b req/s"
 echo "same question, /access/v1/evaluation: $aza, $azb req/s"
 awk -v a="$aza" -v b="$azb" -v c="$v1a" -v d="$v1b" \
   'BEGIN { printf "ratio AuthZEN/v1: %.2f\n", (a+b)/(c+d) }'
+
+# A token against naming the same principal: dana's token (`principal_token`)
+# against `principal: dana`, the same stored facts, interleaved. The same
+# token every time (the verified-token cache answers after the first), then
+# a new token in every request (each verified: the signature checked).
+head -1 "$work/tokens.txt" >"$work/one-token.txt"
+python3 - "$work/v1.json" "$work/one-token.txt" "$work/token.json" <<'PY'
+import json, sys
+body = json.load(open(sys.argv[1]))
+del body["principal"]
+body["principal_token"] = open(sys.argv[2]).read().strip()
+json.dump(body, open(sys.argv[3], "w"))
+PY
+curl -sf -H 'content-type: application/json' --data @"$work/token.json" http://127.0.0.1:8190/v1/is_authorized | grep -q '"decision":"allow"' \
+  || { echo "cedard did not answer allow for dana's token" >&2; exit 1; }
+sed "s#$work/body.json#$work/token.json#" "$work/post.lua" >"$work/token.lua"
+sed 's/"principal_token": "[^"]*"/"principal_token": "TOKEN"/' "$work/token.json" >"$work/token-template.json"
+cat >"$work/tokens.lua" <<LUA
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local f = io.open("$work/token-template.json", "r")
+local template = f:read("*a")
+f:close()
+local tokens = {}
+for line in io.lines("$work/tokens.txt") do tokens[#tokens + 1] = line end
+local counter = 0
+request = function()
+  counter = counter + 1
+  local body = template:gsub("TOKEN", tokens[(counter % #tokens) + 1])
+  return wrk.format(nil, nil, nil, body)
+end
+LUA
+named1=$(rate http://127.0.0.1:8190/v1/is_authorized "$work/v1.lua")
+tok1=$(rate http://127.0.0.1:8190/v1/is_authorized "$work/token.lua")
+named2=$(rate http://127.0.0.1:8190/v1/is_authorized "$work/v1.lua")
+tok2=$(rate http://127.0.0.1:8190/v1/is_authorized "$work/token.lua")
+fresh1=$(rate http://127.0.0.1:8190/v1/is_authorized "$work/tokens.lua")
+echo "principal named:              $named1, $named2 req/s"
+echo "principal_token (one token):  $tok1, $tok2 req/s"
+echo "principal_token (a new token in every request): $fresh1 req/s"
+awk -v a="$tok1" -v b="$tok2" -v c="$named1" -v d="$named2" -v f="$fresh1" \
+  'BEGIN { printf "ratio token/named: %.2f; new token each request/named: %.2f\n", (a+b)/(c+d), 2*f/(c+d) }'
 
 # A batch of 1,000 checks in one call: the stored dev asking about pod p1
 # (described once, shared by the batch) with the three pod actions, and

@@ -65,8 +65,6 @@ fn populate(store: &Store) {
 fn bench(c: &mut Criterion) {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let sources = Sources {
-        issuers: None,
-        reserved_attributes: Vec::new(),
         policies: root.join("policies"),
         schema: root.join("schema"),
         ..Default::default()

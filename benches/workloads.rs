@@ -54,8 +54,6 @@ fn load(dir: &Path, size: &str) -> Loaded {
     let entities_file = dir.join(size).join("entities.json");
     let live = LivePolicies::start(
         Sources {
-            issuers: None,
-            reserved_attributes: Vec::new(),
             policies: dir.join("policies"),
             schema: dir.join("schema"),
             entities: Some(entities_file.clone()),

@@ -23,8 +23,6 @@ fn main() {
     common::populate(&store, 100_000, 10_000);
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let files = Sources {
-        issuers: None,
-        reserved_attributes: Vec::new(),
         policies: root.join("policies"),
         schema: root.join("schema"),
         ..Default::default()

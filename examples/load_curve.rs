@@ -34,8 +34,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let text: String = (0..count).map(policy).collect();
         std::fs::write(dir.path().join("many.cedar"), &text)?;
         let sources = Sources {
-            issuers: None,
-            reserved_attributes: Vec::new(),
             policies: dir.path().to_path_buf(),
             schema: root.join("schema"),
             limits: Limits {

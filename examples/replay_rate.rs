@@ -77,8 +77,6 @@ fn main() {
     }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let live_sources = Sources {
-        issuers: None,
-        reserved_attributes: Vec::new(),
         policies: root.join("policies"),
         schema: root.join("schema"),
         ..Default::default()
@@ -97,8 +95,6 @@ fn main() {
     let live = policy::load(&live_sources, 1).expect("live set");
     let candidate = policy::load(
         &Sources {
-            issuers: None,
-            reserved_attributes: Vec::new(),
             policies: candidate_dir,
             ..live_sources.clone()
         },

@@ -769,8 +769,6 @@ mod tests {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         let snapshot = policy::load(
             &Sources {
-                issuers: None,
-                reserved_attributes: Vec::new(),
                 policies: root.join("policies"),
                 schema: root.join("schema"),
                 ..Default::default()

@@ -245,8 +245,8 @@ pub enum Slot {
 pub struct Search<'a> {
     /// The open part.
     pub slot: Slot,
-    /// The principal reference (ignored when the subject is searched).
-    pub principal: &'a Value,
+    /// The principal (ignored when the subject is searched).
+    pub principal: Principal<'a>,
     /// The action (ignored when the action is searched).
     pub action: ActionRef<'a>,
     /// The resource reference (ignored when the resource is searched).
@@ -561,7 +561,7 @@ impl Pdp {
         };
         if search.slot == Slot::Action {
             // The schema's actions for the two types, in id order.
-            let principal = authz::parse_uid_in(snapshot, "subject", search.principal)?;
+            let (principal, token) = principal_of(snapshot, "subject", search.principal)?;
             let resource = authz::parse_uid_in(snapshot, "resource", search.resource)?;
             let mut actions: Vec<&EntityUid> = snapshot
                 .schema
@@ -575,7 +575,7 @@ impl Pdp {
             let (names, asks): (Vec<String>, Vec<Resolved<'_>>) = actions
                 .into_iter()
                 .filter_map(|action| {
-                    let ask = ask(
+                    let mut ask = ask(
                         snapshot,
                         principal.clone(),
                         action.clone(),
@@ -584,6 +584,7 @@ impl Pdp {
                         call.surplus(),
                     )
                     .ok()?;
+                    ask.token = token;
                     Some((action.id().unescaped().to_owned(), ask))
                 })
                 .unzip();
@@ -593,11 +594,17 @@ impl Pdp {
             take(&names, &decisions);
             return Ok(page);
         }
-        let (fixed_field, fixed, searched_field) = match search.slot {
-            Slot::Subject => ("resource", search.resource, "subject"),
-            _ => ("subject", search.principal, "resource"),
+        let (fixed_uid, token, searched_field) = match search.slot {
+            Slot::Subject => (
+                authz::parse_uid_in(snapshot, "resource", search.resource)?,
+                None,
+                "subject",
+            ),
+            _ => {
+                let (uid, token) = principal_of(snapshot, "subject", search.principal)?;
+                (uid, token, "resource")
+            }
         };
-        let fixed_uid = authz::parse_uid_in(snapshot, fixed_field, fixed)?;
         let type_name = snapshot
             .type_names
             .get(search.searched_type)
@@ -644,6 +651,10 @@ impl Pdp {
                         search.context,
                         surplus,
                     )
+                    .map(|mut a| {
+                        a.token = token;
+                        a
+                    })
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let decisions = call.decide(search.inline, asks)?;
@@ -1080,15 +1091,25 @@ fn resolve<'q>(
     q: &Query<'q>,
     surplus: Surplus,
 ) -> Result<Resolved<'q>, InputError> {
-    let (principal, token) = match q.principal {
-        Principal::Ref(v) => (authz::parse_uid_in(snapshot, "principal", v)?, None),
-        Principal::Token(t) => (token_subject(snapshot, t)?, Some(t)),
-    };
+    let (principal, token) = principal_of(snapshot, "principal", q.principal)?;
     let action = action_uid(snapshot, q.action)?;
     let resource = authz::parse_uid_in(snapshot, "resource", q.resource)?;
     let mut resolved = ask(snapshot, principal, action, resource, q.context, surplus)?;
     resolved.token = token;
     Ok(resolved)
+}
+
+/// The principal's entity, and the verified token it is the subject of;
+/// `field` names a reference in errors.
+fn principal_of<'q>(
+    snapshot: &PolicySnapshot,
+    field: &str,
+    principal: Principal<'q>,
+) -> Result<(EntityUid, Option<&'q Verified>), InputError> {
+    Ok(match principal {
+        Principal::Ref(v) => (authz::parse_uid_in(snapshot, field, v)?, None),
+        Principal::Token(t) => (token_subject(snapshot, t)?, Some(t)),
+    })
 }
 
 /// The entity a verified token's subject is: the issuer's mapped type

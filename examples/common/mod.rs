@@ -9,8 +9,6 @@ pub fn pack_roles() -> Vec<String> {
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let snapshot = policy::load(
         &Sources {
-            issuers: None,
-            reserved_attributes: Vec::new(),
             policies: root.join("policies"),
             schema: root.join("schema"),
             ..Default::default()

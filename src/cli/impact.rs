@@ -91,8 +91,6 @@ fn cannot(message: impl std::fmt::Display) -> ExitCode {
 pub fn run(args: &ImpactArgs) -> ExitCode {
     let live_sources = args.live.sources();
     let candidate_sources = Sources {
-        issuers: None,
-        reserved_attributes: Vec::new(),
         policies: args.candidate.clone(),
         schema: args
             .candidate_schema

@@ -238,6 +238,14 @@ fn validate_set(
                     args.schema.display()
                 ));
             }
+            if let Some(issuers) = &args.issuers {
+                say(format!(
+                    "ok: {} trusted issuer(s) in {}, their mappings valid against {}",
+                    snapshot.issuers.len(),
+                    issuers.display(),
+                    args.schema.display()
+                ));
+            }
             Some(snapshot)
         }
         Err(e) => {

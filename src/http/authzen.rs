@@ -993,6 +993,11 @@ async fn search(
     body: Bytes,
     slot: Slot,
 ) -> Result<Response, ApiError> {
+    let tokens = match slot {
+        // The subject is what is searched: a token there names nobody.
+        Slot::Subject => Tokens::new(),
+        _ => verify_subject_tokens(&state, &body).await?,
+    };
     // A search may decide thousands of candidates: off the async workers.
     tokio::task::spawn_blocking(move || {
         let parsed: SearchBody = parse_json(&body)?;
@@ -1008,9 +1013,20 @@ async fn search(
             Some("") | None => None,
             Some(t) => Some(after_token(&binding, t)?),
         };
+        // A subject with a token is the token's (as in an evaluation).
+        let verified = match slot {
+            Slot::Subject => None,
+            _ => match subject_token(&parsed.subject, "subject")? {
+                Some(t) => Some(tokens.get(t).cloned().ok_or_else(|| {
+                    InputError::new("subject.properties.token", "was not verified")
+                })?),
+                None => None,
+            },
+        };
         // The searched part's id is ignored, as the spec says.
-        let subject_id = match slot {
-            Slot::Subject => "",
+        let subject_id = match (slot, &verified) {
+            (Slot::Subject, _) => "",
+            (_, Some(v)) => v.id.as_str(),
             _ => id_of(&parsed.subject, "subject")?,
         };
         let resource_id = match slot {
@@ -1029,10 +1045,13 @@ async fn search(
         let resource = reference(&parsed.resource, resource_id);
         let subject_part = (&parsed.subject, subject_id, "subject.properties");
         let resource_part = (&parsed.resource, resource_id, "resource.properties");
-        let fixed = match slot {
-            Slot::Subject => vec![resource_part],
-            Slot::Resource => vec![subject_part],
-            Slot::Action => vec![subject_part, resource_part],
+        let fixed = match (slot, &verified) {
+            (Slot::Subject, _) => vec![resource_part],
+            // The token's subject is cedard's to supply.
+            (Slot::Resource, Some(_)) => vec![],
+            (Slot::Action, Some(_)) => vec![resource_part],
+            (Slot::Resource, None) => vec![subject_part],
+            (Slot::Action, None) => vec![subject_part, resource_part],
         };
         let (inline, inline_names) = inline_entities(&fixed);
         let searched_type = match slot {
@@ -1050,7 +1069,10 @@ async fn search(
             &who,
             &Search {
                 slot,
-                principal: &principal,
+                principal: match &verified {
+                    Some(v) => Principal::Token(v),
+                    None => Principal::Ref(&principal),
+                },
                 action: ActionRef::Name(action_name),
                 resource: &resource,
                 searched_type,

@@ -483,7 +483,8 @@ fn caller_key(
             return Err(ApiError::no_key(
                 "a caller key is required: send `Authorization: Bearer <key>`",
             )
-            .into_response().into());
+            .into_response()
+            .into());
         };
         let info = match state.keys.verify(presented) {
             Ok(info) => info,
@@ -513,7 +514,8 @@ fn caller_key(
                     ),
                     Vec::new(),
                 )
-                .into_response().into());
+                .into_response()
+                .into());
             }
         }
         Some(info)

@@ -193,7 +193,46 @@ fn described(mut doc: OpenApiDoc, public_url: &str) -> OpenApiDoc {
     doc.servers = Some(vec![utoipa::openapi::Server::new(
         public_url.trim_end_matches('/'),
     )]);
-    with_store_revision(doc)
+    with_actor_token(with_store_revision(doc))
+}
+
+/// Every operation that takes `X-Actor` also takes `X-Actor-Token` (the
+/// acting user's verified token, beside a `manage` key), and needs only one
+/// of the two: neither is required on its own.
+fn with_actor_token(mut doc: OpenApiDoc) -> OpenApiDoc {
+    use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+    use utoipa::openapi::Required;
+    for item in doc.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.delete,
+        ];
+        for op in operations.into_iter().flatten() {
+            let Some(params) = op.parameters.as_mut() else {
+                continue;
+            };
+            let Some(actor) = params
+                .iter_mut()
+                .find(|p| p.name == "X-Actor" && p.parameter_in == ParameterIn::Header)
+            else {
+                continue;
+            };
+            actor.required = Required::False;
+            let schema = actor.schema.clone();
+            params.push(
+                ParameterBuilder::new()
+                    .name("X-Actor-Token")
+                    .parameter_in(ParameterIn::Header)
+                    .required(Required::False)
+                    .description(Some("The acting user's OpenID Connect / JWT token, verified against the trusted issuers (`--issuers`); instead of `X-Actor`, which `--actor token-only` turns off. A refused token is a 401 with a `reason`."))
+                    .schema(schema)
+                    .build(),
+            );
+        }
+    }
+    doc
 }
 
 /// Whether a security requirement list needs a key at all, and a scope.
@@ -548,8 +587,6 @@ mod tests {
     fn state(dir: &std::path::Path) -> AppState {
         let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         let sources = crate::policy::Sources {
-            issuers: None,
-            reserved_attributes: Vec::new(),
             policies: root.join("policies"),
             schema: root.join("schema"),
             ..Default::default()

@@ -370,3 +370,66 @@ impl Issuer {
 pub fn is_hmac(alg: Algorithm) -> bool {
     matches!(alg, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(text: &str) -> Result<Issuer, IssuerError> {
+        parse("idp.yaml", text, Path::new("."))
+    }
+
+    fn refused(text: &str) -> IssuerError {
+        match read(text) {
+            Ok(i) => panic!("accepted: {i:?}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn a_minimal_file_takes_the_defaults() {
+        let i = read("issuer: https://id.example.com\naudiences: [cedard]\n").expect("valid");
+        assert_eq!(i.keys.source, KeySource::Discovery);
+        assert_eq!(i.algorithms, DEFAULT_ALGORITHMS.to_vec());
+        assert_eq!(
+            (i.principal_type.as_str(), i.id_claim.as_str()),
+            ("User", "sub")
+        );
+        assert_eq!(i.leeway, DEFAULT_LEEWAY_SECONDS);
+        assert!(i.hmac.is_none());
+    }
+
+    #[test]
+    fn unsafe_or_contradictory_settings_are_refused_at_their_line() {
+        let e =
+            refused("issuer: https://id.example.com\naudiences: [cedard]\nalgorithms: [none]\n");
+        assert_eq!(e.line, Some(3));
+        assert!(e.message.contains("never accepted"), "{}", e.message);
+        let e =
+            refused("issuer: https://id.example.com\naudiences: [cedard]\nalgorithms: [HS256]\n");
+        assert_eq!(e.line, Some(3));
+        assert!(e.message.contains("hmac_secret_file"), "{}", e.message);
+        let e = refused("issuer: http://id.example.com\naudiences: [cedard]\n");
+        assert!(e.message.contains("plain HTTP"), "{}", e.message);
+        let e = refused(
+            "issuer: https://id.example.com\naudiences: [cedard]\njwks_uri: https://id.example.com/k\njwks_file: k.json\n",
+        );
+        assert!(e.message.contains("not both"), "{}", e.message);
+        let e = refused("issuer: https://id.example.com\naudiences: []\n");
+        assert_eq!(e.line, Some(2));
+        let e = refused("issuer: https://id.example.com\naudiences: [cedard]\nkeys_refresh_seconds: 600\nkeys_lifetime_seconds: 60\n");
+        assert_eq!(e.line, Some(4));
+        let e = refused("issuer: https://id.example.com\naudiences: [cedard]\nsurprise: 1\n");
+        assert_eq!(e.line, Some(3), "{}", e.message);
+    }
+
+    #[test]
+    fn plain_http_is_fetched_only_from_loopback() {
+        assert!(fetchable("http://127.0.0.1:8080/jwks").is_ok());
+        assert!(fetchable("http://localhost/jwks").is_ok());
+        assert!(fetchable("http://[::1]:9/jwks").is_ok());
+        assert!(fetchable("https://id.example.com/jwks").is_ok());
+        assert!(fetchable("http://10.0.0.1/jwks").is_err());
+        assert!(fetchable("ftp://id.example.com/jwks").is_err());
+    }
+}

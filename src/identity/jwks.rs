@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 
-
 /// Where an issuer's signing keys come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KeySource {

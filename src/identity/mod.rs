@@ -264,7 +264,14 @@ impl Identity {
             Ok(_) => "valid",
             Err(e) => e.reason(),
         };
-        metrics::counter!("cedard_token_verifications_total", "outcome" => label).increment(1);
+        VERIFICATIONS.with_borrow_mut(|counters| {
+            counters
+                .entry(label)
+                .or_insert_with(
+                    || metrics::counter!("cedard_token_verifications_total", "outcome" => label),
+                )
+                .increment(1)
+        });
         outcome
     }
 
@@ -325,7 +332,10 @@ impl Identity {
             let held = if held.set.candidates(kid, alg).next().is_some() {
                 held
             } else {
-                match cache.refetch_for_unknown(&self.client, &issuer.keys, &held).await {
+                match cache
+                    .refetch_for_unknown(&self.client, &issuer.keys, &held)
+                    .await
+                {
                     Some(newer) if newer.set.candidates(kid, alg).next().is_some() => newer,
                     _ => {
                         return Err(TokenError::KeyUnknown(match kid {
@@ -364,8 +374,13 @@ impl Identity {
                     )
                 }
             };
-            let generation = held.set.generation;
-            (decoded, Some((cache, generation)), held.valid_until)
+            // A JWKS file changes only with the issuer files, which a
+            // remembered token is tied to already.
+            let keys = match issuer.keys.source {
+                KeySource::File => None,
+                _ => Some((cache, held.set.generation)),
+            };
+            (decoded, keys, held.valid_until)
         };
         let verified = Arc::new(map_claims(issuer, decoded)?);
         self.remember(issuers, token, &verified, keys, keys_until);
@@ -445,6 +460,13 @@ impl Identity {
             tokens.bytes += cost;
         }
     }
+}
+
+thread_local! {
+    /// Each thread's verification counters by outcome (a fixed set of
+    /// names), registered on first use.
+    static VERIFICATIONS: std::cell::RefCell<HashMap<&'static str, metrics::Counter>> =
+        std::cell::RefCell::new(HashMap::new());
 }
 
 /// The header fields cedard reads, and the claims, before the signature is

@@ -188,8 +188,6 @@ fn sources_for(dir: &Path, suite: &SuiteFile) -> Result<Sources, SuiteError> {
         }
     };
     Ok(Sources {
-        issuers: None,
-        reserved_attributes: Vec::new(),
         policies: pick(&suite.policies, "policies")?,
         schema: pick(&suite.schema, "schema")?,
         ..Default::default()

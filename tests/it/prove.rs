@@ -49,8 +49,6 @@ fn proof(sets: &Sets) -> (i32, Value) {
 fn snapshot(sets: &Sets, side: &str) -> std::sync::Arc<cedard::policy::PolicySnapshot> {
     cedard::policy::load(
         &cedard::policy::Sources {
-            issuers: None,
-            reserved_attributes: Vec::new(),
             policies: sets.path(side).join("policies"),
             schema: sets.path(side).join("schema"),
             ..Default::default()

@@ -52,8 +52,6 @@ async fn wait_for_decision(app: &TestApp, role: &str, action: &str, want: &str) 
 /// library code the daemon uses.
 pub(crate) fn disk_sha(app: &TestApp) -> String {
     cedard::policy::Sources {
-        issuers: None,
-        reserved_attributes: Vec::new(),
         policies: app.policies(),
         schema: app.dir.path().join("schema"),
         ..Default::default()

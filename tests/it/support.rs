@@ -138,8 +138,6 @@ pub fn schema_roles() -> Vec<String> {
         let root = repo_root();
         let snapshot = cedard::policy::load(
             &cedard::policy::Sources {
-                issuers: None,
-                reserved_attributes: Vec::new(),
                 policies: root.join("policies"),
                 schema: root.join("schema"),
                 ..Default::default()

@@ -110,6 +110,8 @@ fn now() -> u64 {
 /// that counts its fetches, can say `Cache-Control`, and can be stopped.
 struct Idp {
     issuer: String,
+    /// The `max-age` the key endpoint sends (300 s unless a test says).
+    max_age: Arc<AtomicUsize>,
     jwks: Arc<Mutex<Value>>,
     fetches: Arc<AtomicUsize>,
     up: Arc<AtomicBool>,
@@ -127,9 +129,15 @@ impl Idp {
         ));
         let fetches = Arc::new(AtomicUsize::new(0));
         let up = Arc::new(AtomicBool::new(true));
+        let max_age = Arc::new(AtomicUsize::new(300));
         let app = {
-            let (jwks, fetches, up, issuer) =
-                (jwks.clone(), fetches.clone(), up.clone(), issuer.clone());
+            let (jwks, fetches, up, issuer, max_age) = (
+                jwks.clone(),
+                fetches.clone(),
+                up.clone(),
+                issuer.clone(),
+                max_age.clone(),
+            );
             let up2 = up.clone();
             axum::Router::new()
                 .route(
@@ -150,15 +158,18 @@ impl Idp {
                 .route(
                     "/jwks",
                     axum::routing::get(move || {
-                        let (jwks, fetches, up) = (jwks.clone(), fetches.clone(), up.clone());
+                        let (jwks, fetches, up, max_age) =
+                            (jwks.clone(), fetches.clone(), up.clone(), max_age.clone());
                         async move {
                             if !up.load(Ordering::SeqCst) {
                                 return Err(axum::http::StatusCode::SERVICE_UNAVAILABLE);
                             }
                             fetches.fetch_add(1, Ordering::SeqCst);
                             let doc = jwks.lock().expect("jwks").clone();
+                            let cache =
+                                format!("public, max-age={}", max_age.load(Ordering::SeqCst));
                             Ok((
-                                [(axum::http::header::CACHE_CONTROL, "public, max-age=300")],
+                                [(axum::http::header::CACHE_CONTROL, cache)],
                                 axum::Json(doc),
                             ))
                         }
@@ -170,6 +181,7 @@ impl Idp {
         });
         Self {
             issuer,
+            max_age,
             jwks,
             fetches,
             up,
@@ -522,6 +534,52 @@ async fn tokens_decide_for_their_subject_and_every_bad_token_is_a_401_with_its_r
         )
         .await;
     assert_eq!(status, 400, "{body}");
+
+    // AuthZEN searches take the subject's token too: the accounts alice may
+    // update the settings of, and what she may do on hers; bob's token
+    // finds none of hers.
+    let search = |path: &str, token: String| {
+        let body = match path {
+            "resource" => json!({
+                "subject": {"type": "User", "id": "", "properties": {"token": token}},
+                "action": {"name": "updateSettings"},
+                "resource": {"type": "Account"},
+            }),
+            _ => json!({
+                "subject": {"type": "User", "id": "", "properties": {"token": token}},
+                "resource": {"type": "Account", "id": "alice"},
+            }),
+        };
+        (format!("/access/v1/search/{path}"), body)
+    };
+    let (path, body) = search("resource", sign(&rsa, &idp.claims("alice")));
+    let (status, found) = app.post(&path, &body).await;
+    assert_eq!(status, 200, "{found}");
+    assert_eq!(
+        found["results"],
+        json!([{"type": "Account", "id": "alice"}]),
+        "{found}"
+    );
+    let (path, body) = search("action", sign(&rsa, &idp.claims("alice")));
+    let (status, found) = app.post(&path, &body).await;
+    assert_eq!(status, 200, "{found}");
+    let names: Vec<&str> = found["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    assert!(
+        names.contains(&"updateSettings") && names.contains(&"useAccount"),
+        "{found}"
+    );
+    let (path, body) = search("action", sign(&rsa, &idp.claims("bob")));
+    let (status, found) = app.post(&path, &body).await;
+    assert_eq!((status, &found["results"]), (200, &json!([])), "{found}");
+    let mut claims = idp.claims("alice");
+    claims["aud"] = json!("elsewhere");
+    let (path, body) = search("resource", sign(&rsa, &claims));
+    refused(&app.post(&path, &body).await, "token_audience");
 
     // The decision log has the issuer, subject and jti of token decisions,
     // never a token.
@@ -1139,4 +1197,112 @@ async fn the_seed_flow_driven_by_user_tokens_with_x_actor_turned_off() {
     .await;
     refused(&(status, body), "token_expired");
     app.stop().await;
+}
+
+#[tokio::test]
+async fn the_verified_token_cache_never_changes_an_answer() {
+    // Two daemons trusting one provider, one remembering verified tokens and
+    // one verifying every token afresh (`--token-cache-bytes 0`), asked the
+    // same questions in the same order: the same answers, through repeats,
+    // a token expiring between two asks, a key rotated out, and a role
+    // change.
+    let first = ec_key("first");
+    let second = ec_key("second");
+    let idp = Idp::start(&[&first]).await;
+    // The key endpoint says its keys may be kept one second.
+    idp.max_age.store(1, Ordering::SeqCst);
+    let extra = "leeway_seconds: 0\nunknown_kid_refetch_seconds: 1\nkeys_refresh_seconds: 1\n";
+    let cached = daemon(&idp, extra).await;
+    let dir = copy_pack();
+    let issuers = issuer_file(dir.path(), &idp, extra);
+    let fresh = spawn_app_in(dir, |c| {
+        c.options.policy.issuers = Some(issuers);
+        c.options.token_cache_bytes = 0;
+    })
+    .await;
+    for app in [&cached, &fresh] {
+        user(app, "alice", true).await;
+        user(app, "bob", false).await;
+    }
+    let alice = sign(&first, &idp.claims("alice"));
+    let bob = sign(&first, &idp.claims("bob"));
+    let mut short = idp.claims("alice");
+    short["exp"] = json!(now() + 2);
+    let short = sign(&first, &short);
+    let ask = |token: &str, action: &'static str| {
+        let token = token.to_owned();
+        let (cached, fresh) = (&cached, &fresh);
+        async move {
+            let a = decide_with(cached, &token, action, "alice").await;
+            let b = decide_with(fresh, &token, action, "alice").await;
+            let shape = |(status, body): &(u16, Value)| {
+                (
+                    *status,
+                    body["decision"].clone(),
+                    body["error"]["reason"].clone(),
+                )
+            };
+            assert_eq!(shape(&a), shape(&b), "cached {a:?} fresh {b:?}");
+            shape(&a)
+        }
+    };
+    for _ in 0..3 {
+        assert_eq!(ask(&alice, "updateSettings").await.1, "allow");
+        assert_eq!(ask(&bob, "useAccount").await.1, "deny");
+        assert_eq!(ask(&short, "useAccount").await.1, "allow");
+    }
+    // The short token expires: both refuse it, though one remembered it.
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    assert_eq!(ask(&short, "useAccount").await.0, 401);
+    // bob joins alice's team: both answers change at once.
+    for app in [&cached, &fresh] {
+        let api = Api::at(&app.client, &app.url(""));
+        let a = api
+            .call(
+                Method::POST,
+                "/v1/accounts/alice/invites",
+                Some("alice"),
+                Some(json!({"role": "basic"})),
+            )
+            .await;
+        assert_eq!(a.status, 201, "{:?}", a.body);
+        let token = a.body["token"].as_str().expect("invite token").to_owned();
+        let a = api
+            .call(
+                Method::POST,
+                "/v1/invites/accept",
+                Some("bob"),
+                Some(json!({"token": token})),
+            )
+            .await;
+        assert_eq!(a.status, 200, "{:?}", a.body);
+    }
+    assert_eq!(ask(&bob, "useAccount").await.1, "allow");
+    // The provider rotates the first key out. Once each daemon has
+    // refreshed its keys (a token never seen before, signed with the old
+    // key, is refused), the token the first daemon remembers is refused by
+    // both.
+    idp.publish(&[&second]);
+    for app in [&cached, &fresh] {
+        wait_until(DEADLINE, || async {
+            decide_with(
+                app,
+                &sign(&first, &idp.claims("alice")),
+                "useAccount",
+                "alice",
+            )
+            .await
+            .0 == 401
+        })
+        .await;
+    }
+    assert_eq!(ask(&alice, "updateSettings").await.2, "token_key_unknown");
+    assert_eq!(
+        ask(&sign(&second, &idp.claims("alice")), "useAccount")
+            .await
+            .1,
+        "allow"
+    );
+    cached.stop().await;
+    fresh.stop().await;
 }

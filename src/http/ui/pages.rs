@@ -886,8 +886,6 @@ fn compare(state: &AppState, c: &Candidate) -> Result<Markup, (StatusCode, Marku
         let folder = candidate_folder(state.console.candidates_root.as_deref(), c.folder.trim())
             .map_err(|message| fail(StatusCode::BAD_REQUEST, message))?;
         let sources = crate::policy::Sources {
-            issuers: None,
-            reserved_attributes: Vec::new(),
             policies: folder,
             ..live_sources.clone()
         };
