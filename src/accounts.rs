@@ -334,6 +334,7 @@ impl Accounts {
             target: op.target.map(str::to_owned),
             detail: op.detail,
             outcome: outcome.to_owned(),
+            actor_token: op.caller.actor_token.clone(),
         });
         out
     }

@@ -155,6 +155,16 @@ pub struct TokenFacts {
     pub jti: Option<String>,
 }
 
+impl From<&crate::identity::Verified> for TokenFacts {
+    fn from(t: &crate::identity::Verified) -> Self {
+        Self {
+            issuer: t.issuer.clone(),
+            subject: t.sub.clone().unwrap_or_else(|| t.id.clone()),
+            jti: t.jti.clone(),
+        }
+    }
+}
+
 /// One management write (members, roles, invites…), written as a `"kind": "write"` line,
 /// so the log can answer "who made bob an admin, and when?".
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -186,6 +196,10 @@ pub struct WriteEvent {
     pub detail: Option<serde_json::Value>,
     /// `ok`, or an error code such as `forbidden` or `conflict`.
     pub outcome: String,
+    /// When the actor was named by a verified token: its issuer, subject
+    /// and `jti` (never the token).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor_token: Option<TokenFacts>,
 }
 
 /// A fresh event id: 16 hex characters, unique within the process and, with overwhelming
@@ -813,6 +827,7 @@ mod tests {
             target: Some("bob".into()),
             detail: Some(json!({"role": "admin"})),
             outcome: "ok".into(),
+            actor_token: None,
         }
     }
 

@@ -54,6 +54,9 @@ pub struct Caller {
     pub deadline: Option<std::time::Instant>,
     /// What becomes of what a question carries that cannot count.
     pub surplus: Surplus,
+    /// The verified token that named the acting user of a management call
+    /// (its issuer, subject and `jti`, for the record).
+    pub actor_token: Option<crate::audit::TokenFacts>,
 }
 
 /// What the pipeline does with what a question carries that cannot count
@@ -986,11 +989,7 @@ impl<'a> Call<'a> {
                 None
             },
             ignored: d.ignored.clone(),
-            token: ask.token.map(|t| crate::audit::TokenFacts {
-                issuer: t.issuer.clone(),
-                subject: t.sub.clone().unwrap_or_else(|| t.id.clone()),
-                jti: t.jti.clone(),
-            }),
+            token: ask.token.map(crate::audit::TokenFacts::from),
         });
     }
 

@@ -153,6 +153,29 @@ pub struct PolicyListing {
     last_reload: ReloadStatus,
     warnings: Vec<LoadError>,
     policies: Vec<PolicyMeta>,
+    /// The trusted token issuers (`--issuers`), by `iss`.
+    issuers: Vec<IssuerView>,
+}
+
+/// One trusted issuer, as its file says (never a secret or a key).
+#[derive(Serialize, ToSchema)]
+pub struct IssuerView {
+    /// The `iss` its tokens carry.
+    issuer: String,
+    /// The file it was read from.
+    file: String,
+    /// The accepted audiences.
+    audiences: Vec<String>,
+    /// Where its keys come from: `discovery`, the `jwks_uri`, or `file`.
+    keys: String,
+    /// The accepted algorithms.
+    algorithms: Vec<String>,
+    /// The principal's entity type and the claim that is its id.
+    principal_type: String,
+    /// The claim whose value is the principal's id.
+    id_claim: String,
+    /// Principal attributes from claims: `{attribute: claim}`.
+    attributes: std::collections::BTreeMap<String, String>,
 }
 
 /// Every loaded policy, the revision, and the last reload's outcome.
@@ -170,6 +193,28 @@ async fn list_policies(State(state): State<AppState>) -> Json<PolicyListing> {
         last_reload: published.last_reload.clone(),
         warnings: snapshot.warnings.clone(),
         policies: snapshot.meta.clone(),
+        issuers: {
+            let mut issuers: Vec<IssuerView> = snapshot
+                .issuers
+                .iter()
+                .map(|i| IssuerView {
+                    issuer: i.issuer.clone(),
+                    file: i.file.clone(),
+                    audiences: i.audiences.clone(),
+                    keys: match &i.keys.source {
+                        crate::identity::KeySource::Discovery => "discovery".to_owned(),
+                        crate::identity::KeySource::Uri(u) => u.clone(),
+                        crate::identity::KeySource::File => "file".to_owned(),
+                    },
+                    algorithms: i.algorithms.iter().map(|a| format!("{a:?}")).collect(),
+                    principal_type: i.principal_type.clone(),
+                    id_claim: i.id_claim.clone(),
+                    attributes: i.attributes.iter().cloned().collect(),
+                })
+                .collect();
+            issuers.sort_by(|a, b| a.issuer.cmp(&b.issuer));
+            issuers
+        },
     })
 }
 

@@ -40,6 +40,7 @@ impl CallerInfo {
             consistency: Default::default(),
             surplus: Default::default(),
             deadline: self.deadline,
+            actor_token: self.user.as_deref().map(crate::audit::TokenFacts::from),
         }
     }
 }

@@ -591,18 +591,8 @@ async fn tokens_decide_for_their_subject_and_every_bad_token_is_a_401_with_its_r
         200
     );
     let jti = marker["jti"].as_str().expect("jti").to_owned();
-    wait_until(DEADLINE, || {
-        let log = log.clone();
-        let jti = jti.clone();
-        async move { std::fs::read_to_string(&log).is_ok_and(|t| t.contains(&jti)) }
-    })
-    .await;
+    let line = wait_for_line(&log, |l| l["token"]["jti"] == jti.as_str()).await;
     let text = std::fs::read_to_string(&log).expect("log");
-    let line: Value = text
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|l| l["token"]["jti"] == jti.as_str())
-        .expect("the decision's line");
     assert_eq!(line["token"]["issuer"], idp.issuer.as_str(), "{line}");
     assert_eq!(line["token"]["subject"], "alice", "{line}");
     assert_eq!(line["principal"], r#"User::"alice""#, "{line}");
@@ -830,6 +820,17 @@ async fn a_mapped_claim_decides_and_a_claim_or_mapping_that_does_not_fit_is_refu
         answer.1
     );
 
+    // `/v1/policies` lists the trusted issuer and its mapping.
+    let listing = app.get("/v1/policies").await.1;
+    let issuer = &listing["issuers"][0];
+    assert_eq!(issuer["issuer"], idp.issuer.as_str(), "{listing}");
+    assert_eq!(issuer["keys"], "discovery", "{listing}");
+    assert_eq!(
+        issuer["attributes"],
+        json!({"department": "dept"}),
+        "{listing}"
+    );
+
     // A mapping to an attribute the schema does not declare: the reload is
     // refused with file and line, and the last good issuers keep working.
     let file = issuers.join("idp.yaml");
@@ -1013,14 +1014,17 @@ async fn the_seed_flow_driven_by_user_tokens_with_x_actor_turned_off() {
             keys.insert(name, k.secret.clone());
         }
     }
+    let log = dir.path().join("decisions.log");
     let app = spawn_app_in(dir, |c| {
         c.options.policy.issuers = Some(issuers);
         c.options.actor = cedard::config::ActorMode::TokenOnly;
+        c.options.decision_log = Some(log.clone());
     })
     .await;
     let backend = keys["backend"].as_str();
     let gateway = keys["gateway"].as_str();
-    let alice = sign(&key, &idp.claims("alice"));
+    let alice_claims = idp.claims("alice");
+    let alice = sign(&key, &alice_claims);
     let bob = sign(&key, &idp.claims("bob"));
 
     // X-Actor is off: refused even from the manage key.
@@ -1196,7 +1200,39 @@ async fn the_seed_flow_driven_by_user_tokens_with_x_actor_turned_off() {
     )
     .await;
     refused(&(status, body), "token_expired");
+
+    // The log names the token behind each write's actor, never the token.
+    let jti = alice_claims["jti"].as_str().expect("jti").to_owned();
+    let convert = wait_for_line(&log, |l| l["operation"] == "convertToTeam").await;
+    assert!(
+        convert["actor"]
+            .as_str()
+            .is_some_and(|a| a.contains("alice")),
+        "{convert}"
+    );
+    assert_eq!(convert["actor_token"]["jti"], jti.as_str(), "{convert}");
+    assert_eq!(
+        convert["actor_token"]["issuer"],
+        idp.issuer.as_str(),
+        "{convert}"
+    );
+    let text = std::fs::read_to_string(&log).expect("log");
+    let signature = alice.rsplit('.').next().expect("signature");
+    assert!(!text.contains(signature), "a token reached the log");
     app.stop().await;
+}
+
+/// Waits for a line of the log at `path` that `wanted` accepts.
+async fn wait_for_line(path: &Path, wanted: impl Fn(&Value) -> bool) -> Value {
+    let find = || {
+        std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|l| wanted(l))
+    };
+    wait_until(DEADLINE, || async { find().is_some() }).await;
+    find().expect("the line")
 }
 
 #[tokio::test]
