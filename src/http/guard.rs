@@ -83,7 +83,11 @@ pub async fn authenticate(
         )
         .into_response();
     }
-    if state.limits.actor == ActorMode::TokenOnly && request.headers().contains_key("x-actor") {
+    let manages = matches!(need, Need::Scope(Scope::Manage) | Need::ManageOrUser);
+    if manages
+        && state.limits.actor == ActorMode::TokenOnly
+        && request.headers().contains_key("x-actor")
+    {
         metrics::counter!("cedard_auth_failures_total", "reason" => "x_actor_off").increment(1);
         return ApiError::new(
             Code::Unauthenticated,
@@ -124,7 +128,7 @@ pub async fn authenticate(
         let user = match request
             .headers()
             .get(tokens::ACTOR_TOKEN)
-            .filter(|_| matches!(need, Need::Scope(Scope::Manage) | Need::ManageOrUser))
+            .filter(|_| manages)
         {
             None => None,
             Some(value) => {
