@@ -17,7 +17,7 @@ use crate::audit::{DecisionLog, LogConfig};
 use crate::clock::Clock;
 use crate::config::{LogOnly, Options, ReloadGuard};
 use crate::http::state::AllowedHosts;
-use crate::http::{self, AppState, HttpLimits};
+use crate::http::{self, AppState, HttpLimits, Shared};
 use crate::keys::KeyRing;
 use crate::pdp::{self, Pdp};
 use crate::policy::watch::{self, LivePolicies};
@@ -321,7 +321,7 @@ pub async fn run(
     if let Some(handle) = &metrics {
         tasks.push(tokio::spawn(http::metrics::upkeep(handle.clone())));
     }
-    let state = AppState {
+    let state = AppState::new(Shared {
         console,
         pdp,
         accounts,
@@ -339,7 +339,7 @@ pub async fn run(
         }),
         metrics,
         identity: Arc::new(crate::identity::Identity::new(options.token_cache_bytes)),
-    };
+    });
     let serve_options = ServeOptions {
         tls,
         header_read_timeout: Duration::from_millis(options.header_timeout_ms.max(1)),

@@ -46,7 +46,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 pub use error::{error_response, ApiError};
 use guard::Need;
-pub use state::{AppState, HttpLimits};
+pub use state::{AppState, HttpLimits, Shared};
 
 use crate::code::Code;
 use crate::keys::Scope;
@@ -609,7 +609,7 @@ mod tests {
             crate::clock::Clock::system(),
             "http://127.0.0.1",
         ));
-        AppState {
+        AppState::new(Shared {
             pdp,
             accounts,
             keys,
@@ -617,7 +617,7 @@ mod tests {
             metrics: None,
             console: Arc::new(ui::session::Console::new(false, None)),
             identity: Arc::new(crate::identity::Identity::new(0)),
-        }
+        })
     }
 
     /// A handler that panics, under the daemon's real layers: a 503 in the

@@ -116,9 +116,29 @@ impl Default for HttpLimits {
     }
 }
 
-/// Shared state of every handler.
+/// Shared state of every handler: one `Arc`, so that the copies the router
+/// makes of every layer for every request (each guard holds the state)
+/// cost one atomic increment and decrement each, not one per field.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    /// The state holding `shared`.
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What every handler shares (through [`AppState`]).
+pub struct Shared {
     /// The decision pipeline (and through it the live policies and store).
     pub pdp: Arc<Pdp>,
     /// The management operations.
