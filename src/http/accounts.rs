@@ -420,16 +420,7 @@ fn from_token(user: &crate::identity::Verified, body: &[u8]) -> Result<SignUp, A
             "with a user token the sign-up comes from its claims: send no body, or `{}`",
         )));
     }
-    if user.principal_type != crate::model::USER {
-        return Err(ApiError::denied(
-            format!(
-                "the token's subject is a `{}`, not a `{}`: only users sign up",
-                user.principal_type,
-                crate::model::USER
-            ),
-            Vec::new(),
-        ));
-    }
+    let id = super::extract::acting_user(user)?;
     let email = user.email.clone().ok_or_else(|| {
         ApiError::from(crate::authz::InputError::new(
             "email",
@@ -437,7 +428,7 @@ fn from_token(user: &crate::identity::Verified, body: &[u8]) -> Result<SignUp, A
         ))
     })?;
     Ok(SignUp {
-        id: user.id.clone(),
+        id: id.to_owned(),
         email,
         email_verified: user.email_verified,
         name: user.name.clone(),

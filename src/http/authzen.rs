@@ -396,25 +396,19 @@ async fn verify_subject_tokens(state: &AppState, body: &[u8]) -> Result<Tokens, 
             Some(v) => v.clone(),
             None => tokens::verify(state, &token, "subject.properties.token", false).await?,
         };
-        if id.as_ref().is_some_and(|id| *id != verified.id) {
-            return Err(InputError::new(
-                "subject.id",
-                format!(
-                    "the token's subject is `{}`; leave `id` empty or name the same",
-                    verified.id
-                ),
-            )
-            .into());
-        }
-        if kind.as_ref().is_some_and(|k| *k != verified.principal_type) {
-            return Err(InputError::new(
-                "subject.type",
-                format!(
-                    "the token's subject is a `{}`; leave `type` empty or name the same",
-                    verified.principal_type
-                ),
-            )
-            .into());
+        for (field, given, named) in [
+            ("subject.id", id, &verified.id),
+            ("subject.type", kind, &verified.principal_type),
+        ] {
+            if given.is_some_and(|g| g != *named) {
+                return Err(InputError::new(
+                    field,
+                    format!(
+                        "the token's subject has `{named}` here; leave it empty or name the same"
+                    ),
+                )
+                .into());
+            }
         }
         tokens.insert(token, verified);
     }

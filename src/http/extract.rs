@@ -57,6 +57,23 @@ impl<S: Send + Sync> FromRequestParts<S> for CallerInfo {
     }
 }
 
+/// The user a verified token's subject is, if it is a user (its issuer
+/// file maps tokens to `User`): a token for another kind of principal (a
+/// service) cannot act on the directory (403).
+pub fn acting_user(user: &crate::identity::Verified) -> Result<&str, ApiError> {
+    if user.principal_type != crate::model::USER {
+        return Err(ApiError::denied(
+            format!(
+                "the token's subject is a `{}`, not a `{}`: only a user acts on the directory",
+                user.principal_type,
+                crate::model::USER
+            ),
+            Vec::new(),
+        ));
+    }
+    Ok(&user.id)
+}
+
 /// The longest `X-Actor` value read; a longer one is refused without being
 /// echoed back.
 const MAX_ACTOR: usize = 128;
@@ -79,17 +96,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Actor {
             .get::<CallerInfo>()
             .and_then(|c| c.user.as_ref())
         {
-            if user.principal_type != crate::model::USER {
-                return Err(ApiError::denied(
-                    format!(
-                        "the token's subject is a `{}`, not a `{}`: only a user acts on the directory",
-                        user.principal_type,
-                        crate::model::USER
-                    ),
-                    Vec::new(),
-                ));
-            }
-            return Ok(Actor(user.id.clone()));
+            return acting_user(user).map(|id| Actor(id.to_owned()));
         }
         let required = || {
             ApiError::new(

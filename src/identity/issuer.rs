@@ -3,12 +3,12 @@
 //! with file and line, like a policy.
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::Path;
 
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
 
 use super::jwks::{self, discovery_url, fetchable, KeySource, Plan};
+use super::IssuerFolder;
 
 /// The algorithms an issuer accepts when its file names none.
 pub const DEFAULT_ALGORITHMS: [Algorithm; 4] = [
@@ -146,6 +146,19 @@ pub struct IssuerError {
     pub message: String,
 }
 
+/// The text of the file `path` of the issuers folder, which must end with
+/// `suffix`.
+fn companion<'a>(folder: &IssuerFolder<'a>, path: &str, suffix: &str) -> Result<&'a str, String> {
+    if !path.ends_with(suffix) {
+        return Err(format!(
+            "`{path}` must be a `*{suffix}` file in the issuers folder"
+        ));
+    }
+    folder
+        .companion(path)
+        .ok_or_else(|| format!("the issuers folder holds no file `{path}`"))
+}
+
 /// The 1-based line on which `key:` is first written at the start of a
 /// line (indented or not), for errors about a field's value.
 fn line_of(text: &str, key: &str) -> Option<usize> {
@@ -155,9 +168,22 @@ fn line_of(text: &str, key: &str) -> Option<usize> {
         .map(|i| i + 1)
 }
 
-/// Reads one issuer file. `dir` is the folder relative paths in it are
-/// read from (`jwks_file`, `hmac_secret_file`).
-pub fn parse(file: &str, text: &str, dir: &Path) -> Result<Issuer, IssuerError> {
+/// Whether a file of the issuers folder is an issuer file (the others are
+/// the JWKS files and secrets they name).
+pub fn is_issuer_file(name: &str) -> bool {
+    name.ends_with(".yaml") || name.ends_with(".yml")
+}
+
+/// Whether a file of the issuers folder is read with it: an issuer file, a
+/// JWKS file (`*.json`) or an HMAC secret (`*.secret`).
+pub fn is_folder_file(name: &str) -> bool {
+    is_issuer_file(name) || name.ends_with(".json") || name.ends_with(".secret")
+}
+
+/// Reads one issuer file. `folder` holds the files its `jwks_file` and
+/// `hmac_secret_file` name, read with it (so that an edit of one reloads
+/// the set, within the same size and link rules as every file).
+pub fn parse(file: &str, text: &str, folder: &IssuerFolder<'_>) -> Result<Issuer, IssuerError> {
     let err = |key: Option<&str>, message: String| IssuerError {
         file: file.to_owned(),
         line: key.and_then(|k| line_of(text, k)),
@@ -204,13 +230,10 @@ pub fn parse(file: &str, text: &str, dir: &Path) -> Result<Issuer, IssuerError> 
     };
     let hmac = match &raw.hmac_secret_file {
         Some(path) => {
-            let bytes = std::fs::read(dir.join(path)).map_err(|e| {
-                err(
-                    Some("hmac_secret_file"),
-                    format!("cannot read the HMAC secret `{path}`: {e}"),
-                )
-            })?;
-            let secret = bytes.trim_ascii();
+            let secret = companion(folder, path, ".secret")
+                .map_err(|m| err(Some("hmac_secret_file"), format!("hmac_secret_file: {m}")))?
+                .as_bytes()
+                .trim_ascii();
             if secret.len() < 32 {
                 return Err(err(
                     Some("hmac_secret_file"),
@@ -265,13 +288,9 @@ pub fn parse(file: &str, text: &str, dir: &Path) -> Result<Issuer, IssuerError> 
     }
     let file_keys = match &raw.jwks_file {
         Some(path) => {
-            let text = std::fs::read_to_string(dir.join(path)).map_err(|e| {
-                err(
-                    Some("jwks_file"),
-                    format!("cannot read the JWKS file `{path}`: {e}"),
-                )
-            })?;
-            let set = jwks::parse_set(&text, u64::MAX)
+            let text = companion(folder, path, ".json")
+                .map_err(|m| err(Some("jwks_file"), format!("jwks_file: {m}")))?;
+            let set = jwks::parse_set(text, u64::MAX)
                 .map_err(|m| err(Some("jwks_file"), format!("jwks_file `{path}`: {m}")))?;
             Some(std::sync::Arc::new(set))
         }
@@ -376,7 +395,7 @@ mod tests {
     use super::*;
 
     fn read(text: &str) -> Result<Issuer, IssuerError> {
-        parse("idp.yaml", text, Path::new("."))
+        parse("idp.yaml", text, &IssuerFolder { files: Vec::new() })
     }
 
     fn refused(text: &str) -> IssuerError {

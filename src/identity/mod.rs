@@ -31,7 +31,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 
-pub use issuer::{Issuer, IssuerError};
+pub use issuer::{is_issuer_file, Issuer, IssuerError};
 pub use jwks::KeySource;
 
 /// The longest token read.
@@ -49,31 +49,43 @@ pub struct Issuers {
     id: u64,
 }
 
-/// One issuer file as read: its name (as errors show it), its text and the
-/// folder its relative paths are read from.
-pub struct IssuerSource<'a> {
-    /// The file's name.
-    pub name: &'a str,
-    /// Its text.
-    pub text: &'a str,
-    /// Its folder.
-    pub dir: &'a std::path::Path,
+/// The issuers folder as read: every file in it by its path relative to
+/// the folder (the issuer files, `*.yaml`/`*.yml`, and the JWKS files and
+/// HMAC secrets they name), each with the name errors show.
+pub struct IssuerFolder<'a> {
+    /// `(relative path, shown name, text)`, issuer files and companions.
+    pub files: Vec<(&'a str, &'a str, &'a str)>,
+}
+
+impl<'a> IssuerFolder<'a> {
+    /// The text of the file at `relative`, if the folder holds it.
+    pub fn companion(&self, relative: &str) -> Option<&'a str> {
+        let relative = relative.trim_start_matches("./");
+        self.files
+            .iter()
+            .find(|(r, _, _)| *r == relative)
+            .map(|(_, _, text)| *text)
+    }
 }
 
 static READINGS: AtomicU64 = AtomicU64::new(1);
 
 impl Issuers {
-    /// Reads every issuer file; all errors at once. Two files naming one
-    /// `iss` are refused.
-    pub fn parse(files: &[IssuerSource<'_>]) -> Result<Self, Vec<IssuerError>> {
+    /// Reads every issuer file of `folder`; all errors at once. Two files
+    /// naming one `iss` are refused.
+    pub fn parse(folder: &IssuerFolder<'_>) -> Result<Self, Vec<IssuerError>> {
         let mut by_iss: HashMap<String, Issuer> = HashMap::new();
         let mut errors = Vec::new();
-        for f in files {
-            match issuer::parse(f.name, f.text, f.dir) {
+        let issuer_files = folder
+            .files
+            .iter()
+            .filter(|(relative, _, _)| issuer::is_issuer_file(relative));
+        for (_, name, text) in issuer_files {
+            match issuer::parse(name, text, folder) {
                 Ok(i) => {
                     if let Some(first) = by_iss.get(&i.issuer) {
                         errors.push(i.error_at(
-                            f.text,
+                            text,
                             "issuer",
                             format!(
                                 "the issuer `{}` is already trusted by {}",

@@ -4,25 +4,32 @@
 //! the schema declares on it and cedard does not store itself — so that a
 //! mapping that cannot fit is refused with file and line, like a policy.
 
-use std::path::Path;
-
 use super::{Files, LoadError, PolicyError, PolicySnapshot};
-use crate::identity::{IssuerError, IssuerSource, Issuers};
+use crate::identity::{IssuerError, IssuerFolder, Issuers};
 
 /// Reads and checks the issuer files of `files` against `snapshot`'s
 /// schema.
 pub fn load(files: &Files, snapshot: &PolicySnapshot) -> Result<Issuers, PolicyError> {
-    let dir = files.issuers_dir.as_deref().unwrap_or(Path::new("."));
-    let sources: Vec<IssuerSource<'_>> = files
-        .issuers
-        .iter()
-        .map(|f| IssuerSource {
-            name: &f.name,
-            text: &f.text,
-            dir,
-        })
-        .collect();
-    let issuers = Issuers::parse(&sources)
+    let dir = files
+        .issuers_dir
+        .as_deref()
+        .map(|d| d.display().to_string())
+        .unwrap_or_default();
+    // Each file by its path relative to the folder (their names carry it).
+    let folder = IssuerFolder {
+        files: files
+            .issuers
+            .iter()
+            .map(|f| {
+                let relative = f
+                    .name
+                    .strip_prefix(dir.as_str())
+                    .map_or(f.name.as_str(), |r| r.trim_start_matches('/'));
+                (relative, f.name.as_str(), f.text.as_str())
+            })
+            .collect(),
+    };
+    let issuers = Issuers::parse(&folder)
         .map_err(|errors| PolicyError(errors.into_iter().map(located).collect()))?;
     let mut errors = Vec::new();
     for issuer in issuers.iter() {

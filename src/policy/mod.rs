@@ -607,10 +607,11 @@ pub struct Files {
     pub schemas: Vec<SourceFile>,
     /// Entity data files, sorted by relative path.
     pub entities: Vec<SourceFile>,
-    /// Trusted issuer files, named with their folder, sorted.
+    /// The issuers folder's files (issuer files and the JWKS files and
+    /// secrets they name), named with their folder, sorted.
     pub issuers: Vec<SourceFile>,
-    /// The folder of the issuer files (their relative paths are read from
-    /// it).
+    /// The issuers folder (each file's path within it, which issuer files
+    /// use to name their JWKS files and secrets, is its name without it).
     pub issuers_dir: Option<PathBuf>,
     /// The types data files may not define.
     pub reserved_types: Vec<String>,
@@ -799,24 +800,13 @@ impl Sources {
         let mut issuers = Vec::new();
         if let Some(dir) = &self.issuers {
             if dir.is_dir() {
-                let mut found = Vec::new();
-                collect(
+                self.read_folder(
                     dir,
-                    dir,
-                    &mut found,
+                    crate::identity::issuer::is_folder_file,
+                    &mut issuers,
                     &mut stamps,
                     &mut errors,
-                    Wanted {
-                        name: is_issuer_file,
-                        max_bytes: self.limits.max_file_bytes,
-                        links_out: self.limits.links_out,
-                        contents: true,
-                    },
                 );
-                issuers.extend(found.into_iter().map(|f| SourceFile {
-                    name: dir.join(&f.name).display().to_string(),
-                    text: f.text,
-                }));
             } else {
                 errors.push(LoadError {
                     file: dir.display().to_string(),
@@ -909,7 +899,10 @@ impl Sources {
         for (path, name) in [
             (Some(&self.schema), is_schema_file as fn(&str) -> bool),
             (self.entities.as_ref(), is_entity_file),
-            (self.issuers.as_ref(), is_issuer_file),
+            (
+                self.issuers.as_ref(),
+                crate::identity::issuer::is_folder_file,
+            ),
         ] {
             let Some(path) = path else { continue };
             if path.is_dir() {
@@ -926,6 +919,37 @@ impl Sources {
         Some(stamps)
     }
 
+    /// Reads every file below the folder `dir` that `name` takes, each
+    /// named with the folder, so that an error names a path a user can open
+    /// (policy files are named relative to their folder).
+    fn read_folder(
+        &self,
+        dir: &Path,
+        name: fn(&str) -> bool,
+        out: &mut Vec<SourceFile>,
+        stamps: &mut Vec<Stamp>,
+        errors: &mut Vec<LoadError>,
+    ) {
+        let mut found = Vec::new();
+        collect(
+            dir,
+            dir,
+            &mut found,
+            stamps,
+            errors,
+            Wanted {
+                name,
+                max_bytes: self.limits.max_file_bytes,
+                links_out: self.limits.links_out,
+                contents: true,
+            },
+        );
+        out.extend(found.into_iter().map(|f| SourceFile {
+            name: dir.join(&f.name).display().to_string(),
+            text: f.text,
+        }));
+    }
+
     /// Reads the entity data file, or every `*.json` file below the folder.
     fn read_entities(
         &self,
@@ -935,26 +959,7 @@ impl Sources {
         errors: &mut Vec<LoadError>,
     ) {
         if path.is_dir() {
-            let mut found = Vec::new();
-            collect(
-                path,
-                path,
-                &mut found,
-                stamps,
-                errors,
-                Wanted {
-                    name: is_entity_file,
-                    max_bytes: self.limits.max_file_bytes,
-                    links_out: self.limits.links_out,
-                    contents: true,
-                },
-            );
-            // Named with the folder, so that an error names a path a user
-            // can open (policy files are named relative to their folder).
-            out.extend(found.into_iter().map(|f| SourceFile {
-                name: path.join(&f.name).display().to_string(),
-                text: f.text,
-            }));
+            self.read_folder(path, is_entity_file, out, stamps, errors);
             return;
         }
         match read_capped(path, self.limits.max_file_bytes) {
@@ -1087,10 +1092,6 @@ fn is_policy_file(name: &str) -> bool {
 
 fn is_entity_file(name: &str) -> bool {
     name.ends_with(".json")
-}
-
-fn is_issuer_file(name: &str) -> bool {
-    name.ends_with(".yaml") || name.ends_with(".yml")
 }
 
 fn is_schema_file(name: &str) -> bool {

@@ -15,6 +15,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::Method;
 use serde_json::{json, Value};
 
+use crate::accounts::{decide, sign_up, team};
 use crate::support::{copy_pack, spawn_app_in, wait_until, Api, TestApp};
 
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -260,32 +261,6 @@ async fn daemon(idp: &Idp, extra: &str) -> TestApp {
     .await
 }
 
-/// Signs `id` up and, for `team`, converts their account (as `X-Actor`, on
-/// a daemon that believes it).
-async fn user(app: &TestApp, id: &str, team: bool) {
-    let api = Api::at(&app.client, &app.url(""));
-    let a = api
-        .call(
-            Method::POST,
-            "/v1/users",
-            None,
-            Some(json!({"id": id, "email": format!("{id}@example.com")})),
-        )
-        .await;
-    assert_eq!(a.status, 201, "{:?}", a.body);
-    if team {
-        let a = api
-            .call(
-                Method::POST,
-                &format!("/v1/accounts/{id}/convert"),
-                Some(id),
-                Some(json!({"name": "Acme"})),
-            )
-            .await;
-        assert_eq!(a.status, 200, "{:?}", a.body);
-    }
-}
-
 /// `/v1/is_authorized` with `principal_token`: the status and the body.
 async fn decide_with(app: &TestApp, token: &str, action: &str, account: &str) -> (u16, Value) {
     app.post(
@@ -297,22 +272,6 @@ async fn decide_with(app: &TestApp, token: &str, action: &str, account: &str) ->
         }),
     )
     .await
-}
-
-/// The same question naming the principal.
-async fn decide_named(app: &TestApp, user: &str, action: &str, account: &str) -> Value {
-    let (status, body) = app
-        .post(
-            "/v1/is_authorized",
-            &json!({
-                "principal": {"type": "User", "id": user},
-                "action": {"type": "Action", "id": action},
-                "resource": {"type": "Account", "id": account},
-            }),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    body
 }
 
 /// A refusal: a 401 with `reason`, and no decision in the body.
@@ -332,12 +291,12 @@ async fn tokens_decide_for_their_subject_and_every_bad_token_is_a_401_with_its_r
     let ed = ed_key("ed-1");
     let idp = Idp::start(&[&rsa, &ec, &ed]).await;
     let app = daemon(&idp, "").await;
-    user(&app, "alice", true).await;
-    user(&app, "bob", false).await;
+    team(&app, "alice").await;
+    assert_eq!(sign_up(&app, "bob").await.0, 201);
 
     // Valid tokens, each algorithm: the decision is alice's, equal to the
     // answer naming her.
-    let named = decide_named(&app, "alice", "updateSettings", "alice").await;
+    let named = decide(&app, "alice", "updateSettings", "alice").await;
     assert_eq!(named["decision"], "allow");
     for (key, alg) in [
         (&rsa, Algorithm::RS256),
@@ -356,7 +315,7 @@ async fn tokens_decide_for_their_subject_and_every_bad_token_is_a_401_with_its_r
     let (status, body) = decide_with(&app, &bob, "useAccount", "alice").await;
     assert_eq!((status, &body["decision"]), (200, &json!("deny")), "{body}");
     assert_eq!(
-        decide_named(&app, "bob", "useAccount", "alice").await["decision"],
+        decide(&app, "bob", "useAccount", "alice").await["decision"],
         "deny"
     );
 
@@ -627,7 +586,7 @@ async fn an_unknown_kid_refetches_at_most_once_per_interval_and_a_rotated_key_is
     let new = ec_key("new");
     let idp = Idp::start(&[&old]).await;
     let app = daemon(&idp, "unknown_kid_refetch_seconds: 2\n").await;
-    user(&app, "alice", true).await;
+    team(&app, "alice").await;
     let (status, body) = decide_with(
         &app,
         &sign(&old, &idp.claims("alice")),
@@ -705,7 +664,7 @@ async fn with_the_key_server_down_cached_keys_serve_until_their_lifetime_then_40
     let key = ed_key("k");
     let idp = Idp::start(&[&key]).await;
     let app = daemon(&idp, "keys_refresh_seconds: 1\nkeys_lifetime_seconds: 4\n").await;
-    user(&app, "alice", true).await;
+    team(&app, "alice").await;
     let first = sign(&key, &idp.claims("alice"));
     let (status, body) = decide_with(&app, &first, "useAccount", "alice").await;
     assert_eq!(
@@ -774,7 +733,7 @@ async fn a_mapped_claim_decides_and_a_claim_or_mapping_that_does_not_fit_is_refu
     .expect("policy");
     let issuers = issuer_file(dir.path(), &idp, "attributes:\n  department: dept\n");
     let app = spawn_app_in(dir, |c| c.options.policy.issuers = Some(issuers.clone())).await;
-    user(&app, "alice", true).await;
+    team(&app, "alice").await;
 
     let with_dept = |dept: Value| {
         let mut c = idp.claims("alice");
@@ -806,7 +765,7 @@ async fn a_mapped_claim_decides_and_a_claim_or_mapping_that_does_not_fit_is_refu
     assert_eq!((status, &body["decision"]), (200, &json!("deny")), "{body}");
     // Naming alice (no token, no claims): deny as well.
     assert_eq!(
-        decide_named(&app, "alice", "manageBilling", "alice").await["decision"],
+        decide(&app, "alice", "manageBilling", "alice").await["decision"],
         "deny"
     );
     // A claim of the wrong type: refused naming it, never decided.
@@ -927,7 +886,7 @@ async fn an_hmac_issuer_accepts_only_its_secret_and_its_algorithms() {
     );
     std::fs::write(issuers.join("hs.secret"), secret).expect("secret");
     let app = spawn_app_in(dir, |c| c.options.policy.issuers = Some(issuers)).await;
-    user(&app, "alice", true).await;
+    team(&app, "alice").await;
     let hs = |secret: &[u8]| {
         jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
@@ -963,6 +922,69 @@ async fn an_hmac_issuer_accepts_only_its_secret_and_its_algorithms() {
         .await,
         "token_algorithm",
     );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn an_edit_of_a_jwks_file_reloads_the_keys() {
+    // An issuer whose keys are a JWKS file in the issuers folder: the file
+    // is read with the set, so replacing the key in it is a reload.
+    let old = ec_key("file-old");
+    let new = ec_key("file-new");
+    let idp = Idp::start(&[]).await;
+    let dir = copy_pack();
+    let issuers = issuer_file(dir.path(), &idp, "jwks_file: keys.json\n");
+    let jwks = |key: &SigningKey| json!({"keys": [key.jwk.clone()]}).to_string();
+    std::fs::write(issuers.join("keys.json"), jwks(&old)).expect("jwks");
+    let app = spawn_app_in(dir, |c| c.options.policy.issuers = Some(issuers.clone())).await;
+    team(&app, "alice").await;
+    let (status, body) = decide_with(
+        &app,
+        &sign(&old, &idp.claims("alice")),
+        "useAccount",
+        "alice",
+    )
+    .await;
+    assert_eq!(
+        (status, &body["decision"]),
+        (200, &json!("allow")),
+        "{body}"
+    );
+    std::fs::write(issuers.join("keys.json"), jwks(&new)).expect("jwks");
+    wait_until(DEADLINE, || async {
+        decide_with(
+            &app,
+            &sign(&new, &idp.claims("alice")),
+            "useAccount",
+            "alice",
+        )
+        .await
+        .0 == 200
+    })
+    .await;
+    refused(
+        &decide_with(
+            &app,
+            &sign(&old, &idp.claims("alice")),
+            "useAccount",
+            "alice",
+        )
+        .await,
+        "token_key_unknown",
+    );
+    assert_eq!(idp.fetches(), 0, "a JWKS file is never fetched");
+    // A JWKS file named outside the folder's `*.json` files is refused at
+    // its line.
+    std::fs::write(
+        issuers.join("idp.yaml"),
+        format!(
+            "issuer: {}\naudiences: [cedard]\njwks_file: ../keys.txt\n",
+            idp.issuer
+        ),
+    )
+    .expect("edit");
+    let listing = wait_until_message(&app, "jwks_file").await;
+    assert_eq!(listing["last_reload"]["errors"][0]["line"], 3, "{listing}");
     app.stop().await;
 }
 
@@ -1257,8 +1279,8 @@ async fn the_verified_token_cache_never_changes_an_answer() {
     })
     .await;
     for app in [&cached, &fresh] {
-        user(app, "alice", true).await;
-        user(app, "bob", false).await;
+        team(app, "alice").await;
+        assert_eq!(sign_up(app, "bob").await.0, 201);
     }
     let alice = sign(&first, &idp.claims("alice"));
     let bob = sign(&first, &idp.claims("bob"));
